@@ -1,0 +1,96 @@
+"""The `mixer` command line. This package only parses flags and calls the toolkit.
+
+Subcommands are imported lazily: `mixer --help` must not pay for torch or datatrove.
+Errors follow one contract: `mixer: error: <one line>` on stderr, exit 2 for usage
+and 1 for data problems, a traceback only with `--debug` (or MIXER_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import MixerError
+
+# name -> (module:attribute, one-line help). The help lives here so listing is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-samples": ("mixer.cli.samples:fetch_samples", "Fetch the offline sample corpora and GPT-2 tokenizer into a cache."),
+    "recipes": ("mixer.cli.samples:recipes", "List the shipped recipes (sources and stage recipes)."),
+    "tokenize": ("mixer.cli.tokenize:tokenize", "Tokenize a corpus into a token store with train/test (or val) splits."),
+    "plan": ("mixer.cli.build:plan", "Show what a build would produce (samples, epochs, fraction), or forecast from a fit."),
+    "build": ("mixer.cli.build:build", "Build an exact, pre-shuffled mix of token shards with a manifest."),
+    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes."),
+    "audit": ("mixer.cli.audit:audit", "Prove held-out documents do not leak into training data (n-gram overlap)."),
+    "train": ("mixer.cli.train:train", "Train with LitGPT from mixes: pretrain, finetune (early stopping), replay."),
+    "eval": ("mixer.cli.train:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),
+    "report": ("mixer.cli.analysis:report", "Paper metrics over runs: relative gain, compute multiplier, forgetting; plots."),
+    "fit": ("mixer.cli.analysis:fit", "Fit the overfitting scaling law (and finetuning gain) to runs."),
+    "similarity": ("mixer.cli.analysis:similarity", "Jensen-Shannon divergence of n-gram distributions between two stores."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mixer")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Exact, verifiable data mixes for specialized-pretraining studies.
+
+    \b
+    mixer fetch-samples                       # offline sample corpora + GPT-2 tokenizer
+    mixer tokenize --recipe recipes/samples-music.toml
+    mixer build --domain music --fraction 0.02 --tokens 200B
+    mixer verify mixes/music-f0.02 && mixer audit mixes/music-f0.02
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MIXER_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="mixer", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("mixer: error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        click.echo(f"mixer: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except MixerError as e:
+        if debug:
+            raise
+        click.echo(f"mixer: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mixer: error: interrupted (re-run the same command to resume)", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the contract is one line, not a traceback
+        if debug:
+            raise
+        click.echo(f"mixer: error: internal error: {type(e).__name__}: {e} (re-run with --debug)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The one exception type the CLI turns into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class MixerError(Exception):
+    """A problem with the user's input or data, reported as `mixer: error: <message>`.
+
+    exit_code 1 is a data problem, 2 a usage problem (DESIGN: usage vs data).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UsageError(MixerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
