@@ -1,0 +1,149 @@
+"""The schedule: which source fills each sample position of a mix. Pure integer math.
+
+Choices, and why (compare Megatron, OLMo-core, litdata):
+
+* Megatron's BlendedDataset picks, per position, the source whose achieved share lags
+  its target most (greedy error correction), and shuffles a source's epochs jointly, so
+  one document can be seen twice before another is seen once. OLMo-core's mixture takes
+  a per-source token budget and fills the remainder of a repeated source by taking a
+  prefix. litdata samples sources at random per sample: fractions hold only in
+  expectation. We need more: exact per-document counts and an exact share in *every*
+  window, so a checkpoint at any step has seen the domain at exactly the planned rate.
+
+* Placement is stratified (Bresenham): domain sample j sits at position
+  w0 + floor((j * W + r) / Nd) inside the window [w0, w0 + W). Any W' consecutive
+  positions then hold floor or ceil of W' * Nd / W domain samples, so the share is
+  within 1/W' of the fraction at every scale. The phase r comes from the seed. The
+  count of domain samples before any position is a closed form, so a shard computes
+  its own positions without looking at the rest of the run (DESIGN invariant 5).
+
+* Domain samples are placed in stream order: epoch e of the domain is consumed before
+  epoch e + 1, so at every checkpoint each domain document has been seen floor or ceil
+  of the epochs so far (what the overfitting scaling law assumes of intermediate
+  checkpoints). Domain samples are already far apart (1/f positions), so they need no
+  further shuffle.
+
+* General samples are shuffled (a Feistel bijection, mixer/feistel.py) within each
+  block of one general epoch, so neighbouring samples are unrelated while a repeated
+  general source still finishes epoch e before starting e + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def ceil_div(a: np.ndarray | int, b: int) -> np.ndarray | int:
+    return -((-a) // b)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Stratified positions of `n_domain` samples inside the window [w0, w1) of n samples."""
+
+    n: int
+    n_domain: int
+    w0: int
+    w1: int
+    phase: int
+
+    @classmethod
+    def make(cls, n: int, n_domain: int, window: tuple[float, float], seed: int) -> "Placement":
+        w0, w1 = round(window[0] * n), round(window[1] * n)
+        width = w1 - w0
+        if n_domain > width:
+            raise ValueError(f"{n_domain} domain samples do not fit a window of {width} samples")
+        phase = int(np.random.default_rng([seed, 0x5EED]).integers(width)) if width else 0
+        return cls(n=n, n_domain=n_domain, w0=w0, w1=w1, phase=phase)
+
+    @property
+    def width(self) -> int:
+        return self.w1 - self.w0
+
+    def domain_before(self, p: np.ndarray | int) -> np.ndarray:
+        """Number of domain samples at positions < p (vectorized over p)."""
+        q = np.clip(np.asarray(p, dtype=np.int64) - self.w0, 0, self.width)
+        if self.n_domain == 0:
+            return np.zeros_like(q)
+        return np.clip(ceil_div(q * self.n_domain - self.phase, self.width), 0, self.n_domain)
+
+    def positions(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """For positions [start, stop): a domain mask and each position's index within its source."""
+        before = self.domain_before(np.arange(start, stop + 1, dtype=np.int64))
+        is_domain = np.diff(before) == 1
+        p = np.arange(start, stop, dtype=np.int64)
+        index = np.where(is_domain, before[:-1], p - before[:-1])
+        return is_domain, index
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many samples each source gets; the numbers every other step derives from."""
+
+    samples: int
+    domain_samples: int
+    general_samples: int
+    seq_len: int
+    window: tuple[float, float]
+
+    @property
+    def tokens(self) -> int:
+        return self.samples * self.seq_len
+
+    def stream_tokens(self, n_samples: int) -> int:
+        """Tokens of a source's stream that n samples consume (one-token overlap)."""
+        return n_samples * self.seq_len + 1 if n_samples else 0
+
+    @property
+    def achieved_fraction(self) -> float:
+        w0, w1 = round(self.window[0] * self.samples), round(self.window[1] * self.samples)
+        return self.domain_samples / max(1, w1 - w0)
+
+
+def solve_counts(
+    *,
+    seq_len: int,
+    domain_tokens: int | None,
+    has_general: bool,
+    tokens: int | None = None,
+    fraction: float | None = None,
+    epochs: float | None = None,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> Counts:
+    """Any two of (tokens, fraction, epochs) fix the third; fraction is within the window.
+
+    Without a general source the mix is domain-only (a finetune): fraction is 1.
+    Raises ValueError with the numbers when the request is impossible.
+    """
+    span = window[1] - window[0]
+    if not has_general:
+        fraction = 1.0
+    if domain_tokens is None:  # general-only (NPT)
+        if tokens is None:
+            raise ValueError("--tokens is required for a mix without a domain")
+        n = tokens // seq_len
+        return Counts(n, 0, n, seq_len, window)
+    if epochs is not None:
+        n_domain = max(0, round((epochs * domain_tokens - 1) / seq_len))
+        if tokens is not None:
+            n = tokens // seq_len
+        elif fraction is not None:
+            n = round(n_domain / (fraction * span))
+        else:
+            raise ValueError("--epochs needs --tokens or --fraction to size the mix")
+    elif fraction is not None and tokens is not None:
+        n = tokens // seq_len
+        n_domain = round(fraction * (round(window[1] * n) - round(window[0] * n)))
+    else:
+        raise ValueError("give two of --tokens, --fraction, --epochs")
+    return Counts(n, n_domain, n - n_domain, seq_len, window)
+
+
+def epoch_start_samples(stream_tokens: int, epoch_tokens: int, seq_len: int) -> list[int]:
+    """Index of the first sample that starts at or after each epoch boundary of a stream."""
+    if epoch_tokens <= 0 or stream_tokens <= 1:
+        return [0]
+    n_epochs = ceil_div(stream_tokens - 1, epoch_tokens)
+    return [int(ceil_div(e * epoch_tokens, seq_len)) for e in range(int(n_epochs))]
