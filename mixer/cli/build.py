@@ -1,0 +1,182 @@
+"""`mixer plan`, `mixer build`, `mixer verify`: flag parsing and summaries only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from ..units import format_count, parse_count
+from .common import emit, json_option, resolve_stores, stores_option, table
+
+
+def _window(text: str | None) -> tuple[float, float]:
+    if text is None:
+        return (0.0, 1.0)
+    try:
+        a, b = text.split(":")
+        return (float(a), float(b))
+    except ValueError:
+        raise UsageError(f"--window: expected A:B such as 0.9:1.0, got {text!r}") from None
+
+
+def mix_options(f):
+    for opt in reversed([
+        stores_option,
+        click.option("--domain", help="Domain store name."),
+        click.option("--general", help="General store name (default: the only general store)."),
+        click.option("--fraction", type=float, help="Domain share of the samples in the window (0 = NPT)."),
+        click.option("--epochs", type=float, help="Domain epochs (instead of --fraction; alone: a finetune mix)."),
+        click.option("--replay", type=float, help="Finetune with this general share (replay), e.g. 0.1."),
+        click.option("--tokens", help="Training tokens: 200B, 1.5M, ..."),
+        click.option("--seq-len", type=int, default=2048, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--window", help="Domain only inside this part of the run, e.g. 0.9:1.0 (SCPT)."),
+        click.option("--max-epochs", type=float, default=100.0, show_default=True, help="Refuse more domain repetition."),
+        click.option("--domain-subset", help="Use a seeded subset of the domain train split of about this many tokens."),
+        click.option("--samples-per-shard", type=int, help="Default: ~128 MiB shards."),
+        click.option("--name", help="Mix name (default derived from the flags)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def spec_from_flags(kw: dict):
+    from ..mix import MixSpec
+
+    return MixSpec(
+        stores=str(resolve_stores(kw["stores"])),
+        domain=kw["domain"], general=kw["general"], fraction=kw["fraction"], epochs=kw["epochs"],
+        replay=kw["replay"], tokens=parse_count(kw["tokens"]) if kw["tokens"] else None,
+        seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
+        domain_subset_tokens=parse_count(kw["domain_subset"], "--domain-subset") if kw["domain_subset"] else None,
+        samples_per_shard=kw["samples_per_shard"], name=kw["name"],
+    )
+
+
+def format_plan(s: dict) -> str:
+    lines = [
+        f"mix {s['name']} ({s['kind']}): {s['samples']:,} samples x {s['seq_len']} = {format_count(s['tokens'])} tokens, "
+        f"{s['shards']} shards, {s['bytes'] / 1e9:.3g} GB ({s['dtype']})",
+        f"domain share: requested {s['fraction']['requested']}, achieved {s['fraction']['achieved']:.6g} "
+        f"in window {s['fraction']['window'][0]:g}:{s['fraction']['window'][1]:g}",
+    ]
+    rows = []
+    for src in s["sources"]:
+        hist = ", ".join(f"{v:,}x{k}" for k, v in src["documents_full_passes"].items()) or "-"
+        rows.append([src["name"], src["role"], format_count(src["train_tokens"]), f"{src['train_documents']:,}",
+                     f"{src['samples']:,}", f"{src['epochs']:.3f}", hist])
+    lines.append(table(rows, ["source", "role", "train tok", "docs", "samples", "epochs", "docs x full passes"]))
+    lines += [f"warning: {w}" for w in s["warnings"]]
+    return "\n".join(lines)
+
+
+@click.command()
+@mix_options
+@click.option("--fit", "fit_file", type=click.Path(dir_okay=False, path_type=Path), help="fit.json from `mixer fit`: forecast per fraction.")
+@click.option("--domain-tokens", help="Forecast for a domain of this size (no stores needed with --fit).")
+@click.option("--fractions", help="Fractions to forecast, comma-separated (default: those of the fit).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the forecast plot (PNG) here.")
+@json_option
+def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
+    """Everything a build would produce, without writing anything; with --fit, a forecast."""
+    if fit_file is not None:
+        _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json)
+        return
+    from ..mix import resolve
+
+    summary = resolve(spec_from_flags(kw)).summary()
+    emit(summary, as_json, format_plan)
+
+
+def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json) -> None:
+    import json
+
+    from ..errors import MixerError
+    from ..forecast import format_forecast, forecast, plot_forecast
+
+    if not fit_file.exists():
+        raise MixerError(f"{fit_file}: no such fit file (make one with mixer fit RUN...)")
+    if not kw["tokens"]:
+        raise UsageError("--fit needs --tokens (the budget to forecast)")
+    d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
+    if d_tokens is None and kw["domain"]:
+        from ..store import open_store
+
+        d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
+    fr = [float(x) for x in fractions.split(",")] if fractions else None
+    try:
+        fit = json.loads(fit_file.read_text())
+    except json.JSONDecodeError as e:
+        raise MixerError(f"{fit_file}: not valid JSON ({e.msg})") from None
+    result = forecast(fit, parse_count(kw["tokens"]), fr, d_tokens)
+    if plot is not None:
+        plot_forecast(result, plot)
+    emit(result, as_json, format_forecast)
+
+
+@click.command()
+@mix_options
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Multi-stage recipe (TOML [[stage]] tables).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output dir (default ./mixes/<name>).")
+@click.option("--shards", help="Write only shards I:J (the manifest comes when all exist).")
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
+@click.option("--tasks", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=-1, help="Concurrent tasks (default: all).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def build(recipe, out, shards, executor, tasks, workers, quiet, as_json, **kw) -> None:
+    """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
+    if recipe is not None:
+        from ..stages import build_recipe, format_stages
+
+        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, executor=executor, tasks=tasks,
+                              workers=workers if workers > 0 else tasks, progress=not quiet)
+        emit(result, as_json, format_stages)
+        return
+    from ..build import build as run_build
+
+    spec = spec_from_flags(kw)
+    spec.validate()
+    out = out or Path("mixes") / spec.default_name()
+    result = run_build(spec, out, shards=shards, executor=executor, tasks=tasks,
+                       workers=workers if workers > 0 else tasks, progress=not quiet)
+    emit(result, as_json, format_build)
+
+
+def format_build(r: dict) -> str:
+    head = (f"{r['out']}: {r['shards_written']} shards written, {r['shards_skipped']} already there, "
+            f"{r['shards_missing']} of {r['shards_total']} still missing ({r['seconds']} s)")
+    if r["status"] != "done":
+        return head + "\nmanifest pending: build the remaining shards (same command, other --shards) to finish"
+    return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),
+                                      "bytes": sum(s["samples"] for s in r["manifest"]["shards"]) *
+                                      (r["manifest"]["seq_len"] + 1) * (2 if "u2" in r["manifest"]["dtype"] else 4)})
+
+
+@click.command()
+@click.argument("mix", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--quick", is_flag=True, help="Checksums and provenance statistics only; no byte re-read.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def verify(mix, quick, quiet, as_json) -> None:
+    """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch."""
+    from ..verify import verify as run_verify
+
+    emit(run_verify(mix, quick=quick, progress=not quiet), as_json, format_verify)
+
+
+def format_verify(r: dict) -> str:
+    rows = [[s["name"], s["role"], f"{s['samples']:,}", f"{s['epochs']:.3f}",
+             ", ".join(f"{v:,}x{k}" for k, v in s["passes"].items()) or "-", s["partial_documents"]] for s in r["sources"]]
+    wd = r["max_window_deviation"]
+    lines = [
+        f"OK {r['mix']}: {r['shards']} shards, {r['samples']:,} samples, {format_count(r['tokens'])} tokens"
+        + (" (quick: checksums + provenance)" if r["quick"] else " (every sample re-read from the stores)"),
+        table(rows, ["source", "role", "samples", "epochs", "docs x full passes", "partial"]),
+        f"fraction: requested {r['fraction']['requested']}, achieved {r['fraction']['achieved']:.6g}"
+        + (f"; worst window deviation {max(wd.values()):.3f} samples (< 1 required) over W = 1..{max(int(k) for k in wd)}" if wd else ""),
+        f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']} s ({r['mb_per_s']} MB/s)",
+    ]
+    return "\n".join(lines)

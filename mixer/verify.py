@@ -1,0 +1,136 @@
+"""`mixer verify`: re-derive a mix from the stores and compare; trust only the manifest's claims.
+
+What is checked, and against what:
+  * every shard and provenance file: size (truncation) and checksum, against the manifest;
+  * provenance coverage: the offsets of each source, over all shards, are exactly
+    0, L, 2L, ... (every stream token a target exactly once; none skipped, none twice);
+  * per-document epochs: recounted from that coverage and the stores' document lengths,
+    against the manifest's histogram;
+  * the fraction in every window of W samples (W = 1, 2, 4, ... up to the window), from
+    the provenance source ids alone, against the achieved fraction;
+  * bytes (not with --quick): every sample re-read from the store via its provenance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import MixerError
+from .manifest import CHECKSUM, checksum_file, load_manifest
+from .mix import plan_from_manifest
+from .shards import PROV_DTYPE
+
+
+def _fail(msg: str) -> None:
+    raise MixerError(msg)
+
+
+def _load_shard(mix: Path, rec: dict, seq_len: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    f = mix / rec["file"]
+    if not f.exists():
+        _fail(f"{f}: missing shard")
+    expected = rec["samples"] * (seq_len + 1) * dtype.itemsize
+    if f.stat().st_size != expected:
+        _fail(f"{f}: {f.stat().st_size} bytes, manifest says {rec['samples']} samples = {expected} bytes (truncated or padded)")
+    if checksum_file(f) != rec[CHECKSUM]:
+        _fail(f"{f}: checksum mismatch ({CHECKSUM}); the shard was modified or corrupted")
+    pf = mix / rec["provenance"]
+    if not pf.exists() or checksum_file(pf) != rec[f"provenance_{CHECKSUM}"]:
+        _fail(f"{pf}: provenance missing or its checksum does not match the manifest")
+    prov = np.load(pf, allow_pickle=False)
+    if prov.dtype != PROV_DTYPE or len(prov) != rec["samples"]:
+        _fail(f"{pf}: expected {rec['samples']} rows of {PROV_DTYPE}, found {len(prov)} of {prov.dtype}")
+    samples = np.memmap(f, dtype=dtype, mode="r", shape=(rec["samples"], seq_len + 1))
+    return samples, prov
+
+
+def window_deviation(is_domain: np.ndarray, fraction: float, sizes: list[int]) -> dict[int, float]:
+    """max over all windows of W consecutive samples of |domain count - W * fraction|."""
+    c = np.concatenate([[0], np.cumsum(is_domain, dtype=np.int64)])
+    return {w: float(np.max(np.abs((c[w:] - c[:-w]) - w * fraction))) for w in sizes if w <= len(is_domain)}
+
+
+def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True) -> dict:
+    mix = Path(mix_dir)
+    t0 = time.perf_counter()
+    m = load_manifest(mix)
+    plan = plan_from_manifest(m)
+    seq_len, dtype = m["seq_len"], np.dtype(m["dtype"])
+    if plan.counts.samples != m["samples"] or sum(s["samples"] for s in m["shards"]) != m["samples"]:
+        _fail(f"{mix}/manifest.json: sample counts disagree with the recipe ({plan.counts.samples} derived, {m['samples']} claimed)")
+
+    offsets: dict[int, list[np.ndarray]] = {s.id: [] for s in plan.sources}
+    source_seq = []
+    n_bytes = 0
+    for rec in tqdm(m["shards"], desc=f"verify {mix.name}", unit="shard", disable=not progress):
+        samples, prov = _load_shard(mix, rec, seq_len, dtype)
+        n_bytes += samples.nbytes
+        source_seq.append(prov["source"])
+        for src in plan.sources:
+            sel = np.flatnonzero(prov["source"] == src.id)
+            if not len(sel):
+                continue
+            off = prov["offset"][sel].astype(np.int64)
+            offsets[src.id].append(off)
+            if quick:
+                continue
+            if np.any(off % seq_len):
+                _fail(f"{mix / rec['provenance']}: sample {int(sel[0])} has an offset off the sample grid")
+            expected = src.stream.gather(off // seq_len)
+            bad = np.flatnonzero(np.any(np.asarray(samples[sel]) != expected, axis=1))
+            if len(bad):
+                i = int(sel[bad[0]])
+                _fail(f"{mix / rec['file']}: sample {i} (source {src.stream.name}, stream offset {int(prov['offset'][i])}) "
+                      f"differs from the store ({len(bad)} samples differ in this shard)")
+    unknown = set(np.unique(np.concatenate(source_seq)).tolist()) - {s.id for s in plan.sources}
+    if unknown:
+        _fail(f"{mix}: provenance names unknown source ids {sorted(unknown)}")
+
+    sources = []
+    claimed = {s["id"]: s for s in m["sources"]}
+    for src in plan.sources:
+        off = np.sort(np.concatenate(offsets[src.id])) if offsets[src.id] else np.zeros(0, np.int64)
+        if len(off) != src.samples or np.any(off != np.arange(src.samples, dtype=np.int64) * seq_len):
+            _fail(f"{mix}: source {src.stream.name}: provenance does not cover its stream exactly once "
+                  f"({len(off)} samples, {src.samples} expected, or offsets duplicated/skipped)")
+        passes, partial = src.passes
+        hist = {str(k): int(v) for k, v in enumerate(np.bincount(passes)) if v} if len(passes) else {}
+        claim = claimed.get(src.id, {})
+        if src.train and (hist != claim.get("documents_full_passes") or partial != claim.get("partial_documents")):
+            _fail(f"{mix}/manifest.json: source {src.stream.name}: per-document passes {hist} (+{partial} partial) "
+                  f"recounted, manifest claims {claim.get('documents_full_passes')}")
+        sources.append({"name": src.stream.name, "role": src.role, "samples": src.samples, "epochs": round(src.epochs, 4),
+                        "passes": hist, "partial_documents": partial})
+
+    seq = np.concatenate(source_seq)
+    windows = {}
+    dom = plan.domain
+    if dom is not None and dom.train and plan.general is not None and plan.general.train:
+        is_dom = seq == dom.id
+        w0, w1 = plan.placement.w0, plan.placement.w1
+        if is_dom[:w0].any() or is_dom[w1:].any():
+            _fail(f"{mix}: domain samples outside the window {m['fraction']['window']}")
+        f = m["fraction"]["achieved"]
+        sizes = [2**k for k in range(0, int(np.log2(max(1, w1 - w0))) + 1)]
+        windows = window_deviation(is_dom[w0:w1], f, sizes)
+        worst = max(windows.values(), default=0.0)
+        if worst >= 1.0:
+            w = max(windows, key=windows.get)
+            _fail(f"{mix}: a window of {w} samples deviates by {worst:.2f} samples from fraction {f:.6g} (must be < 1)")
+
+    for ev in m.get("eval", []):
+        f = mix / ev["file"]
+        if not f.exists() or checksum_file(f) != ev[CHECKSUM]:
+            _fail(f"{f}: eval set missing or its checksum does not match the manifest")
+
+    seconds = time.perf_counter() - t0
+    return {
+        "mix": str(mix), "ok": True, "quick": quick, "shards": len(m["shards"]), "samples": m["samples"],
+        "tokens": m["tokens"], "fraction": m["fraction"], "sources": sources,
+        "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()},
+        "bytes": n_bytes, "seconds": round(seconds, 3), "mb_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 1),
+    }
