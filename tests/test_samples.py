@@ -77,6 +77,7 @@ def test_tree_docs_sorted_relative_ids_and_no_symlinked_duplicates(tmp_path):
     (tmp_path / "b" / "x.v").write_bytes(b"Lemma b.\r\n")
     (tmp_path / "a.v").write_bytes("caf\xe9 (latin-1)\n".encode("latin-1"))
     (tmp_path / "alias.v").symlink_to(tmp_path / "a.v")
+    (tmp_path / "c").symlink_to(tmp_path / "b", target_is_directory=True)
     (tmp_path / "notes.txt").write_text("not a .v file")
     docs = list(tree_docs(tmp_path, "**/*.v"))
     assert docs == [("a.v", "caf\xe9 (latin-1)\n"), ("b/x.v", "Lemma b.\n")]
