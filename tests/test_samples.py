@@ -138,6 +138,7 @@ def test_usage_errors_exit_2(capsys, tmp_path):
 # ---------------------------------------------------------------- the real corpora
 
 
+@pytest.mark.slow  # the first run on a machine downloads ~75 MB (pyproject: 'reads the real sample corpora')
 def test_sample_corpora_are_there_with_stable_ids(sample_cache):
     minimum = {"music": 10000, "proofs": 400, "chem": 200, "pydocs": 400, "perldocs": 150}
     for name in CORPORA:
@@ -163,6 +164,7 @@ def test_gpt2_tokenizer_eos_and_round_trip(gpt2_tokenizer_path):
     assert tok.decode(tok.encode(text).ids) == text
 
 
+@pytest.mark.slow  # the first run on a machine downloads ~75 MB (pyproject: 'reads the real sample corpora')
 def test_second_fetch_does_nothing(sample_cache, capsys):
     markers = sorted(sample_cache.glob("samples/*.done.json")) + sorted(sample_cache.glob("tokenizers/*.done.json"))
     before = {p: p.stat().st_mtime_ns for p in markers}
@@ -230,6 +232,7 @@ def test_recipes_reports_a_broken_file_in_one_line(tmp_path, capsys, monkeypatch
     assert listed["stages/spt"]["stages"] == ["pretrain", "finetune"] and "error" in listed["bad"]
 
 
+@pytest.mark.slow  # the first run on a machine downloads ~75 MB (pyproject: 'reads the real sample corpora')
 def test_sample_recipe_inputs_exist_in_the_cache(sample_cache):
     recipe = tomllib.loads((REPO / "recipes" / "samples.toml").read_text())
     for source in recipe["source"]:
