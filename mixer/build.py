@@ -61,6 +61,8 @@ def parse_shards(text: str | None, n_shards: int) -> range:
 def claim_directory(out: Path, spec: MixSpec) -> None:
     """Refuse a second, different build into one directory; allow resuming the same one."""
     marker = out / ".build" / "spec.json"
+    for stale in out.glob(".*.tmp-*") if out.is_dir() else []:  # left by a killed run; never renamed
+        stale.unlink(missing_ok=True)
     if marker.exists():
         previous = json.loads(marker.read_text())
         if spec_digest(MixSpec.from_json(previous)) != spec_digest(spec):
