@@ -261,3 +261,15 @@ def test_cli_build_verify_plan_end_to_end(stores, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("mixer: error: --fraction") and "Traceback" not in bad.stderr
     missing = run("verify", "nowhere")
     assert missing.returncode == 1 and "nowhere/manifest.json" in missing.stderr
+
+
+@pytest.mark.ray
+def test_ray_executor_writes_identical_bytes(stores, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        build(spec(stores), tmp_path / "ray", executor="ray", tasks=2, workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    build(spec(stores), tmp_path / "ref", progress=False)
+    assert mix_bytes(tmp_path / "ray") == mix_bytes(tmp_path / "ref")
