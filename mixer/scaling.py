@@ -165,7 +165,8 @@ def fit_fraction(c: Curve) -> dict:
     target = c.train if has_train else c.test
     train = fit_power_floor(c.tokens, target)
     if train is None:
-        notes.append(f"{np.isfinite(target).sum()} checkpoint(s) with domain loss; a power law with a floor needs {MIN_POINTS}")
+        n = len(np.unique(c.tokens[np.isfinite(target)]))
+        notes.append(f"domain loss at {n} distinct token count(s); a power law with a floor needs {MIN_POINTS}")
     elif not has_train:
         notes.append("no domain_train_loss: the curve is fitted to the test loss" + (" (gap taken as 0)" if c.fraction > 0 else ""))
     gap = None
@@ -349,7 +350,7 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
 def fit_gain(tokens: np.ndarray, gain: np.ndarray) -> dict:
     """dL(T) = a T^b + c by least squares over an exponent grid; a constant with < 3 points."""
     T, g = np.asarray(tokens, float), np.asarray(gain, float)
-    if len(np.unique(T)) < 3:
+    if len(np.unique(T)) < MIN_POINTS:
         return {"a": 0.0, "b": 0.0, "c": float(np.mean(g)), "kind": "constant", "points": int(len(T)),
                 "note": f"{len(np.unique(T))} finetuned checkpoint(s): gain taken as constant (a*T^b + c needs >= 3)"}
     best = None
