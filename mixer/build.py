@@ -110,6 +110,7 @@ def build(
     tasks: int = 1,
     workers: int = 1,
     progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
     """Write the requested shards; when every shard exists, write eval sets and the manifest."""
     plan = resolve(spec)
@@ -130,11 +131,11 @@ def build(
     }
     if missing:
         return {"status": "partial", **status}
-    manifest = finalize(plan, out)
+    manifest = finalize(plan, out, extra or {})
     return {"status": "done", **status, "manifest": manifest}
 
 
-def finalize(plan: MixPlan, out: Path) -> dict:
+def finalize(plan: MixPlan, out: Path, extra: dict) -> dict:
     path = out / "manifest.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -147,6 +148,7 @@ def finalize(plan: MixPlan, out: Path) -> dict:
         "shards": [read_sidecar(out, k) for k in range(shards)],
         "eval": write_eval(plan, out),
         "recipe": plan.spec.to_json(),
+        **extra,
     }
     write_json(path, manifest)
     return manifest

@@ -46,7 +46,7 @@ def spec_from_flags(kw: dict):
     from ..mix import MixSpec
 
     return MixSpec(
-        stores=str(resolve_stores(kw["stores"])),
+        stores=str(resolve_stores(kw["stores"]).resolve()),
         domain=kw["domain"], general=kw["general"], fraction=kw["fraction"], epochs=kw["epochs"],
         replay=kw["replay"], tokens=parse_count(kw["tokens"]) if kw["tokens"] else None,
         seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
@@ -119,6 +119,7 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 @click.command()
 @mix_options
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Multi-stage recipe (TOML [[stage]] tables).")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe var: --set fraction=0.05 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output dir (default ./mixes/<name>).")
 @click.option("--shards", help="Write only shards I:J (the manifest comes when all exist).")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
@@ -126,12 +127,12 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 @click.option("--workers", type=int, default=-1, help="Concurrent tasks (default: all).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
-def build(recipe, out, shards, executor, tasks, workers, quiet, as_json, **kw) -> None:
+def build(recipe, overrides, out, shards, executor, tasks, workers, quiet, as_json, **kw) -> None:
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
     if recipe is not None:
-        from ..stages import build_recipe, format_stages
+        from ..stages import build_recipe, format_stages, parse_set
 
-        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, executor=executor, tasks=tasks,
+        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor, tasks=tasks,
                               workers=workers if workers > 0 else tasks, progress=not quiet)
         emit(result, as_json, format_stages)
         return
