@@ -121,8 +121,7 @@ class SourcePlan:
         return self.stream_tokens / max(1, self.stream.epoch_tokens)
 
     def summary(self) -> dict:
-        passes, partial = self.passes
-        hist = np.bincount(passes) if len(passes) else np.zeros(0, dtype=np.int64)
+        hist, partial = self.stream.pass_histogram(self.stream_tokens)
         return {
             "id": self.id,
             "name": self.stream.name,
@@ -134,7 +133,7 @@ class SourcePlan:
             "samples": self.samples,
             "stream_tokens": self.stream_tokens,
             "epochs": round(self.epochs, 6),
-            "documents_full_passes": {str(k): int(v) for k, v in enumerate(hist) if v},
+            "documents_full_passes": hist,
             "partial_documents": partial,
             "epoch_start_samples": epoch_start_samples(self.stream_tokens, self.stream.epoch_tokens, self.stream.seq_len),
         }
@@ -242,9 +241,8 @@ def seen_documents(mix_dir: Path, source: str) -> np.ndarray:
     passes, partial = src.passes
     touched = passes > 0
     if partial:  # the document cut by the end of the stream was seen in part
-        full = src.stream_tokens // src.stream.epoch_tokens
-        perm = src.stream.permutation(full)
-        touched[perm[int(np.sum(np.cumsum(src.stream.lengths[perm]) <= src.stream_tokens % src.stream.epoch_tokens))]] = True
+        full, m, _, perm = src.stream._prefix(src.stream_tokens)
+        touched[perm[m]] = True
     idx = np.flatnonzero(touched)
     return src.stream.documents[idx] if src.stream.documents is not None else idx
 

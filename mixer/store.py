@@ -104,7 +104,8 @@ class Store:
         out = {}
         for split in self.splits:
             f = self._file(split, ".ds.index")
-            ends = np.fromfile(f, dtype="<u8")
+            # memmap: a 200B-token store has ~100M documents; the index stays on disk
+            ends = np.memmap(f, dtype="<u8", mode="r") if f.stat().st_size else np.zeros(0, dtype="<u8")
             if len(ends) != self.n_docs(split) or (len(ends) and int(ends[-1]) != self.n_tokens(split)):
                 raise MixerError(f"{f}: index does not match store.json ({len(ends)} documents); re-run mixer tokenize")
             out[split] = ends

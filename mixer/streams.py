@@ -35,32 +35,46 @@ class SourceStream:
         self.name = store.name
         self.seed = seed
         self.seq_len = seq_len
-        lengths = store.doc_lengths("train")
-        starts = store.doc_starts("train").astype(np.int64)
+        ends = store.doc_ends("train")
         if documents is not None:
             # A subset of the train split (dataset-size studies; compute-matched stages).
             self.documents = np.asarray(documents, dtype=np.int64)
-            lengths, starts = lengths[self.documents], starts[self.documents]
+            starts = np.where(self.documents > 0, ends[np.maximum(self.documents - 1, 0)], 0).astype(np.int64)
+            self.lengths = (ends[self.documents].astype(np.int64) - starts).astype(np.uint32)
+            self._starts = starts
         else:
             self.documents = None
-        self.lengths = lengths
-        self.starts = starts
-        self.n_docs = len(lengths)
-        self.epoch_tokens = int(lengths.sum())
-        self._cache = lru_cache(maxsize=64)(self._layout)
+            self.lengths = _lengths(ends)
+            self._starts = None
+        self._ends = ends
+        self.n_docs = len(self.lengths)
+        self.epoch_tokens = int(self.lengths.sum(dtype=np.int64))
+        self._cache = lru_cache(maxsize=4)(self._layout)
+
+    def doc_starts(self, docs: np.ndarray) -> np.ndarray:
+        """Store offsets of stream documents `docs` (indices into this stream's documents)."""
+        if self._starts is not None:
+            return self._starts[docs]
+        return self._ends[docs].astype(np.int64) - self.lengths[docs]
 
     # -- order -------------------------------------------------------------------------
 
     def permutation(self, epoch: int) -> np.ndarray:
         """Document order of one epoch: a fresh permutation per (seed, source, epoch)."""
         rng = np.random.default_rng([self.seed, source_key(self.name), epoch])
-        return rng.permutation(self.n_docs)
+        # int32 halves the memory of a 100M-document permutation; the draws, and so the
+        # order, depend only on n_docs.
+        perm = np.arange(self.n_docs, dtype=np.int32 if self.n_docs < 2**31 else np.int64)
+        rng.shuffle(perm)
+        return perm
 
-    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """An epoch's document order and where each document starts in the stream."""
         perm = self.permutation(epoch)
-        seg_len = self.lengths[perm]
-        seg_stream = np.cumsum(seg_len) - seg_len + epoch * self.epoch_tokens
-        return seg_stream, self.starts[perm], seg_len
+        seg_stream = np.cumsum(self.lengths[perm], dtype=np.int64)
+        seg_stream -= self.lengths[perm]
+        seg_stream += epoch * self.epoch_tokens
+        return perm, seg_stream
 
     def general_order(self, index: np.ndarray, n_samples: int) -> np.ndarray:
         """Shuffle sample indices within blocks of one epoch's worth of samples (see schedule.py)."""
@@ -95,9 +109,8 @@ class SourceStream:
         first_epoch = int(starts.min()) // self.epoch_tokens
         last_epoch = (int(starts.max()) + length - 1) // self.epoch_tokens
         layouts = [self._cache(e) for e in range(first_epoch, last_epoch + 1)]
-        seg_stream = np.concatenate([l[0] for l in layouts])
-        seg_store = np.concatenate([l[1] for l in layouts])
-        seg_len = np.concatenate([l[2] for l in layouts])
+        seg_doc = np.concatenate([l[0] for l in layouts]) if len(layouts) > 1 else layouts[0][0]
+        seg_stream = np.concatenate([l[1] for l in layouts]) if len(layouts) > 1 else layouts[0][1]
         # Pieces: each (interval, overlapping segment) pair is one contiguous store run.
         first = np.searchsorted(seg_stream, starts, side="right") - 1
         last = np.searchsorted(seg_stream, starts + (length - 1), side="right") - 1
@@ -105,26 +118,58 @@ class SourceStream:
         piece_row = np.repeat(np.arange(len(starts)), n_seg)
         piece_seg = np.arange(int(n_seg.sum())) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg) + np.repeat(first, n_seg)
         seg_lo = seg_stream[piece_seg]
+        doc = seg_doc[piece_seg]
         lo = np.maximum(seg_lo, starts[piece_row])
-        hi = np.minimum(seg_lo + seg_len[piece_seg], starts[piece_row] + length)
+        hi = np.minimum(seg_lo + self.lengths[doc], starts[piece_row] + length)
         piece_len = hi - lo
-        piece_store = seg_store[piece_seg] + (lo - seg_lo)
+        piece_store = self.doc_starts(doc) + (lo - seg_lo)
         offsets = np.cumsum(piece_len) - piece_len
         return np.arange(int(piece_len.sum()), dtype=np.int64) + np.repeat(piece_store - offsets, piece_len)
 
     # -- counts ------------------------------------------------------------------------
+
+    def _prefix(self, stream_tokens: int) -> tuple[int, int, int, np.ndarray | None]:
+        """(full epochs, documents complete in the last partial epoch, cut documents, its order)."""
+        full, rem = divmod(stream_tokens, self.epoch_tokens)
+        if rem == 0:
+            return full, 0, 0, None
+        perm = self.permutation(full)
+        done, m = 0, 0
+        for i in range(0, self.n_docs, 1 << 22):  # chunked: stop as soon as the prefix is found
+            cum = done + np.cumsum(self.lengths[perm[i : i + (1 << 22)]], dtype=np.int64)
+            k = int(np.searchsorted(cum, rem, side="right"))
+            m += k
+            if k < len(cum):
+                return full, m, int(rem > (cum[k - 1] if k else done)), perm
+            done = int(cum[-1])
+        return full, m, 0, perm
 
     def passes(self, stream_tokens: int) -> tuple[np.ndarray, int]:
         """Full passes per document for a stream prefix of `stream_tokens`; and the number of
         documents cut by the end of the stream (0 or 1)."""
         if stream_tokens <= 0 or self.epoch_tokens == 0:
             return np.zeros(self.n_docs, dtype=np.int64), 0
-        full, rem = divmod(stream_tokens, self.epoch_tokens)
+        full, m, partial, perm = self._prefix(stream_tokens)
         passes = np.full(self.n_docs, full, dtype=np.int64)
-        if rem == 0:
-            return passes, 0
-        perm = self.permutation(full)
-        cum = np.cumsum(self.lengths[perm])
-        m = int(np.searchsorted(cum, rem, side="right"))
-        passes[perm[:m]] += 1
-        return passes, int(rem > (cum[m - 1] if m else 0))
+        if perm is not None:
+            passes[perm[:m]] += 1
+        return passes, partial
+
+    def pass_histogram(self, stream_tokens: int) -> tuple[dict[str, int], int]:
+        """{full passes: documents} without a per-document array (a 200B plan has 100M documents)."""
+        if stream_tokens <= 0 or self.epoch_tokens == 0:
+            return ({"0": self.n_docs} if self.n_docs else {}), 0
+        full, m, partial, _ = self._prefix(stream_tokens)
+        hist = {str(full): self.n_docs - m, str(full + 1): m}
+        return {k: v for k, v in hist.items() if v}, partial
+
+
+def _lengths(ends: np.ndarray) -> np.ndarray:
+    """Document lengths as uint32 (documents < 4G tokens), computed in chunks of the index."""
+    out = np.empty(len(ends), dtype=np.uint32)
+    prev = 0
+    for i in range(0, len(ends), 1 << 24):
+        chunk = np.asarray(ends[i : i + (1 << 24)], dtype=np.int64)
+        out[i : i + len(chunk)] = np.diff(chunk, prepend=prev)
+        prev = int(chunk[-1])
+    return out

@@ -97,8 +97,7 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True) -> d
         if len(off) != src.samples or np.any(off != np.arange(src.samples, dtype=np.int64) * seq_len):
             _fail(f"{mix}: source {src.stream.name}: provenance does not cover its stream exactly once "
                   f"({len(off)} samples, {src.samples} expected, or offsets duplicated/skipped)")
-        passes, partial = src.passes
-        hist = {str(k): int(v) for k, v in enumerate(np.bincount(passes)) if v} if len(passes) else {}
+        hist, partial = src.stream.pass_histogram(src.stream_tokens)
         claim = claimed.get(src.id, {})
         if src.train and (hist != claim.get("documents_full_passes") or partial != claim.get("partial_documents")):
             _fail(f"{mix}/manifest.json: source {src.stream.name}: per-document passes {hist} (+{partial} partial) "
