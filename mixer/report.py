@@ -233,11 +233,14 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    setups = sorted({(r.fraction, setup_of(r)) for r in pre})
-    for i, (_, s) in enumerate(setups):
-        for j, r in enumerate(x for x in pre if setup_of(x) == s):
+    # One colour per curve family; the model and domain join the label only when they vary.
+    many = len({(r.model, r.domain) for r in pre}) > 1
+    family = lambda r: (f"{r.model} {r.domain} " if many else "") + setup_of(r)  # noqa: E731
+    families = sorted({(r.model, str(r.domain), r.fraction, family(r)) for r in pre})
+    for i, (*_, name) in enumerate(families):
+        for j, r in enumerate(x for x in pre if family(x) == name):
             pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
-            ax.plot(*zip(*pts), "o-", ms=3, color=f"C{i % 10}", label=s if j == 0 else None)
+            ax.plot(*zip(*pts), "o-", ms=3, color=f"C{i % 10}", label=name if j == 0 else None)
     ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)", title="domain loss during pretraining")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -365,7 +368,7 @@ def format_fit(fit: dict) -> str:
         law, p = fit["law"], fit["law"]["params"]
         lines.append("joint law (fraction as a fraction, tokens in tokens): "
                      + ", ".join(f"{k}={v:.4g}" for k, v in p.items()))
-        worst = max(e["test"]["mean_abs_rel_error_pct"] for e in law["errors"])
+        worst = max(e["test"]["mean_abs_rel_error_pct"] for e in law["errors"] if e["test"])
         lines.append(f"  test-loss error per curve: worst mean {worst:.2f}%; L-BFGS from {law['starts']} starts, "
                      f"{'converged' if law['converged'] else 'NOT converged'}")
         lines += [f"  check {'ok  ' if c['ok'] else 'FAIL'} {c['check']}" for c in fit["checks"]]

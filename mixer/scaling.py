@@ -11,9 +11,12 @@ with d, rescaling T (tokens vs steps) changes the family itself. Here d is a fra
 (0.02, not 2) and T is in tokens; UNITS goes into fit.json.
 
 Fitting follows the paper and Chinchilla's approach 3: per-fraction curves first (closed-form
-least squares over an exponent grid), their coefficients give the start of the joint fit,
-which minimises a Huber loss on log-loss residuals with L-BFGS from a grid of starts.
-Everything here is pure: arrays in, dicts of floats out.
+least squares over an exponent grid), their coefficients give the start of the joint fit
+(each shape - exponents linear in d, log-linear floor, Gamma kernel - is then linear in its
+unknowns), which minimises a Huber loss on log-loss residuals with L-BFGS-B from that start
+and seeded perturbations of it. Small studies degrade in steps: without enough fractions
+the per-fraction curves are still fitted, without enough checkpoints nothing is invented,
+and `not_fitted` says which and why. Everything here is pure: arrays in, dicts out.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ _Z_BOUNDS = [(None, None), (-3, 0), (None, None), (None, None), (0.01, 5), (None
              (-3, 3), (None, None), (None, None), (None, None), (math.log(1e-7), math.log(10)), (None, None)]
 _Z_LO = np.array([-np.inf if lo is None else lo for lo, _ in _Z_BOUNDS])
 _Z_HI = np.array([np.inf if hi is None else hi for _, hi in _Z_BOUNDS])
+_EXP_CAP = 60.0  # e^60 ~ 1e26 nats: far beyond any loss, still finite in the gradient
 _START_SPREAD = np.array([0.3, 0.05, 0.01, 0.5, 0.2, 0.5, 0.05, 0.02, 0.05, 0.02, 1.0, 0.02])
 
 
@@ -279,12 +283,13 @@ def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0) 
 def curve_errors(p: dict, c: Curve) -> dict:
     """Mean and max absolute relative error (%) of the law on one curve."""
     pred = law(p, c.tokens, c.fraction)
-    out = {"fraction": c.fraction}
+    out: dict = {"fraction": c.fraction}
     for key in ("train", "test"):
         y = getattr(c, key)
         ok = np.isfinite(y)
-        rel = np.abs(pred[key][ok] - y[ok]) / y[ok] * 100 if ok.any() else np.array([np.nan])
-        out[key] = {"mean_abs_rel_error_pct": float(np.mean(rel)), "max_abs_rel_error_pct": float(np.max(rel))}
+        rel = np.abs(pred[key][ok] - y[ok]) / y[ok] * 100
+        out[key] = ({"mean_abs_rel_error_pct": float(np.mean(rel)), "max_abs_rel_error_pct": float(np.max(rel))}
+                    if ok.any() else None)  # that loss was not measured on this curve
     return out
 
 
@@ -329,9 +334,12 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
         joint = fit_joint(use, initial_params(use, train_pf), starts=starts, seed=seed)
         joint["fractions"] = sorted(fitted)
         joint["errors"] = [curve_errors(joint["params"], c) for c in curves]
+        if not all(math.isfinite(v) for v in joint["params"].values()) or not math.isfinite(joint["objective"]):
+            out["not_fitted"].append({"what": "joint law", "why": "the optimiser found no finite parameters"})
+            joint = None
         out["law"] = joint
-        out["checks"] = law_checks(joint["params"])
-        if holdout is not None:
+        out["checks"] = law_checks(joint["params"]) if joint else []
+        if joint and holdout is not None:
             c = next(c for c in curves if math.isclose(c.fraction, holdout, abs_tol=1e-9))
             out["holdout"] = curve_errors(joint["params"], c) | {"points": int(np.isfinite(c.test).sum())}
     for p in per_fraction:
@@ -388,8 +396,9 @@ def _objective(T: np.ndarray, d: np.ndarray, y_tr: np.ndarray, y_te: np.ndarray)
     def f(x: np.ndarray) -> tuple[float, np.ndarray]:
         logA, bts, btg, la1, a2, a3, bgs, bgg, k0, k1, lk2, k3 = x
         k2 = math.exp(lk2)
-        P = np.exp(logA + (d * bts + (1 - d) * btg) * lt)
-        G = np.where(pos, np.exp(la1 + a2 * logd + a3 * d + (d * bgs + (1 - d) * bgg) * lt), 0.0)
+        # Exponents are capped so a wild line-search step gives a huge finite loss, not inf/NaN.
+        P = np.exp(np.minimum(logA + (d * bts + (1 - d) * btg) * lt, _EXP_CAP))
+        G = np.where(pos, np.exp(np.minimum(la1 + a2 * logd + a3 * d + (d * bgs + (1 - d) * bgg) * lt, _EXP_CAP)), 0.0)
         tr = np.maximum(P + k0 - k1 * np.log(d + k2) - k3 * d, 1e-12)
         te = np.maximum(tr + G, 1e-12)
         h_tr, g_tr = _huber(np.log(tr) - ly_tr)
