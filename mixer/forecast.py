@@ -9,13 +9,15 @@ dressed as a number.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_open
-from .errors import MixerError
-from .scaling import curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
+from .errors import MixerError, UsageError
+from .scaling import FIT_FORMAT, curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
 from .units import format_count
 
 # The paper's grid (0, 0.1%, 1%, 2%, 5%, 10%) with a few points between.
@@ -30,9 +32,29 @@ LATE_WINDOW = 0.1
 SCPT_EPOCHS, MIN_WINDOW_FRACTION = 30, 0.001
 
 
+def load_fit(path: str | Path) -> dict:
+    """Read fit.json (written by `mixer fit`) with one-line errors naming the file."""
+    f = Path(path)
+    if not f.is_file():
+        raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
+    try:
+        fit = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise MixerError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(fit, dict) or fit.get("format") != FIT_FORMAT:
+        got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
+        raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")
+    return fit
+
+
 def forecast(fit: dict, tokens: int, fractions: list[float] | None = None, domain_tokens: int | None = None) -> dict:
     """Forecast curves per fraction up to `tokens`, onset of overfitting, recommended fraction
     and the data-size regime. `fit` is the content of fit.json."""
+    if tokens <= 0:
+        raise UsageError(f"--tokens {tokens}: the budget must be positive")
+    bad = [d for d in fractions or [] if not 0 <= d < 1]
+    if bad:
+        raise UsageError(f"fraction(s) {', '.join(f'{d:g}' for d in bad)}: give fractions as fractions in [0, 1), e.g. 0.02 for 2%")
     warnings: list[str] = []
     coeffs, source = _coefficients(fit, fractions, warnings)
     lo, hi = (fit.get("data") or {}).get("token_range") or [tokens / 100, tokens]

@@ -18,7 +18,7 @@ from .atomic import atomic_open, write_json
 from .errors import MixerError, UsageError
 from .metrics import compute_multiplier, forgetting, gap_closed, mean_spread, pareto_front, relative_gain
 from .runs import Run, find_parent, mix_domain_tokens
-from .scaling import Curve, curve_test, fit_law, fraction_coefficients, law_coefficients
+from .scaling import FIT_FORMAT, Curve, curve_test, fit_law, fraction_coefficients, law_coefficients
 from .units import format_count
 
 
@@ -51,7 +51,9 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         if best is None:
             notes.append(f"{r.path}: no domain test loss in evals.jsonl; left out")
             continue
-        before = next((e for e in r.evals if e.tokens == 0), None) or parent.eval_at(
+        # The model before finetuning: a 0-token evaluation (any grid point: all start from the
+        # same checkpoint), else the parent's evaluation of the checkpoint finetuned from.
+        before = next((e for e in r.all_evals() if e.tokens == 0), None) or parent.eval_at(
             r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         g0 = before.general_val_loss if before else None
         g1 = best.general_val_loss
@@ -197,7 +199,8 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
     write_json(out / "report.json", report)
     md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the best (early-stopped) domain test "
           "loss over checkpoints and the LR/warmup grid; relative gain = 100 (L_NPT - L) / L_NPT; forgetting = "
-          "rise of general val loss from the pretrained checkpoint to the best finetuned one; mean ± std over seeds.",
+          "rise of general val loss from the pretrained checkpoint to the best finetuned one; mean ± std over seeds "
+          "(relative gain paired with the NPT run of the same seed where there is one, else with the NPT mean).",
           "", "```", format_report(report), "```", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     with atomic_open(out / "report.md", "w") as f:
         f.write("\n".join(md) + "\n")
@@ -346,7 +349,7 @@ def build_fit(inputs: dict, holdout: float | None = None) -> dict:
                          "run mixer eval on them first")
     body = fit_law(curves, inputs["gains"] or None, holdout=holdout)
     tokens = np.concatenate([c.tokens for c in curves])
-    return {"format": "mixer-fit/1", "mixer_version": __version__, "model": inputs["model"], "domain": inputs["domain"],
+    return {"format": FIT_FORMAT, "mixer_version": __version__, "model": inputs["model"], "domain": inputs["domain"],
             "general": inputs["general"], "domain_tokens": inputs["domain_tokens"], "holdout_fraction": holdout,
             "data": {"fractions": [c.fraction for c in curves], "points": int(len(tokens)),
                      "token_range": [float(tokens.min()), float(tokens.max())]},

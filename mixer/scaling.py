@@ -29,6 +29,7 @@ from scipy.optimize import minimize
 
 from .errors import UsageError
 
+FIT_FORMAT = "mixer-fit/1"
 UNITS = {
     "fraction": "fraction of pretraining tokens from the domain (0.02 means 2%; not percent)",
     "tokens": "pretraining tokens (not steps, not billions)",

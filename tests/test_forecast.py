@@ -74,3 +74,26 @@ def test_a_fit_without_curves_is_refused():
            "not_fitted": [{"what": "joint law", "why": "1 fraction(s)"}]}
     with pytest.raises(MixerError, match="nothing to forecast with"):
         forecast(fit, B)
+
+
+def test_load_fit_names_the_file(tmp_path):
+    from mixer.forecast import load_fit
+
+    with pytest.raises(MixerError, match="no such fit file") as e:
+        load_fit(tmp_path / "fit.json")
+    assert e.value.exit_code == 2
+    (tmp_path / "fit.json").write_text("{bad")
+    with pytest.raises(MixerError, match="fit.json: not valid JSON"):
+        load_fit(tmp_path / "fit.json")
+    (tmp_path / "fit.json").write_text('{"format": "mixer-report/1"}')
+    with pytest.raises(MixerError, match="not a mixer-fit/1 file"):
+        load_fit(tmp_path / "fit.json")
+    (tmp_path / "fit.json").write_text('{"format": "mixer-fit/1", "law": null}')
+    assert load_fit(tmp_path / "fit.json")["law"] is None
+
+
+def test_fractions_in_percent_are_refused():
+    from mixer.errors import UsageError
+
+    with pytest.raises(UsageError, match="fractions as fractions"):
+        forecast(law_fit(), B, fractions=[2.0])
