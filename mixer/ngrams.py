@@ -1,0 +1,162 @@
+"""Hashed token n-grams and a fast membership set for them, in vectorized numpy.
+
+Hash of the n tokens t[i..i+n):  h = sum_j R[t[i+j]] * Binv**j  (mod 2**64)
+where R is a fixed random 64-bit value per token id and Binv the inverse of an odd base B.
+Written that way the hash of every window follows from one prefix sum:
+    P[k] = sum_{m<k} R[t[m]] * Binv**m,   h(i) = (P[i+n] - P[i]) * B**i
+so a chunk costs a gather, two multiplies, a cumsum and a subtraction per token, whatever
+n is (a rolling hash done window by window would cost n multiply-adds per token). numpy
+integer arithmetic wraps modulo 2**64, which is exactly the ring we want. The same prefix
+gives the hash of any span, so whole documents are hashed with the same function.
+
+Membership (`KeySet`) is two-stage because a binary search over millions of keys misses
+cache at every level: a bit filter (about 16 bits per key, ~4% false candidates) rejects
+almost every window with one gather, and only candidates go through a bucketed binary
+search over the sorted keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SEED = 0x6D69786572  # "mixer": fixed, so hashes agree across processes and runs
+_BASE = 0x9E3779B97F4A7C15  # odd (invertible modulo 2**64), not close to a power of two
+
+
+def _inverse_mod_2_64(b: int) -> int:
+    x = b  # Newton iteration doubles the correct low bits each step: 6 steps > 64 bits
+    for _ in range(6):
+        x = (x * (2 - b * x)) % 2**64
+    return x
+
+
+class NgramHasher:
+    """64-bit hashes of token windows and spans; position-independent, deterministic."""
+
+    def __init__(self, n: int, vocab_size: int) -> None:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n = n
+        self.vocab_size = vocab_size
+        self.table = np.random.default_rng(_SEED).integers(0, 2**64, size=vocab_size, dtype=np.uint64, endpoint=False)
+        self._pw = np.ones(1, dtype=np.uint64)  # B**i, grown on demand
+        self._pwi = np.ones(1, dtype=np.uint64)  # Binv**i
+
+    def _powers(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._pw) < length:
+            size = max(length, 2 * len(self._pw))
+            steps = np.full(size, _BASE, dtype=np.uint64)
+            steps[0] = 1
+            self._pw = np.cumprod(steps, dtype=np.uint64)
+            steps[1:] = _inverse_mod_2_64(_BASE)
+            self._pwi = np.cumprod(steps, dtype=np.uint64)
+        return self._pw, self._pwi
+
+    def prefix(self, tokens: np.ndarray) -> np.ndarray:
+        """P[0..len]: P[k] = sum_{m<k} R[t[m]] * Binv**m (mod 2**64)."""
+        _, pwi = self._powers(len(tokens) + 1)
+        x = self.table[tokens]
+        x *= pwi[: len(tokens)]
+        out = np.empty(len(tokens) + 1, dtype=np.uint64)
+        out[0] = 0
+        np.cumsum(x, out=out[1:])
+        return out
+
+    def windows(self, tokens: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
+        """Hash of every window t[i:i+n], i = 0 .. len-n (validity is the caller's business)."""
+        if len(tokens) < self.n:
+            return np.zeros(0, dtype=np.uint64)
+        p = self.prefix(tokens) if prefix is None else prefix
+        pw, _ = self._powers(len(p))
+        h = p[self.n :] - p[: -self.n]
+        h *= pw[: len(h)]
+        return h
+
+    def spans(self, prefix: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hash of each t[start:end] (same function as `windows` for end - start == n)."""
+        pw, _ = self._powers(len(prefix))
+        h = prefix[ends] - prefix[starts]
+        h *= pw[starts]
+        return h
+
+
+def valid_windows(size: int, n: int, eos: np.ndarray, row_len: int | None = None) -> np.ndarray:
+    """Mask over the windows t[i:i+n] of `size` flat tokens: False when the window holds an
+    EOS (`eos`: their positions) or crosses a row (sample) boundary; rows are consecutive
+    `row_len` slices of the flat tokens."""
+    m = size - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=bool)
+    ok = np.ones(m, dtype=bool)
+    # EOS tokens are rare, so n small scatters beat a sliding count over every position
+    for d in range(n):
+        pos = eos - d
+        ok[pos[(pos >= 0) & (pos < m)]] = False
+    if row_len is not None and row_len < size:
+        for r in range(n - 1):  # the n-1 window starts at the end of each row
+            ok[row_len - 1 - r :: row_len] = False
+    return ok
+
+
+def segments(size: int, eos: np.ndarray, row_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the maximal runs of non-EOS tokens inside each row: the pieces of
+    documents a training chunk of `size` tokens holds (a row edge cuts a document, an EOS
+    at one of the positions `eos` ends one)."""
+    rows = np.arange(0, size, row_len if row_len else max(size, 1), dtype=np.int64)
+    cuts = np.union1d(np.union1d(rows, eos), eos + 1)
+    cuts = cuts[cuts < size]
+    starts = cuts
+    ends = np.append(cuts[1:], size)
+    keep = ~np.isin(starts, eos)  # drop the one-token intervals that are the EOS themselves
+    return starts[keep].astype(np.int64), ends[keep].astype(np.int64)
+
+
+class KeySet:
+    """A sorted set of uint64 keys with a bit filter in front; `lookup` returns, for a batch
+    of hashes, which of them are members and their index in `keys`."""
+
+    def __init__(self, keys: np.ndarray, bits: np.ndarray, directory: np.ndarray) -> None:
+        self.keys = keys
+        self.bits = bits
+        self.directory = directory
+        self.filter_shift = np.uint64(64 - int(np.log2(len(bits) * 8)))
+        self.dir_shift = np.uint64(64 - int(np.log2(len(directory) - 1)))
+        widest = int(np.diff(directory).max()) if len(keys) else 0
+        self.search_steps = max(1, int(widest).bit_length())
+
+    @classmethod
+    def build(cls, keys: np.ndarray) -> "KeySet":
+        """`keys`: sorted, unique uint64."""
+        n = max(len(keys), 1)
+        filter_bits = int(np.clip(int(n - 1).bit_length() + 4, 16, 34))  # ~16 bits per key
+        dir_bits = int(np.clip(int(n - 1).bit_length() - 2, 4, 30))  # ~4 keys per bucket
+        bits = np.zeros(2 ** (filter_bits - 3), dtype=np.uint8)
+        if len(keys):
+            idx = keys >> np.uint64(64 - filter_bits)
+            byte = idx >> np.uint64(3)
+            flag = np.left_shift(np.uint8(1), (idx & np.uint64(7)).astype(np.uint8))
+            ub, first = np.unique(byte, return_index=True)
+            bits[ub.astype(np.int64)] = np.bitwise_or.reduceat(flag, first)
+        bucket = (keys >> np.uint64(64 - dir_bits)).astype(np.int64)
+        directory = np.zeros(2**dir_bits + 1, dtype=np.int64)
+        np.cumsum(np.bincount(bucket, minlength=2**dir_bits), out=directory[1:])
+        return cls(keys, bits, directory)
+
+    def lookup(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in h that are members, their indices in keys)."""
+        i = (h >> self.filter_shift).view(np.int64)
+        byte = np.take(self.bits, i >> 3)
+        cand = np.flatnonzero((byte >> (i & 7).astype(np.uint8)) & 1)
+        if not len(cand):
+            return cand, cand
+        hc = h[cand]
+        b = (hc >> self.dir_shift).view(np.int64)
+        lo, hi = self.directory[b], self.directory[b + 1]
+        for _ in range(self.search_steps):  # branch-free binary search inside each bucket
+            mid = (lo + hi) >> 1
+            go = (mid < hi) & (self.keys[np.minimum(mid, len(self.keys) - 1)] < hc)
+            lo = np.where(go, mid + 1, lo)
+            hi = np.where(go, hi, mid)
+        found = lo < self.directory[b + 1]
+        found[found] = self.keys[lo[found]] == hc[found]
+        return cand[found], lo[found]
