@@ -261,3 +261,33 @@ def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
     for args, want_code, want in cases:
         code, out, err = cli(capsys, *args)
         assert (code, want in err, "Traceback" in err, err.count("\n")) == (want_code, True, False, 1), (args, err)
+
+
+def test_mix_built_by_mixer_build_audits_clean_and_a_leak_is_caught(corpus, tmp_path, capsys):
+    """End to end: stores -> `mixer build` (music domain repeated over several epochs) ->
+    `mixer audit`. Clean as built; a test tune copied into a general train document of
+    the store (a leaky split) is found in the rebuilt mix."""
+    stores = make_stores(tmp_path / "stores", corpus)
+    build = ["build", "--stores", stores, "--domain", "music", "--general", "prose", "--fraction", "0.3",
+             "--tokens", "400K", "--seq-len", "256", "--samples-per-shard", "400", "--quiet"]
+    code, _, err = cli(capsys, *build, "--out", tmp_path / "clean")
+    assert code == 0, err
+    code, out, err = cli(capsys, "audit", tmp_path / "clean", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["clean"] and rep["training"]["files"] >= 3 and rep["training"]["tokens"] >= 400_000
+    assert [s["source"] for s in rep["sources"]] == ["music", "prose"]
+
+    m, p = corpus["music"], corpus["prose"]
+    leaked = m["held"][0]
+    train = [(p["ids"][i], t) for i, t in enumerate(p["toks"]) if i not in p["held"]]
+    train[0] = (train[0][0], np.concatenate([train[0][1], m["toks"][leaked]]))
+    write_store(stores, "prose", "general", {"train": train, "val": [(p["ids"][i], p["toks"][i]) for i in p["held"]]},
+                corpus["enc"].path)
+    code, _, err = cli(capsys, *build, "--out", tmp_path / "leaky")
+    assert code == 0, err
+    code, out, err = cli(capsys, "audit", tmp_path / "leaky", "--json", "--tasks", "2")
+    rep = json.loads(out)
+    assert code == 1 and "1 held-out document(s) exceed" in err
+    assert [w["id"] for w in rep["sources"][0]["worst"]] == [m["ids"][leaked]]
+    assert rep["sources"][0]["worst"][0]["share"] > 0.9
