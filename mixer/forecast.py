@@ -54,7 +54,8 @@ def forecast(fit: dict, tokens: int, fractions: list[float] | None = None, domai
         raise UsageError(f"--tokens {tokens}: the budget must be positive")
     bad = [d for d in fractions or [] if not 0 <= d < 1]
     if bad:
-        raise UsageError(f"fraction(s) {', '.join(f'{d:g}' for d in bad)}: give fractions as fractions in [0, 1), e.g. 0.02 for 2%")
+        raise UsageError(f"fraction(s) {', '.join(f'{d:g}' for d in bad)}: give fractions as fractions in [0, 1), "
+                         "e.g. 0.02 for 2%")
     warnings: list[str] = []
     coeffs, source = _coefficients(fit, fractions, warnings)
     lo, hi = (fit.get("data") or {}).get("token_range") or [tokens / 100, tokens]
@@ -165,7 +166,8 @@ def _coefficients(fit: dict, fractions: list[float] | None, warnings: list[str])
         return sorted(have.items()), "per-fraction curves"
     missing = [d for d in fractions if not any(math.isclose(d, m, abs_tol=1e-9) for m in have)]
     if missing:
-        warnings.append(f"cannot forecast unmeasured fraction(s) {', '.join(f'{d:g}' for d in missing)} without the joint law")
+        listed = ", ".join(f"{d:g}" for d in missing)
+        warnings.append(f"cannot forecast unmeasured fraction(s) {listed} without the joint law")
     keep = [(m, c) for m, c in sorted(have.items()) if any(math.isclose(d, m, abs_tol=1e-9) for d in fractions)]
     if not keep:
         raise MixerError(f"no joint law and none of the fractions {', '.join(f'{d:g}' for d in fractions)} was measured "
@@ -209,4 +211,5 @@ def _regime(best: dict, tokens: int, D: int | None, domain: str | None) -> dict:
     return {"name": "late-window", "epochs": E, "window": [1 - LATE_WINDOW, 1.0], "window_fraction": f_w,
             "message": f"{E:.3g} epochs of the domain data at fraction {d:g} (> {MAX_SPT_EPOCHS}): small corpora overfit "
                        f"under SPT; introduce it late (SCPT), e.g. mixer build --domain {name} --fraction {f_w:.3g} "
-                       f"--window {1 - LATE_WINDOW:g}:1 --tokens {format_count(tokens)} ({SCPT_EPOCHS} epochs in the window)"}
+                       f"--window {1 - LATE_WINDOW:g}:1 --tokens {format_count(tokens)} "
+                       f"({SCPT_EPOCHS} epochs in the window)"}

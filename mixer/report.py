@@ -79,8 +79,8 @@ def build_report(runs: list[Run]) -> dict:
     table = []
     for (model, domain, setup, ft, tokens), g in sorted(groups.items(), key=lambda kv: _order(kv[0], kv[1][0])):
         base = npt.get((model, domain, ft, tokens))
-        entry = {"model": model, "model_params": g[0]["model_params"], "domain": domain, "setup": setup, "fraction": g[0]["fraction"],
-                 "window": g[0]["window"], "finetune": ft, "pretrain_tokens": tokens,
+        entry = {"model": model, "model_params": g[0]["model_params"], "domain": domain, "setup": setup,
+                 "fraction": g[0]["fraction"], "window": g[0]["window"], "finetune": ft, "pretrain_tokens": tokens,
                  "seeds": sorted(r["seed"] for r in g),
                  "post_ft_loss": mean_spread([r["post_ft_loss"] for r in g]).to_dict(),
                  "forgetting": _spread([r["forgetting"] for r in g]), "relative_gain_pct": None}
@@ -267,8 +267,8 @@ def plot_post_ft(report: dict, path: Path) -> Path | None:
         err = [e["post_ft_loss"]["std"] or 0 for e in es]
         label = f"{key[0]} {key[1]} {key[2]} {key[3]}".strip() + f" @{format_count(top)}"
         ax.errorbar(x, y, yerr=err, fmt="s--" if key[3] else "o-", capsize=3, color=f"C{i % 10}", label=label)
-    ax.set(xticks=range(len(fractions)), xticklabels=[f"{f * 100:g}%" for f in fractions], xlabel="domain fraction in pretraining",
-           ylabel="best post-FT domain test loss", title="after finetuning (early stopped)")
+    ax.set(xticks=range(len(fractions)), xticklabels=[f"{f * 100:g}%" for f in fractions],
+           xlabel="domain fraction in pretraining", ylabel="best post-FT domain test loss", title="after finetuning (early stopped)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -285,7 +285,8 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
         mine = [r for r in pts if f"{r['setup']} {r['finetune']}" == lab]
         ax.plot([r["post_ft_loss"] for r in mine], [r["general_after"] for r in mine], "o", color=f"C{i % 10}", label=lab)
     front = pareto_front([r["post_ft_loss"] for r in pts], [r["general_after"] for r in pts])
-    ax.plot([pts[i]["post_ft_loss"] for i in front], [pts[i]["general_after"] for i in front], "k:", lw=1, label="Pareto front")
+    ax.plot([pts[i]["post_ft_loss"] for i in front], [pts[i]["general_after"] for i in front], "k:", lw=1,
+            label="Pareto front")
     ax.set(xlabel="domain test loss after FT", ylabel="general val loss after FT", title="forgetting frontier")
     ax.legend(fontsize=8)
     return _save(fig, path)

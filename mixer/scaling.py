@@ -173,7 +173,8 @@ def fit_fraction(c: Curve) -> dict:
         n = len(np.unique(c.tokens[np.isfinite(target)]))
         notes.append(f"domain loss at {n} distinct token count(s); a power law with a floor needs {MIN_POINTS}")
     elif not has_train:
-        notes.append("no domain_train_loss: the curve is fitted to the test loss" + (" (gap taken as 0)" if c.fraction > 0 else ""))
+        gap0 = " (gap taken as 0)" if c.fraction > 0 else ""
+        notes.append(f"no domain_train_loss: the curve is fitted to the test loss{gap0}")
     gap = None
     if c.fraction > 0 and has_train:
         gap = fit_power(c.tokens, c.test - c.train)
@@ -199,9 +200,11 @@ def joint_blockers(per_fraction: list[dict]) -> list[str]:
     with_gap = [p for p in fitted if p["gap"] is not None]
     why = []
     if len(fitted) < MIN_FRACTIONS:
-        why.append(f"{len(fitted)} fraction(s) with a fitted curve; the floor C(d) has 4 coefficients, needs >= {MIN_FRACTIONS}")
+        why.append(f"{len(fitted)} fraction(s) with a fitted curve; the floor C(d) has 4 coefficients, "
+                   f"needs >= {MIN_FRACTIONS}")
     if len(with_gap) < MIN_GAP_FRACTIONS:
-        why.append(f"{len(with_gap)} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has 3 coefficients, needs >= {MIN_GAP_FRACTIONS}")
+        why.append(f"{len(with_gap)} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has "
+                   f"3 coefficients, needs >= {MIN_GAP_FRACTIONS}")
     return why
 
 
@@ -349,7 +352,8 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
     for d, (T, g) in sorted((gains or {}).items()):
         out["finetune_gain"].append({"fraction": d} | fit_gain(T, g))
     if not gains:
-        out["not_fitted"].append({"what": "finetuning gain", "why": "no finetune runs whose pretraining parent is among the runs"})
+        out["not_fitted"].append({"what": "finetuning gain",
+                                  "why": "no finetune runs whose pretraining parent is among the runs"})
     return out
 
 

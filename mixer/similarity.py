@@ -76,6 +76,7 @@ def similarity(a: Store, b: Store, split_a: str = "train", split_b: str = "train
     tb, db = sample_tokens(b, split_b, n_tokens, seed + 1)  # another draw: the stores may be one
     jsd = {f"{n}-gram": jsd_bits(ngram_histogram(ta, da, n, a.vocab_size), ngram_histogram(tb, db, n, a.vocab_size))
            for n in orders}
-    return {"a": {"store": str(a.path), "split": split_a, "tokens": int(len(ta)), "documents": int(da[-1] + 1) if len(da) else 0},
-            "b": {"store": str(b.path), "split": split_b, "tokens": int(len(tb)), "documents": int(db[-1] + 1) if len(db) else 0},
+    side = lambda s, split, t, doc: {"store": str(s.path), "split": split, "tokens": int(len(t)),  # noqa: E731
+                                     "documents": int(doc[-1] + 1) if len(doc) else 0}
+    return {"a": side(a, split_a, ta, da), "b": side(b, split_b, tb, db),
             "jsd_bits": jsd, "bins": BINS, "seed": seed, "sample_tokens": n_tokens}

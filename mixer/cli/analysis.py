@@ -36,7 +36,8 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("fit"), show_default=True,
               help="Folder for fit.json and fit.png.")
 @click.option("--holdout", type=float, default=None,
-              help="Leave this fraction (e.g. 0.10, a fraction not percent) out of the joint fit and report how well it is predicted.")
+              help="Leave this fraction (e.g. 0.10: a fraction, not percent) out of the joint fit and report "
+                   "how well the law predicts it.")
 @click.option("--model", default=None, help="Model preset to fit when the runs hold several.")
 @click.option("--domain", default=None, help="Domain to fit when the runs hold several.")
 @json_option
@@ -59,7 +60,8 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, model: str | N
     write_json(out / "fit.json", result)
     png = plot_fit(result, inputs["curves"], out / "fit.png")
     emit(result | {"files": [str(out / "fit.json"), str(png)]}, as_json,
-         lambda d: format_fit(d) + f"\n\nwrote {out / 'fit.json'}, {png}  (next: mixer plan --fit {out / 'fit.json'} --tokens ...)")
+         lambda d: f"{format_fit(d)}\n\nwrote {out / 'fit.json'}, {png}"
+                   f"  (next: mixer plan --fit {out / 'fit.json'} --tokens ...)")
 
 
 @click.command()
