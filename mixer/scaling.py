@@ -216,7 +216,7 @@ def initial_params(curves: list[Curve], per_fraction: list[dict]) -> dict:
     b_g, b_s = min(b_g, -1e-3), min(b_s, -1e-3)
     # Exponents fixed: one shared A_train and a floor C_d per fraction is linear least squares.
     by_d = {c.fraction: c for c in curves}
-    cols, rows, ys = [], [], []
+    rows, ys = [], []
     for j, p in enumerate(fitted):
         c = by_d[p["fraction"]]
         y = c.train if np.isfinite(c.train).sum() >= MIN_POINTS else c.test
