@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
@@ -19,7 +20,7 @@ from .atomic import write_json
 from .errors import MixerError, UsageError
 from .manifest import MIX_FORMAT
 from .mix import MixPlan, MixSpec, resolve, spec_digest
-from .shards import read_sidecar, write_eval, write_shard
+from .shards import persist_shard, read_sidecar, shard_samples, write_eval, write_shard
 
 
 class WriteShards(PipelineStep):
@@ -73,11 +74,23 @@ def claim_directory(out: Path, spec: MixSpec) -> None:
     write_json(marker, spec.to_json())
 
 
+def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> None:
+    """One process: compute shard k + 1 while a writer thread writes and fsyncs shard k
+    (fsync was 28% of a single-threaded build). At most two shards are held in memory."""
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for k in tqdm(todo, desc=f"build {out.name}", unit="shard", disable=not progress):
+            samples, prov = shard_samples(plan, k)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(persist_shard, plan, k, out, samples, prov)
+        if pending is not None:
+            pending.result()
+
+
 def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: str, tasks: int, workers: int, progress: bool) -> None:
     if executor == "inline" or (executor == "local" and tasks == 1):
-        plan = resolve(spec)
-        for k in tqdm(todo, desc=f"build {out.name}", unit="shard", disable=not progress):
-            write_shard(plan, k, out)
+        run_inline(resolve(spec), out, todo, progress)
         return
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
     # One logging dir per task count: datatrove's completion files are per rank, and a

@@ -35,14 +35,19 @@ def shard_samples(plan: MixPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = index[mask]
         if src.role == "general":
             idx = src.stream.general_order(idx, src.samples)
-        out[mask] = src.stream.gather(idx)
+        src.stream.gather(idx, out=out, rows=np.flatnonzero(mask))
         prov["source"][mask] = src.id
         prov["offset"][mask] = idx * plan.spec.seq_len
     return out, prov
 
 
 def write_shard(plan: MixPlan, k: int, out_dir: Path) -> dict:
-    samples, prov = shard_samples(plan, k)
+    return persist_shard(plan, k, out_dir, *shard_samples(plan, k))
+
+
+def persist_shard(plan: MixPlan, k: int, out_dir: Path, samples: np.ndarray, prov: np.ndarray) -> dict:
+    """Write shard k's files (fsynced, renamed), then its sidecar. Releases the GIL while
+    writing, so a build computes shard k + 1 meanwhile (build.run_inline)."""
     name = shard_name(k)
     with atomic_open(out_dir / f"{name}.bin") as f:
         f.write(samples.data)

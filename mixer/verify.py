@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import MixerError
-from .manifest import CHECKSUM, checksum_file, load_manifest
+from .manifest import CHECKSUM, checksum_bytes, checksum_file, load_manifest
 from .mix import plan_from_manifest
 from .shards import PROV_DTYPE
 
@@ -30,13 +30,15 @@ def _fail(msg: str) -> None:
 
 
 def _load_shard(mix: Path, rec: dict, seq_len: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Read a shard once (its checksum and the byte comparison share the buffer)."""
     f = mix / rec["file"]
     if not f.exists():
         _fail(f"{f}: missing shard")
     expected = rec["samples"] * (seq_len + 1) * dtype.itemsize
     if f.stat().st_size != expected:
         _fail(f"{f}: {f.stat().st_size} bytes, manifest says {rec['samples']} samples = {expected} bytes (truncated or padded)")
-    if checksum_file(f) != rec[CHECKSUM]:
+    data = np.fromfile(f, dtype=dtype)
+    if checksum_bytes(data.data) != rec[CHECKSUM]:
         _fail(f"{f}: checksum mismatch ({CHECKSUM}); the shard was modified or corrupted")
     pf = mix / rec["provenance"]
     if not pf.exists() or checksum_file(pf) != rec[f"provenance_{CHECKSUM}"]:
@@ -44,8 +46,7 @@ def _load_shard(mix: Path, rec: dict, seq_len: int, dtype: np.dtype) -> tuple[np
     prov = np.load(pf, allow_pickle=False)
     if prov.dtype != PROV_DTYPE or len(prov) != rec["samples"]:
         _fail(f"{pf}: expected {rec['samples']} rows of {PROV_DTYPE}, found {len(prov)} of {prov.dtype}")
-    samples = np.memmap(f, dtype=dtype, mode="r", shape=(rec["samples"], seq_len + 1))
-    return samples, prov
+    return data.reshape(rec["samples"], seq_len + 1), prov
 
 
 def window_deviation(is_domain: np.ndarray, fraction: float, sizes: list[int]) -> dict[int, float]:
@@ -70,6 +71,7 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True) -> d
         samples, prov = _load_shard(mix, rec, seq_len, dtype)
         n_bytes += samples.nbytes
         source_seq.append(prov["source"])
+        expected = None if quick else np.empty_like(samples)
         for src in plan.sources:
             sel = np.flatnonzero(prov["source"] == src.id)
             if not len(sel):
@@ -80,12 +82,13 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True) -> d
                 continue
             if np.any(off % seq_len):
                 _fail(f"{mix / rec['provenance']}: sample {int(sel[0])} has an offset off the sample grid")
-            expected = src.stream.gather(off // seq_len)
-            bad = np.flatnonzero(np.any(np.asarray(samples[sel]) != expected, axis=1))
-            if len(bad):
-                i = int(sel[bad[0]])
-                _fail(f"{mix / rec['file']}: sample {i} (source {src.stream.name}, stream offset {int(prov['offset'][i])}) "
-                      f"differs from the store ({len(bad)} samples differ in this shard)")
+            src.stream.gather(off // seq_len, out=expected, rows=sel)
+        if expected is not None and not np.array_equal(expected, samples):  # rows located only on failure
+            bad = np.flatnonzero(np.any(expected != samples, axis=1))
+            i = int(bad[0])
+            name = next((s.stream.name for s in plan.sources if s.id == prov["source"][i]), f"id {prov['source'][i]}")
+            _fail(f"{mix / rec['file']}: sample {i} (source {name}, stream offset {int(prov['offset'][i])}) "
+                  f"differs from the store ({len(bad)} samples differ in this shard)")
     unknown = set(np.unique(np.concatenate(source_seq)).tolist()) - {s.id for s in plan.sources}
     if unknown:
         _fail(f"{mix}: provenance names unknown source ids {sorted(unknown)}")

@@ -103,20 +103,20 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, tmp_path, monkeypa
     build(spec(stores), tmp_path / "ref", progress=False)
     import mixer.build as b
 
-    real, calls = b.write_shard, []
+    real, calls = b.persist_shard, []
 
-    def crash_after_two(plan, k, out):
+    def crash_after_two(plan, k, out, *arrays):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(k)
-        return real(plan, k, out)
+        return real(plan, k, out, *arrays)
 
-    monkeypatch.setattr(b, "write_shard", crash_after_two)
+    monkeypatch.setattr(b, "persist_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         build(spec(stores), tmp_path / "mix", progress=False)
     assert not (tmp_path / "mix" / "manifest.json").exists()
     assert not [p for p in (tmp_path / "mix").iterdir() if "tmp" in p.name]
-    monkeypatch.setattr(b, "write_shard", real)
+    monkeypatch.setattr(b, "persist_shard", real)
     r = build(spec(stores), tmp_path / "mix", progress=False)
     assert r["shards_skipped"] == 2
     assert mix_bytes(tmp_path / "mix") == mix_bytes(tmp_path / "ref")
