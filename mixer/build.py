@@ -105,7 +105,12 @@ def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: str, tasks: i
 
         RayPipelineExecutor(pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs).run()
     elif executor == "slurm":
+        import shutil
+
         from datatrove.executor import SlurmPipelineExecutor
+
+        if shutil.which("sbatch") is None:
+            raise MixerError("--executor slurm: sbatch is not on PATH (run from a Slurm login node)")
 
         SlurmPipelineExecutor(
             pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs, time="24:00:00",

@@ -13,6 +13,7 @@ What is checked, and against what:
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -55,40 +56,67 @@ def window_deviation(is_domain: np.ndarray, fraction: float, sizes: list[int]) -
     return {w: float(np.max(np.abs((c[w:] - c[:-w]) - w * fraction))) for w in sizes if w <= len(is_domain)}
 
 
-def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True) -> dict:
+_PLANS: dict[str, tuple[dict, object]] = {}
+
+
+def _check_shard(arg: tuple[str, int, bool]) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
+    """Check one shard's bytes; return its source sequence and per-source offsets for the
+    global checks. Runs in a worker process, so it reloads (and caches) the plan."""
+    mix_s, i, quick = arg
+    if mix_s not in _PLANS:
+        manifest = load_manifest(mix_s)
+        _PLANS[mix_s] = (manifest, plan_from_manifest(manifest))
+    m, plan = _PLANS[mix_s]
+    mix, rec = Path(mix_s), m["shards"][i]
+    seq_len = m["seq_len"]
+    samples, prov = _load_shard(mix, rec, seq_len, np.dtype(m["dtype"]))
+    per_source = {}
+    expected = None if quick else np.empty_like(samples)
+    for src in plan.sources:
+        sel = np.flatnonzero(prov["source"] == src.id)
+        if not len(sel):
+            continue
+        off = prov["offset"][sel].astype(np.int64)
+        per_source[src.id] = off
+        if quick:
+            continue
+        if np.any(off % seq_len):
+            _fail(f"{mix / rec['provenance']}: sample {int(sel[0])} has an offset off the sample grid")
+        src.stream.gather(off // seq_len, out=expected, rows=sel)
+    if expected is not None and not np.array_equal(expected, samples):  # rows located only on failure
+        bad = np.flatnonzero(np.any(expected != samples, axis=1))
+        j = int(bad[0])
+        name = next((s.stream.name for s in plan.sources if s.id == prov["source"][j]), f"id {prov['source'][j]}")
+        _fail(f"{mix / rec['file']}: sample {j} (source {name}, stream offset {int(prov['offset'][j])}) "
+              f"differs from the store ({len(bad)} samples differ in this shard)")
+    return prov["source"].copy(), per_source, samples.nbytes
+
+
+def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int = 1) -> dict:
     mix = Path(mix_dir)
     t0 = time.perf_counter()
     m = load_manifest(mix)
     plan = plan_from_manifest(m)
-    seq_len, dtype = m["seq_len"], np.dtype(m["dtype"])
+    _PLANS[str(mix)] = (m, plan)
+    seq_len = m["seq_len"]
     if plan.counts.samples != m["samples"] or sum(s["samples"] for s in m["shards"]) != m["samples"]:
         _fail(f"{mix}/manifest.json: sample counts disagree with the recipe ({plan.counts.samples} derived, {m['samples']} claimed)")
 
     offsets: dict[int, list[np.ndarray]] = {s.id: [] for s in plan.sources}
     source_seq = []
     n_bytes = 0
-    for rec in tqdm(m["shards"], desc=f"verify {mix.name}", unit="shard", disable=not progress):
-        samples, prov = _load_shard(mix, rec, seq_len, dtype)
-        n_bytes += samples.nbytes
-        source_seq.append(prov["source"])
-        expected = None if quick else np.empty_like(samples)
-        for src in plan.sources:
-            sel = np.flatnonzero(prov["source"] == src.id)
-            if not len(sel):
-                continue
-            off = prov["offset"][sel].astype(np.int64)
-            offsets[src.id].append(off)
-            if quick:
-                continue
-            if np.any(off % seq_len):
-                _fail(f"{mix / rec['provenance']}: sample {int(sel[0])} has an offset off the sample grid")
-            src.stream.gather(off // seq_len, out=expected, rows=sel)
-        if expected is not None and not np.array_equal(expected, samples):  # rows located only on failure
-            bad = np.flatnonzero(np.any(expected != samples, axis=1))
-            i = int(bad[0])
-            name = next((s.stream.name for s in plan.sources if s.id == prov["source"][i]), f"id {prov['source'][i]}")
-            _fail(f"{mix / rec['file']}: sample {i} (source {name}, stream offset {int(prov['offset'][i])}) "
-                  f"differs from the store ({len(bad)} samples differ in this shard)")
+    args = [(str(mix), i, quick) for i in range(len(m["shards"]))]
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork: numpy/tokenizers threads
+        with ctx.Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_check_shard, args), total=len(args), desc=f"verify {mix.name}", unit="shard", disable=not progress))
+    else:
+        results = (_check_shard(a) for a in tqdm(args, desc=f"verify {mix.name}", unit="shard", disable=not progress))
+    for seq, per_source, nb in results:
+        source_seq.append(seq)
+        n_bytes += nb
+        for sid, off in per_source.items():
+            offsets.setdefault(sid, []).append(off)
     unknown = set(np.unique(np.concatenate(source_seq)).tolist()) - {s.id for s in plan.sources}
     if unknown:
         _fail(f"{mix}: provenance names unknown source ids {sorted(unknown)}")

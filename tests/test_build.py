@@ -273,3 +273,14 @@ def test_ray_executor_writes_identical_bytes(stores, tmp_path):
         ray.shutdown()
     build(spec(stores), tmp_path / "ref", progress=False)
     assert mix_bytes(tmp_path / "ray") == mix_bytes(tmp_path / "ref")
+
+
+def test_verify_with_two_workers_agrees_and_catches(built):
+    one, two = verify(built, progress=False), verify(built, progress=False, workers=2)
+    assert {k: v for k, v in one.items() if k not in ("seconds", "mb_per_s")} == {k: v for k, v in two.items() if k not in ("seconds", "mb_per_s")}
+    f = built / "shard-00003.bin"
+    data = bytearray(f.read_bytes())
+    data[7] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(MixerError, match="shard-00003.bin: checksum mismatch"):
+        verify(built, progress=False, workers=2)

@@ -159,13 +159,14 @@ def format_build(r: dict) -> str:
 @click.command()
 @click.argument("mix", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quick", is_flag=True, help="Checksums and provenance statistics only; no byte re-read.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes checking shards in parallel.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
-def verify(mix, quick, quiet, as_json) -> None:
+def verify(mix, quick, workers, quiet, as_json) -> None:
     """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch."""
     from ..verify import verify as run_verify
 
-    emit(run_verify(mix, quick=quick, progress=not quiet), as_json, format_verify)
+    emit(run_verify(mix, quick=quick, progress=not quiet, workers=workers), as_json, format_verify)
 
 
 def format_verify(r: dict) -> str:
