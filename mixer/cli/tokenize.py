@@ -1,0 +1,105 @@
+"""`mixer tokenize`: flags (or a recipe) -> SourceSpec(s) -> mixer.tokenize.tokenize_source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from ..units import format_count, parse_count
+from .common import emit, json_option, resolve_stores, stores_option, table
+
+# flags that describe a source; with --recipe the recipe describes it instead
+_SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokenizer", "test_fraction", "test_tokens",
+                 "seed", "near_duplicates", "on_bad_record", "eos")
+
+
+@click.command("tokenize")
+@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe TOML with [[source]] tables (all, or --source).")
+@click.option("--source", "name", help="Store name (STORES/NAME); with --recipe, the one source to tokenize.")
+@click.option("--role", type=click.Choice(["domain", "general"]), help="domain: train/test splits; general: train/val.")
+@click.option("--input", "inputs", multiple=True, metavar="GLOB",
+              help="Input files, globs or folders (.jsonl[.gz|.zst], .parquet, other files = one text document each).")
+@click.argument("more_inputs", nargs=-1, metavar="[GLOB]...")
+@click.option("--text-key", default="text", show_default=True, help="JSON key / parquet column of the text.")
+@click.option("--id-key", default="id", show_default=True, help="Key of the document id (default id: file:line).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="HuggingFace tokenizer.json.")
+@click.option("--eos", help="End-of-document token text (default: found in the tokenizer, e.g. <|endoftext|>).")
+@stores_option
+@click.option("--test-fraction", type=float, help="Held-out share of documents by hash [default: 0.01].")
+@click.option("--test-tokens", help="Held-out size in tokens instead (e.g. 100K).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+@click.option("--near-duplicates/--no-near-duplicates", default=None,
+              help="Keep near-copies on one side of the split (MinHash). [default: on for domain sources]")
+@click.option("--on-bad-record", type=click.Choice(["skip", "fail"]), default="fail", show_default=True,
+              help="A malformed record (bad JSON, no text key, bad UTF-8): stop with file:line, or skip and count.")
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
+@click.option("--tasks", type=int, default=1, show_default=True, help="Tasks (each reads every tasks-th input file).")
+@click.option("--workers", type=int, help="Tasks run at once [default: min(tasks, CPUs)].")
+@click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"), help="Slurm partition.")
+@click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
+@click.option("--force", is_flag=True, help="Replace a store built with other settings; allow a tokenizer that "
+              "differs from the other stores'.")
+@json_option
+@click.pass_context
+def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inputs: tuple[str, ...],
+             stores: Path | None, executor: str, tasks: int, workers: int | None, partition: str | None,
+             slurm_time: str, force: bool, as_json: bool, **source: object) -> None:
+    """Tokenize a corpus into a token store with train/test (or train/val) splits.
+
+    \b
+    mixer tokenize --source music --role domain --input 'data/music/*.jsonl.zst' --tokenizer tok.json
+    mixer tokenize --recipe recipes/samples.toml [--source music]
+    """
+    from ..recipe import SourceSpec, load_sources, select_source
+    from ..tokenize import RunOptions, tokenize_source
+
+    typed = click.core.ParameterSource.COMMANDLINE
+    given = [k for k in _SOURCE_FLAGS if k != "more_inputs" and ctx.get_parameter_source(k) == typed]
+    given += ["more_inputs"] if more_inputs else []
+    if recipe is not None:
+        if given:
+            flag = "--input" if given[0] in ("inputs", "more_inputs") else "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag}: not with --recipe (the recipe describes its sources; edit it instead)")
+        specs = select_source(load_sources(recipe), name, recipe)
+    else:
+        inputs = list(source["inputs"]) + list(more_inputs)
+        for flag, value in (("--source", name), ("--role", source["role"]), ("--input", inputs),
+                            ("--tokenizer", source["tokenizer"])):
+            if not value:
+                raise UsageError(f"{flag} is required (or give --recipe FILE)")
+        test_tokens = parse_count(source["test_tokens"], "--test-tokens") if source["test_tokens"] else None
+        specs = [SourceSpec(name=name, role=source["role"], inputs=inputs, tokenizer=str(source["tokenizer"]),
+                            text_key=source["text_key"], id_key=source["id_key"],
+                            test_fraction=source["test_fraction"], test_tokens=test_tokens, seed=source["seed"],
+                            near_duplicates=source["near_duplicates"], on_bad_record=source["on_bad_record"],
+                            eos=source["eos"]).validate()]
+    run = RunOptions(executor=executor, tasks=tasks, workers=workers, force=force, partition=partition,
+                     time=slurm_time).validate()
+    root = resolve_stores(stores)
+    results = [tokenize_source(spec, root, run) for spec in specs]
+    emit({"stores": str(root), "sources": results}, as_json, _human)
+
+
+def _human(data: dict) -> str:
+    rows, notes = [], []
+    for m in data["sources"]:
+        if m.get("status") == "submitted":
+            notes.append(f"{m['source']}: submitted to Slurm; the store appears at {m['store']} when the jobs finish")
+            continue
+        for split, c in m["splits"].items():
+            rows.append([m["source"], split, f"{c['documents']:,}", f"{c['tokens']:,}", format_count(c["tokens"])])
+        s, d = m["split"], m["dropped"]
+        line = f"{m['source']}: {m['status']}; held out {s['achieved_fraction']:.4f} of tokens (seed {s['seed']})"
+        if s.get("near_duplicates"):
+            line += (f"; {s['near_duplicate_clusters']} near-duplicate clusters "
+                     f"({s['near_duplicate_documents']} documents, {s['near_duplicate_moved']} moved)")
+        line += f"; dropped {d['empty']} empty, {d['bad_records']} bad records"
+        notes.append(line)
+        notes.extend(f"  skipped: {x}" for x in m.get("skipped_records", [])[:5])
+    out = [f"stores: {data['stores']}"]
+    if rows:
+        out.append(table(rows, ["source", "split", "documents", "tokens", ""]))
+    return "\n".join(out + notes)

@@ -1,0 +1,123 @@
+"""The tokenizing task: documents -> one part (tokens + per-document table) per rank.
+
+Parts hold *all* documents of the rank's files in file order, not yet split: the split
+needs a global view (the held-out size in tokens, near-duplicate clusters across files),
+so it is decided in the single-process merge (`mixer.store_writer`), which also puts
+documents in canonical order. Changing the seed or the held-out size therefore never
+re-tokenizes.
+
+Files of part `r` (in WORK/parts/):
+    part-r.ds           tokens, store dtype, every document followed by EOS
+    part-r.docs.npy     one row per document: input file index, length in tokens (with EOS), text hash
+    part-r.ids          document ids, one per line
+    part-r.minhash.npy  (documents, NUM_PERM) uint32 MinHash signatures, when near-duplicates are on
+
+Why our own step rather than datatrove's `DocumentTokenizer` (measured at 0.63x raw
+`encode_batch` here, see docs/benchmarks/tokenize.md): it asks for offsets
+(`encode_batch`, not `encode_batch_fast`), packs every document with
+`struct.pack(*tokens)` and issues one write per document, and appends EOS through a
+TemplateProcessing post-processor. This step encodes without offsets, turns a whole
+batch into one numpy array (EOS inserted by index arithmetic) and writes it at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.batching import batched
+
+from .atomic import atomic_open
+
+DOC_DTYPE = np.dtype([("file", "<u4"), ("length", "<u8"), ("hash", "<u8")])
+
+
+def part_name(rank: int) -> str:
+    return f"part-{rank:05d}"
+
+
+def encode_with_eos(tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a batch; return (flat tokens with EOS after each document, lengths incl. EOS)."""
+    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+    total = int(lengths.sum())
+    out = np.empty(total, dtype=dtype)
+    eos_at = np.cumsum(lengths) - 1
+    body = np.ones(total, dtype=bool)
+    body[eos_at] = False
+    out[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total - len(ids))
+    out[eos_at] = eos_id
+    return out, lengths
+
+
+class TokenizeParts(PipelineStep):
+    """Tokenize this rank's documents and write its part files (see module doc)."""
+
+    name = "mixer tokenizer"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(
+        self,
+        tokenizer_path: str,
+        eos_id: int,
+        dtype: str,
+        parts_dir: str,
+        with_minhash: bool,
+        batch_size: int = 1024,
+        rayon_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_path = tokenizer_path
+        self.eos_id = eos_id
+        self.dtype = dtype
+        self.parts_dir = parts_dir
+        self.with_minhash = with_minhash
+        self.batch_size = batch_size
+        self.rayon_threads = rayon_threads
+
+    def _load_tokenizer(self):
+        # Loaded here, inside the task, never in the parent: a tokenizer whose thread pool
+        # was used before a fork() turns parallelism off in the child (or deadlocks when
+        # forced on). datatrove's local executor starts workers with "forkserver" (fresh
+        # processes), and with several workers per machine we cap each worker's rayon pool
+        # so workers x threads = cores instead of oversubscribing.
+        if self.rayon_threads:
+            os.environ["RAYON_NUM_THREADS"] = str(self.rayon_threads)
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(self.tokenizer_path)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        tokenizer = self._load_tokenizer()
+        dtype = np.dtype(self.dtype)
+        base = Path(self.parts_dir) / part_name(rank)
+        tables, ids, sigs = [], [], []
+        with atomic_open(base.with_suffix(".ds"), "wb") as tokens_out:
+            for batch in batched(data or [], self.batch_size):
+                with self.track_time(unit="batch"):
+                    tokens, lengths = encode_with_eos(tokenizer, [d.text for d in batch], self.eos_id, dtype)
+                    tokens_out.write(memoryview(tokens))
+                    table = np.empty(len(batch), dtype=DOC_DTYPE)
+                    table["file"] = [d.metadata["file"] for d in batch]
+                    table["hash"] = [d.metadata["hash"] for d in batch]
+                    table["length"] = lengths
+                    tables.append(table)
+                    ids.extend(str(d.id).replace("\n", " ").replace("\r", " ") for d in batch)
+                    if self.with_minhash:
+                        sigs.append(np.stack([d.metadata["minhash"] for d in batch]))
+                self.stat_update("documents", value=len(batch))
+                self.stat_update("tokens", value=len(tokens))
+        with atomic_open(base.with_suffix(".docs.npy"), "wb") as f:
+            np.save(f, np.concatenate(tables) if tables else np.empty(0, dtype=DOC_DTYPE))
+        with atomic_open(base.with_suffix(".ids"), "w") as f:
+            f.write("".join(i + "\n" for i in ids))
+        if self.with_minhash:
+            from .neardup import NUM_PERM
+
+            with atomic_open(base.with_suffix(".minhash.npy"), "wb") as f:
+                np.save(f, np.concatenate(sigs) if sigs else np.empty((0, NUM_PERM), dtype=np.uint32))
+        yield from ()  # a generator, as datatrove's steps are; this last step passes nothing on
