@@ -41,7 +41,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from .atomic import atomic_open, write_json
 from .errors import MixerError, UsageError
-from .ngrams import KeySet, NgramHasher, segments, valid_windows
+from .ngrams import KeySet, NgramHasher, segments, sorted_unique, valid_windows
 from .store import Store, check_same_tokenizer
 
 CHUNK_TOKENS = 1 << 21  # ~100 MB of temporaries per task, whatever the training size
@@ -56,7 +56,8 @@ class TrainFile:
     dtype: str
     row_len: int | None  # seq_len + 1 for sample files, None for flat token files
 
-    def open(self) -> np.ndarray:
+    def open(self) -> int:
+        """Checks the file and returns its length in tokens."""
         path, dtype = Path(self.path), np.dtype(self.dtype)
         if not path.is_file():
             raise MixerError(f"{path}: training file not found")
@@ -65,7 +66,13 @@ class TrainFile:
         if size % unit:
             shape = f"rows of {self.row_len} {dtype.name}" if self.row_len else f"{dtype.name} tokens"
             raise MixerError(f"{path}: size {size} bytes is not a whole number of {shape}; wrong --dtype or --seq-len?")
-        return np.zeros(0, dtype=dtype) if size == 0 else np.memmap(path, dtype=dtype, mode="r")
+        return size // dtype.itemsize
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start+count): read, not memory-mapped, so resident memory stays one
+        chunk whatever the file size."""
+        dtype = np.dtype(self.dtype)
+        return np.fromfile(self.path, dtype=dtype, count=count, offset=start * dtype.itemsize)
 
 
 @dataclass
@@ -107,18 +114,30 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
     starts_a, ends_a = np.concatenate(starts), np.concatenate(ends)
     prefix = hasher.prefix(tokens)
+    doc_hash = hasher.spans(prefix, starts_a, ends_a)
     n = hasher.n
-    ok = valid_windows(len(tokens), n, np.flatnonzero(tokens == eos_id))
-    pos = np.flatnonzero(ok)
-    doc = np.searchsorted(starts_a, pos, side="right") - 1
-    inside = pos + n <= ends_a[doc]  # stores end every document with EOS; this holds without it too
-    inside &= distinct_tokens(tokens, pos, n) >= min(MIN_DISTINCT, n)
-    pos, doc = pos[inside], doc[inside]
-    keys, key = np.unique(hasher.windows(tokens, prefix)[pos], return_inverse=True)
-    pairs = np.unique(key.astype(np.int64) * max(len(ids), 1) + doc)
+    pos = np.flatnonzero(valid_windows(len(tokens), n, np.flatnonzero(tokens == eos_id)))
+    doc = (np.searchsorted(starts_a, pos, side="right") - 1).astype(np.int32)
+    keep = pos + n <= ends_a[doc]  # stores end every document with EOS; this holds without it too
+    keep &= distinct_tokens(tokens, pos, n) >= min(MIN_DISTINCT, n)
+    pos, doc = pos[keep], doc[keep]
+    del keep
+    h = hasher.spans(prefix, pos, pos + n)
+    del prefix
+    # np.unique(h, return_inverse=True), written out so each temporary is freed early
+    order = np.argsort(h)
+    h = h[order]
+    first = np.empty(len(h), dtype=bool)
+    first[:1] = True
+    np.not_equal(h[1:], h[:-1], out=first[1:])
+    keys = h[first]
+    del h
+    key = np.empty(len(order), dtype=np.int64)
+    key[order] = np.cumsum(first) - 1
+    del order, first
+    pairs = sorted_unique(key * max(len(ids), 1) + doc)
     df = np.bincount(pairs // max(len(ids), 1), minlength=len(keys))
-    return Heldout(sources, tokens, starts_a, ends_a, ids, pos, doc.astype(np.int32), key.astype(np.int64),
-                   keys, df, hasher.spans(prefix, starts_a, ends_a))
+    return Heldout(sources, tokens, starts_a, ends_a, ids, pos, doc, key, keys, df, doc_hash)
 
 
 DEFAULT_MIN_DOCS = 5
@@ -178,15 +197,15 @@ class Scanner:
         self.stats = {"files": 0, "tokens": 0, "ngrams": 0, "hits": 0}
 
     def scan(self, index: int, f: TrainFile) -> None:
-        data = f.open()
+        size = f.open()
         chunk, start = max(self.plan["chunk"], 2 * self.hasher.n), 0
-        if f.row_len:
-            rows = max(1, chunk // f.row_len)
-            for r in range(0, len(data) // f.row_len, rows):
-                self._chunk(index, f, np.asarray(data[r * f.row_len : (r + rows) * f.row_len]), r * f.row_len)
-        while not f.row_len and start < len(data):
-            piece = np.asarray(data[start : start + chunk])
-            if start + len(piece) >= len(data):
+        if f.row_len:  # whole samples per chunk: no n-gram crosses a sample anyway
+            step = max(1, chunk // f.row_len) * f.row_len
+            for start in range(0, size, step):
+                self._chunk(index, f, f.read(start, step), start)
+        while not f.row_len and start < size:
+            piece = f.read(start, chunk)
+            if start + len(piece) >= size:
                 self._chunk(index, f, piece, start)
                 break
             last = np.flatnonzero(piece == self.plan["eos_id"])
@@ -220,7 +239,7 @@ class Scanner:
         sel = cand >= 0
         if sel.any():  # training document frequency, only for keys the allowlist may take
             seg = np.searchsorted(seg_starts, pos[sel], side="right")
-            pairs = np.unique(cand[sel] * (len(seg_starts) + 1) + seg)
+            pairs = sorted_unique(cand[sel] * (len(seg_starts) + 1) + seg)
             self.df += np.bincount(pairs // (len(seg_starts) + 1), minlength=len(self.df))
         if len(self.doc_hash) and len(seg_starts):
             h = self.hasher.spans(prefix, seg_starts, seg_ends)

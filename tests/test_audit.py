@@ -151,13 +151,14 @@ def oracle_seen(path: Path, row_len: int | None) -> set[tuple[int, ...]]:
     return seen
 
 
-def test_shares_match_a_python_oracle_flat_and_sampled_and_over_tasks(corpus, tmp_path):
+def test_shares_match_a_python_oracle_flat_and_sampled_and_over_tasks(corpus, tmp_path, monkeypatch):
     """Natural overlap (a random split of real music shares phrases): every document's
     share equals the plain-Python computation on the file bytes, whatever the layout
     (flat token files or samples) or the number of tasks."""
     c = corpus["music"]
     held = list(range(0, 400, 7))
     train = [t for i, t in enumerate(c["toks"][:400]) if i not in held]
+    train.insert(100, np.concatenate(train[:12]))  # one document longer than the small chunks below
     write_store(tmp_path, "music", "domain", {"train": [], "test": [(c["ids"][i], c["toks"][i]) for i in held]}, corpus["enc"].path)
     store = open_store(tmp_path, "music")
     half = len(train) // 2
@@ -173,7 +174,8 @@ def test_shares_match_a_python_oracle_flat_and_sampled_and_over_tasks(corpus, tm
             windows = [tuple(t[j : j + N].tolist()) for j in range(len(t) - N + 1)]
             windows = [w for w in windows if len(set(w)) >= MIN_DISTINCT]  # degenerate ones are not audited
             want[c["ids"][i]] = sum(w in seen for w in windows) / len(windows)
-        for tasks in (1, 2):
+        for tasks, chunk in ((1, 1 << 21), (2, 1 << 21), (1, 1000)):  # 1000: many chunks, cut at EOS or overlapped
+            monkeypatch.setattr("mixer.audit.CHUNK_TOKENS", chunk)
             rep = audit([store], files, tmp_path / "work", allowlist=False, tasks=tasks)
             src = rep["sources"][0]
             assert src["with_overlap"] == sum(s > 0 for s in want.values()) > 0, layout
