@@ -142,7 +142,7 @@ def format_audit(r: dict) -> str:
     t, a = r["training"], r["allowlist"]
     lines = [
         f"audit {r['audited']}: {r['ngram']}-grams of {r['heldout']['documents']:,} held-out documents against "
-        f"{t['files']} training files ({format_count(t['tokens'])} tokens, {format_count(t['ngrams'])} n-grams) "
+        f"{t['files']} training file{'s' if t['files'] != 1 else ''} ({format_count(t['tokens'])} tokens, {format_count(t['ngrams'])} n-grams) "
         f"in {t['seconds']} s ({t['executor']}, {t['tasks']} task{'s' if t['tasks'] > 1 else ''})",
     ]
     if a["enabled"]:
