@@ -162,7 +162,7 @@ def prepare(work: Path, held: Heldout, files: list[TrainFile], n: int, vocab_siz
     order = np.argsort(held.doc_hash[nonempty], kind="stable")
     plan = {"n": n, "vocab_size": vocab_size, "eos_id": eos_id, "chunk": CHUNK_TOKENS,
             "files": [f.__dict__ for f in files],
-            "sizes": [Path(f.path).stat().st_size if Path(f.path).exists() else -1 for f in files],
+            "stat": [[Path(f.path).stat().st_size, Path(f.path).stat().st_mtime_ns] for f in files],  # rewritten -> new folder
             "keys_sha256": hashlib.sha256(held.keys.tobytes()).hexdigest(),
             "docs_sha256": hashlib.sha256(held.doc_hash.tobytes()).hexdigest(), "min_docs": min_docs}
     fp = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
