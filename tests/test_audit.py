@@ -293,3 +293,21 @@ def test_mix_built_by_mixer_build_audits_clean_and_a_leak_is_caught(corpus, tmp_
     assert code == 1 and "1 held-out document(s) exceed" in err
     assert [w["id"] for w in rep["sources"][0]["worst"]] == [m["ids"][leaked]]
     assert rep["sources"][0]["worst"][0]["share"] > 0.9
+
+
+@pytest.mark.ray
+def test_ray_executor_gives_the_local_result(corpus, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
+    c = corpus["music"]
+    held = list(range(0, 300, 9))
+    write_store(tmp_path, "music", "domain", {"train": [], "test": [(c["ids"][i], c["toks"][i]) for i in held]}, corpus["enc"].path)
+    train = [t for i, t in enumerate(c["toks"][:300]) if i not in held]
+    files = [TrainFile(str(write_samples(tmp_path / f"s{k}.bin", train[k::3], 128)), "<u2", 129) for k in range(3)]
+    store = open_store(tmp_path, "music")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        got = audit([store], files, tmp_path / "ray", allowlist=False, executor="ray", tasks=3)
+    finally:
+        ray.shutdown()
+    want = audit([store], files, tmp_path / "local", allowlist=False)
+    assert got["sources"] == want["sources"] and got["training"]["tasks"] == 3 and want["sources"][0]["with_overlap"] > 0
