@@ -101,7 +101,8 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
         content_end = doc_ends - (toks[np.maximum(doc_ends - 1, 0)] == eos_id) * (doc_ends > doc_starts)
         names = s.doc_ids(split)
         if len(names) != len(doc_ends):
-            raise MixerError(f"{s.path / (split + '.ids')}: {len(names)} ids for {len(doc_ends)} documents; re-run mixer tokenize")
+            raise MixerError(f"{s.path / (split + '.ids')}: {len(names)} ids for {len(doc_ends)} documents; "
+                             "re-run mixer tokenize")
         parts.append(toks)
         starts.append(doc_starts + base)
         ends.append(content_end + base)
@@ -400,8 +401,8 @@ def report(held: Heldout, m: dict, files: list[TrainFile], *, n: int, max_overla
             "with_overlap": int(np.count_nonzero((hits[d] > 0) | exact[d])), "exact": int(np.count_nonzero(exact[d])),
             "exceeding": int(np.count_nonzero(over[d])), "max_share": float(share[d].max(initial=0.0)),
             "histogram": {label: int(np.count_nonzero(bins == k)) for k, (label, _) in enumerate(HIST)},
-            "worst": [_offender(held, m, files, text, matched, int(i), float(share[i]), int(hits[i]), int(total[i]), bool(exact[i]), n)
-                      for i in worst],
+            "worst": [_offender(held, m, files, text, matched, int(i), float(share[i]), int(hits[i]), int(total[i]),
+                                bool(exact[i]), n) for i in worst],
         })
     examples = []
     if allow.any():
@@ -411,7 +412,8 @@ def report(held: Heldout, m: dict, files: list[TrainFile], *, n: int, max_overla
         train_df = dict(zip(m["candidates"].tolist(), m["df"].tolist()))
         for k, i in zip(keys[top], first[top]):
             p = int(held.pos[q[i]])
-            examples.append({"text": text(held.doc[q[i]], p, p + n), "heldout_docs": int(held.df[k]), "train_docs": int(train_df[int(k)])})
+            examples.append({"text": text(held.doc[q[i]], p, p + n), "heldout_docs": int(held.df[k]),
+                             "train_docs": int(train_df[int(k)])})
     return {
         "format": "mixer-audit/1", "ngram": n, "max_overlap": max_overlap,
         "heldout": {"documents": nd, "ngrams": int(len(held.pos)), "distinct_ngrams": int(len(held.keys))},

@@ -72,7 +72,8 @@ def make_mix(root: Path, stores: Path, docs: list[np.ndarray], shards: int = 3) 
     for k in range(shards):
         f = write_samples(mix / f"shard-{k:05d}.bin", docs[k * per : (k + 1) * per], SEQ_LEN)
         entries.append({"file": f.name, "samples": f.stat().st_size // (2 * (SEQ_LEN + 1))})
-    sha = hashlib.sha256(Path(json.loads((stores / "music" / "store.json").read_text())["tokenizer"]["path"]).read_bytes()).hexdigest()
+    tokenizer = json.loads((stores / "music" / "store.json").read_text())["tokenizer"]["path"]
+    sha = hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()
     manifest = {"format": "mixer-mix/1", "seq_len": SEQ_LEN, "dtype": "<u2", "stores": str(stores), "domain": "music",
                 "general": "prose", "tokenizer": {"name": "gpt2", "sha256": sha, "vocab_size": 50257, "eos_id": EOS_ID},
                 "shards": entries}
@@ -159,12 +160,14 @@ def test_shares_match_a_python_oracle_flat_and_sampled_and_over_tasks(corpus, tm
     held = list(range(0, 400, 7))
     train = [t for i, t in enumerate(c["toks"][:400]) if i not in held]
     train.insert(100, np.concatenate(train[:12]))  # one document longer than the small chunks below
-    write_store(tmp_path, "music", "domain", {"train": [], "test": [(c["ids"][i], c["toks"][i]) for i in held]}, corpus["enc"].path)
+    test = [(c["ids"][i], c["toks"][i]) for i in held]
+    write_store(tmp_path, "music", "domain", {"train": [], "test": test}, corpus["enc"].path)
     store = open_store(tmp_path, "music")
     half = len(train) // 2
+    parts = list(enumerate((train[:half], train[half:])))
     layouts = {
-        "flat": [TrainFile(str(write_flat(tmp_path / f"f{k}.bin", p)), "<u2", None) for k, p in enumerate((train[:half], train[half:]))],
-        "samples": [TrainFile(str(write_samples(tmp_path / f"s{k}.bin", p, 64)), "<u2", 65) for k, p in enumerate((train[:half], train[half:]))],
+        "flat": [TrainFile(str(write_flat(tmp_path / f"f{k}.bin", p)), "<u2", None) for k, p in parts],
+        "samples": [TrainFile(str(write_samples(tmp_path / f"s{k}.bin", p, 64)), "<u2", 65) for k, p in parts],
     }
     for layout, files in layouts.items():
         seen = set().union(*(oracle_seen(Path(f.path), f.row_len) for f in files))
@@ -246,7 +249,8 @@ def test_unrelated_corpora_have_no_false_positives(corpus, tmp_path):
 
 def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
     c = corpus["music"]
-    stores = write_store(tmp_path / "stores", "music", "domain", {"train": [], "test": [("d", c["toks"][0])]}, corpus["enc"].path).parent
+    store = write_store(tmp_path / "stores", "music", "domain", {"train": [], "test": [("d", c["toks"][0])]}, corpus["enc"].path)
+    stores = store.parent
     (tmp_path / "odd.bin").write_bytes(b"\x00" * 7)
     write_flat(tmp_path / "ok.bin", c["toks"][:5])
     cases = [
@@ -255,7 +259,8 @@ def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
         (["audit", tmp_path / "nomix"], 1, "nomix/manifest.json: not found"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "odd.bin"], 1, "odd.bin: size 7 bytes"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--seq-len", "1000000"], 1, "ok.bin: size"),
-        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--dtype", "uint32"], 1, "outside the vocabulary"),
+        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--dtype", "uint32"], 1,
+         "outside the vocabulary"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "none*.bin"], 1, "no training files match"),
         (["audit", "--heldout", stores / "nope", "--train", tmp_path / "ok.bin"], 1, "no token store named 'nope'"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--executor", "slurm"], 2, "--work"),
@@ -300,7 +305,8 @@ def test_ray_executor_gives_the_local_result(corpus, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
     c = corpus["music"]
     held = list(range(0, 300, 9))
-    write_store(tmp_path, "music", "domain", {"train": [], "test": [(c["ids"][i], c["toks"][i]) for i in held]}, corpus["enc"].path)
+    test = [(c["ids"][i], c["toks"][i]) for i in held]
+    write_store(tmp_path, "music", "domain", {"train": [], "test": test}, corpus["enc"].path)
     train = [t for i, t in enumerate(c["toks"][:300]) if i not in held]
     files = [TrainFile(str(write_samples(tmp_path / f"s{k}.bin", train[k::3], 128)), "<u2", 129) for k in range(3)]
     store = open_store(tmp_path, "music")

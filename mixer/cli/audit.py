@@ -52,7 +52,8 @@ class ListOptionsCommand(click.Command):
 @click.option("--max-overlap", type=float, default=0.0, show_default=True,
               help="Exit 1 when a held-out document's n-gram share found in training exceeds this.")
 @click.option("--no-allowlist", is_flag=True, help="Count boilerplate n-grams too (see mixer.audit).")
-@click.option("--allowlist-min-docs", type=int, help="Boilerplate: n-grams in at least this many held-out and training documents (default 5).")
+@click.option("--allowlist-min-docs", type=int,
+              help="Boilerplate: n-grams in at least this many held-out and training documents (default 5).")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--tasks", type=int, default=1, show_default=True, help="Tasks the training files are spread over.")
 @click.option("--workers", type=int, default=-1, help="Concurrent local tasks (default: min(tasks, cores)).")
@@ -142,7 +143,8 @@ def format_audit(r: dict) -> str:
     t, a = r["training"], r["allowlist"]
     lines = [
         f"audit {r['audited']}: {r['ngram']}-grams of {r['heldout']['documents']:,} held-out documents against "
-        f"{t['files']} training file{'s' if t['files'] != 1 else ''} ({format_count(t['tokens'])} tokens, {format_count(t['ngrams'])} n-grams) "
+        f"{t['files']} training file{'s' if t['files'] != 1 else ''} ({format_count(t['tokens'])} tokens, "
+        f"{format_count(t['ngrams'])} n-grams) "
         f"in {t['seconds']} s ({t['executor']}, {t['tasks']} task{'s' if t['tasks'] > 1 else ''})",
     ]
     if a["enabled"]:
