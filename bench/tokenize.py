@@ -1,0 +1,175 @@
+"""Benchmark: whole-process `mixer tokenize` vs raw `tokenizers.Tokenizer.encode_batch`.
+
+    .venv/bin/python bench/tokenize.py [--cores 0,1] [--repeat 3] [--corpora music proofs pydocs perldocs]
+
+Every contender runs on the same cores (CPU affinity, inherited by child processes) and
+over the same texts:
+
+- raw: `Tokenizer.encode_batch(all texts)` in one call, texts already in memory (the
+  ceiling: no reading, no writing, no Python per document);
+- raw-fast: `encode_batch_fast` (no character offsets), what mixer's step calls;
+- mixer: the `mixer tokenize` command as a user runs it (process start, imports,
+  reading .jsonl.zst, split hashing, tokenizing, part files, merge into the store),
+  timed from outside; near-duplicate detection off (measured separately, it is extra work
+  the raw baseline does not do);
+- mixer+neardup: the same with MinHash clustering on (the domain default);
+- datatrove: datatrove's stock JsonlReader -> DocumentTokenizer (no shuffling) under
+  LocalPipelineExecutor, whole process.
+
+Rounds are interleaved and the best of `--repeat` is kept per contender: the machine is
+shared, and other load only ever slows a run down. Tokens exclude the EOS mixer appends,
+so every contender counts the same tokens. Uses the real sample corpora from
+$MIXER_CACHE/samples (`mixer fetch-samples`) when present, else a synthetic corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("MIXER_CACHE", "~/.cache/mixer")).expanduser()
+MIXER = [sys.executable, "-m", "mixer.cli"]
+
+DATATROVE = """
+import sys
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.tokens import DocumentTokenizer
+src, out, tok = sys.argv[1:4]
+LocalPipelineExecutor([
+    JsonlReader(src, glob_pattern="*.jsonl.zst"),
+    DocumentTokenizer(out, tokenizer_name_or_path=tok, eos_token="<|endoftext|>", shuffle_documents=False),
+], tasks=1, workers=1, logging_dir=out + "/logs").run()
+"""
+
+
+def read_texts(files: list[Path]) -> list[str]:
+    import zstandard
+
+    texts = []
+    for f in files:
+        with open(f, "rb") as fh:
+            for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8"):
+                text = json.loads(line)["text"]
+                if text.strip():
+                    texts.append(text)
+    return texts
+
+
+def synthetic(folder: Path, n_docs: int = 20000) -> list[Path]:
+    """English-like documents from a Zipf vocabulary, when no real samples are cached."""
+    import zstandard
+
+    rng = random.Random(0)
+    vocab = ["".join(rng.choice("etaoinshrdlucmfwypvbgkqjxz") for _ in range(rng.randint(1, 9))) for _ in range(20000)]
+    weights = [1 / (i + 1) for i in range(len(vocab))]
+    lines = []
+    for i in range(n_docs):
+        words = rng.choices(vocab, weights, k=rng.randint(50, 1500))
+        lines.append(json.dumps({"id": str(i), "text": " ".join(words)}))
+    path = folder / "synthetic.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    return [path]
+
+
+def tokenizer_path(folder: Path) -> Path:
+    gpt2 = CACHE / "tokenizers" / "gpt2" / "tokenizer.json"
+    if gpt2.exists():
+        return gpt2
+    from tokenizers import ByteLevelBPETokenizer
+
+    texts = read_texts(sorted(folder.glob("*.jsonl.zst")))
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=8000, special_tokens=["<|endoftext|>"])
+    path = folder / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", default="0,1", help="CPU ids every contender is pinned to")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--corpora", nargs="*", default=["music", "proofs", "pydocs", "perldocs"])
+    args = ap.parse_args()
+    cores = {int(c) for c in args.cores.split(",")}
+    os.sched_setaffinity(0, cores)  # children inherit it
+
+    work = Path(tempfile.mkdtemp(prefix="mixer-bench-"))
+    try:
+        data = work / "data"
+        data.mkdir()
+        files = [CACHE / "samples" / f"{c}.jsonl.zst" for c in args.corpora]
+        if all(f.exists() for f in files):
+            for f in files:
+                os.symlink(f, data / f.name)
+            corpus = "samples: " + ", ".join(args.corpora)
+        else:
+            synthetic(data)
+            corpus = "synthetic (no samples cached)"
+        files = sorted(data.glob("*.jsonl.zst"))
+        tok_path = tokenizer_path(work)
+        texts = read_texts(files)
+
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_path))
+        n_tokens = 0
+        best: dict[str, float] = {}
+
+        def keep(name: str, seconds: float) -> None:
+            best[name] = min(best.get(name, float("inf")), seconds)
+            print(f"  {name:14s} {seconds:7.2f} s", file=sys.stderr)
+
+        for r in range(args.repeat):
+            print(f"round {r + 1}/{args.repeat}", file=sys.stderr)
+            t = time.perf_counter()
+            enc = tok.encode_batch(texts)
+            keep("raw", time.perf_counter() - t)
+            n_tokens = sum(len(e.ids) for e in enc)
+            del enc
+            t = time.perf_counter()
+            tok.encode_batch_fast(texts)
+            keep("raw-fast", time.perf_counter() - t)
+            for name, extra in (("mixer", ["--no-near-duplicates"]), ("mixer+neardup", ["--near-duplicates"])):
+                stores = work / f"stores-{name}-{r}"
+                keep(name, timed(MIXER + ["tokenize", "--source", "bench", "--role", "domain", "--input", str(data),
+                                          "--tokenizer", str(tok_path), "--stores", str(stores), *extra]))
+                meta = json.loads((stores / "bench" / "store.json").read_text())
+                got = sum(s["tokens"] - s["documents"] for s in meta["splits"].values())
+                assert got == n_tokens, f"{name} wrote {got} tokens, raw encode_batch gives {n_tokens}"
+                shutil.rmtree(stores)
+            out = work / f"datatrove-{r}"
+            keep("datatrove", timed([sys.executable, "-c", DATATROVE, str(data), str(out), str(tok_path)]))
+            shutil.rmtree(out)
+
+        print(f"\ncorpus: {corpus}; {len(texts):,} documents, {n_tokens:,} tokens; cores {sorted(cores)}; "
+              f"best of {args.repeat}\n")
+        print("| contender | seconds | tokens/s | vs raw |\n|---|---:|---:|---:|")
+        for name in ("raw", "raw-fast", "mixer", "mixer+neardup", "datatrove"):
+            print(f"| {name} | {best[name]:.2f} | {n_tokens / best[name] / 1e6:.2f}M | {best['raw'] / best[name]:.2f}x |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
