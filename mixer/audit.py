@@ -146,7 +146,7 @@ DEFAULT_MIN_DOCS = 5
 
 def distinct_tokens(tokens: np.ndarray, pos: np.ndarray, n: int, batch: int = 1 << 20) -> np.ndarray:
     """Number of distinct token ids in each window tokens[p:p+n] (sorted rows, in batches)."""
-    out = np.empty(len(pos), dtype=np.int8)
+    out = np.empty(len(pos), dtype=np.int16)
     view = np.lib.stride_tricks.sliding_window_view(tokens, n) if len(tokens) >= n else np.zeros((0, n), tokens.dtype)
     for b in range(0, len(pos), batch):
         w = np.sort(view[pos[b : b + batch]], axis=1)
@@ -351,6 +351,8 @@ def audit(stores: list[Store], files: list[TrainFile], work: Path, *, n: int = 1
     """Audit `files` against the held-out splits of `stores`; returns the report (see `report`)."""
     if n < 1:
         raise UsageError(f"--ngram {n}: must be at least 1")
+    if not 0.0 <= max_overlap <= 1.0:
+        raise UsageError(f"--max-overlap {max_overlap:g}: a share, between 0 and 1")
     if not files:
         raise UsageError("no training files to audit")
     for f in files:

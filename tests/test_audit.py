@@ -264,6 +264,7 @@ def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "none*.bin"], 1, "no training files match"),
         (["audit", "--heldout", stores / "nope", "--train", tmp_path / "ok.bin"], 1, "no token store named 'nope'"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--executor", "slurm"], 2, "--work"),
+        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--max-overlap", "5"], 2, "between 0 and 1"),
     ]
     for args, want_code, want in cases:
         code, out, err = cli(capsys, *args)
