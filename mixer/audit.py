@@ -410,12 +410,18 @@ def report(held: Heldout, m: dict, files: list[TrainFile], *, n: int, max_overla
     if allow.any():
         q = np.flatnonzero(allow[held.key])
         keys, first = np.unique(held.key[q], return_index=True)
-        top = np.argsort(-held.df[keys], kind="stable")[:5]
+        top = np.argsort(-held.df[keys], kind="stable")[:200]
         train_df = dict(zip(m["candidates"].tolist(), m["df"].tolist()))
+        shown: list[int] = []
         for k, i in zip(keys[top], first[top]):
             p = int(held.pos[q[i]])
+            if any(abs(p - o) < n for o in shown):  # an overlapping window of an example already shown
+                continue
+            shown.append(p)
             examples.append({"text": text(held.doc[q[i]], p, p + n), "heldout_docs": int(held.df[k]),
                              "train_docs": int(train_df[int(k)])})
+            if len(examples) == 5:
+                break
     return {
         "format": "mixer-audit/1", "ngram": n, "max_overlap": max_overlap,
         "heldout": {"documents": nd, "ngrams": int(len(held.pos)), "distinct_ngrams": int(len(held.keys))},
