@@ -8,9 +8,9 @@ re-tokenizes.
 
 Files of part `r` (in WORK/parts/):
     part-r.ds           tokens, store dtype, every document followed by EOS
-    part-r.docs.npy     one row per document: input file index, length in tokens (with EOS), text hash
-    part-r.ids          document ids, one per line
-    part-r.minhash.npy  (documents, NUM_PERM) uint32 MinHash signatures, when near-duplicates are on
+    part-r.docs         one DOC_DTYPE record per document: input file index, length in tokens (with EOS), text hash
+    part-r.ids          document ids, one per line (line breaks inside ids become spaces)
+    part-r.minhash      (documents, NUM_PERM) uint32 MinHash signatures, when near-duplicates are on
 
 Why our own step rather than datatrove's `DocumentTokenizer` (measured at 0.63x raw
 `encode_batch` here, see docs/benchmarks/tokenize.md): it asks for offsets
@@ -22,6 +22,7 @@ batch into one numpy array (EOS inserted by index arithmetic) and writes it at o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -30,10 +31,18 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
+from datatrove.utils.logging import logger
 
 from .atomic import atomic_open
 
 DOC_DTYPE = np.dtype([("file", "<u4"), ("length", "<u8"), ("hash", "<u8")])
+REPORT_EVERY = 50_000_000  # tokens between progress lines in the task log
+# every character str.splitlines() breaks at: an id holding one would shift all later ids
+_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def clean_id(doc_id: object) -> str:
+    return str(doc_id).translate(_LINE_BREAKS)
 
 
 def part_name(rank: int) -> str:
@@ -95,8 +104,15 @@ class TokenizeParts(PipelineStep):
         tokenizer = self._load_tokenizer()
         dtype = np.dtype(self.dtype)
         base = Path(self.parts_dir) / part_name(rank)
-        tables, ids, sigs = [], [], []
-        with atomic_open(base.with_suffix(".ds"), "wb") as tokens_out:
+        documents = tokens_written = 0
+        next_report = REPORT_EVERY
+        # every output streams to disk (a part may hold millions of documents) under a
+        # temporary name; all four appear together when the task ends
+        with contextlib.ExitStack() as stack:
+            tokens_out = stack.enter_context(atomic_open(base.with_suffix(".ds"), "wb"))
+            docs_out = stack.enter_context(atomic_open(base.with_suffix(".docs"), "wb"))
+            ids_out = stack.enter_context(atomic_open(base.with_suffix(".ids"), "wb"))
+            sig_out = stack.enter_context(atomic_open(base.with_suffix(".minhash"), "wb")) if self.with_minhash else None
             for batch in batched(data or [], self.batch_size):
                 with self.track_time(unit="batch"):
                     tokens, lengths = encode_with_eos(tokenizer, [d.text for d in batch], self.eos_id, dtype)
@@ -105,19 +121,15 @@ class TokenizeParts(PipelineStep):
                     table["file"] = [d.metadata["file"] for d in batch]
                     table["hash"] = [d.metadata["hash"] for d in batch]
                     table["length"] = lengths
-                    tables.append(table)
-                    ids.extend(str(d.id).replace("\n", " ").replace("\r", " ") for d in batch)
-                    if self.with_minhash:
-                        sigs.append(np.stack([d.metadata["minhash"] for d in batch]))
+                    docs_out.write(memoryview(table).cast("B"))
+                    ids_out.write("".join(clean_id(d.id) + "\n" for d in batch).encode("utf-8"))
+                    if sig_out is not None:
+                        sig_out.write(memoryview(np.ascontiguousarray(np.stack([d.metadata["minhash"] for d in batch]))))
+                documents += len(batch)
+                tokens_written += len(tokens)
                 self.stat_update("documents", value=len(batch))
                 self.stat_update("tokens", value=len(tokens))
-        with atomic_open(base.with_suffix(".docs.npy"), "wb") as f:
-            np.save(f, np.concatenate(tables) if tables else np.empty(0, dtype=DOC_DTYPE))
-        with atomic_open(base.with_suffix(".ids"), "w") as f:
-            f.write("".join(i + "\n" for i in ids))
-        if self.with_minhash:
-            from .neardup import NUM_PERM
-
-            with atomic_open(base.with_suffix(".minhash.npy"), "wb") as f:
-                np.save(f, np.concatenate(sigs) if sigs else np.empty((0, NUM_PERM), dtype=np.uint32))
+                if tokens_written >= next_report:
+                    logger.info(f"rank {rank}: {documents:,} documents, {tokens_written:,} tokens")
+                    next_report += REPORT_EVERY
         yield from ()  # a generator, as datatrove's steps are; this last step passes nothing on

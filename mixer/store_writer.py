@@ -44,15 +44,17 @@ class Corpus:
 
 def load_parts(parts_dir: Path, tasks: int, with_minhash: bool) -> Corpus:
     tables, ids, sigs = [], [], []
+    from .neardup import NUM_PERM
+
     for r in range(tasks):
         base = parts_dir / part_name(r)
-        t = np.load(base.with_suffix(".docs.npy"))
-        if t.dtype != DOC_DTYPE:
-            raise MixerError(f"{base}.docs.npy: unexpected layout; delete {parts_dir.parent} and re-run")
-        tables.append(t)
+        tables.append(np.fromfile(base.with_suffix(".docs"), dtype=DOC_DTYPE))
         ids.extend(base.with_suffix(".ids").read_text(encoding="utf-8").splitlines())
         if with_minhash:
-            sigs.append(np.load(base.with_suffix(".minhash.npy")))
+            sigs.append(np.fromfile(base.with_suffix(".minhash"), dtype=np.uint32).reshape(-1, NUM_PERM))
+        if len(ids) != sum(len(t) for t in tables):
+            raise MixerError(f"{base}.ids: {len(ids)} ids for {sum(len(t) for t in tables)} documents; delete "
+                             f"{parts_dir.parent} and re-run")
     docs = np.concatenate(tables)
     part = np.repeat(np.arange(tasks), [len(t) for t in tables])
     local = np.concatenate([np.arange(len(t)) for t in tables])
@@ -148,32 +150,36 @@ def write_store(
     staging = work / "store"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    splits = {}
-    for name, select in (("train", ~mask), (heldout, mask)):
-        _copy_split(corpus, select, parts, staging / f"{name}.ds", dtype)
-        (staging / f"{name}.ids").write_text("".join(i + "\n" for i, s in zip(corpus.ids, select) if s), "utf-8")
-        splits[name] = {"documents": int(select.sum()), "tokens": int(corpus.length[select].sum())}
-    if labels is not None:
-        _write_clusters(staging / "near_duplicates.jsonl", labels, corpus.ids, mask, heldout)
+    try:
+        splits = {}
+        for name, select in (("train", ~mask), (heldout, mask)):
+            _copy_split(corpus, select, parts, staging / f"{name}.ds", dtype)
+            (staging / f"{name}.ids").write_text("".join(i + "\n" for i, s in zip(corpus.ids, select) if s), "utf-8")
+            splits[name] = {"documents": int(select.sum()), "tokens": int(corpus.length[select].sum())}
+        if labels is not None:
+            _write_clusters(staging / "near_duplicates.jsonl", labels, corpus.ids, mask, heldout)
 
-    meta = {
-        "format": STORE_FORMAT,
-        "source": spec.name,
-        "role": spec.role,
-        "tokenizer": {k: v for k, v in tok.to_dict().items() if k != "eos"},
-        "dtype": dtype.str,
-        "splits": splits,
-        "split": split_record,
-        "inputs": list(spec.inputs),
-        "input_files": extra["input_files"],
-        "text_key": spec.text_key,
-        "id_key": spec.id_key,
-        "dropped": {"empty": sum(r["empty"] for r in reports), "bad_records": sum(r["bad_records"] for r in reports)},
-        "skipped_records": [s for r in reports for s in r["skipped"]][:20],
-        "fingerprint": extra["fingerprint"],
-        "mixer_version": __version__,
-    }
-    write_json(staging / "store.json", meta)  # last: its presence means the store is complete
+        meta = {
+            "format": STORE_FORMAT,
+            "source": spec.name,
+            "role": spec.role,
+            "tokenizer": {k: v for k, v in tok.to_dict().items() if k != "eos"},
+            "dtype": dtype.str,
+            "splits": splits,
+            "split": split_record,
+            "inputs": list(spec.inputs),
+            "input_files": extra["input_files"],
+            "text_key": spec.text_key,
+            "id_key": spec.id_key,
+            "dropped": {"empty": sum(r["empty"] for r in reports), "bad_records": sum(r["bad_records"] for r in reports)},
+            "skipped_records": [s for r in reports for s in r["skipped"]][:20],
+            "fingerprint": extra["fingerprint"],
+            "mixer_version": __version__,
+        }
+        write_json(staging / "store.json", meta)  # last: its presence means the store is complete
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _install(staging, stores / spec.name, work)
     return meta
 

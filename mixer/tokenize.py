@@ -192,7 +192,14 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         ).run()  # launches its dependency (the tasks) first
         return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work)}
     executor.run()
-    reports = _reader_reports(work / "parts", run.tasks, logs)
+    try:
+        reports = _reader_reports(work / "parts", run.tasks, logs)
+    except MixerError:
+        # bad data: fixing it changes the key, so nothing here can be reused
+        shutil.rmtree(source_work, ignore_errors=True)
+        raise
+    # a failed merge (e.g. --test-tokens too large) keeps the parts: they do not depend on
+    # the split settings, so the corrected re-run only merges again
     meta = write_store(spec, tok, dtype, run.tasks, work, stores, reports, extra)
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight

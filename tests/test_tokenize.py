@@ -201,12 +201,37 @@ def test_bad_records_fail_with_file_and_line_or_are_skipped(tmp_path, tokenizer,
     assert code == 1 and err.startswith("mixer: error: ") and message in err and "--on-bad-record skip" in err
     # nothing half-written: no store, no partial token files, no store.json
     assert not (tmp_path / "st" / "d").exists()
-    assert not list((tmp_path / "st").rglob("store.json")) and not list((tmp_path / "st").rglob("train.ds"))
+    assert not list((tmp_path / "st").rglob("store.json")) and not list((tmp_path / "st").rglob("*.ds"))
     code, out, err = cli(capsys, *args, "--on-bad-record", "skip", "--json")
     assert code == 0, err
     meta = json.loads(out)["sources"][0]
     assert meta["dropped"] == {"empty": 0, "bad_records": 1} and message in meta["skipped_records"][0]
     assert sum(s["documents"] for s in meta["splits"].values()) == 32
+
+
+def test_split_settings_error_keeps_parts_so_the_fix_only_merges(tmp_path, tokenizer, capsys, monkeypatch):
+    from mixer.parts import TokenizeParts
+
+    data = corpus(tmp_path, files=1, per_file=50)
+    args = tok_args(tokenizer, tmp_path / "st", data)
+    code, _, err = cli(capsys, *args, "--test-tokens", "1M")
+    assert code == 1 and "the corpus has only" in err and "--test-tokens 1000000" in err
+    assert not (tmp_path / "st" / "d").exists()
+
+    def must_not_run(self, data, rank=0, world_size=1):
+        raise AssertionError("tokenized again although only the split changed")
+
+    monkeypatch.setattr(TokenizeParts, "run", must_not_run)
+    code, _, err = cli(capsys, *args, "--test-tokens", "200")
+    assert code == 0, err
+    assert open_store(tmp_path / "st", "d").n_tokens("test") >= 200
+
+
+def test_ids_with_line_breaks_stay_one_per_line(tmp_path, tokenizer, capsys):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": t, "id": f"x\u2028{i}\nz"} for i, t in enumerate(docs(8, 30))])
+    assert cli(capsys, *tok_args(tokenizer, tmp_path / "st", tmp_path / "a.jsonl"))[0] == 0
+    store = open_store(tmp_path / "st", "d")
+    assert sorted(store.doc_ids("train") + store.doc_ids("test")) == sorted(f"x {i} z" for i in range(30))
 
 
 def test_empty_documents_are_dropped_and_counted(tmp_path, tokenizer, capsys):
