@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MIXER_DEBUG") == "1"
     try:
-        cli.main(args=argv, prog_name="mixer", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit()'s code instead of exiting: pass it on.
+        sys.exit(cli.main(args=argv, prog_name="mixer", standalone_mode=False) or 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
