@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -107,9 +108,17 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, work
     n_bytes = 0
     args = [(str(mix), i, quick) for i in range(len(m["shards"]))]
     if workers > 1:
+        # ProcessPoolExecutor, not multiprocessing.Pool: Pool.terminate() can deadlock after a
+        # worker raises (seen here); the executor cancels pending shards and shuts down cleanly.
         ctx = multiprocessing.get_context("spawn")  # no fork: numpy/tokenizers threads
-        with ctx.Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_check_shard, args), total=len(args), desc=f"verify {mix.name}", unit="shard", disable=not progress))
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_check_shard, a) for a in args]
+            try:
+                results = [f.result() for f in tqdm(futures, desc=f"verify {mix.name}", unit="shard", disable=not progress)]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     else:
         results = (_check_shard(a) for a in tqdm(args, desc=f"verify {mix.name}", unit="shard", disable=not progress))
     for seq, per_source, nb in results:
