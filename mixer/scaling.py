@@ -278,10 +278,11 @@ def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0) 
     # makes the last digits slow (thousands of iterations), and only the winner needs them.
     run = lambda z, n: minimize(obj_z, np.clip(z, _Z_LO, _Z_HI), jac=True, method="L-BFGS-B",  # noqa: E731
                                 bounds=_Z_BOUNDS, options={"maxiter": n, "ftol": 1e-15, "gtol": 1e-10})
-    best = min((run(z, 300) for z in grid), key=lambda r: r.fun)
-    best = run(best.x, 5000)
+    tries = [run(z, 300) for z in grid]
+    best = run(min(tries, key=lambda r: r.fun).x, 5000)
     return {"params": _from_vector(M @ best.x), "objective": float(best.fun), "converged": bool(best.success),
-            "starts": len(grid), "points": int(np.isfinite(y_tr).sum() + np.isfinite(y_te).sum())}
+            "starts": len(grid), "evaluations": int(sum(r.nfev for r in tries) + best.nfev),
+            "points": int(np.isfinite(y_tr).sum() + np.isfinite(y_te).sum())}
 
 
 def curve_errors(p: dict, c: Curve) -> dict:

@@ -1,7 +1,5 @@
 """The overfitting law: known parameters in, the same curves (and a held-out fraction) out."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -52,9 +50,10 @@ def test_joint_fit_recovers_parameters_and_predicts_held_out_fraction(seed):
     error median 0.22%, worst 0.56%; pointwise max median 0.45%, worst 1.17%. Extrapolating
     in the fraction is the hard part: the floor's slope k3 is seen only through d <= 5%.)"""
     curves = noisy_curves([0.0, 0.001, 0.01, 0.02, 0.05, 0.1], noise=0.001, seed=seed)
-    start = time.perf_counter()
     fit = fit_law(curves, holdout=0.1)
-    assert time.perf_counter() - start < 10
+    # Speed, measured as work rather than seconds (timings on shared cores are noise): one
+    # evaluation of the objective and its gradient costs ~0.2 ms, so this is ~2 s at most.
+    assert fit["law"]["evaluations"] < 10_000
     assert fit["not_fitted"] == [{"what": "finetuning gain", "why": fit["not_fitted"][0]["why"]}]
     p = fit["law"]["params"]
     assert fit["law"]["fractions"] == [0.0, 0.001, 0.01, 0.02, 0.05]
