@@ -121,9 +121,12 @@ class Run:
 def load_run(path: Path | str) -> Run:
     """Read one RUN folder; a one-line MixerError naming the file when something is wrong."""
     path = Path(path)
+    if path.name == "run.json" and path.is_file():
+        path = path.parent  # `mixer report runs/*/run.json` names the same runs
     meta_file = path / "run.json"
     if not path.is_dir():
-        raise MixerError(f"{path}: not a run folder (no such directory)")
+        what = "a file" if path.exists() else "no such directory"
+        raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds run.json")
     if not meta_file.is_file():
         raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
     meta = _read_meta(meta_file)
