@@ -25,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -61,6 +64,53 @@ def encode_with_eos(tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -
     out[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total - len(ids))
     out[eos_at] = eos_id
     return out, lengths
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetched(batches: Iterator[list], depth: int = 2) -> Iterator[list]:
+    """Pull batches from the upstream steps in a background thread.
+
+    Reading, JSON parsing, split hashing and MinHash are Python (GIL held); encoding is
+    Rust with the GIL released. Run one after the other, one core idles while Python
+    works and rayon's threads idle at the ragged end of every batch; with the upstream
+    steps in their own thread the two overlap. Errors upstream are re-raised here.
+    """
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread, raised there
+            put(_Failure(e))
+
+    worker = threading.Thread(target=produce, name="mixer-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 class TokenizeParts(PipelineStep):
@@ -113,7 +163,7 @@ class TokenizeParts(PipelineStep):
             docs_out = stack.enter_context(atomic_open(base.with_suffix(".docs"), "wb"))
             ids_out = stack.enter_context(atomic_open(base.with_suffix(".ids"), "wb"))
             sig_out = stack.enter_context(atomic_open(base.with_suffix(".minhash"), "wb")) if self.with_minhash else None
-            for batch in batched(data or [], self.batch_size):
+            for batch in prefetched(batched(data or [], self.batch_size)):
                 with self.track_time(unit="batch"):
                     tokens, lengths = encode_with_eos(tokenizer, [d.text for d in batch], self.eos_id, dtype)
                     tokens_out.write(memoryview(tokens))

@@ -316,3 +316,30 @@ def test_real_sample_corpus_with_gpt2(tmp_path, sample_cache, capsys, monkeypatc
     tok = Tokenizer.from_file(str(sample_cache / "tokenizers/gpt2/tokenizer.json"))
     first = tok.decode(list(store.document("train", 0)[:-1]))
     assert first.strip() and store.document("train", 0)[-1] == 50256
+
+
+def test_executor_flags_are_checked(tmp_path, tokenizer, capsys, monkeypatch):
+    monkeypatch.delenv("MIXER_SLURM_PARTITION", raising=False)
+    data = corpus(tmp_path, files=1, per_file=10)
+    code, _, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", data), "--executor", "slurm")
+    assert (code, err) == (2, "mixer: error: --executor slurm needs --partition (or $MIXER_SLURM_PARTITION)")
+    code, _, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", data), "--tasks", "0")
+    assert (code, err) == (2, "mixer: error: --tasks 0: must be at least 1")
+
+
+@pytest.mark.ray
+def test_ray_executor_writes_identical_bytes(tmp_path, tokenizer):
+    ray = pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
+    from mixer.recipe import SourceSpec
+    from mixer.tokenize import RunOptions, tokenize_source
+
+    data = corpus(tmp_path, files=3, per_file=40)
+    spec = SourceSpec("d", "domain", [str(data)], str(tokenizer), test_fraction=0.2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        tokenize_source(spec, tmp_path / "ray", RunOptions(executor="ray", tasks=3, workers=2))
+    finally:
+        ray.shutdown()
+    tokenize_source(spec, tmp_path / "ref", RunOptions())
+    for name in ("train.ds", "train.ds.index", "train.ids", "test.ds", "test.ids", "near_duplicates.jsonl"):
+        assert (tmp_path / "ray/d" / name).read_bytes() == (tmp_path / "ref/d" / name).read_bytes(), name
