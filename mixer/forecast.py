@@ -113,7 +113,7 @@ def format_forecast(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_forecast(result: dict, path: str) -> None:
+def plot_forecast(result: dict, path: str | Path) -> None:
     """Left: forecast domain test loss (solid) and post-FT loss (dashed) over tokens, with the
     onset of overfitting; right: post-FT loss at the budget against the fraction."""
     import matplotlib
@@ -151,7 +151,8 @@ def plot_forecast(result: dict, path: str) -> None:
 def _coefficients(fit: dict, fractions: list[float] | None, warnings: list[str]) -> tuple[list[tuple[float, dict]], str]:
     if fit.get("law"):
         p, measured = fit["law"]["params"], fit["law"].get("fractions") or []
-        want = sorted(set(DEFAULT_FRACTIONS if fractions is None else fractions))
+        # Default: the paper's grid and every fraction the law was fitted on.
+        want = sorted(set(DEFAULT_FRACTIONS) | set(measured) if fractions is None else set(fractions))
         if measured and max(want) > max(measured) * 1.0001:
             warnings.append(f"fractions above {max(measured):g} (the largest fitted) are extrapolated in the fraction")
         return [(d, law_coefficients(p, d)) for d in want], "joint law"
