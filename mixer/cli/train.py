@@ -1,0 +1,181 @@
+"""`mixer train pretrain|finetune|replay` and `mixer eval`: flags only; the work is in
+mixer.train, mixer.evaluate and trainer_adapters.litgpt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from ..units import parse_count
+from .common import emit, json_option, table
+
+_path = click.Path(path_type=Path)
+
+
+def _machine(precision: str | None, devices: int | None):
+    from trainer_adapters.litgpt.config import Machine
+
+    return Machine.detect(precision, devices)
+
+
+def _count(text: str | None, what: str) -> int | None:
+    return None if text is None else parse_count(text, what)
+
+
+def _common(f):
+    for opt in reversed([
+        click.argument("mix", type=click.Path(file_okay=False, path_type=Path)),
+        click.option("--out", required=True, type=_path, help="Run folder (RUN)."),
+        click.option("--tokens", help="Train on this many tokens (default: the whole mix), e.g. 2M."),
+        click.option("--batch-size", type=int, help="Global batch in samples (default: the preset's)."),
+        click.option("--micro-batch-size", type=int, help="Samples per device per forward pass."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--precision", help="LitGPT precision (default: 32-true on CPU, bf16-mixed on GPU)."),
+        click.option("--devices", type=int, help="Devices (default: 1 on CPU, all GPUs)."),
+        click.option("--dry-run", is_flag=True, help="Print the LitGPT YAML and stop."),
+        click.option("--verbose", is_flag=True, help="Echo LitGPT's output (always in RUN/train.log)."),
+        json_option,
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def train() -> None:
+    """Train with LitGPT from mixes: pretrain, finetune (early stopping), replay.
+
+    \b
+    mixer train pretrain mixes/spt --model tiny --out runs/spt
+    mixer train finetune mixes/ft --from runs/spt --out runs/spt-ft --patience 2
+    mixer train finetune mixes/ft --from runs/spt --out runs/g --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200
+    mixer train replay mixes/replay --from runs/spt --out runs/spt-replay
+    """
+
+
+@train.command()
+@_common
+@click.option("--model", required=True, help="Preset: tiny, small, olmo-300m, olmo-600m, olmo-1b, olmo-3b.")
+@click.option("--lr", type=float, help="Peak learning rate (default: the preset's; paper 4e-4).")
+@click.option("--min-lr", type=float, help="Cosine floor (default: the preset's; paper 4e-5).")
+@click.option("--warmup", type=int, help="Warmup optimizer steps (default: the preset's share of the run).")
+@click.option("--schedule-tokens", help="Cosine horizon in tokens when longer than the run (paper: 2T, cut at 200B).")
+@click.option("--checkpoints", type=int, default=10, show_default=True, help="Evenly spaced checkpoints.")
+@click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
+def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
+             micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, dry_run: bool,
+             verbose: bool, as_json: bool, lr: float | None, min_lr: float | None, warmup: int | None,
+             schedule_tokens: str | None, checkpoints: int, save_every: int | None) -> None:
+    """Pretrain a model from scratch on MIX (cosine to a floor)."""
+    from ..train import execute, plan_pretrain
+
+    plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
+                         batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
+                         schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed,
+                         machine=_machine(precision, devices), dry_run=dry_run)
+    if dry_run:
+        click.echo(plan.config_yaml(), nl=False)
+        return
+    _report(execute(plan, echo=verbose), as_json)
+
+
+def _finetune_command(kind: str):
+    @_common
+    @click.argument("grid_rest", nargs=-1, metavar="")
+    @click.option("--from", "parent", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="The pretraining run to start from.")
+    @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: final, else the last step).")
+    @click.option("--lr", type=float, help="Learning rate (default: the preset's; paper grid 1e-5, 4e-5, 1e-4).")
+    @click.option("--warmup", type=int, help="Warmup optimizer steps (paper grid 50, 100, 200).")
+    @click.option("--schedule", type=click.Choice(["constant", "wsd"]), default="constant", show_default=True)
+    @click.option("--min-lr", type=float, help="WSD: the rate decayed to (default lr/10).")
+    @click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="WSD: share of steps decaying.")
+    @click.option("--weight-decay", type=float, help="Default: the preset's (paper 1e-7).")
+    @click.option("--patience", type=int, default=2, show_default=True,
+                  help="Stop after this many evaluations without a lower domain test loss (0: never).")
+    @click.option("--eval-every", type=int, help="Evaluate/save every N steps (default: once per domain epoch).")
+    @click.option("--grid", "grid", multiple=True,
+                  help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
+    def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
+                seed: int, precision: str | None, devices: int | None, dry_run: bool, verbose: bool, as_json: bool,
+                grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None, lr: float | None,
+                warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
+                weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
+        from ..train import execute, parse_grid, plan_finetune, run_grid
+
+        if grid_rest and not grid:
+            raise UsageError(f"unexpected argument {grid_rest[0]!r}")
+        kwargs = dict(lr=lr, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
+                      weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
+                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
+                      checkpoint=checkpoint, machine=_machine(precision, devices), dry_run=dry_run)
+
+        def make(run_out: Path, overrides: dict):
+            return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
+
+        if not grid:
+            plan = make(out, {})
+            if dry_run:
+                click.echo(plan.config_yaml(), nl=False)
+                return
+            _report(execute(plan, echo=verbose), as_json)
+            return
+        axes = parse_grid([*grid, *grid_rest])
+        if dry_run:
+            from ..train import grid_points
+
+            for name, overrides in grid_points(axes):
+                click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_yaml()}", nl=False)
+            return
+        _report(run_grid(kind, out, axes, make, echo=verbose), as_json)
+
+    command.__doc__ = {
+        "finetune": "Finetune a pretrained run on MIX with early stopping on the domain test loss.",
+        "replay": "Finetune on a replay MIX (domain + a general share) with early stopping.",
+    }[kind]
+    return command
+
+
+train.command("finetune")(_finetune_command("finetune"))
+train.command("replay")(_finetune_command("replay"))
+
+
+def _report(meta: dict, as_json: bool) -> None:
+    best = meta.get("best")
+    lines = [f"run {meta['name']} ({meta['kind']}, {meta['model']}): {meta['status']}, "
+             f"{meta.get('tokens', 0):,} tokens; mix {meta['mix']}"]
+    if best:
+        where = f"{best['run']}/{best['checkpoint']}" if "run" in best else best["checkpoint"]
+        lines.append(f"best: {where}, domain test loss {best['domain_test_loss']:.4f}")
+    emit(meta, as_json, "\n".join(lines))
+
+
+@click.command("eval")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-samples", type=int, help="Use the first N samples of each held-out set (default: all).")
+@click.option("--train-samples", type=int, default=64, show_default=True,
+              help="Domain train loss on this many samples (the first domain samples of the mix).")
+@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@json_option
+def eval_run(run: Path, max_samples: int | None, train_samples: int, device: str | None, as_json: bool) -> None:
+    """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
+    from ..evaluate import evaluate_run
+
+    runs = sorted(p.parent for p in run.glob("*/run.json")) if not (run / "out").is_dir() else []
+    results = {}
+    for r in runs or [run]:
+        results[str(r)] = evaluate_run(r, max_samples=max_samples, train_samples=train_samples, device=device)
+
+    def human(data: dict) -> str:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        out = []
+        for r, rows in data.items():
+            out.append(f"{r}/evals.jsonl")
+            out.append(table([[x["checkpoint"], x["step"], f"{x['tokens']:,}", fmt(x.get("train_loss")),
+                               fmt(x["domain_test_loss"]), fmt(x["domain_train_loss"]), fmt(x["general_val_loss"])]
+                              for x in rows],
+                             ["checkpoint", "step", "tokens", "train", "domain test", "domain train", "general val"]))
+        return "\n".join(out)
+
+    emit(results, as_json, human)

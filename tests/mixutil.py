@@ -1,0 +1,71 @@
+"""Small learnable token stores and mixes for the training tests.
+
+Each source is a Markov chain over a small vocabulary with its own sparse transition
+table, so a tiny model learns it in seconds, the domain and general sources differ (a
+finetune on one measurably forgets the other), and stores follow docs/formats.md exactly.
+Mixes are made by the real `mixer build`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = 128
+EOS = VOCAB - 1
+
+
+def markov_docs(n_docs: int, seed: int, table_seed: int, branching: int = 3) -> list[np.ndarray]:
+    """Documents from a fixed chain (table_seed) with each token followed by one of `branching` tokens."""
+    table = np.random.default_rng(table_seed).integers(0, EOS, size=(EOS, branching))
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        n = int(rng.integers(20, 120))
+        doc = np.empty(n, dtype=np.int64)
+        doc[0] = rng.integers(0, EOS)
+        picks = rng.integers(0, branching, size=n)
+        for i in range(1, n):
+            doc[i] = table[doc[i - 1], picks[i]]
+        docs.append(doc)
+    return docs
+
+
+def write_store(root: Path, name: str, role: str, splits: dict[str, list[np.ndarray]],
+                sha: str = "markov-128") -> Path:
+    d = Path(root) / name
+    d.mkdir(parents=True, exist_ok=True)
+    meta_splits = {}
+    for split, docs in splits.items():
+        toks = np.concatenate([np.append(t, EOS) for t in docs]).astype("<u2")
+        toks.tofile(d / f"{split}.ds")
+        np.cumsum([len(t) + 1 for t in docs], dtype=np.uint64).astype("<u8").tofile(d / f"{split}.ds.index")
+        (d / f"{split}.ids").write_text("".join(f"{name}/{split}/{i}\n" for i in range(len(docs))))
+        meta_splits[split] = {"documents": len(docs), "tokens": int(len(toks))}
+    meta = {"format": "mixer-store/1", "source": name, "role": role,
+            "tokenizer": {"name": "markov", "sha256": sha, "vocab_size": VOCAB, "eos_id": EOS},
+            "dtype": "<u2", "splits": meta_splits, "mixer_version": "test"}
+    (d / "store.json").write_text(json.dumps(meta, indent=2))
+    return d
+
+
+def make_stores(root: Path, general_docs: int = 3000, domain_docs: int = 60, sha: str = "markov-128") -> Path:
+    """`prose` (general, train/val) and `music` (domain, train/test) stores under root."""
+    write_store(root, "prose", "general", {"train": markov_docs(general_docs, 1, table_seed=100),
+                                           "val": markov_docs(40, 2, table_seed=100)}, sha)
+    write_store(root, "music", "domain", {"train": markov_docs(domain_docs, 3, table_seed=200),
+                                          "test": markov_docs(40, 4, table_seed=200)}, sha)
+    return Path(root)
+
+
+def build(stores: Path, out: Path, *flags: str) -> Path:
+    """`mixer build` as a user runs it."""
+    cmd = [sys.executable, "-m", "mixer", "build", "--stores", str(stores), "--domain", "music", "--out", str(out),
+           "--quiet", *flags]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return out

@@ -1,0 +1,111 @@
+"""One complete `litgpt pretrain` YAML per run: every setting explicit, every path absolute,
+so the file alone re-runs the experiment (`litgpt pretrain --config RUN/config.yaml`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .presets import ADAM
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What LitGPT must be told about the hardware."""
+
+    precision: str
+    devices: int
+    compile: bool
+
+    @classmethod
+    def detect(cls, precision: str | None = None, devices: int | None = None) -> "Machine":
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            # CPU: bf16 is slow or unsupported and torch.compile costs more than it saves on tiny models.
+            return cls(precision or "32-true", devices or 1, compile=False)
+        bf16 = torch.cuda.is_bf16_supported()
+        return cls(precision or ("bf16-mixed" if bf16 else "16-mixed"), devices or torch.cuda.device_count(), compile=True)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.compile:
+            env["TORCH_COMPILE_DISABLE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"  # the log must be complete up to the line that failed
+        return env
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    out_dir: Path
+    mix: Path
+    model_name: str
+    model_config: dict
+    seq_len: int
+    max_tokens: int
+    global_batch: int
+    micro_batch: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    tie_embeddings: bool
+    save_interval: int
+    val_sets: list[str] | None
+    val_max_samples: int | None
+    eval_max_iters: int
+    initial_validation: bool
+    initial_checkpoint_dir: Path | None
+    resume: Path | None
+    seed: int
+    machine: Machine
+
+
+def litgpt_config(s: TrainSettings) -> dict:
+    return {
+        "model_name": s.model_config["name"],
+        "model_config": s.model_config,
+        "out_dir": str(s.out_dir.resolve()),
+        "precision": s.machine.precision,
+        "initial_checkpoint_dir": None if s.resume else (str(s.initial_checkpoint_dir) if s.initial_checkpoint_dir else None),
+        "resume": str(s.resume) if s.resume else False,
+        "data": {
+            "class_path": "trainer_adapters.litgpt.MixData",
+            "init_args": {"mix": str(s.mix.resolve()), "max_tokens": s.max_tokens, "val_sets": s.val_sets,
+                          "val_max_samples": s.val_max_samples},
+        },
+        "train": {
+            "save_interval": s.save_interval,
+            "log_interval": 1,
+            "global_batch_size": s.global_batch,
+            "micro_batch_size": s.micro_batch,
+            "lr_warmup_steps": s.warmup_steps,
+            "max_tokens": s.max_tokens,
+            "max_seq_length": s.seq_len,
+            "tie_embeddings": s.tie_embeddings,
+            "max_norm": 1.0,
+            "min_lr": s.min_lr,
+        },
+        "eval": {
+            # Validation at every checkpoint: early stopping reads the loss of the checkpoint just saved.
+            "interval": s.save_interval,
+            "max_iters": s.eval_max_iters,
+            "initial_validation": s.initial_validation,
+            "final_validation": True,
+        },
+        "optimizer": {"class_path": "torch.optim.AdamW",
+                      "init_args": {"lr": s.lr, "weight_decay": s.weight_decay, **ADAM}},
+        "devices": s.machine.devices,
+        "num_nodes": 1,
+        "tokenizer_dir": None,  # samples are token ids already; LitGPT needs no tokenizer to pretrain
+        "logger_name": "csv",
+        "seed": s.seed,
+    }
+
+
+def dump(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

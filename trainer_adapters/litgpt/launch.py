@@ -1,0 +1,119 @@
+"""`litgpt pretrain --config`, plus the two things LitGPT's loop lacks: WSD / long-horizon
+cosine schedules, and early stopping on the validation loss of each saved checkpoint.
+
+    python -m trainer_adapters.litgpt.launch RUN/config.yaml RUN/launch.json
+
+Both hook module-level functions of litgpt.pretrain (pinned 0.5.13): `get_lr` is replaced;
+`validate` is wrapped to remember the last loss, and `save_checkpoint` to judge it right
+after the checkpoint is complete on disk, so the stop never leaves a half-written file.
+Each judgement is appended to RUN/early_stopping.jsonl, which also restores the state on
+--resume. Without hooks this is exactly `litgpt pretrain --config RUN/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+class EarlyStop(Exception):
+    pass
+
+
+def schedule_lr(kind: str, lr: float, it: int, warmup: int, max_iters: int, min_lr: float,
+                horizon: int | None = None, decay_fraction: float = 0.2) -> float:
+    """Learning rate at micro-batch iteration `it` (LitGPT counts warmup and length in iterations).
+
+    cosine: LitGPT's warmup + cosine to min_lr, over `horizon` iterations when given (the paper
+    decays over 2T tokens and stops at 200B). wsd: warmup, constant, then linear decay to min_lr
+    over the last `decay_fraction` of the run. constant: warmup, then lr.
+    """
+    if it < warmup:
+        return lr * it / warmup
+    if kind == "constant":
+        return lr
+    if kind == "wsd":
+        decay_start = max_iters - int(decay_fraction * max_iters)
+        if it < decay_start:
+            return lr
+        return lr + (min_lr - lr) * min(1.0, (it - decay_start) / max(1, max_iters - decay_start))
+    total = horizon or max_iters
+    if it >= total:
+        return min_lr
+    ratio = (it - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def install(hooks: dict, log_file: Path) -> None:
+    from litgpt import pretrain
+
+    for name in ("get_lr", "validate", "save_checkpoint"):
+        if not hasattr(pretrain, name):
+            raise RuntimeError(f"litgpt.pretrain has no {name}(); this launcher supports litgpt 0.5.13")
+
+    sched = hooks.get("schedule")
+    if sched:
+        def get_lr(learning_rate: float, it: int, warmup_iters: int, max_iters: int, min_lr: float) -> float:
+            return schedule_lr(sched["kind"], learning_rate, it, warmup_iters, max_iters, min_lr,
+                               sched.get("horizon_iters"), sched.get("decay_fraction", 0.2))
+
+        pretrain.get_lr = get_lr
+
+    stop = hooks.get("early_stopping")
+    if not stop:
+        return
+    patience, min_delta = int(stop["patience"]), float(stop.get("min_delta", 0.0))
+    state = {"best": math.inf, "bad": 0, "last": None}
+    if log_file.exists():  # resuming: the judgements so far still count
+        for line in log_file.read_text().splitlines():
+            row = json.loads(line)
+            state["best"], state["bad"] = row["best_loss"], row["without_improvement"]
+
+    orig_validate, orig_save = pretrain.validate, pretrain.save_checkpoint
+
+    def validate(fabric, model, val_dataloader, max_iters, verbose=True):
+        loss = orig_validate(fabric, model, val_dataloader, max_iters, verbose)
+        if verbose:  # verbose=False is LitGPT's 2-batch sanity check, not an evaluation
+            state["last"] = float(loss)
+        return loss
+
+    def save_checkpoint(fabric, train_state, tokenizer_dir, checkpoint_file):
+        orig_save(fabric, train_state, tokenizer_dir, checkpoint_file)
+        name = Path(checkpoint_file).parent.name
+        loss, state["last"] = state["last"], None
+        if not name.startswith("step-") or loss is None:
+            return
+        if loss < state["best"] - min_delta:
+            state["best"], state["bad"] = loss, 0
+        else:
+            state["bad"] += 1
+        if fabric.global_rank == 0:
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"checkpoint": name, "val_loss": loss, "best_loss": state["best"],
+                                    "without_improvement": state["bad"]}) + "\n")
+        if state["bad"] >= patience:
+            raise EarlyStop(f"early stop at {name}: no improvement in {patience} evaluations "
+                            f"(best val loss {state['best']:.4f})")
+
+    pretrain.validate, pretrain.save_checkpoint = validate, save_checkpoint
+
+
+def main(argv: list[str]) -> int:
+    config, hooks_file = Path(argv[0]), Path(argv[1])
+    hooks = json.loads(hooks_file.read_text())
+    install(hooks, hooks_file.parent / "early_stopping.jsonl")
+    from litgpt.__main__ import main as litgpt_main
+
+    # litgpt saves hyperparameters.yaml by re-parsing sys.argv as `litgpt pretrain ...`.
+    sys.argv = ["litgpt", "pretrain", "--config", str(config)]
+    try:
+        litgpt_main()
+    except EarlyStop as e:
+        print(f"mixer: {e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
