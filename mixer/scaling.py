@@ -135,7 +135,8 @@ def fit_power_floor(tokens: np.ndarray, y: np.ndarray) -> dict | None:
     lt = np.log(T)
     lt_ref = lt.mean()
     power_at_ref = A[i] / (T ** bs[i]).max() * math.exp(bs[i] * lt_ref)  # undo the grid's scaling
-    x0 = np.array([math.log(max(power_at_ref, 1e-30)), bs[i], C[i]])
+    # The floor is a loss: cross-entropy cannot go below 0, so neither may C.
+    x0 = np.array([math.log(max(power_at_ref, 1e-30)), bs[i], max(C[i], 0.0)])
 
     def obj(x: np.ndarray) -> tuple[float, np.ndarray]:
         e = np.exp(x[0] + x[1] * (lt - lt_ref))
@@ -144,7 +145,7 @@ def fit_power_floor(tokens: np.ndarray, y: np.ndarray) -> dict | None:
         w = dh / pred
         return h.sum(), np.array([(w * e).sum(), (w * e * (lt - lt_ref)).sum(), w.sum()])
 
-    res = minimize(obj, x0, jac=True, method="L-BFGS-B", bounds=[(-60, 60), (-3, 0), (-20, 20)],
+    res = minimize(obj, x0, jac=True, method="L-BFGS-B", bounds=[(-60, 60), (-3, 0), (0, 20)],
                    options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
     x = res.x if res.fun <= obj(x0)[0] else x0
     out = {"A": float(math.exp(x[0] - x[1] * lt_ref)), "b": float(x[1]), "C": float(x[2])}
