@@ -324,9 +324,10 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
         T, tr, te = (np.array([np.nan if v is None else v for v in col], float) for col in zip(*sorted(pts)))
         curves.append(Curve(d, T, tr, te))
     gains: dict[float, list] = defaultdict(list)
+    fitted = {r.path.resolve() for r in mine}
     for r in runs:
         parent = find_parent(r, runs) if r.kind == "finetune" else None
-        if parent is None or parent not in mine:
+        if parent is None or parent.path.resolve() not in fitted:
             continue
         before = parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         best = r.best_eval()
