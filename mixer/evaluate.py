@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def read_evals(run_dir: Path) -> list[dict]:
 
 
 def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: int = 64,
-                 device: str | None = None, progress=None) -> list[dict]:
+                 device: str | None = None, threads: int | None = None, progress=None) -> list[dict]:
     """Evaluate the checkpoints not yet in RUN/evals.jsonl; all rows, in training order."""
     import torch
     import yaml
@@ -178,6 +179,8 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
     if not todo:
         return rows
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":  # as in training: oversubscribed threads spin and starve each other
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     sets = eval_sets(run_dir, max_samples, train_samples)
     by_step = {r["step"]: r for r in rows}
     for ckpt in todo:

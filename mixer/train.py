@@ -319,7 +319,7 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True) -> dict:
         raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
     merge_metrics(run_dir / "out", run_dir / "metrics.csv")
     if evaluate:
-        rows = evaluate_run(run_dir)
+        rows = evaluate_run(run_dir, threads=s.machine.threads)
         meta["best"] = best_checkpoint(rows) if meta["kind"] != "pretrain" else None
     meta["status"] = "done"
     write_json(run_dir / "run.json", meta)

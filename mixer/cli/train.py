@@ -14,10 +14,10 @@ from .common import emit, json_option, table
 _path = click.Path(path_type=Path)
 
 
-def _machine(precision: str | None, devices: int | None):
+def _machine(precision: str | None, devices: int | None, threads: int | None):
     from trainer_adapters.litgpt.config import Machine
 
-    return Machine.detect(precision, devices)
+    return Machine.detect(precision, devices, threads)
 
 
 def _count(text: str | None, what: str) -> int | None:
@@ -34,6 +34,7 @@ def _common(f):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--precision", help="LitGPT precision (default: 32-true on CPU, bf16-mixed on GPU)."),
         click.option("--devices", type=int, help="Devices (default: 1 on CPU, all GPUs)."),
+        click.option("--threads", type=int, help="CPU threads for torch (default: half the cores on CPU)."),
         click.option("--dry-run", is_flag=True, help="Print the LitGPT YAML and stop."),
         click.option("--verbose", is_flag=True, help="Echo LitGPT's output (always in RUN/train.log)."),
         json_option,
@@ -64,8 +65,8 @@ def train() -> None:
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Evenly spaced checkpoints.")
 @click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
 def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
-             micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, dry_run: bool,
-             verbose: bool, as_json: bool, lr: float | None, min_lr: float | None, warmup: int | None,
+             micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
+             dry_run: bool, verbose: bool, as_json: bool, lr: float | None, min_lr: float | None, warmup: int | None,
              schedule_tokens: str | None, checkpoints: int, save_every: int | None) -> None:
     """Pretrain a model from scratch on MIX (cosine to a floor)."""
     from ..train import execute, plan_pretrain
@@ -73,7 +74,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
     plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
                          schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed,
-                         machine=_machine(precision, devices), dry_run=dry_run)
+                         machine=_machine(precision, devices, threads), dry_run=dry_run)
     if dry_run:
         click.echo(plan.config_yaml(), nl=False)
         return
@@ -98,8 +99,8 @@ def _finetune_command(kind: str):
     @click.option("--grid", "grid", multiple=True,
                   help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
-                seed: int, precision: str | None, devices: int | None, dry_run: bool, verbose: bool, as_json: bool,
-                grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None, lr: float | None,
+                seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
+                verbose: bool, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None, lr: float | None,
                 warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
                 weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
         from ..train import execute, parse_grid, plan_finetune, run_grid
@@ -109,7 +110,7 @@ def _finetune_command(kind: str):
         kwargs = dict(lr=lr, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
                       tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
-                      checkpoint=checkpoint, machine=_machine(precision, devices), dry_run=dry_run)
+                      checkpoint=checkpoint, machine=_machine(precision, devices, threads), dry_run=dry_run)
 
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})

@@ -1,0 +1,123 @@
+"""The LitGPT DataModule over a real `mixer build` mix: stored order, resumable, no wrap-around."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mixutil import build, make_stores
+from litgpt.utils import CycleIterator
+
+from trainer_adapters.litgpt import MixData
+from trainer_adapters.litgpt.mixfiles import MixFileError, MixFiles
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_stores(root / "stores", general_docs=300, domain_docs=30)
+    # several shards, so reads cross shard boundaries
+    return build(root / "stores", root / "mix", "--fraction", "0.2", "--tokens", "20K", "--seq-len", str(SEQ),
+                 "--samples-per-shard", "100")
+
+
+def stored(mix) -> np.ndarray:
+    files = MixFiles.open(mix)
+    return np.concatenate([np.asarray(files.shard(k)) for k in range(len(files.manifest["shards"]))])
+
+
+def cycle_like_litgpt(loader, max_iters: int) -> list[np.ndarray]:
+    """litgpt.pretrain.fit's loop: pull a batch, then check the iteration count."""
+    out: list[np.ndarray] = []
+    for batch in CycleIterator(loader):
+        if len(out) >= max_iters:
+            break
+        out.append(batch.numpy())
+    return out
+
+
+def module(mix, max_tokens: int, batch: int = 8, **kw) -> MixData:
+    data = MixData(mix=mix, max_tokens=max_tokens, **kw)
+    data.connect(batch_size=batch, max_seq_length=SEQ)
+    data.setup()
+    return data
+
+
+def test_serves_samples_in_stored_order_across_shards(mix):
+    files = MixFiles.open(mix)
+    assert len(files.manifest["shards"]) > 1
+    data = module(mix, max_tokens=files.samples // 8 * 8 * SEQ)
+    got = np.concatenate([b.numpy() for b in data.train_dataloader()])
+    want = stored(mix)
+    assert got.shape == (files.samples // 8 * 8, SEQ + 1)
+    np.testing.assert_array_equal(got, want[: len(got)])
+
+
+def test_state_dict_resumes_at_the_next_unseen_sample(mix):
+    data = module(mix, max_tokens=40 * 8 * SEQ)
+    loader = data.train_dataloader()
+    it = iter(loader)
+    first = [next(it).numpy() for _ in range(5)]
+    state = loader.state_dict()
+    assert state["iteration"] == 5
+    again = module(mix, max_tokens=40 * 8 * SEQ).train_dataloader()
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(next(iter(again)).numpy(), stored(mix)[40:48])
+    np.testing.assert_array_equal(np.concatenate(first), stored(mix)[:40])
+    with pytest.raises(MixFileError, match="same batch size"):
+        module(mix, max_tokens=40 * 8 * SEQ, batch=4).train_dataloader().load_state_dict(state)
+
+
+def test_a_run_longer_than_the_mix_is_refused_not_wrapped(mix):
+    files = MixFiles.open(mix)
+    with pytest.raises(MixFileError, match="asks for .* but the mix holds"):
+        module(mix, max_tokens=(files.samples + 8) * SEQ)
+
+
+def test_litgpt_look_ahead_past_the_last_step_ends_quietly(mix):
+    """LitGPT fetches one batch beyond the last step: exact budgets end, they never wrap."""
+    files = MixFiles.open(mix)
+    steps = files.samples // 8
+    data = module(mix, max_tokens=steps * 8 * SEQ)
+    batches = cycle_like_litgpt(data.train_dataloader(), steps)
+    assert len(batches) == steps
+    np.testing.assert_array_equal(np.concatenate(batches), stored(mix)[: steps * 8])
+
+
+def test_asking_past_the_budget_raises(mix):
+    files = MixFiles.open(mix)
+    data = module(mix, max_tokens=8 * SEQ)  # one step's worth, but the loop keeps pulling
+    data.stream.needed = 8
+    batches = list(data.train_dataloader())  # the mix's whole first pass is still served in order
+    assert len(batches) == files.samples // 8
+    data.stream.needed = files.samples + 8
+    with pytest.raises(MixFileError, match="exhausted"):
+        list(data.train_dataloader())
+
+
+def test_validation_loader_covers_the_named_heldout_sets(mix):
+    files = MixFiles.open(mix)
+    data = module(mix, max_tokens=8 * SEQ, val_sets=["music-test"])
+    got = np.concatenate([b.numpy() for b in data.val_dataloader()])
+    np.testing.assert_array_equal(got, np.asarray(files.eval_samples("music-test")))
+    both = module(mix, max_tokens=8 * SEQ)
+    n = sum(int(e["samples"]) for e in files.manifest["eval"])
+    assert sum(len(b) for b in both.val_dataloader()) == n
+    with pytest.raises(MixFileError, match="no eval set"):
+        module(mix, max_tokens=8 * SEQ, val_sets=["nope-test"])
+
+
+def test_sample_length_must_match_the_model(mix):
+    data = MixData(mix=mix, max_tokens=8 * SEQ)
+    data.connect(batch_size=8, max_seq_length=SEQ * 2)
+    with pytest.raises(MixFileError, match="max_seq_length"):
+        data.setup()
+
+
+def test_missing_or_corrupt_mix_is_one_line(tmp_path, mix):
+    with pytest.raises(MixFileError, match="not a finished mix"):
+        MixFiles.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(MixFileError, match="not valid JSON"):
+        MixFiles.open(tmp_path)

@@ -1,0 +1,155 @@
+"""A CPU test that really trains: tiny pretrain -> finetune (early stopping) -> replay -> eval.
+
+Markov-chain stores (tests/mixutil.py) make the losses move within seconds: the domain
+test loss falls while finetuning, the general loss rises (forgetting), and replaying a
+general share holds that rise down.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from mixutil import build, make_stores
+
+pytestmark = pytest.mark.slow
+
+SEQ = "64"
+
+
+def mixer(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "mixer", *args], capture_output=True, text=True)
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def mixer_here(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (no second torch import): (exit code, stdout, stderr)."""
+    from mixer.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def evals(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    stores = make_stores(root / "stores", general_docs=1500, domain_docs=60)
+    mixes = {
+        "spt": build(stores, root / "mixes" / "spt", "--fraction", "0.1", "--tokens", "48K", "--seq-len", SEQ),
+        "ft": build(stores, root / "mixes" / "ft", "--epochs", "6", "--seq-len", SEQ),
+        "replay": build(stores, root / "mixes" / "replay", "--epochs", "6", "--replay", "0.3", "--seq-len", SEQ),
+    }
+    runs = root / "runs"
+    times = {}
+    t = time.perf_counter()
+    mixer("train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(runs / "spt"), "--checkpoints", "3")
+    times["pretrain"] = time.perf_counter() - t
+    for kind in ("ft", "replay"):
+        t = time.perf_counter()
+        mixer("train", "finetune" if kind == "ft" else "replay", str(mixes[kind]), "--from", str(runs / "spt"),
+              "--out", str(runs / kind), "--patience", "2")
+        times[kind] = time.perf_counter() - t
+    print(f"train times (s): {times}")
+    return {"root": root, "mixes": mixes, "runs": runs, "times": times}
+
+
+def test_pretrain_run_folder_is_complete(study):
+    run = study["runs"] / "spt"
+    for f in ("run.json", "config.yaml", "metrics.csv", "evals.jsonl", "train.log", "out/final/lit_model.pth"):
+        assert (run / f).is_file(), f
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["format"] == "mixer-run/1" and meta["kind"] == "pretrain" and meta["status"] == "done"
+    assert meta["parent"] is None and meta["pretrain_tokens"] == meta["tokens"] > 0
+    assert meta["model"] == "tiny" and meta["model_params"] > 0 and meta["fraction"] == 0.1
+    rows = evals(run)
+    assert [r["checkpoint"] for r in rows][-1] == "final" and len(rows) >= 3
+    assert rows[-1]["tokens"] == meta["tokens"]
+    assert rows[-1]["general_val_loss"] < rows[0]["general_val_loss"]
+    assert all(r["domain_test_loss"] is not None and r["domain_train_loss"] is not None for r in rows)
+    trained = float(re.search(r"Training Time : ([\d.]+) s", (run / "train.log").read_text()).group(1))
+    assert trained < 60
+
+
+def test_finetune_lowers_the_domain_test_loss_and_records_its_start(study):
+    runs = study["runs"]
+    pre_final = evals(runs / "spt")[-1]
+    meta = json.loads((runs / "ft" / "run.json").read_text())
+    assert meta["parent"] == str((runs / "spt").resolve())
+    assert meta["parent_checkpoint"].endswith("out/final")
+    assert (runs / "spt" / "converted" / "final" / "lit_model.pth").is_file()
+    config = (runs / "ft" / "config.yaml").read_text()
+    assert str(runs / "spt" / "converted" / "final") in config
+    rows = evals(runs / "ft")
+    assert meta["best"]["domain_test_loss"] == min(r["domain_test_loss"] for r in rows)
+    assert meta["best"]["domain_test_loss"] < pre_final["domain_test_loss"] - 0.1
+    assert meta["pretrain_tokens"] == json.loads((runs / "spt" / "run.json").read_text())["tokens"]
+    # validated once per domain epoch: every step checkpoint was judged for early stopping
+    judged = [json.loads(x)["checkpoint"] for x in (runs / "ft" / "early_stopping.jsonl").read_text().splitlines()]
+    assert judged == [r["checkpoint"] for r in rows if r["checkpoint"].startswith("step-")]
+
+
+def test_replay_forgets_less_than_domain_only_finetuning(study):
+    runs = study["runs"]
+    before = evals(runs / "spt")[-1]["general_val_loss"]
+    rise = {k: evals(runs / k)[-1]["general_val_loss"] - before for k in ("ft", "replay")}
+    assert rise["ft"] > 0
+    assert rise["replay"] < rise["ft"]
+    assert json.loads((runs / "replay" / "run.json").read_text())["kind"] == "replay"
+
+
+def test_eval_is_idempotent_and_parses_litgpt_metrics(study, capsys):
+    run = study["runs"] / "ft"
+    before = (run / "evals.jsonl").read_text()
+    code, out, _ = mixer_here(capsys, "eval", str(run))
+    assert code == 0 and (run / "evals.jsonl").read_text() == before
+    assert "domain test" in out
+    rows = evals(run)
+    assert all(r["train_loss"] is not None and r["lr"] is not None for r in rows)
+    assert "learning_rate" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_eval_adds_only_new_checkpoints(study, tmp_path, capsys):
+    run = tmp_path / "spt-copy"
+    shutil.copytree(study["runs"] / "spt", run)
+    lines = (run / "evals.jsonl").read_text().splitlines()
+    (run / "evals.jsonl").write_text("\n".join(lines[:1]) + "\n")
+    assert mixer_here(capsys, "eval", str(run))[0] == 0
+    assert [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()] == [json.loads(x) for x in lines]
+
+
+def test_corrupt_or_missing_checkpoint_is_one_line(study, tmp_path, capsys):
+    run = tmp_path / "broken"
+    shutil.copytree(study["runs"] / "spt", run)
+    (run / "evals.jsonl").unlink()
+    ckpt = run / "out" / "step-00000015" / "lit_model.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    code, _, err = mixer_here(capsys, "eval", str(run))
+    assert code == 1 and "cannot read the checkpoint" in err and len(err.strip().splitlines()) == 1
+    code, _, err = mixer_here(capsys, "train", "finetune", str(study["mixes"]["ft"]), "--from", str(run),
+                              "--checkpoint", "step-00000099", "--out", str(tmp_path / "x"))
+    assert code == 1 and "missing" in err and len(err.strip().splitlines()) == 1
+    code, _, err = mixer_here(capsys, "train", "finetune", str(study["mixes"]["ft"]), "--from", str(run),
+                              "--checkpoint", "step-00000015", "--out", str(tmp_path / "y"))
+    assert code == 1 and "cannot read the checkpoint" in err
+
+
+def test_a_finished_run_is_not_overwritten(study, capsys):
+    code, _, err = mixer_here(capsys, "train", "pretrain", str(study["mixes"]["spt"]), "--model", "tiny",
+                              "--out", str(study["runs"] / "spt"))
+    assert code == 1 and "already trained" in err
