@@ -343,3 +343,17 @@ def test_ray_executor_writes_identical_bytes(tmp_path, tokenizer):
     tokenize_source(spec, tmp_path / "ref", RunOptions())
     for name in ("train.ds", "train.ds.index", "train.ids", "test.ds", "test.ids", "near_duplicates.jsonl"):
         assert (tmp_path / "ray/d" / name).read_bytes() == (tmp_path / "ref/d" / name).read_bytes(), name
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path, tokenizer, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    whole = gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in docs(9, 200)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    code, _, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", tmp_path / "cut.jsonl.gz"))
+    assert code == 1 and f"{tmp_path}/cut.jsonl.gz: cannot read" in err and "truncated" in err
+    pq.write_table(pa.table({"body": ["w1 w2"]}), tmp_path / "t.parquet")
+    code, _, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", tmp_path / "t.parquet"))
+    assert (code, err) == (1, f"mixer: error: {tmp_path}/t.parquet: no column 'text' (columns: body; set --text-key)")
+    assert not (tmp_path / "st" / "d").exists()
