@@ -357,3 +357,33 @@ def test_unreadable_files_are_one_line_errors(tmp_path, tokenizer, capsys):
     code, _, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", tmp_path / "t.parquet"))
     assert (code, err) == (1, f"mixer: error: {tmp_path}/t.parquet: no column 'text' (columns: body; set --text-key)")
     assert not (tmp_path / "st" / "d").exists()
+
+
+def test_slurm_wiring_tasks_then_a_dependent_merge_job(tmp_path, tokenizer, capsys, monkeypatch):
+    """No Slurm here: a stand-in executor runs each 'job' locally, in dependency order."""
+    import datatrove.executor.slurm as slurm
+    from datatrove.executor import LocalPipelineExecutor
+
+    launched = []
+
+    class FakeSlurm:
+        def __init__(self, pipeline, tasks, time, partition, logging_dir, depends=None, venv_path=None, **kw):
+            self.pipeline, self.tasks, self.logging_dir, self.depends = pipeline, tasks, logging_dir, depends
+            self.venv_path, self.job_name, self.partition = venv_path, kw.get("job_name"), partition
+
+        def run(self):
+            if self.depends:
+                self.depends.run()
+            launched.append((self.job_name, self.tasks, self.partition))
+            LocalPipelineExecutor(self.pipeline, tasks=self.tasks, workers=1, logging_dir=self.logging_dir).run()
+
+    monkeypatch.setattr(slurm, "SlurmPipelineExecutor", FakeSlurm)
+    data = corpus(tmp_path, files=2, per_file=40)
+    code, out, err = cli(capsys, *tok_args(tokenizer, tmp_path / "st", data), "--executor", "slurm", "--partition",
+                         "cpu", "--tasks", 2, "--json")
+    assert code == 0, err
+    assert json.loads(out)["sources"][0]["status"] == "submitted"
+    assert launched == [("mixer-tokenize-d", 2, "cpu"), ("mixer-merge-d", 1, "cpu")]
+    cli(capsys, *tok_args(tokenizer, tmp_path / "ref", data))
+    for name in ("train.ds", "train.ids", "test.ds", "store.json"):
+        assert (tmp_path / "st/d" / name).read_bytes() == (tmp_path / "ref/d" / name).read_bytes(), name
