@@ -33,8 +33,8 @@ class Machine:
             # faster than two (68 vs 370 ms per step), because spinning threads starve each other.
             return cls(precision or "32-true", devices or 1, compile=False,
                        threads=threads or max(1, (os.cpu_count() or 2) // 2))
-        bf16 = torch.cuda.is_bf16_supported()
-        return cls(precision or ("bf16-mixed" if bf16 else "16-mixed"), devices or torch.cuda.device_count(),
+        bf16 = torch.cuda.is_bf16_supported()  # litgpt pretrain offers bf16-true, bf16-mixed or 32-true
+        return cls(precision or ("bf16-mixed" if bf16 else "32-true"), devices or torch.cuda.device_count(),
                    compile=True, threads=threads)
 
     def env(self) -> dict[str, str]:

@@ -30,9 +30,11 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str], echo: bool = Fals
 def last_error_line(log: Path) -> str:
     """The line that says what went wrong: the last exception line, else the last non-empty one."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
-    for ln in reversed(lines):
-        if _ERROR.match(ln):
-            return ln
+    for i in range(len(lines) - 1, -1, -1):
+        if _ERROR.match(lines[i]):
+            if lines[i].endswith(":"):  # jsonargparse: a heading, the detail on the lines below
+                return " ".join(lines[i:])[:400]
+            return lines[i]
     return lines[-1] if lines else "no output"
 
 
