@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -37,6 +37,9 @@ from datatrove.utils.batching import batched
 from datatrove.utils.logging import logger
 
 from .atomic import atomic_open
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 DOC_DTYPE = np.dtype([("file", "<u4"), ("length", "<u8"), ("hash", "<u8")])
 REPORT_EVERY = 50_000_000  # tokens between progress lines in the task log
@@ -52,7 +55,7 @@ def part_name(rank: int) -> str:
     return f"part-{rank:05d}"
 
 
-def encode_with_eos(tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def encode_with_eos(tokenizer: "Tokenizer", texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Encode a batch; return (flat tokens with EOS after each document, lengths incl. EOS)."""
     ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
@@ -138,7 +141,7 @@ class TokenizeParts(PipelineStep):
         self.batch_size = batch_size
         self.rayon_threads = rayon_threads
 
-    def _load_tokenizer(self):
+    def _load_tokenizer(self) -> "Tokenizer":
         # Loaded here, inside the task, never in the parent: a tokenizer whose thread pool
         # was used before a fork() turns parallelism off in the child (or deadlocks when
         # forced on). datatrove's local executor starts workers with "forkserver" (fresh

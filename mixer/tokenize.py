@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from datatrove.data import DocumentsPipeline
+from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
 from .errors import MixerError, UsageError
@@ -104,7 +106,9 @@ def _existing(stores: Path, spec: SourceSpec, key: str, force: bool) -> dict | N
     return None
 
 
-def build_pipeline(spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo, work: Path, run: RunOptions) -> list:
+def build_pipeline(
+    spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo, work: Path, run: RunOptions
+) -> list[PipelineStep]:
     from .neardup import NearDupSignatures
     from .parts import TokenizeParts
     from .split import SplitKeys
@@ -123,7 +127,7 @@ def build_pipeline(spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo,
     return steps
 
 
-def _executor(pipeline: list, run: RunOptions, logs: Path, name: str):
+def _executor(pipeline: list[PipelineStep], run: RunOptions, logs: Path, name: str) -> PipelineExecutor:
     if run.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
 
@@ -218,7 +222,7 @@ class MergeStep(PipelineStep):
         self.spec, self.tok, self.dtype, self.tasks = spec, tok, dtype, tasks
         self.work, self.stores, self.extra = work, stores, extra
 
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from .store_writer import write_store
 
         work = Path(self.work)
