@@ -265,12 +265,20 @@ def test_cli_build_verify_plan_end_to_end(stores, tmp_path):
 
 @pytest.mark.ray
 def test_ray_executor_writes_identical_bytes(stores, tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        build(spec(stores), tmp_path / "ray", executor="ray", tasks=2, workers=2, progress=False)
-    finally:
-        ray.shutdown()
+    pytest.importorskip("ray", reason="ray is in the dev extra; CI installs it")
+    # A child process: Ray's runtime lingers after shutdown and slowed later tests in this one.
+    script = f"""
+import ray
+from pathlib import Path
+from mixer.build import build
+from mixer.mix import MixSpec
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+build(MixSpec.from_json({spec(stores).to_json()!r}), Path({str(tmp_path / "ray")!r}),
+      executor="ray", tasks=2, workers=2, progress=False)
+ray.shutdown()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
     build(spec(stores), tmp_path / "ref", progress=False)
     assert mix_bytes(tmp_path / "ray") == mix_bytes(tmp_path / "ref")
 

@@ -76,7 +76,7 @@ def format_plan(s: dict) -> str:
 @mix_options
 @click.option("--fit", "fit_file", type=click.Path(dir_okay=False, path_type=Path), help="fit.json from `mixer fit`: forecast per fraction.")
 @click.option("--domain-tokens", help="Forecast for a domain of this size (no stores needed with --fit).")
-@click.option("--fractions", help="Fractions to forecast, comma-separated (default: those of the fit).")
+@click.option("--fractions", help="Fractions to forecast, comma-separated (default: the paper's grid, 0-10%, plus the fitted ones).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the forecast plot (PNG) here.")
 @json_option
 def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
@@ -91,13 +91,8 @@ def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
 
 
 def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json) -> None:
-    import json
+    from ..forecast import format_forecast, forecast, load_fit, plot_forecast
 
-    from ..errors import MixerError
-    from ..forecast import format_forecast, forecast, plot_forecast
-
-    if not fit_file.exists():
-        raise MixerError(f"{fit_file}: no such fit file (make one with mixer fit RUN...)")
     if not kw["tokens"]:
         raise UsageError("--fit needs --tokens (the budget to forecast)")
     d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
@@ -106,11 +101,7 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 
         d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
     fr = [float(x) for x in fractions.split(",")] if fractions else None
-    try:
-        fit = json.loads(fit_file.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{fit_file}: not valid JSON ({e.msg})") from None
-    result = forecast(fit, parse_count(kw["tokens"]), fr, d_tokens)
+    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens)
     if plot is not None:
         plot_forecast(result, plot)
     emit(result, as_json, format_forecast)
