@@ -51,9 +51,9 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     stores = make_stores(root / "stores", general_docs=1500, domain_docs=60)
     mixes = {
-        "spt": build(stores, root / "mixes" / "spt", "--fraction", "0.1", "--tokens", "48K", "--seq-len", SEQ),
-        "ft": build(stores, root / "mixes" / "ft", "--epochs", "6", "--seq-len", SEQ),
-        "replay": build(stores, root / "mixes" / "replay", "--epochs", "6", "--replay", "0.3", "--seq-len", SEQ),
+        "spt": build(stores, root / "mixes" / "spt", "--fraction", "0.1", "--tokens", "40K", "--seq-len", SEQ),
+        "ft": build(stores, root / "mixes" / "ft", "--epochs", "5", "--seq-len", SEQ),
+        "replay": build(stores, root / "mixes" / "replay", "--epochs", "5", "--replay", "0.3", "--seq-len", SEQ),
     }
     runs = root / "runs"
     times = {}
@@ -137,7 +137,8 @@ def test_corrupt_or_missing_checkpoint_is_one_line(study, tmp_path, capsys):
     run = tmp_path / "broken"
     shutil.copytree(study["runs"] / "spt", run)
     (run / "evals.jsonl").unlink()
-    ckpt = run / "out" / "step-00000015" / "lit_model.pth"
+    first = min((run / "out").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpt = first / "lit_model.pth"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     code, _, err = mixer_here(capsys, "eval", str(run))
     assert code == 1 and "cannot read the checkpoint" in err and len(err.strip().splitlines()) == 1
@@ -145,8 +146,35 @@ def test_corrupt_or_missing_checkpoint_is_one_line(study, tmp_path, capsys):
                               "--checkpoint", "step-00000099", "--out", str(tmp_path / "x"))
     assert code == 1 and "missing" in err and len(err.strip().splitlines()) == 1
     code, _, err = mixer_here(capsys, "train", "finetune", str(study["mixes"]["ft"]), "--from", str(run),
-                              "--checkpoint", "step-00000015", "--out", str(tmp_path / "y"))
+                              "--checkpoint", first.name, "--out", str(tmp_path / "y"))
     assert code == 1 and "cannot read the checkpoint" in err
+
+
+def test_an_interrupted_run_resumes_on_the_same_samples(study, tmp_path, capsys):
+    """Re-running an unfinished run resumes from its last checkpoint, with the loader's position
+    restored: the first step after resuming sees the same batch (same loss) as the original run."""
+    original = study["runs"] / "spt"
+    run = tmp_path / "spt"
+    shutil.copytree(original, run)
+    steps = sorted(int(p.name.split("-")[1]) for p in (run / "out").glob("step-*"))
+    for gone in ("final", f"step-{steps[-1]:08d}"):  # killed after its next-to-last checkpoint
+        shutil.rmtree(run / "out" / gone)
+    (run / "evals.jsonl").unlink()
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    last = steps[-2]
+    code, _, err = mixer_here(capsys, "train", "pretrain", str(study["mixes"]["spt"]), "--model", "tiny",
+                              "--out", str(run), "--checkpoints", "3")
+    assert code == 0, err
+    log = (run / "train.log").read_text()
+    assert f"Resuming training from {run}/out/step-{last:08d}" in log
+
+    def loss_at(text: str, it: int) -> str:
+        return re.findall(rf"iter {it} step {it} \| loss train: ([\d.]+)", text)[-1]
+
+    assert loss_at(log, last + 1) == loss_at((original / "train.log").read_text(), last + 1)
+    final = {r["checkpoint"]: r for r in evals(run)}["final"]
+    assert final["general_val_loss"] == pytest.approx(evals(original)[-1]["general_val_loss"], abs=1e-4)
 
 
 def test_a_finished_run_is_not_overwritten(study, capsys):
