@@ -5,7 +5,8 @@ first --max-samples samples), so every run of a study is scored on identical tok
 Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
 general val set that forgetting is measured on). The domain train loss is on a fixed
 sample: the first domain samples of the mix in stored order (exactly data the run's
-own mix trains on, whatever domain subset it was built from).
+own mix trains on, whatever domain subset it was built from); for a mix without domain
+samples (NPT), the first samples of the domain store's train split.
 
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
@@ -82,7 +83,30 @@ def eval_sets(run_dir: Path, max_samples: int | None, train_samples: int) -> Eva
         train = domain_train_samples(mix, train_samples)
         if train is not None:
             break
+    if train is None:  # NPT: no domain samples in the mix; unseen train data still anchors the fit at d = 0
+        train = next((t for t in (store_train_samples(m, train_samples) for m in chain) if t is not None), None)
     return EvalSets(heldout("domain"), train, heldout("general"))
+
+
+def store_train_samples(mix, n: int) -> np.ndarray | None:
+    """The first `n` samples of the domain store's train split (canonical order), laid out as
+    a stream is: seq_len + 1 tokens each, one-token overlap. None when the store is gone."""
+    from .store import open_store
+
+    src = mix.source("domain")
+    if src is None or not src.get("store"):
+        return None
+    store_dir = Path(src["store"])
+    try:
+        tokens = open_store(store_dir.parent, store_dir.name).tokens("train")
+    except MixerError:
+        return None
+    seq = mix.seq_len
+    k = min(n, (len(tokens) - 1) // seq)
+    if k <= 0:
+        return None
+    idx = np.arange(k)[:, None] * seq + np.arange(seq + 1)[None, :]
+    return np.asarray(tokens)[idx].astype(mix.dtype)
 
 
 def read_run_meta(run_dir: Path) -> dict:
