@@ -141,7 +141,8 @@ def load_checkpoint(ckpt_dir: Path, device: str):
         state = torch.load(weights, map_location="cpu", mmap=True, weights_only=True)
         config = Config(**yaml.safe_load(cfg_file.read_text()))
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise MixerError(f"{weights}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        raise MixerError(f"{weights}: cannot read the checkpoint ({why})") from None
     params = state.get("model", state)  # raw pretrain checkpoint or converted state dict
     params = {k.replace("_orig_mod.", ""): v for k, v in params.items()}
     model = GPT(config)

@@ -10,7 +10,6 @@ trainer_adapters.litgpt.launch, which adds early stopping (and WSD) to the same 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import shutil
 import sys
@@ -221,11 +220,11 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         hooks["early_stopping"] = {"patience": patience}
     if schedule == "wsd":
         hooks["schedule"] = {"kind": "wsd", "decay_fraction": decay_fraction}
-    pconf = yaml.safe_load((parent / "config.yaml").read_text())
-    parent_step = _checkpoint_step(ckpt)
+    pconf = yaml.safe_load((parent / "config.yaml").read_text())["train"]
+    parent_tokens = _checkpoint_step(ckpt) * int(pconf["global_batch_size"]) * int(pconf["max_seq_length"])
     meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": kind, "model": preset.name,
             "model_params": pmeta.get("model_params"), **_mix_meta(mix), "tokens": max_tokens,
-            "pretrain_tokens": parent_step * int(pconf["train"]["global_batch_size"]) * int(pconf["train"]["max_seq_length"]),
+            "pretrain_tokens": parent_tokens,
             "parent": str(parent), "parent_checkpoint": str(ckpt),
             "hparams": {"lr": lr, "warmup": warmup, "batch_size": batch, "schedule": schedule, "min_lr": floor,
                         "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,

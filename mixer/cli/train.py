@@ -100,8 +100,8 @@ def _finetune_command(kind: str):
                   help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
-                verbose: bool, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None, lr: float | None,
-                warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
+                verbose: bool, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
+                lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
                 weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
         from ..train import execute, parse_grid, plan_finetune, run_grid
 

@@ -79,7 +79,8 @@ def litgpt_config(s: TrainSettings) -> dict:
         "model_config": s.model_config,
         "out_dir": str(s.out_dir.resolve()),
         "precision": s.machine.precision,
-        "initial_checkpoint_dir": None if s.resume else (str(s.initial_checkpoint_dir) if s.initial_checkpoint_dir else None),
+        # LitGPT refuses both: a resumed finetune continues from its own checkpoint
+        "initial_checkpoint_dir": str(s.initial_checkpoint_dir) if s.initial_checkpoint_dir and not s.resume else None,
         "resume": str(s.resume) if s.resume else False,
         "data": {
             "class_path": "trainer_adapters.litgpt.MixData",
