@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -280,7 +281,7 @@ def convert_checkpoint(src: Path, dest: Path) -> None:
         return
     from litgpt.scripts.convert_pretrained_checkpoint import convert_pretrained_checkpoint
 
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")  # concurrent finetunes of one parent each convert
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         convert_pretrained_checkpoint(src, tmp)
@@ -288,7 +289,10 @@ def convert_checkpoint(src: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise MixerError(f"{src}: LitGPT could not convert the checkpoint ({type(e).__name__}: {e})") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another finetune renamed its identical copy first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True) -> dict:
