@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/study.py --size demo
+	$(BIN)/python examples/study.py --size demo --publish
 
 study: $(STAMP)
-	$(BIN)/python examples/study.py --size study
+	$(BIN)/python examples/study.py --size study --publish
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
