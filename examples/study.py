@@ -52,7 +52,7 @@ class Size:
 
 SIZES = {
     "demo": Size(domains=("music",), seeds=(0,), fractions=(0.05, 0.2), scpt=(0.2, "0.75:1.0"), replay=None,
-                 tokens="1M", seq_len=128, domain_subset="150K", model="tiny", ft_epochs=6, patience=1, save_interval=4),
+                 tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1, save_interval=4),
     "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.02, 0.05, 0.1, 0.2), scpt=(0.2, "0.75:1.0"),
                   replay=0.1, tokens="2M", seq_len=128, domain_subset="200K", model="tiny", ft_epochs=8, patience=2,
                   save_interval=6),
@@ -172,14 +172,16 @@ class Study:
     def pretrain(self, mix: Path, run: Path) -> Path:
         if not (run / "run.json").exists() or json.loads((run / "run.json").read_text()).get("status") != "done":
             self.run("train", "pretrain", str(mix), "--model", self.size.model, "--out", str(run),
-                     "--checkpoints", str(self.size.save_interval), *self.size.train_args)
+                     "--checkpoints", str(self.size.save_interval), "--eval-samples", str(self.size.eval_samples),
+                     *self.size.train_args)
         self.run("eval", str(run), "--max-samples", str(self.size.eval_samples))
         return run
 
     def finetune(self, mix: Path, parent: Path, run: Path, kind: str = "finetune") -> Path:
         if not (run / "run.json").exists() or json.loads((run / "run.json").read_text()).get("status") != "done":
             self.run("train", kind, str(mix), "--from", str(parent), "--out", str(run),
-                     "--patience", str(self.size.patience), *self.size.train_args)
+                     "--patience", str(self.size.patience), "--eval-samples", str(self.size.eval_samples),
+                     *self.size.train_args)
         self.run("eval", str(run), "--max-samples", str(self.size.eval_samples))
         return run
 

@@ -295,7 +295,7 @@ def convert_checkpoint(src: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True) -> dict:
+def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_samples: int | None = None) -> dict:
     from trainer_adapters.litgpt.logs import last_error_line, merge_metrics, run_logged
 
     run_dir, s = plan.run_dir, plan.settings
@@ -322,7 +322,7 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True) -> dict:
         raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
     merge_metrics(run_dir / "out", run_dir / "metrics.csv")
     if evaluate:
-        rows = evaluate_run(run_dir, threads=s.machine.threads)
+        rows = evaluate_run(run_dir, max_samples=eval_samples, threads=s.machine.threads)
         meta["best"] = best_checkpoint(rows) if meta["kind"] != "pretrain" else None
     meta["status"] = "done"
     write_json(run_dir / "run.json", meta)
@@ -361,14 +361,15 @@ def grid_points(grid: dict[str, list]) -> list[tuple[str, dict]]:
             for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool = False) -> dict:
+def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool = False,
+             eval_samples: int | None = None) -> dict:
     """Every grid point as a full sub-run, then RUN/run.json with `best` naming the winner."""
     out = out.expanduser().resolve()
     results = []
     for name, overrides in grid_points(grid):
         sub = out / name
         done = (sub / "run.json").is_file() and read_run_meta(sub).get("status") == "done"
-        meta = read_run_meta(sub) if done else execute(make_plan(sub, overrides), echo=echo)
+        meta = read_run_meta(sub) if done else execute(make_plan(sub, overrides), echo=echo, eval_samples=eval_samples)
         results.append((name, meta))
     first = results[0][1]
     scored = [(n, m["best"]) for n, m in results if m.get("best")]

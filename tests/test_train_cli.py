@@ -205,7 +205,7 @@ def test_grid_runs_every_point_and_records_the_best(tmp_path, monkeypatch):
     names = [n for n, _ in train_mod.grid_points(grid)]
     assert names == ["lr=1e-05,warmup=50", "lr=1e-05,warmup=100", "lr=4e-05,warmup=50", "lr=4e-05,warmup=100"]
 
-    def fake_execute(plan, echo=False):
+    def fake_execute(plan, echo=False, **kw):
         loss = plan["lr"] * 1e4 + plan["warmup"] / 1000
         return {"format": "mixer-run/1", "name": plan["name"], "kind": "finetune", "model": "tiny", "mix": "/m",
                 "best": {"checkpoint": "step-00000004", "domain_test_loss": loss}, "status": "done"}

@@ -37,6 +37,8 @@ def _common(f):
         click.option("--threads", type=int, help="CPU threads for torch (default: half the cores on CPU)."),
         click.option("--dry-run", is_flag=True, help="Print the LitGPT YAML and stop."),
         click.option("--verbose", is_flag=True, help="Echo LitGPT's output (always in RUN/train.log)."),
+        click.option("--eval-samples", type=int,
+                     help="The evaluation after training uses the first N samples of each held-out set (default: all)."),
         json_option,
     ]):
         f = opt(f)
@@ -66,7 +68,8 @@ def train() -> None:
 @click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
 def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
              micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
-             dry_run: bool, verbose: bool, as_json: bool, lr: float | None, min_lr: float | None, warmup: int | None,
+             dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
+             min_lr: float | None, warmup: int | None,
              schedule_tokens: str | None, checkpoints: int, save_every: int | None) -> None:
     """Pretrain a model from scratch on MIX (cosine to a floor)."""
     from ..train import execute, plan_pretrain
@@ -78,7 +81,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
     if dry_run:
         click.echo(plan.config_yaml(), nl=False)
         return
-    _report(execute(plan, echo=verbose), as_json)
+    _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
 
 
 def _finetune_command(kind: str):
@@ -100,7 +103,7 @@ def _finetune_command(kind: str):
                   help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
-                verbose: bool, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
+                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
                 lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
                 weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
         from ..train import execute, parse_grid, plan_finetune, run_grid
@@ -120,7 +123,7 @@ def _finetune_command(kind: str):
             if dry_run:
                 click.echo(plan.config_yaml(), nl=False)
                 return
-            _report(execute(plan, echo=verbose), as_json)
+            _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
             return
         axes = parse_grid([*grid, *grid_rest])
         if dry_run:
@@ -129,7 +132,7 @@ def _finetune_command(kind: str):
             for name, overrides in grid_points(axes):
                 click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_yaml()}", nl=False)
             return
-        _report(run_grid(kind, out, axes, make, echo=verbose), as_json)
+        _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples), as_json)
 
     command.__doc__ = {
         "finetune": "Finetune a pretrained run on MIX with early stopping on the domain test loss.",
