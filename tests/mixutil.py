@@ -69,3 +69,16 @@ def build(stores: Path, out: Path, *flags: str) -> Path:
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return out
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (no second torch import): (exit code, stdout, stderr)."""
+    from mixer.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -256,7 +256,7 @@ def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
     cases = [
         (["audit", tmp_path, "--heldout", stores / "music"], 2, "either MIX or --heldout"),
         (["audit", "--heldout", stores / "music"], 2, "--train"),
-        (["audit", tmp_path / "nomix"], 1, "nomix/manifest.json: not found"),
+        (["audit", tmp_path / "nomix"], 1, "nomix/manifest.json: no manifest"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "odd.bin"], 1, "odd.bin: size 7 bytes"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--seq-len", "1000000"], 1, "ok.bin: size"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--dtype", "uint32"], 1,

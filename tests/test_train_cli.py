@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mixutil import build, make_stores
+from mixutil import build, make_stores, run_cli
 
 from mixer import train as train_mod
 from trainer_adapters.litgpt import launch
@@ -29,16 +29,7 @@ def mixes(tmp_path_factory):
     }
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    from mixer.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = run_cli
 
 
 def test_dry_run_prints_a_complete_litgpt_config_with_absolute_paths(mixes, capsys, tmp_path):

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from mixutil import build, make_stores
+from mixutil import build, make_stores, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +29,7 @@ def mixer(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def mixer_here(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (no second torch import): (exit code, stdout, stderr)."""
-    from mixer.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+mixer_here = run_cli
 
 
 def evals(run) -> list[dict]:

@@ -108,13 +108,10 @@ def _inputs(mix, heldout, train, seq_len, dtype):
         return stores, files, ", ".join(train)
     if seq_len is not None or dtype is not None:
         raise UsageError("--seq-len/--dtype describe --train files; a mix's manifest has them")
+    from ..manifest import load_manifest
+
     manifest = mix / "manifest.json"
-    if not manifest.is_file():
-        raise MixerError(f"{manifest}: not found; is {mix} a mix built by mixer build?")
-    try:
-        m = json.loads(manifest.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{manifest}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    m = load_manifest(mix)
     try:
         names = [m[role] for role in ("domain", "general") if m.get(role)]
         stores = [open_store(m["stores"], name) for name in names]
