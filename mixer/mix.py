@@ -241,7 +241,7 @@ def seen_documents(mix_dir: Path, source: str) -> np.ndarray:
     passes, partial = src.passes
     touched = passes > 0
     if partial:  # the document cut by the end of the stream was seen in part
-        full, m, _, perm = src.stream._prefix(src.stream_tokens)
+        full, m, _, perm = src.stream.prefix(src.stream_tokens)
         touched[perm[m]] = True
     idx = np.flatnonzero(touched)
     return src.stream.documents[idx] if src.stream.documents is not None else idx

@@ -144,7 +144,7 @@ class SourceStream:
 
     # -- counts ------------------------------------------------------------------------
 
-    def _prefix(self, stream_tokens: int) -> tuple[int, int, int, np.ndarray | None]:
+    def prefix(self, stream_tokens: int) -> tuple[int, int, int, np.ndarray | None]:
         """(full epochs, documents complete in the last partial epoch, cut documents, its order)."""
         full, rem = divmod(stream_tokens, self.epoch_tokens)
         if rem == 0:
@@ -165,7 +165,7 @@ class SourceStream:
         documents cut by the end of the stream (0 or 1)."""
         if stream_tokens <= 0 or self.epoch_tokens == 0:
             return np.zeros(self.n_docs, dtype=np.int64), 0
-        full, m, partial, perm = self._prefix(stream_tokens)
+        full, m, partial, perm = self.prefix(stream_tokens)
         passes = np.full(self.n_docs, full, dtype=np.int64)
         if perm is not None:
             passes[perm[:m]] += 1
@@ -175,7 +175,7 @@ class SourceStream:
         """{full passes: documents} without a per-document array (a 200B plan has 100M documents)."""
         if stream_tokens <= 0 or self.epoch_tokens == 0:
             return ({"0": self.n_docs} if self.n_docs else {}), 0
-        full, m, partial, _ = self._prefix(stream_tokens)
+        full, m, partial, _ = self.prefix(stream_tokens)
         hist = {str(full): self.n_docs - m, str(full + 1): m}
         return {k: v for k, v in hist.items() if v}, partial
 
