@@ -36,3 +36,13 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """JSON from a file, or a one-line MixerError naming the file and where it is broken."""
+    from .errors import MixerError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None

@@ -9,13 +9,13 @@ dressed as a number.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_open
+from .atomic import read_json
 from .errors import MixerError, UsageError
 from .scaling import FIT_FORMAT, curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
 from .units import format_count
@@ -37,10 +37,7 @@ def load_fit(path: str | Path) -> dict:
     f = Path(path)
     if not f.is_file():
         raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
-    try:
-        fit = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    fit = read_json(f)
     if not isinstance(fit, dict) or fit.get("format") != FIT_FORMAT:
         got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
         raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import xxhash
 
+from .atomic import read_json
 from .errors import MixerError
 
 MIX_FORMAT = "mixer-mix/1"
@@ -33,10 +33,7 @@ def load_manifest(mix_dir: Path | str) -> dict:
         pending = Path(mix_dir) / ".build" / "spec.json"
         hint = " (the build is unfinished: re-run the same mixer build to complete it)" if pending.exists() else ""
         raise MixerError(f"{path}: no manifest; not a finished mix{hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    manifest = read_json(path)
     if manifest.get("format") != MIX_FORMAT:
         raise MixerError(f"{path}: not a {MIX_FORMAT} manifest (format={manifest.get('format')!r})")
     return manifest

@@ -14,13 +14,13 @@ the file), so a store is byte-identical whatever the number of tasks that wrote 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import read_json
 from .errors import MixerError
 
 STORE_FORMAT = "mixer-store/1"
@@ -127,10 +127,7 @@ def open_store(stores: Path | str, name: str) -> Store:
     if not meta_file.exists():
         have = ", ".join(s.name for s in list_stores(stores)) or "none"
         raise MixerError(f"{meta_file}: no token store named {name!r} in {stores} (stores there: {have})")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{meta_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    meta = read_json(meta_file)
     if meta.get("format") != STORE_FORMAT:
         raise MixerError(f"{meta_file}: not a {STORE_FORMAT} store (format={meta.get('format')!r})")
     return Store(path=path, meta=meta)
