@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MixerError, UsageError
+from .manifest import load_manifest
 from .schedule import Counts, Placement, epoch_start_samples, solve_counts
 from .store import Store, check_same_tokenizer, list_stores, open_store
 from .streams import SourceStream, source_key
@@ -231,19 +232,13 @@ def _domain_documents(spec: MixSpec, store: Store) -> np.ndarray | None:
 
 def seen_documents(mix_dir: Path, source: str) -> np.ndarray:
     """Store document indices of `source` that any training sample of a built mix touched."""
-    from .manifest import load_manifest  # late: manifest imports this module
-
-    manifest = load_manifest(mix_dir)
-    plan = plan_from_manifest(manifest)
+    plan = plan_from_manifest(load_manifest(mix_dir))
     src = next((s for s in plan.sources if s.stream.name == source and s.train), None)
     if src is None:
         return np.zeros(0, dtype=np.int64)
-    passes, partial = src.passes
-    touched = passes > 0
-    if partial:  # the document cut by the end of the stream was seen in part
-        full, m, _, perm = src.stream.prefix(src.stream_tokens)
-        touched[perm[m]] = True
-    idx = np.flatnonzero(touched)
+    full, m, partial, perm = src.stream.prefix(src.stream_tokens)
+    # A full epoch touches every document; otherwise the permuted prefix, plus the one cut at the end.
+    idx = np.arange(src.stream.n_docs) if full else np.sort(perm[: m + partial])
     return src.stream.documents[idx] if src.stream.documents is not None else idx
 
 

@@ -87,10 +87,7 @@ def parse_set(pairs: tuple[str, ...]) -> dict:
         k, sep, v = p.partition("=")
         if not sep:
             raise UsageError(f"--set: expected name=value, got {p!r}")
-        try:
-            out[k.strip()] = float(v) if v.strip().lstrip("-").replace(".", "", 1).isdigit() else v.strip()
-        except ValueError:
-            out[k.strip()] = v.strip()
+        out[k.strip()] = float(v) if v.strip().lstrip("-").replace(".", "", 1).isdigit() else v.strip()
     return out
 
 

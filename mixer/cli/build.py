@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import UsageError
 from ..units import format_count, parse_count
@@ -144,7 +145,7 @@ def format_build(r: dict) -> str:
         return head + "\nmanifest pending: build the remaining shards (same command, other --shards) to finish"
     return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),
                                       "bytes": sum(s["samples"] for s in r["manifest"]["shards"]) *
-                                      (r["manifest"]["seq_len"] + 1) * (2 if "u2" in r["manifest"]["dtype"] else 4)})
+                                      (r["manifest"]["seq_len"] + 1) * np.dtype(r["manifest"]["dtype"]).itemsize})
 
 
 @click.command()
