@@ -229,66 +229,98 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _panels(domains: list[str], title: str):
+    """One panel per domain: domains' losses differ by nats, so a shared axis would flatten the
+    differences between setups that the plots are for."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(domains), figsize=(7 if len(domains) == 1 else 5.5 * len(domains), 4.5),
+                             squeeze=False)
+    panels = dict(zip(domains, axes[0]))
+    if len(domains) == 1:
+        axes[0][0].set_title(title)
+    else:
+        fig.suptitle(title)
+        for d, ax in panels.items():
+            ax.set_title(d)
+    return fig, panels
+
+
+def _setup_rank(setup: str) -> tuple:
+    """Colour order shared by every panel and plot: NPT, SPT by fraction, then SCPT."""
+    num = "".join(c for c in setup.split("%")[0] if c.isdigit() or c == ".")
+    return (0 if setup == "NPT" else 1 if setup.startswith("SPT") else 2, float(num or 0), setup)
+
+
 def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
-    """Domain test loss over pretraining tokens, one colour per setup (all seeds drawn)."""
+    """Domain test loss over pretraining tokens, one panel per domain, one colour per setup (all seeds drawn)."""
     pre = [r for r in runs if r.kind == "pretrain" and any(e.domain_test_loss is not None and e.tokens > 0 for e in r.evals)]
     if not pre:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    # One colour per curve family; the model and domain join the label only when they vary.
-    many = len({(r.model, r.domain) for r in pre}) > 1
-    family = lambda r: (f"{r.model} {r.domain} " if many else "") + setup_of(r)  # noqa: E731
-    families = sorted({(r.model, str(r.domain), r.fraction, family(r)) for r in pre})
-    for i, (*_, name) in enumerate(families):
-        for j, r in enumerate(x for x in pre if family(x) == name):
+    fig, panels = _panels(sorted({str(r.domain) for r in pre}), "domain loss during pretraining")
+    many = len({r.model for r in pre}) > 1  # the model joins the label only when it varies
+    family = lambda r: (f"{r.model} " if many else "") + setup_of(r)  # noqa: E731
+    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted({setup_of(r) for r in pre}, key=_setup_rank))}
+    for domain, ax in panels.items():
+        mine = [r for r in pre if str(r.domain) == domain]
+        labelled = set()
+        for r in sorted(mine, key=lambda r: (r.model, _setup_rank(setup_of(r)), r.seed)):
             pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
-            ax.plot(*zip(*pts), "o-", ms=3, color=f"C{i % 10}", label=name if j == 0 else None)
-    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)", title="domain loss during pretraining")
-    ax.legend(fontsize=8)
+            name = family(r)
+            ax.plot(*zip(*pts), "o-", ms=3, color=colours[setup_of(r)], label=None if name in labelled else name)
+            labelled.add(name)
+        ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_post_ft(report: dict, path: Path) -> Path | None:
-    """Best post-FT domain loss against the fraction (mean ± std over seeds), largest budget."""
+    """Best post-FT domain loss against the fraction (mean ± std over seeds), largest budget, per domain."""
     if not report["table"]:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = defaultdict(list)
-    for e in report["table"]:
-        series[(e["model"], e["domain"], e["finetune"], "SCPT" if e["setup"].startswith("SCPT") else "")].append(e)
+    fig, panels = _panels(sorted({str(e["domain"]) for e in report["table"]}), "after finetuning (early stopped)")
     fractions = sorted({e["fraction"] for e in report["table"]})
-    for i, (key, es) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
-        top = max(e["pretrain_tokens"] for e in es)
-        es = sorted((e for e in es if e["pretrain_tokens"] == top), key=lambda e: e["fraction"])
-        x = [fractions.index(e["fraction"]) for e in es]
-        y = [e["post_ft_loss"]["mean"] for e in es]
-        err = [e["post_ft_loss"]["std"] or 0 for e in es]
-        label = f"{key[0]} {key[1]} {key[2]} {key[3]}".strip() + f" @{format_count(top)}"
-        ax.errorbar(x, y, yerr=err, fmt="s--" if key[3] else "o-", capsize=3, color=f"C{i % 10}", label=label)
-    ax.set(xticks=range(len(fractions)), xticklabels=[f"{f * 100:g}%" for f in fractions],
-           xlabel="domain fraction in pretraining", ylabel="best post-FT domain test loss", title="after finetuning (early stopped)")
-    ax.legend(fontsize=8)
+    many = len({e["model"] for e in report["table"]}) > 1
+    for domain, ax in panels.items():
+        series = defaultdict(list)
+        for e in report["table"]:
+            if str(e["domain"]) == domain:
+                series[(e["model"], e["finetune"], "SCPT" if e["setup"].startswith("SCPT") else "")].append(e)
+        for i, (key, es) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+            top = max(e["pretrain_tokens"] for e in es)
+            es = sorted((e for e in es if e["pretrain_tokens"] == top), key=lambda e: e["fraction"])
+            x = [fractions.index(e["fraction"]) for e in es]
+            y = [e["post_ft_loss"]["mean"] for e in es]
+            err = [e["post_ft_loss"]["std"] or 0 for e in es]
+            label = f"{key[0] + ' ' if many else ''}{key[1]} {key[2]}".strip() + f" @{format_count(top)}"
+            ax.errorbar(x, y, yerr=err, fmt="s--" if key[2] else "o-", capsize=3, color=f"C{i % 10}", label=label)
+        ax.set(xticks=range(len(fractions)), xticklabels=[f"{f * 100:g}%" for f in fractions],
+               xlabel="domain fraction in pretraining", ylabel="best post-FT domain test loss")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_frontier(report: dict, path: Path) -> Path | None:
-    """General val loss against domain test loss after finetuning: lower-left is better."""
+    """General val loss against domain test loss after finetuning, per domain: lower-left is better."""
     pts = [r for r in report["finetune_runs"] if r["general_after"] is not None]
     if not pts:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = sorted({f"{r['setup']} {r['finetune']}" for r in pts})
-    for i, lab in enumerate(labels):
-        mine = [r for r in pts if f"{r['setup']} {r['finetune']}" == lab]
-        ax.plot([r["post_ft_loss"] for r in mine], [r["general_after"] for r in mine], "o", color=f"C{i % 10}", label=lab)
-    front = pareto_front([r["post_ft_loss"] for r in pts], [r["general_after"] for r in pts])
-    ax.plot([pts[i]["post_ft_loss"] for i in front], [pts[i]["general_after"] for i in front], "k:", lw=1,
-            label="Pareto front")
-    ax.set(xlabel="domain test loss after FT", ylabel="general val loss after FT", title="forgetting frontier")
-    ax.legend(fontsize=8)
+    fig, panels = _panels(sorted({str(r["domain"]) for r in pts}), "forgetting frontier")
+    label = lambda r: f"{r['setup']} {r['finetune']}"  # noqa: E731
+    kinds = sorted({(r["setup"], r["finetune"]) for r in pts}, key=lambda k: (_setup_rank(k[0]), k[1]))
+    labels = [f"{setup} {ft}" for setup, ft in kinds]
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    for domain, ax in panels.items():
+        mine = [r for r in pts if str(r["domain"]) == domain]
+        for lab in labels:
+            group = [r for r in mine if label(r) == lab]
+            if group:
+                ax.plot([r["post_ft_loss"] for r in group], [r["general_after"] for r in group], "o",
+                        color=colours[lab], label=lab)
+        front = pareto_front([r["post_ft_loss"] for r in mine], [r["general_after"] for r in mine])
+        ax.plot([mine[i]["post_ft_loss"] for i in front], [mine[i]["general_after"] for i in front], "k:", lw=1,
+                label="Pareto front")
+        ax.set(xlabel="domain test loss after FT", ylabel="general val loss after FT")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -92,6 +92,24 @@ def test_report_writes_markdown_json_and_plots(study, tmp_path, capsys):
     assert code == 0 and json.loads(stdout)["table"]
 
 
+def test_plots_have_one_panel_per_domain(study, tmp_path, capsys):
+    """Two domains' losses differ by nats: each gets its own panel (and its own Pareto front)."""
+    import matplotlib.image
+
+    def widths(out):
+        return {f: matplotlib.image.imread(out / f).shape[1]
+                for f in ("domain_loss_vs_tokens.png", "post_ft_vs_fraction.png", "frontier.png")}
+
+    one = tmp_path / "one"
+    assert cli(["report", *map(str, sorted(study.iterdir())), "--out", str(one)], capsys)[0] == 0
+    pre = write_run(study, "spt-proofs", [(100, 4.6, None, 3.1), (200, 4.5, None, 3.0)], fraction=0.05, domain="proofs")
+    finetune(study, "ft-spt-proofs", pre, 4.2, domain="proofs")
+    two = tmp_path / "two"
+    assert cli(["report", *map(str, sorted(study.iterdir())), "--out", str(two)], capsys)[0] == 0
+    w1, w2 = widths(one), widths(two)
+    assert all(w2[f] > 1.4 * w1[f] for f in w1), (w1, w2)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = cli(["report", str(tmp_path / "empty")], capsys)
