@@ -396,8 +396,11 @@ def format_fit(fit: dict) -> str:
              f"tokens {format_count(fit['data']['token_range'][0])}..{format_count(fit['data']['token_range'][1])}"]
     for p in fit["per_fraction"]:
         t, g = p["train"], p["gap"]
-        txt = "not fitted" if t is None else (f"L_train = {t['A']:.4g} T^{t['b']:.3f} + {t['C']:.4f} "
-                                              f"({t['mean_abs_rel_error_pct']:.2f}% mean error)")
+        if t is None:
+            txt = "not fitted"
+        else:
+            form = f"{t['C']:.4f} (flat)" if t.get("flat") else f"{t['A']:.4g} T^{t['b']:.3f} + {t['C']:.4f}"
+            txt = f"L_train = {form} ({t['mean_abs_rel_error_pct']:.2f}% mean error)"
         if g:
             txt += f"; gap = {g['G']:.4g} T^{g['g']:.3f}"
         lines.append(f"  fraction {p['fraction']:g}: {txt}")

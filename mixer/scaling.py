@@ -39,6 +39,7 @@ UNITS = {
 PARAMS = ("A_train", "b_train_s", "b_train_g", "a1", "a2", "a3", "b_gap_s", "b_gap_g", "k0", "k1", "k2", "k3")
 HUBER_DELTA = 1e-3  # Chinchilla's value for residuals of log loss
 MIN_POINTS = 3  # a power law with a floor has 3 coefficients
+FLAT_RTOL = 1e-4  # a power term moving the curve by less than this share of its floor is no term
 # The joint law needs the floor C(d) (4 coefficients) over >= 4 fractions and the gap
 # kernel A_gap(d) (3 coefficients) over >= 3 fractions with a measured gap (d > 0).
 MIN_FRACTIONS, MIN_GAP_FRACTIONS = 4, 3
@@ -148,7 +149,12 @@ def fit_power_floor(tokens: np.ndarray, y: np.ndarray) -> dict | None:
     res = minimize(obj, x0, jac=True, method="L-BFGS-B", bounds=[(-60, 60), (-3, 0), (0, 20)],
                    options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
     x = res.x if res.fun <= obj(x0)[0] else x0
-    out = {"A": float(math.exp(x[0] - x[1] * lt_ref)), "b": float(x[1]), "C": float(x[2])}
+    out = {"A": float(math.exp(x[0] - x[1] * lt_ref)), "b": float(x[1]), "C": float(x[2]), "flat": False}
+    # A curve that does not fall (the domain loss of a run without domain data often rises as the
+    # model specializes on general text) drives A to ~0 and b to its bound: the power term then
+    # says nothing, so report the constant it is instead of a meaningless A T^b.
+    if out["A"] * (T.min() ** out["b"] - T.max() ** out["b"]) < FLAT_RTOL * max(out["C"], 1e-12):
+        out.update(A=0.0, b=0.0, flat=True)
     out["mean_abs_rel_error_pct"] = _mare(out["A"] * T ** out["b"] + out["C"], y)
     return out
 
@@ -176,6 +182,8 @@ def fit_fraction(c: Curve) -> dict:
     elif not has_train:
         gap0 = " (gap taken as 0)" if c.fraction > 0 else ""
         notes.append(f"no domain_train_loss: the curve is fitted to the test loss{gap0}")
+    if train is not None and train["flat"]:
+        notes.append("the domain loss does not fall over these checkpoints: fitted as a constant")
     gap = None
     if c.fraction > 0 and has_train:
         gap = fit_power(c.tokens, c.test - c.train)
@@ -212,8 +220,10 @@ def joint_blockers(per_fraction: list[dict]) -> list[str]:
 def initial_params(curves: list[Curve], per_fraction: list[dict]) -> dict:
     """A start for the joint fit from the per-fraction fits, each stage linear in its unknowns."""
     fitted = [p for p in per_fraction if p["train"] is not None]
+    # Flat curves carry no exponent; they still pin the floor C(d) below.
+    sloped = [p for p in fitted if not p["train"].get("flat")] or fitted
+    b_g, b_s = _line(np.array([p["fraction"] for p in sloped]), np.array([p["train"]["b"] for p in sloped]))
     d = np.array([p["fraction"] for p in fitted])
-    b_g, b_s = _line(d, np.array([p["train"]["b"] for p in fitted]))
     b_g, b_s = min(b_g, -1e-3), min(b_s, -1e-3)
     # Exponents fixed: one shared A_train and a floor C_d per fraction is linear least squares.
     by_d = {c.fraction: c for c in curves}

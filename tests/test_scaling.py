@@ -97,3 +97,12 @@ def test_finetuning_gain_power_law_and_constant_fallback():
     np.testing.assert_allclose(gain_at(g, T), 5.0 * T**-0.1 + 0.02, rtol=1e-3)
     one = fit_gain(T[:1], np.array([0.3]))
     assert one["kind"] == "constant" and gain_at(one, 1e12) == pytest.approx(0.3) and "needs >= 3" in one["note"]
+
+
+def test_a_curve_that_does_not_fall_is_fitted_as_a_constant():
+    """NPT's domain loss often rises as the model specializes on general text: no power term."""
+    rising = 6.2 + 0.1 * np.log(TOKENS / TOKENS[0]) / np.log(TOKENS[-1] / TOKENS[0])
+    f = fit_power_floor(TOKENS, rising)
+    assert f["flat"] and f["A"] == 0.0 and f["b"] == 0.0
+    assert f["C"] == pytest.approx(rising.mean(), abs=0.06)
+    assert not fit_power_floor(TOKENS, 350.0 * TOKENS**-0.31 + 1.42)["flat"]
