@@ -400,7 +400,8 @@ def format_fit(fit: dict) -> str:
             txt = "not fitted"
         else:
             form = f"{t['C']:.4f} (flat)" if t.get("flat") else f"{t['A']:.4g} T^{t['b']:.3f} + {t['C']:.4f}"
-            txt = f"L_train = {form} ({t['mean_abs_rel_error_pct']:.2f}% mean error)"
+            # At fraction 0 the curve is the test loss (see scaling.fit_fraction).
+            txt = f"L_{'test' if p['fraction'] == 0 else 'train'} = {form} ({t['mean_abs_rel_error_pct']:.2f}% mean error)"
         if g:
             txt += f"; gap = {g['G']:.4g} T^{g['g']:.3f}"
         lines.append(f"  fraction {p['fraction']:g}: {txt}")

@@ -173,8 +173,11 @@ def fit_fraction(c: Curve) -> dict:
     """Per-fraction train curve and train-test gap; says what could not be fitted and why."""
     notes = []
     has_train = np.isfinite(c.train).sum() >= MIN_POINTS
-    # Without domain data in the mix, train and test text are equally unseen: one curve.
-    target = c.train if has_train else c.test
+    # Without domain data in the mix nothing was trained on either split, so the law's gap is 0
+    # and one curve serves both; fit it to the test loss, the quantity forecast, since the two
+    # splits' texts can differ in difficulty (0.5 nats for the proofs of the laptop study).
+    has_test = np.isfinite(c.test).sum() >= MIN_POINTS
+    target = c.test if (c.fraction == 0 and has_test) or not has_train else c.train
     train = fit_power_floor(c.tokens, target)
     if train is None:
         n = len(np.unique(c.tokens[np.isfinite(target)]))
@@ -230,7 +233,7 @@ def initial_params(curves: list[Curve], per_fraction: list[dict]) -> dict:
     rows, ys = [], []
     for j, p in enumerate(fitted):
         c = by_d[p["fraction"]]
-        y = c.train if np.isfinite(c.train).sum() >= MIN_POINTS else c.test
+        y = c.train if np.isfinite(c.train).sum() >= MIN_POINTS and c.fraction > 0 else c.test
         ok = np.isfinite(y)
         u = c.tokens[ok] ** (p["fraction"] * b_s + (1 - p["fraction"]) * b_g)
         onehot = np.zeros((ok.sum(), len(fitted)))

@@ -106,3 +106,14 @@ def test_a_curve_that_does_not_fall_is_fitted_as_a_constant():
     assert f["flat"] and f["A"] == 0.0 and f["b"] == 0.0
     assert f["C"] == pytest.approx(rising.mean(), abs=0.06)
     assert not fit_power_floor(TOKENS, 350.0 * TOKENS**-0.31 + 1.42)["flat"]
+
+
+def test_fraction_zero_is_fitted_to_the_test_loss():
+    """Nothing trained on either split at d = 0, but their texts can differ: forecast the test loss."""
+    from mixer.scaling import fit_fraction
+
+    train = 350.0 * TOKENS**-0.31 + 1.42
+    f = fit_fraction(Curve(0.0, TOKENS, train, train + 0.5))
+    assert f["train"]["C"] == pytest.approx(1.92, abs=2e-3) and f["gap"] is None
+    f = fit_fraction(Curve(0.05, TOKENS, train, train + 0.5))
+    assert f["train"]["C"] == pytest.approx(1.42, abs=2e-3)
