@@ -6,8 +6,8 @@ Driven only by `mixer` commands, so every step is one a user can type:
     -> verify + audit -> train pretrain -> train finetune (early stopping) -> eval
     -> report (table + plots) -> fit -> plan --fit
 
-    python examples/study.py --size demo               # ~10 min on 2 CPU cores
-    python examples/study.py --size study              # 3 seeds, more fractions, 2 domains
+    python examples/study.py --size demo               # 6 min on 2 CPU cores
+    python examples/study.py --size study              # 3 seeds, 2 domains, replay: 42 min
     python examples/study.py --size demo --model olmo-300m --tokens 2B --seq-len 2048 \
         --tokenizer gpt2 --jobs 1 --train-args "--devices 1 --precision bf16-true"   # on a GPU
 
@@ -58,11 +58,11 @@ class Size:
 
 
 SIZES = {
-    # Run times below are with 2 chains at a time, 1 thread each (see --jobs).
+    # 6 min on 2 cores (2 chains at a time, 1 thread each; see --jobs).
     "demo": Size(domains=("music",), seeds=(0,), fractions=(0.05, 0.2), scpt=(0.2, "0.75:1.0"), replay=None,
                  tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1, save_interval=4),
-    # 2 domains x 3 seeds x (4 pretrains + 4 finetunes + 1 replay): 61.5 min on 2 cores as one
-    # chain at a time with 2 threads; two 1-thread chains at a time do 1.46x the work per second.
+    # 2 domains x 3 seeds x (4 pretrains + 4 finetunes + 1 replay): 41.9 min on 2 cores, against
+    # 61.5 min as one chain at a time with 2 threads.
     "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.05, 0.2), scpt=(0.2, "0.75:1.0"),
                   replay=0.1, tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1,
                   save_interval=4),
