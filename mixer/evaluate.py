@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,8 +203,10 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
     if not todo:
         return rows
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":  # as in training: oversubscribed threads spin and starve each other
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
+    if device == "cpu":
+        from trainer_adapters.litgpt.config import cpu_threads
+
+        torch.set_num_threads(cpu_threads(threads))
     sets = eval_sets(run_dir, max_samples, train_samples)
     by_step = {r["step"]: r for r in rows}
     for ckpt in todo:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
-from .atomic import read_json
+from .atomic import atomic_open, read_json
 from .errors import MixerError, UsageError
 from .scaling import FIT_FORMAT, curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
 from .units import format_count

@@ -12,6 +12,13 @@ import yaml
 from .presets import ADAM
 
 
+def cpu_threads(threads: int | None = None) -> int:
+    """Torch threads on a CPU, for training and evaluation alike: `threads`, else half the cores.
+    On a shared 2-core machine one thread ran a tiny model 5x faster than two (68 vs 370 ms per
+    step), because spinning threads starve each other."""
+    return threads or max(1, (os.cpu_count() or 2) // 2)
+
+
 @dataclass(frozen=True)
 class Machine:
     """What LitGPT must be told about the hardware."""
@@ -28,11 +35,8 @@ class Machine:
 
         cuda = torch.cuda.is_available()
         if not cuda:
-            # CPU: bf16 is slow or unsupported and torch.compile costs more than it saves on tiny
-            # models. Half the cores: on a shared 2-core machine one thread ran a tiny model 5x
-            # faster than two (68 vs 370 ms per step), because spinning threads starve each other.
-            return cls(precision or "32-true", devices or 1, compile=False,
-                       threads=threads or max(1, (os.cpu_count() or 2) // 2))
+            # CPU: bf16 is slow or unsupported and torch.compile costs more than it saves on tiny models.
+            return cls(precision or "32-true", devices or 1, compile=False, threads=cpu_threads(threads))
         bf16 = torch.cuda.is_bf16_supported()  # litgpt pretrain offers bf16-true, bf16-mixed or 32-true
         return cls(precision or ("bf16-mixed" if bf16 else "32-true"), devices or torch.cuda.device_count(),
                    compile=True, threads=threads)
