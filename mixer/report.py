@@ -245,10 +245,10 @@ def _panels(domains: list[str], title: str):
     return fig, panels
 
 
-def _setup_rank(setup: str) -> tuple:
+def _setup_rank(fraction: float, window) -> tuple:
     """Colour order shared by every panel and plot: NPT, SPT by fraction, then SCPT."""
-    num = "".join(c for c in setup.split("%")[0] if c.isdigit() or c == ".")
-    return (0 if setup == "NPT" else 1 if setup.startswith("SPT") else 2, float(num or 0), setup)
+    late = tuple(window) != (0.0, 1.0)
+    return (0 if fraction == 0 else 2 if late else 1, fraction, tuple(window))
 
 
 def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
@@ -259,11 +259,13 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
     fig, panels = _panels(sorted({str(r.domain) for r in pre}), "domain loss during pretraining")
     many = len({r.model for r in pre}) > 1  # the model joins the label only when it varies
     family = lambda r: (f"{r.model} " if many else "") + setup_of(r)  # noqa: E731
-    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted({setup_of(r) for r in pre}, key=_setup_rank))}
+    rank = lambda r: _setup_rank(r.fraction, r.window)  # noqa: E731
+    ranked = {setup_of(r): rank(r) for r in pre}
+    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(ranked, key=ranked.get))}
     for domain, ax in panels.items():
         mine = [r for r in pre if str(r.domain) == domain]
         labelled = set()
-        for r in sorted(mine, key=lambda r: (r.model, _setup_rank(setup_of(r)), r.seed)):
+        for r in sorted(mine, key=lambda r: (r.model, rank(r), r.seed)):
             pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
             name = family(r)
             ax.plot(*zip(*pts), "o-", ms=3, color=colours[setup_of(r)], label=None if name in labelled else name)
@@ -306,8 +308,8 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
         return None
     fig, panels = _panels(sorted({str(r["domain"]) for r in pts}), "forgetting frontier")
     label = lambda r: f"{r['setup']} {r['finetune']}"  # noqa: E731
-    kinds = sorted({(r["setup"], r["finetune"]) for r in pts}, key=lambda k: (_setup_rank(k[0]), k[1]))
-    labels = [f"{setup} {ft}" for setup, ft in kinds]
+    ranked = {label(r): (_setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
+    labels = sorted(ranked, key=ranked.get)
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     for domain, ax in panels.items():
         mine = [r for r in pts if str(r["domain"]) == domain]
