@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the store writer the tests use
 from storeutil import EOS_ID, Encoder, read_docs, write_flat, write_store  # noqa: E402
 
-from mixer.audit import TrainFile, audit  # noqa: E402
-from mixer.samples import default_cache  # noqa: E402
-from mixer.store import open_store  # noqa: E402
+from mixer.checks.audit import TrainFile, audit  # noqa: E402
+from mixer.demo_corpora.fetch import default_cache  # noqa: E402
+from mixer.formats.store import open_store  # noqa: E402
 from mixer.units import format_count, parse_count  # noqa: E402
 
 CORPORA = ["music", "pydocs", "perldocs", "proofs", "chem"]

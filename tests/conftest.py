@@ -14,7 +14,7 @@ import pytest
 
 
 def _fetch(only: list[str] | None) -> Path:
-    from mixer.samples import default_cache, fetch_samples
+    from mixer.demo_corpora.fetch import default_cache, fetch_samples
 
     cache = default_cache()
     failed = [r.error for r in fetch_samples(cache, only) if r.status == "failed"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.scaling import law
+from mixer.analysis.scaling import law
 
 # A law with the paper's signs (fraction as a fraction, tokens in tokens): 10% starts to
 # overfit near 4e11 tokens, smaller fractions later or never.

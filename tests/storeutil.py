@@ -20,7 +20,7 @@ EOS_ID = 50256  # GPT-2's <|endoftext|>
 
 def read_docs(sample_cache: Path, corpus: str, limit: int | None = None) -> list[tuple[str, str]]:
     """(id, text) of a sample corpus (samples/<corpus>.jsonl.zst), in file order."""
-    from mixer.samples import read_jsonl_zst
+    from mixer.demo_corpora.fetch import read_jsonl_zst
 
     out = []
     for rec in read_jsonl_zst(Path(sample_cache) / "samples" / f"{corpus}.jsonl.zst"):

@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import MixerError
+from mixer import __version__
+from mixer.errors import MixerError
 
 # name -> (module:attribute, one-line help). The help lives here so listing is instant.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from ..units import format_count, parse_count
-from .common import emit, json_option, resolve_stores, stores_option, table
+from mixer.errors import UsageError
+from mixer.units import format_count, parse_count
+from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 
@@ -21,8 +21,8 @@ runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path)
 def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """Paper metrics over RUNS: post-FT loss, relative gain, compute multiplier, gap closed,
     forgetting (mean ± std over seeds); writes Markdown, JSON and PNG plots to --out."""
-    from ..report import build_report, format_report, write_report
-    from ..runs import load_runs
+    from mixer.analysis.report import build_report, format_report, write_report
+    from mixer.formats.run import load_runs
 
     loaded = load_runs(_need(runs))
     data = build_report(loaded)
@@ -48,9 +48,9 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, model: str | N
 
     With too few fractions or checkpoints for the joint law the per-fraction curves are
     still fitted and written; the output says what was not fitted and why."""
-    from ..atomic import write_json
-    from ..report import build_fit, fit_inputs, format_fit, plot_fit
-    from ..runs import load_runs
+    from mixer.formats.atomic import write_json
+    from mixer.analysis.report import build_fit, fit_inputs, format_fit, plot_fit
+    from mixer.formats.run import load_runs
 
     if holdout is not None and not 0 < holdout <= 1:
         raise UsageError(f"--holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
@@ -77,8 +77,8 @@ def similarity(a: str, b: str, stores: Path | None, split_a: str, split_b: str, 
                as_json: bool) -> None:
     """Unigram, bigram and trigram Jensen-Shannon divergence (bits, 2^20 hashed bins) between
     token stores A and B (names in --stores, or store folders)."""
-    from ..similarity import similarity as run_similarity
-    from ..store import open_store
+    from mixer.checks.similarity import similarity as run_similarity
+    from mixer.formats.store import open_store
 
     root = resolve_stores(stores)
     sa, sb = (open_store(p.parent, p.name) if (p := Path(x)).joinpath("store.json").is_file() else open_store(root, x)

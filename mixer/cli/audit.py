@@ -1,4 +1,4 @@
-"""`mixer audit`: flag parsing and the human summary; the work is in mixer.audit."""
+"""`mixer audit`: flag parsing and the human summary; the work is in mixer.checks.audit."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import MixerError, UsageError
-from ..units import format_count
-from .common import emit, json_option, table
+from mixer.errors import MixerError, UsageError
+from mixer.units import format_count
+from mixer.cli.common import emit, json_option, table
 
 LIST_OPTIONS = ("--heldout", "--train")
 
@@ -51,7 +51,7 @@ class ListOptionsCommand(click.Command):
 @click.option("--ngram", type=int, default=13, show_default=True, help="n-gram length in tokens.")
 @click.option("--max-overlap", type=float, default=0.0, show_default=True,
               help="Exit 1 when a held-out document's n-gram share found in training exceeds this.")
-@click.option("--no-allowlist", is_flag=True, help="Count boilerplate n-grams too (see mixer.audit).")
+@click.option("--no-allowlist", is_flag=True, help="Count boilerplate n-grams too (see mixer.checks.audit).")
 @click.option("--allowlist-min-docs", type=int,
               help="Boilerplate: n-grams in at least this many held-out and training documents (default 5).")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
@@ -68,7 +68,7 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, max_overlap, no_allowlist,
     mixer audit mixes/spt-2pct
     mixer audit --heldout stores/music stores/prose --train shards/*.bin --seq-len 2048
     """
-    from ..audit import audit as run_audit
+    from mixer.checks.audit import audit as run_audit
 
     stores, files, label = _inputs(mix, heldout, train, seq_len, dtype)
     if tasks < 1:
@@ -86,8 +86,8 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, max_overlap, no_allowlist,
 
 
 def _inputs(mix, heldout, train, seq_len, dtype):
-    from ..audit import TrainFile
-    from ..store import open_store
+    from mixer.checks.audit import TrainFile
+    from mixer.formats.store import open_store
 
     if mix is not None and (heldout or train):
         raise UsageError("give either MIX or --heldout/--train, not both")
@@ -108,7 +108,7 @@ def _inputs(mix, heldout, train, seq_len, dtype):
         return stores, files, ", ".join(train)
     if seq_len is not None or dtype is not None:
         raise UsageError("--seq-len/--dtype describe --train files; a mix's manifest has them")
-    from ..manifest import load_manifest
+    from mixer.formats.mix import load_manifest
 
     manifest = mix / "manifest.json"
     m = load_manifest(mix)

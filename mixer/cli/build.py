@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import UsageError
-from ..units import format_count, parse_count
-from .common import emit, json_option, resolve_stores, stores_option, table
+from mixer.errors import UsageError
+from mixer.units import format_count, parse_count
+from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 
 def _window(text: str | None) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def mix_options(f):
 
 
 def spec_from_flags(kw: dict):
-    from ..mix import MixSpec
+    from mixer.mixing.spec import MixSpec
 
     return MixSpec(
         stores=str(resolve_stores(kw["stores"]).resolve()),
@@ -85,20 +85,20 @@ def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
     if fit_file is not None:
         _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json)
         return
-    from ..mix import resolve
+    from mixer.mixing.spec import resolve
 
     summary = resolve(spec_from_flags(kw)).summary()
     emit(summary, as_json, format_plan)
 
 
 def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json) -> None:
-    from ..forecast import format_forecast, forecast, load_fit, plot_forecast
+    from mixer.analysis.forecast import format_forecast, forecast, load_fit, plot_forecast
 
     if not kw["tokens"]:
         raise UsageError("--fit needs --tokens (the budget to forecast)")
     d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
     if d_tokens is None and kw["domain"]:
-        from ..store import open_store
+        from mixer.formats.store import open_store
 
         d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
     fr = [float(x) for x in fractions.split(",")] if fractions else None
@@ -122,13 +122,13 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 def build(recipe, overrides, out, shards, executor, tasks, workers, quiet, as_json, **kw) -> None:
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
     if recipe is not None:
-        from ..stages import build_recipe, format_stages, parse_set
+        from mixer.mixing.stages import build_recipe, format_stages, parse_set
 
         result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor, tasks=tasks,
                               workers=workers if workers > 0 else tasks, progress=not quiet)
         emit(result, as_json, format_stages)
         return
-    from ..build import build as run_build
+    from mixer.mixing.build import build as run_build
 
     spec = spec_from_flags(kw)
     spec.validate()
@@ -156,7 +156,7 @@ def format_build(r: dict) -> str:
 @json_option
 def verify(mix, quick, workers, quiet, as_json) -> None:
     """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch."""
-    from ..verify import verify as run_verify
+    from mixer.checks.verify import verify as run_verify
 
     emit(run_verify(mix, quick=quick, progress=not quiet, workers=workers), as_json, format_verify)
 

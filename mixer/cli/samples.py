@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import MixerError, UsageError
-from .common import emit, json_option, table
+from mixer.errors import MixerError, UsageError
+from mixer.cli.common import emit, json_option, table
 
 
 def _parse_packages(values: tuple[str, ...]) -> dict[str, str]:
@@ -37,7 +37,7 @@ def fetch_samples(cache: Path | None, only: str | None, packages: tuple[str, ...
     CACHE/tokenizers/gpt2/tokenizer.json
     A second run finds the completion markers and does nothing.
     """
-    from ..samples import default_cache, fetch_samples as fetch
+    from mixer.demo_corpora.fetch import default_cache, fetch_samples as fetch
 
     cache = cache if cache is not None else default_cache()
     names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
@@ -65,7 +65,7 @@ def _summary(cache: Path, results: list) -> str:
 @json_option
 def recipes(folder: Path | None, as_json: bool) -> None:
     """List the recipes: description, sources (name:role) and stages."""
-    from ..catalog import list_recipes, recipes_dir
+    from mixer.recipe_catalog import list_recipes, recipes_dir
 
     folder = folder if folder is not None else recipes_dir()
     entries = list_recipes(folder)

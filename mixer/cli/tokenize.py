@@ -1,4 +1,4 @@
-"""`mixer tokenize`: flags (or a recipe) -> SourceSpec(s) -> mixer.tokenize.tokenize_source."""
+"""`mixer tokenize`: flags (or a recipe) -> SourceSpec(s) -> mixer.ingest.tokenize.tokenize_source."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from ..units import format_count, parse_count
-from .common import emit, json_option, resolve_stores, stores_option, table
+from mixer.errors import UsageError
+from mixer.units import format_count, parse_count
+from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 # flags that describe a source; with --recipe the recipe describes it instead
 _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokenizer", "test_fraction", "test_tokens",
@@ -53,8 +53,8 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
     mixer tokenize --source music --role domain --input 'data/music/*.jsonl.zst' --tokenizer tok.json
     mixer tokenize --recipe recipes/samples.toml [--source music]
     """
-    from ..recipe import SourceSpec, load_sources, select_source
-    from ..tokenize import RunOptions, tokenize_source
+    from mixer.ingest.sources import SourceSpec, load_sources, select_source
+    from mixer.ingest.tokenize import RunOptions, tokenize_source
 
     typed = click.core.ParameterSource.COMMANDLINE
     given = [k for k in _SOURCE_FLAGS if k != "more_inputs" and ctx.get_parameter_source(k) == typed]

@@ -1,5 +1,5 @@
 """`mixer train pretrain|finetune|replay` and `mixer eval`: flags only; the work is in
-mixer.train, mixer.evaluate and trainer_adapters.litgpt."""
+mixer.training and trainer_adapters.litgpt."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from ..units import parse_count
-from .common import emit, json_option, table
+from mixer.errors import UsageError
+from mixer.units import parse_count
+from mixer.cli.common import emit, json_option, table
 
 _path = click.Path(path_type=Path)
 
@@ -72,7 +72,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
              min_lr: float | None, warmup: int | None,
              schedule_tokens: str | None, checkpoints: int, save_every: int | None) -> None:
     """Pretrain a model from scratch on MIX (cosine to a floor)."""
-    from ..train import execute, plan_pretrain
+    from mixer.training.runner import execute, plan_pretrain
 
     plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
@@ -106,7 +106,7 @@ def _finetune_command(kind: str):
                 verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
                 lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
                 weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
-        from ..train import execute, parse_grid, plan_finetune, run_grid
+        from mixer.training.runner import execute, parse_grid, plan_finetune, run_grid
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
@@ -127,7 +127,7 @@ def _finetune_command(kind: str):
             return
         axes = parse_grid([*grid, *grid_rest])
         if dry_run:
-            from ..train import grid_points
+            from mixer.training.runner import grid_points
 
             for name, overrides in grid_points(axes):
                 click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_yaml()}", nl=False)
@@ -164,7 +164,7 @@ def _report(meta: dict, as_json: bool) -> None:
 @json_option
 def eval_run(run: Path, max_samples: int | None, train_samples: int, device: str | None, as_json: bool) -> None:
     """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
-    from ..evaluate import evaluate_run
+    from mixer.training.evaluate import evaluate_run
 
     runs = sorted(p.parent for p in run.glob("*/run.json")) if not (run / "out").is_dir() else []
     results = {}

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from mixer.atomic import atomic_open
+from mixer.formats.atomic import atomic_open
 
 _ERROR = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b:?.*|^error: .*", re.IGNORECASE)
 

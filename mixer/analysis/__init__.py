@@ -1,0 +1,1 @@
+"""Stage 4: runs -> the papers' metrics, the report, the scaling-law fit and forecasts."""

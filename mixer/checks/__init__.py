@@ -1,0 +1,1 @@
+"""Proofs about stores and mixes: verify (exactness from the bytes), audit (leakage), similarity."""

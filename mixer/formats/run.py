@@ -1,0 +1,237 @@
+"""Runs read back: `RUN/run.json` + `RUN/evals.jsonl` -> typed records (docs/formats.md, Run).
+
+A finetune grid is one RUN folder whose grid points are sub-runs (`RUN/lr=...,warmup=.../`);
+the parent's evaluations are those of all its grid points, because the paper reports the
+lowest test loss over the LR/warmup grid. Everything here only reads; the maths is in
+metrics.py and scaling.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixer.errors import MixerError
+
+RUN_FORMAT = "mixer-run/1"
+KINDS = ("pretrain", "finetune", "replay")
+LOSSES = ("domain_test_loss", "domain_train_loss", "general_val_loss")
+
+
+@dataclass(frozen=True)
+class Eval:
+    """One evaluated checkpoint. Losses are None where the mix has no such source."""
+
+    checkpoint: str
+    step: int
+    tokens: int
+    domain_test_loss: float | None
+    domain_train_loss: float | None
+    general_val_loss: float | None
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict = field(repr=False)
+    evals: list[Eval] = field(default_factory=list, repr=False)
+    subruns: list[Run] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.name)
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model") or "?")
+
+    @property
+    def model_params(self) -> int | None:
+        p = self.meta.get("model_params")
+        return int(p) if p is not None else None
+
+    @property
+    def domain(self) -> str | None:
+        return self.meta.get("domain")
+
+    @property
+    def general(self) -> str | None:
+        return self.meta.get("general")
+
+    @property
+    def fraction(self) -> float:
+        """Domain share of this run's mix; a mix without a domain source is 0 (NPT)."""
+        f = self.meta.get("fraction")
+        return 0.0 if f is None or self.domain is None else float(f)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        w = self.meta.get("window") or [0.0, 1.0]
+        return (float(w[0]), float(w[1]))
+
+    @property
+    def full_window(self) -> bool:
+        return self.window == (0.0, 1.0)
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta.get("seed") or 0)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.meta.get("tokens") or (self.evals[-1].tokens if self.evals else 0))
+
+    @property
+    def pretrain_tokens(self) -> int:
+        return int(self.meta.get("pretrain_tokens") or self.tokens)
+
+    @property
+    def parent(self) -> str | None:
+        return self.meta.get("parent")
+
+    def all_evals(self) -> list[Eval]:
+        """This run's evaluations and those of its grid points."""
+        return self.evals + [e for s in self.subruns for e in s.all_evals()]
+
+    def best_eval(self) -> Eval | None:
+        """The early-stopping winner: lowest domain test loss over checkpoints (and grid points)."""
+        have = [e for e in self.all_evals() if e.domain_test_loss is not None]
+        return min(have, key=lambda e: e.domain_test_loss) if have else None
+
+    def eval_at(self, checkpoint: str | None = None, tokens: int | None = None) -> Eval | None:
+        """The evaluation of a named checkpoint (basename compared), else the one at `tokens`."""
+        if checkpoint:
+            base = Path(checkpoint).name
+            for e in self.evals:
+                if e.checkpoint == base:
+                    return e
+        if tokens is not None:
+            for e in self.evals:
+                if e.tokens == tokens:
+                    return e
+        return None
+
+
+def load_run(path: Path | str) -> Run:
+    """Read one RUN folder; a one-line MixerError naming the file when something is wrong."""
+    path = Path(path)
+    if path.name == "run.json" and path.is_file():
+        path = path.parent  # `mixer report runs/*/run.json` names the same runs
+    meta_file = path / "run.json"
+    if not path.is_dir():
+        what = "a file" if path.exists() else "no such directory"
+        raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds run.json")
+    if not meta_file.is_file():
+        raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
+    meta = _read_meta(meta_file)
+    subruns = [load_run(p.parent) for p in sorted(path.glob("*/run.json"))]
+    evals_file = path / "evals.jsonl"
+    if evals_file.is_file():
+        evals = read_evals(evals_file)
+    elif subruns:
+        evals = []
+    else:
+        raise MixerError(f"{evals_file}: missing; evaluate the run first with `mixer eval {path}`")
+    run = Run(path=path, meta=meta, evals=evals, subruns=subruns)
+    if not run.all_evals():
+        raise MixerError(f"{evals_file}: no evaluated checkpoints; run `mixer eval {path}`")
+    return run
+
+
+def load_runs(paths: list[Path | str]) -> list[Run]:
+    if not paths:
+        raise MixerError("no runs given (pass RUN folders, e.g. runs/*)", exit_code=2)
+    return [load_run(p) for p in paths]
+
+
+def find_parent(run: Run, runs: list[Run]) -> Run | None:
+    """The pretraining run a finetune started from: among `runs` by path, then by name, then on disk.
+
+    Matching by folder name as a fallback lets a study folder be moved or copied whole.
+    """
+    if not run.parent:
+        return None
+    want = Path(run.parent)
+    for r in runs:
+        if r.path.resolve() == want.resolve():
+            return r
+    for r in runs:
+        if r.path.name == want.name and r.kind == "pretrain":
+            return r
+    if (want / "run.json").is_file():
+        return load_run(want)
+    return None
+
+
+def _read_meta(meta_file: Path) -> dict:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise MixerError(f"{meta_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(meta, dict):
+        raise MixerError(f"{meta_file}: expected a JSON object")
+    if meta.get("format") != RUN_FORMAT:
+        raise MixerError(f"{meta_file}: not a {RUN_FORMAT} run (format={meta.get('format')!r})")
+    if meta.get("kind") not in KINDS:
+        raise MixerError(f"{meta_file}: kind is {meta.get('kind')!r}; expected one of {', '.join(KINDS)}")
+    f = meta.get("fraction")
+    if f is not None and (not isinstance(f, (int, float)) or not 0 <= f <= 1):
+        raise MixerError(f"{meta_file}: fraction {f!r} must be a number in [0, 1] (a fraction, not percent)")
+    w = meta.get("window")
+    if w is not None and (not isinstance(w, list) or len(w) != 2 or not 0 <= w[0] < w[1] <= 1):
+        raise MixerError(f"{meta_file}: window {w!r} must be [start, end] with 0 <= start < end <= 1")
+    return meta
+
+
+def read_evals(evals_file: Path) -> list[Eval]:
+    """Parse evals.jsonl, sorted by tokens; a later line for the same checkpoint wins."""
+    by_ckpt: dict[str, Eval] = {}
+    for lineno, line in enumerate(evals_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MixerError(f"{evals_file}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("tokens"), (int, float)):
+            raise MixerError(f"{evals_file}:{lineno}: needs a numeric 'tokens' field")
+        ckpt = str(row.get("checkpoint") or f"tokens-{int(row['tokens'])}")
+        by_ckpt[ckpt] = Eval(
+            checkpoint=ckpt,
+            step=int(row.get("step") or 0),
+            tokens=int(row["tokens"]),
+            **{k: _loss(row.get(k), evals_file, lineno, k) for k in LOSSES},
+        )
+    return sorted(by_ckpt.values(), key=lambda e: (e.tokens, e.step))
+
+
+def _loss(v: object, f: Path, lineno: int, key: str) -> float | None:
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)):
+        raise MixerError(f"{f}:{lineno}: {key} is {v!r}; expected a number or null")
+    # A diverged checkpoint (NaN/inf) has no usable loss; treat it as not evaluated.
+    return float(v) if math.isfinite(v) else None
+
+
+def mix_domain_tokens(run: Run) -> int | None:
+    """Domain train tokens D of the run's mix (from its manifest), for epochs E = T d / D.
+
+    None when the mix is gone or has no domain source: D is context for the forecast, and a
+    report on runs copied without their mixes must still work.
+    """
+    manifest = Path(str(run.meta.get("mix") or "")) / "manifest.json"
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    for s in meta.get("sources") or []:
+        if s.get("role") == "domain" and s.get("train_tokens"):
+            return int(s["train_tokens"])
+    return None

@@ -1,0 +1,320 @@
+"""A mix request (MixSpec) and everything derived from it (MixPlan), before any byte is written.
+
+The spec is the experiment's record: it is small, JSON-serializable, validated, and is
+all a build task needs to recompute its part of the plan (so tasks can run anywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from mixer.errors import MixerError, UsageError
+from mixer.formats.mix import load_manifest
+from mixer.mixing.schedule import Counts, Placement, epoch_start_samples, solve_counts
+from mixer.formats.store import Store, check_same_tokenizer, list_stores, open_store
+from mixer.mixing.streams import SourceStream, source_key
+from mixer.units import format_count
+
+DEFAULT_SHARD_BYTES = 1 << 27  # ~128 MiB: big enough for sequential I/O, small enough to spread
+
+
+@dataclass
+class MixSpec:
+    stores: str
+    domain: str | None = None
+    general: str | None = None
+    tokens: int | None = None
+    fraction: float | None = None
+    epochs: float | None = None
+    replay: float | None = None
+    seq_len: int = 2048
+    seed: int = 0
+    window: tuple[float, float] = (0.0, 1.0)
+    max_epochs: float = 100.0
+    samples_per_shard: int | None = None
+    domain_subset_tokens: int | None = None  # dataset-size studies: a seeded subset of the domain
+    subset_seed: int = 0
+    exclude_seen_in: list[str] = field(default_factory=list)  # mixes whose domain documents to leave out
+    name: str | None = None
+
+    def validate(self) -> None:
+        if self.seq_len < 1:
+            raise UsageError(f"--seq-len must be positive, got {self.seq_len}")
+        if self.domain is None and self.general is None:
+            raise UsageError("give --domain and/or --general")
+        if self.fraction is not None and not 0 <= self.fraction < 1:
+            raise UsageError(
+                f"--fraction must be in [0, 1) (0 = no domain in training, NPT), got {self.fraction}"
+            )
+        if self.replay is not None:
+            if not 0 < self.replay < 1:
+                raise UsageError(f"--replay must be in (0, 1), got {self.replay}")
+            if self.fraction is not None:
+                raise UsageError("--replay sets the domain share (1 - replay); drop --fraction")
+        a, b = self.window
+        if not 0 <= a < b <= 1:
+            raise UsageError(f"--window must be A:B with 0 <= A < B <= 1, got {a}:{b}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"--epochs must be positive, got {self.epochs}")
+
+    @property
+    def kind(self) -> str:
+        if self.replay is not None:
+            return "replay"
+        if self.domain is not None and self.fraction is None and self.tokens is None:
+            return "finetune"
+        return "pretrain"
+
+    def default_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "finetune":
+            return f"{self.domain}-ft-e{self.epochs:g}"
+        if self.kind == "replay":
+            return f"{self.domain}-replay{self.replay:g}-e{self.epochs:g}"
+        tok = format_count(self.tokens or 0)
+        if not self.domain or self.fraction == 0:
+            return f"npt-{tok}"
+        win = "" if self.window == (0.0, 1.0) else f"-w{self.window[0]:g}-{self.window[1]:g}"
+        share = f"f{self.fraction:g}" if self.fraction is not None else f"e{self.epochs:g}"
+        return f"{self.domain}-{share}{win}-{tok}"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["window"] = list(self.window)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MixSpec":
+        d = dict(d)
+        d["window"] = tuple(d.get("window", (0.0, 1.0)))
+        return cls(**d)
+
+
+@dataclass
+class SourcePlan:
+    id: int
+    role: str
+    stream: SourceStream
+    samples: int
+    train: bool  # False: present only for its held-out eval set
+
+    @property
+    def store(self) -> Store:
+        return self.stream.store
+
+    @cached_property
+    def passes(self) -> tuple[np.ndarray, int]:
+        return self.stream.passes(self.stream_tokens)
+
+    @property
+    def stream_tokens(self) -> int:
+        return self.samples * self.stream.seq_len + 1 if self.samples else 0
+
+    @property
+    def epochs(self) -> float:
+        return self.stream_tokens / max(1, self.stream.epoch_tokens)
+
+    def summary(self) -> dict:
+        hist, partial = self.stream.pass_histogram(self.stream_tokens)
+        return {
+            "id": self.id,
+            "name": self.stream.name,
+            "role": self.role,
+            "store": str(self.store.path.resolve()),
+            "train_tokens": self.stream.epoch_tokens,
+            "train_documents": self.stream.n_docs,
+            "documents": "subset" if self.stream.documents is not None else "all",
+            "samples": self.samples,
+            "stream_tokens": self.stream_tokens,
+            "epochs": round(self.epochs, 6),
+            "documents_full_passes": hist,
+            "partial_documents": partial,
+            "epoch_start_samples": epoch_start_samples(self.stream_tokens, self.stream.epoch_tokens, self.stream.seq_len),
+        }
+
+
+@dataclass
+class MixPlan:
+    spec: MixSpec
+    counts: Counts
+    placement: Placement
+    sources: list[SourcePlan]
+    tokenizer: dict
+    warnings: list[str]
+
+    @property
+    def domain(self) -> SourcePlan | None:
+        return next((s for s in self.sources if s.role == "domain"), None)
+
+    @property
+    def general(self) -> SourcePlan | None:
+        return next((s for s in self.sources if s.role == "general"), None)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.sources[0].store.dtype
+
+    @property
+    def sample_bytes(self) -> int:
+        return (self.spec.seq_len + 1) * self.dtype.itemsize
+
+    @property
+    def samples_per_shard(self) -> int:
+        return self.spec.samples_per_shard or max(1, DEFAULT_SHARD_BYTES // self.sample_bytes)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.counts.samples // self.samples_per_shard)
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        start = k * self.samples_per_shard
+        return start, min(self.counts.samples, start + self.samples_per_shard)
+
+    def summary(self) -> dict:
+        c = self.counts
+        return {
+            "name": self.spec.default_name(),
+            "kind": self.spec.kind,
+            "seed": self.spec.seed,
+            "seq_len": c.seq_len,
+            "dtype": self.dtype.str,
+            "tokenizer": self.tokenizer,
+            "stores": str(Path(self.spec.stores).resolve()),
+            "domain": self.spec.domain,
+            "general": self.general.stream.name if self.general else None,
+            "fraction": {
+                "requested": self.spec.fraction if self.spec.replay is None else 1 - self.spec.replay,
+                "achieved": c.achieved_fraction if self.domain and self.domain.train else 0.0,
+                "window": list(c.window),
+                "overall": c.domain_samples / max(1, c.samples),
+            },
+            "samples": c.samples,
+            "tokens": c.tokens,
+            "samples_per_shard": self.samples_per_shard,
+            "shards": self.n_shards,
+            "bytes": c.samples * self.sample_bytes,
+            "sources": [s.summary() for s in self.sources],
+            "warnings": self.warnings,
+        }
+
+
+def _pick_general(stores_dir: Path, name: str | None) -> Store | None:
+    if name is not None:
+        return open_store(stores_dir, name)
+    general = [s for s in list_stores(stores_dir) if s.role == "general"]
+    if len(general) == 1:
+        return general[0]
+    if len(general) > 1:
+        raise UsageError(f"{stores_dir}: several general stores ({', '.join(s.name for s in general)}); pick one with --general")
+    return None
+
+
+def _domain_documents(spec: MixSpec, store: Store) -> np.ndarray | None:
+    docs = None
+    if spec.domain_subset_tokens:
+        lengths = store.doc_lengths("train")
+        order = np.random.default_rng([spec.subset_seed, source_key(store.name), 0x5B5E7]).permutation(len(lengths))
+        m = int(np.searchsorted(np.cumsum(lengths[order]), spec.domain_subset_tokens, side="left")) + 1
+        docs = np.sort(order[:m])
+    for mix_dir in spec.exclude_seen_in:
+        seen = seen_documents(Path(mix_dir), store.name)
+        base = docs if docs is not None else np.arange(store.n_docs("train"))
+        docs = base[~np.isin(base, seen)]
+    return docs
+
+
+def seen_documents(mix_dir: Path, source: str) -> np.ndarray:
+    """Store document indices of `source` that any training sample of a built mix touched."""
+    plan = plan_from_manifest(load_manifest(mix_dir))
+    src = next((s for s in plan.sources if s.stream.name == source and s.train), None)
+    if src is None:
+        return np.zeros(0, dtype=np.int64)
+    full, m, partial, perm = src.stream.prefix(src.stream_tokens)
+    # A full epoch touches every document; otherwise the permuted prefix, plus the one cut at the end.
+    idx = np.arange(src.stream.n_docs) if full else np.sort(perm[: m + partial])
+    return src.stream.documents[idx] if src.stream.documents is not None else idx
+
+
+def resolve(spec: MixSpec) -> MixPlan:
+    """Open the stores and compute counts, placement and per-source streams."""
+    spec.validate()
+    stores_dir = Path(spec.stores)
+    domain_store = open_store(stores_dir, spec.domain) if spec.domain else None
+    if domain_store is not None and domain_store.role != "domain":
+        raise UsageError(f"{domain_store.path}: store {spec.domain!r} has role {domain_store.role!r}, not domain")
+    general_store = _pick_general(stores_dir, spec.general)
+    if general_store is not None and general_store.role != "general":
+        raise UsageError(f"{general_store.path}: store {general_store.name!r} has role {general_store.role!r}, not general")
+    opened = [s for s in (general_store, domain_store) if s is not None]
+    tokenizer = check_same_tokenizer(opened)
+
+    kind = spec.kind
+    trains_general = general_store is not None and kind != "finetune"
+    fraction = 1 - spec.replay if spec.replay is not None else spec.fraction
+    if kind == "pretrain" and spec.domain and spec.fraction is None and spec.epochs is None:
+        raise UsageError("give --fraction or --epochs for the domain share")
+    if kind != "finetune" and general_store is None:
+        raise UsageError(f"{stores_dir}: no general store to mix with; tokenize one (--role general) or give --general")
+    if kind == "finetune" and spec.epochs is None:
+        raise UsageError("a domain-only (finetune) mix needs --epochs")
+
+    streams: dict[str, SourceStream] = {}
+    if domain_store is not None:
+        streams["domain"] = SourceStream(domain_store, spec.seed, spec.seq_len, _domain_documents(spec, domain_store))
+        if streams["domain"].epoch_tokens == 0:
+            raise MixerError(f"{domain_store.path}: the domain train split is empty")
+    if general_store is not None:
+        streams["general"] = SourceStream(general_store, spec.seed, spec.seq_len)
+
+    domain_tokens = streams["domain"].epoch_tokens if "domain" in streams and fraction != 0 else None
+    try:
+        counts = solve_counts(
+            seq_len=spec.seq_len,
+            domain_tokens=domain_tokens,
+            has_general=trains_general,
+            tokens=spec.tokens,
+            fraction=fraction,
+            epochs=spec.epochs,
+            window=spec.window,
+        )
+        if counts.samples < 1:
+            raise UsageError(f"--tokens {spec.tokens} is below one sample of --seq-len {spec.seq_len}")
+        placement = Placement.make(counts.samples, counts.domain_samples, spec.window, spec.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    warnings: list[str] = []
+    if domain_tokens:
+        epochs = counts.stream_tokens(counts.domain_samples) / domain_tokens
+        if counts.domain_samples == 0:
+            raise UsageError(f"--fraction {spec.fraction} of {counts.samples} samples rounds to no domain sample; raise the fraction or the budget")
+        if epochs > spec.max_epochs:
+            raise MixerError(
+                f"{domain_store.path}: {format_count(domain_tokens)} domain tokens would repeat {epochs:.1f} epochs "
+                f"(> --max-epochs {spec.max_epochs:g}); lower --fraction, or introduce the domain late with "
+                "--window 0.9:1.0 (SCPT), as the paper advises for small corpora"
+            )
+    sources: list[SourcePlan] = []
+    if "general" in streams:
+        sources.append(SourcePlan(len(sources), "general", streams["general"], counts.general_samples if trains_general else 0, trains_general))
+        g = sources[-1]
+        if g.train and g.stream.epoch_tokens and g.epochs > 1:
+            warnings.append(f"general source {g.stream.name!r} repeats {g.epochs:.2f} epochs: it is smaller than its share of the budget")
+    if "domain" in streams:
+        sources.append(SourcePlan(len(sources), "domain", streams["domain"], counts.domain_samples, counts.domain_samples > 0))
+    return MixPlan(spec=spec, counts=counts, placement=placement, sources=sources, tokenizer=tokenizer, warnings=warnings)
+
+
+def plan_from_manifest(manifest: dict) -> MixPlan:
+    return resolve(MixSpec.from_json(manifest["recipe"]))
+
+
+def spec_digest(spec: MixSpec) -> str:
+    return json.dumps(spec.to_json(), sort_keys=True)

@@ -1,0 +1,55 @@
+"""What the shipped recipes are: descriptions, sources and stages, read straight from TOML.
+
+This reads the files with tomllib only (no `${VAR}` expansion, no validation): listing must
+work even when a recipe points at data that is not on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mixer.errors import MixerError
+
+
+def recipes_dir() -> Path:
+    """`$MIXER_RECIPES`, else the repository's `recipes/` beside the package."""
+    env = os.environ.get("MIXER_RECIPES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "recipes"
+    if here.is_dir():
+        return here
+    raise MixerError(f"{here}: no recipes folder beside the package (installed without the repo?); set MIXER_RECIPES")
+
+
+def list_recipes(folder: Path) -> list[dict[str, Any]]:
+    """One entry per `*.toml` below `folder` (sorted by relative path). A file that does not
+    parse gets an `error` entry instead of hiding the others."""
+    if not folder.is_dir():
+        raise MixerError(f"{folder}: recipes folder does not exist")
+    entries = []
+    for path in sorted(folder.rglob("*.toml"), key=lambda p: p.relative_to(folder).as_posix()):
+        rel = path.relative_to(folder).as_posix()
+        entry: dict[str, Any] = {"recipe": rel[: -len(".toml")], "path": str(path)}
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            entry["description"] = str(data.get("description", ""))
+            entry["sources"] = [{"name": s.get("name"), "role": s.get("role"), "inputs": s.get("inputs", [])}
+                                for s in _tables(data, "source")]
+            # Stage tables are the lead's schema; show a name, else a kind, else the position.
+            entry["stages"] = [str(s.get("name") or s.get("kind") or f"#{i}")
+                               for i, s in enumerate(_tables(data, "stage"))]
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as e:
+            entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        entries.append(entry)
+    return entries
+
+
+def _tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    tables = data.get(key, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError(f"'{key}' must be an array of tables ([[{key}]])")
+    return tables

@@ -1,0 +1,1 @@
+"""Stage 3: mixes -> runs, through a trainer adapter (see `mixer.training.trainer`)."""

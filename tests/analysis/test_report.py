@@ -1,0 +1,176 @@
+"""`mixer report` and `mixer fit` on synthetic RUN folders: known metrics, files, and errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixer.cli import main
+from mixer.analysis.forecast import forecast
+from mixer.analysis.report import build_report
+from mixer.formats.run import load_runs
+from runutil import law_runs, write_run
+
+
+def cli(args, capsys):
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def finetune(root, name, parent, best, seed_general=3.0, pretrain_tokens=200, ckpt="step-00000002", **kw):
+    """A finetune run: at 0 tokens the pretrained model, then best, then a worse checkpoint."""
+    rows = [(0, best + 0.5, None, seed_general), (10, best, None, seed_general + 0.2), (20, best + 0.1, None, seed_general + 0.3)]
+    return write_run(root, name, rows, kind="finetune", fraction=1.0, parent=parent, pretrain_tokens=pretrain_tokens,
+                     parent_checkpoint=ckpt, **kw)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """NPT and SPT 2% with two seeds, a larger NPT model, an early SPT finetune, a grid, a replay, an SCPT."""
+    r = tmp_path / "runs"
+    pre = lambda name, f, seed=0, dom="music", **kw: write_run(  # noqa: E731
+        r, name, [(100, None if dom is None else 2.6, None, 3.1), (200, None if dom is None else 2.5, None, 3.0)],
+        fraction=f, seed=seed, domain=dom, **kw)
+    npt0, npt1 = pre("npt-s0", 0.0, dom=None), pre("npt-s1", 0.0, 1, dom=None)
+    spt0, spt1 = pre("spt2-s0", 0.02), pre("spt2-s1", 0.02, 1)
+    big = pre("npt-base", 0.0, dom=None, model="base", model_params=5000)
+    scpt = pre("scpt1", 0.01, window=[0.9, 1.0])
+    finetune(r, "ft-npt-s0", npt0, 2.0, domain="music")
+    grid = write_run(r, "ft-npt-s1", [], kind="finetune", fraction=1.0, parent=npt1, pretrain_tokens=200)
+    (grid / "evals.jsonl").unlink()  # a grid parent: its evaluations live in the grid points
+    finetune(grid, "lr=1e-05", npt1, 2.3, domain="music")
+    finetune(grid, "lr=4e-05", npt1, 2.2, domain="music")
+    finetune(r, "ft-spt-s0", spt0, 1.96, domain="music")
+    finetune(r, "ft-spt-s1", spt1, 2.09, domain="music")
+    finetune(r, "ft-spt-early", spt0, 2.15, pretrain_tokens=100, ckpt="step-00000001", domain="music")
+    finetune(r, "ft-big", big, 1.9, domain="music", model="base", model_params=5000)
+    finetune(r, "ft-scpt", scpt, 2.05, domain="music")
+    write_run(r, "replay-spt-s0", [(0, 2.5, None, 3.0), (10, 1.99, None, 3.05)], kind="replay", fraction=0.9,
+              parent=spt0, pretrain_tokens=200)
+    return r
+
+
+def test_metrics_from_hand_built_runs(study):
+    rep = build_report(load_runs(sorted(study.iterdir())))
+    rows = {(e["model"], e["setup"], e["finetune"], e["pretrain_tokens"]): e for e in rep["table"]}
+    npt = rows[("tiny", "NPT", "FT", 200)]
+    assert npt["post_ft_loss"]["mean"] == pytest.approx(2.1) and npt["seeds"] == [0, 1]  # grid best 2.2, not 2.3
+    spt = rows[("tiny", "SPT 2%", "FT", 200)]
+    # Per seed: 100 (2.0 - 1.96) / 2.0 = 2%, 100 (2.2 - 2.09) / 2.2 = 5%.
+    assert spt["relative_gain_pct"]["mean"] == pytest.approx(3.5)
+    assert spt["relative_gain_pct"]["std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))
+    assert spt["forgetting"]["mean"] == pytest.approx(0.2)  # general 3.0 at 0 tokens -> 3.2 at the best
+    scpt = rows[("tiny", "SCPT 1% @0.9-1", "FT", 200)]
+    assert scpt["relative_gain_pct"]["mean"] == pytest.approx(100 * (2.0 - 2.05) / 2.0)  # paired with NPT seed 0
+    assert rows[("tiny", "SPT 2%", "replay 10%", 200)]["relative_gain_pct"] is None  # no NPT replay to compare
+    m = next(x for x in rep["compute_multiplier"] if x["setup"] == "SPT 2%" and x["finetune"] == "FT")
+    # SPT after FT: 2.15 at 100 tokens, 2.025 at 200; NPT reaches 2.1 at 200. Crossing at 100 * 2**0.4.
+    assert m["bound"] == "=" and m["value"] == pytest.approx(200 / (100 * 2**0.4))
+    g = next(x for x in rep["gap_closed"] if x["setup"] == "SPT 2%")
+    assert (g["small"], g["large"]) == ("tiny", "base")
+    assert g["gap_closed_pct"] == pytest.approx(100 * (2.1 - 2.025) / (2.1 - 1.9))
+
+
+def test_report_writes_markdown_json_and_plots(study, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, stdout, err = cli(["report", *map(str, sorted(study.iterdir())), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "SPT 2%" in stdout and "compute multiplier" in stdout and "gap closed" in stdout
+    for f in ("domain_loss_vs_tokens.png", "post_ft_vs_fraction.png", "frontier.png"):
+        assert (out / f).read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "![frontier](frontier.png)" in md and "rel. gain" in md
+    assert json.loads((out / "report.json").read_text())["format"] == "mixer-report/1"
+    code, stdout, _ = cli(["report", *map(str, sorted(study.iterdir())), "--out", str(out), "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["table"]
+
+
+def test_plots_have_one_panel_per_domain(study, tmp_path, capsys):
+    """Two domains' losses differ by nats: each gets its own panel (and its own Pareto front)."""
+    import matplotlib.image
+
+    def widths(out):
+        return {f: matplotlib.image.imread(out / f).shape[1]
+                for f in ("domain_loss_vs_tokens.png", "post_ft_vs_fraction.png", "frontier.png")}
+
+    one = tmp_path / "one"
+    assert cli(["report", *map(str, sorted(study.iterdir())), "--out", str(one)], capsys)[0] == 0
+    pre = write_run(study, "spt-proofs", [(100, 4.6, None, 3.1), (200, 4.5, None, 3.0)], fraction=0.05, domain="proofs")
+    finetune(study, "ft-spt-proofs", pre, 4.2, domain="proofs")
+    two = tmp_path / "two"
+    assert cli(["report", *map(str, sorted(study.iterdir())), "--out", str(two)], capsys)[0] == 0
+    w1, w2 = widths(one), widths(two)
+    assert all(w2[f] > 1.4 * w1[f] for f in w1), (w1, w2)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(["report", str(tmp_path / "empty")], capsys)
+    assert code == 1 and err.count("\n") == 1 and "run.json: missing" in err
+    run = write_run(tmp_path, "noevals", [(10, 2.0, 2.0, 3.0)])
+    (run / "evals.jsonl").unlink()
+    code, _, err = cli(["fit", str(run)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "evals.jsonl: missing" in err and "mixer eval" in err
+    (run / "evals.jsonl").write_text("")
+    code, _, err = cli(["report", str(run)], capsys)
+    assert code == 1 and "no evaluated checkpoints" in err
+    (run / "evals.jsonl").write_text('{"tokens": 1}\n{oops\n')
+    code, _, err = cli(["report", str(run)], capsys)
+    assert code == 1 and "evals.jsonl:2: not valid JSON" in err
+    (run / "run.json").write_text(json.dumps({"format": "mixer-run/1", "kind": "pretrain", "fraction": 2}))
+    code, _, err = cli(["report", str(run)], capsys)
+    assert code == 1 and "fraction 2 must be a number in [0, 1]" in err
+    code, _, err = cli(["report"], capsys)
+    assert code == 2 and "RUN folders" in err
+    code, _, err = cli(["fit", str(tmp_path / "empty"), "--holdout", "5"], capsys)
+    assert code == 2 and "fraction in (0, 1]" in err
+
+
+def test_fit_on_a_tiny_study_degrades_and_still_writes_fit_json(tmp_path, capsys):
+    """Two fractions and three checkpoints: per-fraction curves only, said plainly."""
+    runs = law_runs(tmp_path / "runs", [0.0, 0.02], np.array([1e6, 2e6, 4e6]), noise=0.0)
+    out = tmp_path / "fit"
+    code, stdout, err = cli(["fit", *map(str, runs), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "not fitted: joint law" in stdout
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["law"] is None and fit["units"]["fraction"].startswith("fraction")
+    assert all(p["train"] is not None for p in fit["per_fraction"])
+    assert (out / "fit.png").exists()
+    r = forecast(fit, 10**7)
+    assert r["source"] == "per-fraction curves" and r["recommended"]["fraction"] in (0.0, 0.02)
+    code, _, err = cli(["fit", *map(str, runs), "--out", str(out), "--holdout", "0.1"], capsys)
+    assert code == 2 and "no pretraining runs at that fraction" in err
+
+
+def test_fit_with_holdout_on_law_runs(tmp_path, capsys):
+    tokens = np.logspace(8.5, 11.3, 16).astype(np.int64)
+    runs = law_runs(tmp_path / "runs", [0.0, 0.001, 0.01, 0.02, 0.05, 0.1], tokens, noise=0.001)
+    out = tmp_path / "fit"
+    code, stdout, err = cli(["fit", *map(str, runs), "--out", str(out), "--holdout", "0.1"], capsys)
+    assert code == 0, err
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["holdout"]["test"]["mean_abs_rel_error_pct"] < 1.0
+    assert [g["kind"] for g in fit["finetune_gain"]] == ["power"] * 6
+    assert fit["finetune_gain"][3]["b"] == pytest.approx(-0.1, abs=0.02)
+    assert "held-out fraction 0.1" in stdout
+    r = forecast(fit, 10**12, domain_tokens=300_000_000)
+    assert r["source"] == "joint law" and r["regime"]["name"] in ("spt", "late-window")
+
+
+def test_fit_needs_one_model_and_domain(study, capsys):
+    code, stdout, err = cli(["fit", *map(str, sorted(Path(study).iterdir())), "--out", str(study.parent / "fit")], capsys)
+    assert code == 0, err  # NPT runs without a domain join the one model/domain present
+    assert "not fitted: joint law" in stdout and "late window" in stdout  # SCPT is outside the law
+    code, _, err = cli(["fit", *map(str, sorted(Path(study).iterdir())), "--domain", "chem"], capsys)
+    assert code == 2 and "model/domain in these runs: tiny/music" in err
+    write_run(study, "chem-spt", [(100, 2.0, 1.9, 3.0)], fraction=0.02, domain="chem")
+    code, _, err = cli(["fit", *map(str, sorted(Path(study).iterdir()))], capsys)
+    assert code == 2 and "choose one with --model and --domain" in err
