@@ -147,19 +147,32 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, work
 
     seq = np.concatenate(source_seq)
     windows = {}
-    dom = plan.domain
-    if dom is not None and dom.train and plan.general is not None and plan.general.train:
-        is_dom = seq == dom.id
+    if plan.general is not None and plan.general.train:
         w0, w1 = plan.placement.w0, plan.placement.w1
-        if is_dom[:w0].any() or is_dom[w1:].any():
-            _fail(f"{mix}: domain samples outside the window {m['fraction']['window']}")
-        f = m["fraction"]["achieved"]
         sizes = [2**k for k in range(0, int(np.log2(max(1, w1 - w0))) + 1)]
-        windows = window_deviation(is_dom[w0:w1], f, sizes)
-        worst = max(windows.values(), default=0.0)
-        if worst >= 1.0:
-            w = max(windows, key=windows.get)
-            _fail(f"{mix}: a window of {w} samples deviates by {worst:.2f} samples from fraction {f:.6g} (must be < 1)")
+        claims = {c["id"]: c for c in m.get("placed", [])}
+        for src, pl, bound in zip(plan.level_sources(), plan.layout.levels, plan.layout.bounds()):
+            if src is None or not src.train:
+                continue
+            is_src = seq == src.id
+            if is_src[:w0].any() or is_src[w1:].any():
+                _fail(f"{mix}: {src.stream.name} samples outside the window {m['fraction']['window']}")
+            # The share is recounted from the provenance; only the claim is read from the manifest.
+            f = int(is_src.sum()) / max(1, w1 - w0)
+            claimed = m["fraction"]["achieved"] if src.id == getattr(plan.domain, "id", None) else claims.get(src.id, {}).get("achieved")
+            if claimed is None or abs(f - claimed) > 1e-12:
+                _fail(f"{mix}/manifest.json: {src.stream.name}: achieved fraction {f:.9g} recounted, manifest claims {claimed}")
+            dev = window_deviation(is_src[w0:w1], f, sizes)
+            worst = max(dev.values(), default=0.0)
+            if worst >= bound:
+                w = max(dev, key=dev.get)
+                _fail(f"{mix}: {src.stream.name}: a window of {w} samples deviates by {worst:.2f} samples from "
+                      f"fraction {f:.6g} (must be < {bound:.4g})")
+            if src.id == getattr(plan.domain, "id", None):
+                windows = dev
+            else:
+                sources[[s["name"] for s in sources].index(src.stream.name)]["max_window_deviation"] = {
+                    str(k): round(v, 4) for k, v in dev.items()}
 
     for ev in m.get("eval", []):
         f = mix / ev["file"]

@@ -26,6 +26,8 @@ def mix_options(f):
     for opt in reversed([
         stores_option,
         click.option("--domain", help="Domain store name."),
+        click.option("--mix", "mix_sources", multiple=True, metavar="NAME=FRACTION",
+                     help="A placed source and its share (repeatable; the first is the domain): --mix music=0.02 --mix proofs=0.01."),
         click.option("--general", help="General store name (default: the only general store)."),
         click.option("--fraction", type=float, help="Domain share of the samples in the window (0 = NPT)."),
         click.option("--epochs", type=float, help="Domain epochs (instead of --fraction; alone: a finetune mix)."),
@@ -43,12 +45,31 @@ def mix_options(f):
     return f
 
 
+def _mix_pairs(items: tuple[str, ...]) -> list[tuple[str, float]]:
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            raise UsageError(f"--mix {item!r}: expected NAME=FRACTION such as music=0.02") from None
+        if not sep or not name.strip():
+            raise UsageError(f"--mix {item!r}: expected NAME=FRACTION such as music=0.02")
+    return pairs
+
+
 def spec_from_flags(kw: dict):
     from mixer.mixing.spec import MixSpec
 
+    domain, fraction, extra = kw["domain"], kw["fraction"], []
+    pairs = _mix_pairs(kw.get("mix_sources") or ())
+    if pairs:
+        if domain is not None or fraction is not None:
+            raise UsageError("--mix names the domain and its fraction: drop --domain/--fraction")
+        (domain, fraction), extra = pairs[0], pairs[1:]
     return MixSpec(
         stores=str(resolve_stores(kw["stores"]).resolve()),
-        domain=kw["domain"], general=kw["general"], fraction=kw["fraction"], epochs=kw["epochs"],
+        domain=domain, general=kw["general"], fraction=fraction, epochs=kw["epochs"], extra=extra,
         replay=kw["replay"], tokens=parse_count(kw["tokens"]) if kw["tokens"] else None,
         seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
         domain_subset_tokens=parse_count(kw["domain_subset"], "--domain-subset") if kw["domain_subset"] else None,
@@ -69,6 +90,9 @@ def format_plan(s: dict) -> str:
         rows.append([src["name"], src["role"], format_count(src["train_tokens"]), f"{src['train_documents']:,}",
                      f"{src['samples']:,}", f"{src['epochs']:.3f}", hist])
     lines.append(table(rows, ["source", "role", "train tok", "docs", "samples", "epochs", "docs x full passes"]))
+    for p in s.get("placed", [])[1:]:
+        lines.append(f"{p['source']} share: requested {p['requested']}, achieved {p['achieved']:.6g} "
+                     f"(every window of W samples within {p['window_bound']:.4g}/W)")
     lines += [f"warning: {w}" for w in s["warnings"]]
     return "\n".join(lines)
 
@@ -96,6 +120,19 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 
     if not kw["tokens"]:
         raise UsageError("--fit needs --tokens (the budget to forecast)")
+    # A forecast reads the fit, the budget, the domain size and the fractions; a flag that
+    # would change a build but not the forecast is refused rather than silently ignored.
+    unused = {"--epochs": kw["epochs"], "--replay": kw["replay"], "--window": kw["window"], "--general": kw["general"],
+              "--domain-subset": kw["domain_subset"], "--samples-per-shard": kw["samples_per_shard"],
+              "--name": kw["name"], "--mix": kw.get("mix_sources") or None,
+              "--seq-len": None if kw["seq_len"] == 2048 else kw["seq_len"], "--seed": kw["seed"] or None}
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not used by a forecast with --fit (it takes --tokens, --domain/--domain-tokens, --fraction/--fractions)")
+    if kw["fraction"] is not None:
+        if fractions:
+            raise UsageError("give --fraction or --fractions with --fit, not both")
+        fractions = str(kw["fraction"])
     d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
     if d_tokens is None and kw["domain"]:
         from mixer.formats.store import open_store

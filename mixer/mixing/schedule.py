@@ -23,6 +23,18 @@ Choices, and why (compare Megatron, OLMo-core, litdata):
   checkpoints). Domain samples are already far apart (1/f positions), so they need no
   further shuffle.
 
+* More than two sources (N-source mixes): sources are placed one after another. Source 0
+  is stratified over all positions as above; source i is stratified, the same way, over
+  the positions sources 0..i-1 left free (in the coordinates of those free positions),
+  and the last general source takes what is left. With one domain this is exactly the
+  two-source placement. Source i's share is then exact within B_i / W in every window of
+  W samples, B_0 = 1 and B_i = 1 + r_i * (B_0 + ... + B_{i-1}), r_i its density among
+  the free positions (`Layout.bounds`; proof in docs/architecture.md). Bounds of 1 for
+  every source at once are impossible in general (balanced words with arbitrary rates do
+  not exist), and for small domain fractions B_i is barely above 1. Megatron's blend is
+  greedy per sample and OLMo-core's mixture is per-source ratios with a prefix
+  remainder; neither bounds every window.
+
 * General samples are shuffled (a Feistel bijection, mixer/feistel.py) within each
   block of one general epoch, so neighbouring samples are unrelated while a repeated
   general source still finishes epoch e before starting e + 1.
@@ -79,6 +91,68 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Several placements, each in the free positions the previous ones left.
+
+    `levels[i]` is a Placement over the free coordinates of level i: q_0(p) = p, and
+    q_{i+1}(p) = q_i(p) - levels[i].domain_before(q_i(p)). Every step is closed form, so a
+    shard computes its own positions without looking at the rest of the run.
+    """
+
+    n: int
+    levels: tuple[Placement, ...]
+
+    @classmethod
+    def make(cls, n: int, counts: list[int], window: tuple[float, float], seed: int) -> "Layout":
+        a, b = round(window[0] * n), round(window[1] * n)
+        levels: list[Placement] = []
+        for i, k in enumerate(counts):
+            lay = cls(n, tuple(levels))
+            w0, w1 = int(lay.free_before(a)), int(lay.free_before(b))
+            if i == 0:  # the two-source placement, unchanged (pinned by tests)
+                levels.append(Placement.make(n, k, window, seed))
+                continue
+            if k > w1 - w0:
+                raise ValueError(f"{k} samples of source {i} do not fit the {w1 - w0} positions left in the window")
+            phase = int(np.random.default_rng([seed, 0x5EED, i]).integers(w1 - w0)) if w1 > w0 else 0
+            levels.append(Placement(n=n - sum(counts[:i]), n_domain=k, w0=w0, w1=w1, phase=phase))
+        return cls(n, tuple(levels))
+
+    def free_before(self, p: np.ndarray | int) -> np.ndarray:
+        """Positions < p that no level takes (the coordinates of the next level)."""
+        q = np.asarray(p, dtype=np.int64)
+        for pl in self.levels:
+            q = q - pl.domain_before(q)
+        return q
+
+    def positions(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """For positions [start, stop): the level of each (len(levels) = the remainder) and its
+        index within that level's source."""
+        q = np.arange(start, stop + 1, dtype=np.int64)
+        level = np.full(stop - start, len(self.levels), dtype=np.int64)
+        index = np.zeros(stop - start, dtype=np.int64)
+        for i, pl in enumerate(self.levels):
+            before = pl.domain_before(q)
+            free = np.diff(q) == 1
+            hit = free & (np.diff(before) == 1)
+            level[hit] = i
+            index[hit] = before[:-1][hit]
+            q = q - before
+        rest = level == len(self.levels)
+        index[rest] = q[:-1][rest]
+        return level, index
+
+    def bounds(self) -> list[float]:
+        """B_i: source i's count in any W consecutive positions of the window is within B_i
+        of W times its achieved fraction (module docstring)."""
+        out: list[float] = []
+        for pl in self.levels:
+            r = pl.n_domain / pl.width if pl.width else 0.0
+            out.append(1.0 + r * sum(out))
+        return out
+
+
+@dataclass(frozen=True)
 class Counts:
     """How many samples each source gets; the numbers every other step derives from."""
 
@@ -87,6 +161,11 @@ class Counts:
     general_samples: int
     seq_len: int
     window: tuple[float, float]
+    extra_samples: tuple[int, ...] = ()  # further placed sources of an N-source mix, in order
+
+    @property
+    def window_width(self) -> int:
+        return round(self.window[1] * self.samples) - round(self.window[0] * self.samples)
 
     @property
     def tokens(self) -> int:

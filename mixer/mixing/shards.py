@@ -26,11 +26,12 @@ def shard_name(k: int) -> str:
 def shard_samples(plan: MixPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and provenance of shard k."""
     start, stop = plan.shard_range(k)
-    is_domain, index = plan.placement.positions(start, stop)
+    level, index = plan.layout.positions(start, stop)
     out = np.empty((stop - start, plan.spec.seq_len + 1), dtype=plan.dtype)
     prov = np.empty(stop - start, dtype=PROV_DTYPE)
-    for src, mask in ((plan.domain, is_domain), (plan.general, ~is_domain)):
-        if not mask.any():
+    for lvl, src in enumerate(plan.level_sources()):
+        mask = level == lvl
+        if src is None or not mask.any():
             continue
         idx = index[mask]
         if src.role == "general":

@@ -16,7 +16,7 @@ import numpy as np
 
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import load_manifest
-from mixer.mixing.schedule import Counts, Placement, epoch_start_samples, solve_counts
+from mixer.mixing.schedule import Counts, Layout, Placement, epoch_start_samples, solve_counts
 from mixer.formats.store import Store, check_same_tokenizer, list_stores, open_store
 from mixer.mixing.streams import SourceStream, source_key
 from mixer.units import format_count
@@ -42,6 +42,9 @@ class MixSpec:
     subset_seed: int = 0
     exclude_seen_in: list[str] = field(default_factory=list)  # mixes whose domain documents to leave out
     name: str | None = None
+    # N-source mixes: further sources (domain or general stores) with their own fractions of
+    # the window, placed after the domain; the general store takes what is left.
+    extra: list[tuple[str, float]] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.seq_len < 1:
@@ -62,6 +65,16 @@ class MixSpec:
             raise UsageError(f"--window must be A:B with 0 <= A < B <= 1, got {a}:{b}")
         if self.epochs is not None and self.epochs <= 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
+        names = [self.domain] + [n for n, _ in self.extra]
+        for name, f in self.extra:
+            if not 0 < f < 1:
+                raise UsageError(f"--mix {name}={f}: the fraction must be in (0, 1)")
+        if len(set(names)) != len(names) or self.general in names:
+            raise UsageError(f"--mix: each source may appear once (got {', '.join(str(n) for n in names)}, general {self.general})")
+        if self.extra and (self.domain is None or self.fraction is None or self.replay is not None):
+            raise UsageError("further --mix sources need a pretraining mix with a first --mix NAME=FRACTION (or --domain and --fraction)")
+        if self.extra and (self.fraction or 0) + sum(f for _, f in self.extra) >= 1:
+            raise UsageError("--mix: the fractions add up to 1 or more; the general source needs a share")
 
     @property
     def kind(self) -> str:
@@ -83,17 +96,23 @@ class MixSpec:
             return f"npt-{tok}"
         win = "" if self.window == (0.0, 1.0) else f"-w{self.window[0]:g}-{self.window[1]:g}"
         share = f"f{self.fraction:g}" if self.fraction is not None else f"e{self.epochs:g}"
-        return f"{self.domain}-{share}{win}-{tok}"
+        more = "".join(f"+{n}-f{f:g}" for n, f in self.extra)
+        return f"{self.domain}-{share}{more}{win}-{tok}"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["window"] = list(self.window)
+        if self.extra:
+            d["extra"] = [[n, f] for n, f in self.extra]
+        else:  # two-source specs serialize exactly as before N-source mixes existed
+            del d["extra"]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "MixSpec":
         d = dict(d)
         d["window"] = tuple(d.get("window", (0.0, 1.0)))
+        d["extra"] = [(str(n), float(f)) for n, f in d.get("extra", [])]
         return cls(**d)
 
 
@@ -144,18 +163,45 @@ class SourcePlan:
 class MixPlan:
     spec: MixSpec
     counts: Counts
-    placement: Placement
-    sources: list[SourcePlan]
+    layout: Layout
+    sources: list[SourcePlan]  # ids: 0 the general store, 1 the domain, then the extra sources
     tokenizer: dict
     warnings: list[str]
 
     @property
+    def placement(self) -> Placement:
+        return self.layout.levels[0]
+
+    @property
     def domain(self) -> SourcePlan | None:
-        return next((s for s in self.sources if s.role == "domain"), None)
+        return next((s for s in self.sources if s.stream.name == self.spec.domain), None)
 
     @property
     def general(self) -> SourcePlan | None:
-        return next((s for s in self.sources if s.role == "general"), None)
+        return next((s for s in self.sources if s.role == "general" and s.stream.name not in self._placed_names), None)
+
+    @property
+    def _placed_names(self) -> set[str]:
+        return {self.spec.domain} | {n for n, _ in self.spec.extra}
+
+    def level_sources(self) -> list[SourcePlan | None]:
+        """The source of each layout level (the domain, then the extras), then the remainder."""
+        by_name = {s.stream.name: s for s in self.sources}
+        placed = [by_name.get(self.spec.domain)] + [by_name[n] for n, _ in self.spec.extra]
+        return placed + [self.general]
+
+    def placed_fractions(self) -> list[dict]:
+        """Requested and achieved share of each placed source, with its window bound."""
+        width = max(1, self.counts.window_width)
+        requested = [self.spec.fraction if self.spec.replay is None else 1 - self.spec.replay]
+        requested += [f for _, f in self.spec.extra]
+        out = []
+        for src, pl, req, bound in zip(self.level_sources(), self.layout.levels, requested, self.layout.bounds()):
+            if src is None:
+                continue
+            out.append({"source": src.stream.name, "id": src.id, "requested": req,
+                        "achieved": pl.n_domain / width, "window_bound": round(bound, 9)})
+        return out
 
     @property
     def dtype(self) -> np.dtype:
@@ -201,14 +247,15 @@ class MixPlan:
             "shards": self.n_shards,
             "bytes": c.samples * self.sample_bytes,
             "sources": [s.summary() for s in self.sources],
+            **({"placed": self.placed_fractions()} if self.spec.extra else {}),
             "warnings": self.warnings,
         }
 
 
-def _pick_general(stores_dir: Path, name: str | None) -> Store | None:
+def _pick_general(stores_dir: Path, name: str | None, taken: set[str] = frozenset()) -> Store | None:
     if name is not None:
         return open_store(stores_dir, name)
-    general = [s for s in list_stores(stores_dir) if s.role == "general"]
+    general = [s for s in list_stores(stores_dir) if s.role == "general" and s.name not in taken]
     if len(general) == 1:
         return general[0]
     if len(general) > 1:
@@ -249,10 +296,11 @@ def resolve(spec: MixSpec) -> MixPlan:
     domain_store = open_store(stores_dir, spec.domain) if spec.domain else None
     if domain_store is not None and domain_store.role != "domain":
         raise UsageError(f"{domain_store.path}: store {spec.domain!r} has role {domain_store.role!r}, not domain")
-    general_store = _pick_general(stores_dir, spec.general)
+    general_store = _pick_general(stores_dir, spec.general, {n for n, _ in spec.extra})
     if general_store is not None and general_store.role != "general":
         raise UsageError(f"{general_store.path}: store {general_store.name!r} has role {general_store.role!r}, not general")
-    opened = [s for s in (general_store, domain_store) if s is not None]
+    extra_stores = [open_store(stores_dir, n) for n, _ in spec.extra]
+    opened = [s for s in (general_store, domain_store, *extra_stores) if s is not None]
     tokenizer = check_same_tokenizer(opened)
 
     kind = spec.kind
@@ -286,7 +334,12 @@ def resolve(spec: MixSpec) -> MixPlan:
         )
         if counts.samples < 1:
             raise UsageError(f"--tokens {spec.tokens} is below one sample of --seq-len {spec.seq_len}")
-        placement = Placement.make(counts.samples, counts.domain_samples, spec.window, spec.seed)
+        if spec.extra:
+            extra = tuple(round(f * counts.window_width) for _, f in spec.extra)
+            if counts.general_samples - sum(extra) < 0:
+                raise ValueError("--mix: the placed sources leave no room for the general source")
+            counts = dataclasses.replace(counts, extra_samples=extra, general_samples=counts.general_samples - sum(extra))
+        layout = Layout.make(counts.samples, [counts.domain_samples, *counts.extra_samples], spec.window, spec.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -309,7 +362,16 @@ def resolve(spec: MixSpec) -> MixPlan:
             warnings.append(f"general source {g.stream.name!r} repeats {g.epochs:.2f} epochs: it is smaller than its share of the budget")
     if "domain" in streams:
         sources.append(SourcePlan(len(sources), "domain", streams["domain"], counts.domain_samples, counts.domain_samples > 0))
-    return MixPlan(spec=spec, counts=counts, placement=placement, sources=sources, tokenizer=tokenizer, warnings=warnings)
+    for store, (name, f), k in zip(extra_stores, spec.extra, counts.extra_samples):
+        if k == 0:
+            raise UsageError(f"--mix {name}={f:g} of {counts.window_width} samples rounds to no sample; raise the fraction or the budget")
+        src = SourcePlan(len(sources), store.role, SourceStream(store, spec.seed, spec.seq_len), k, True)
+        if src.stream.epoch_tokens == 0:
+            raise MixerError(f"{store.path}: the train split is empty")
+        if src.epochs > spec.max_epochs:
+            raise MixerError(f"{store.path}: --mix {name}={f:g} would repeat {src.epochs:.1f} epochs (> --max-epochs {spec.max_epochs:g})")
+        sources.append(src)
+    return MixPlan(spec=spec, counts=counts, layout=layout, sources=sources, tokenizer=tokenizer, warnings=warnings)
 
 
 def plan_from_manifest(manifest: dict) -> MixPlan:

@@ -133,6 +133,11 @@ def load_stages(recipe: Path, stores: Path, overrides: dict | None = None) -> tu
                 v = float(v)
             if key == "window" and isinstance(v, str):
                 v = tuple(float(x) for x in v.split(":"))
+            if key == "extra":  # extra = [["proofs", 0.01], ...]: further placed sources
+                try:
+                    v = [(str(n), float(f)) for n, f in v]
+                except (TypeError, ValueError):
+                    raise MixerError(f"{where}: extra must be a list of [name, fraction] pairs, got {v!r}") from None
             kw[key] = v
         if kw.get("epochs") is not None and float(kw["epochs"]) <= 0:
             if kw.get("tokens") is None:
