@@ -49,7 +49,8 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, model: str | N
     With too few fractions or checkpoints for the joint law the per-fraction curves are
     still fitted and written; the output says what was not fitted and why."""
     from mixer.formats.atomic import write_json
-    from mixer.analysis.report import build_fit, fit_inputs, format_fit, plot_fit
+    from mixer.analysis.fit import build_fit, fit_inputs, format_fit
+    from mixer.analysis.plots import plot_fit
     from mixer.formats.run import load_runs
 
     if holdout is not None and not 0 < holdout <= 1:

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import click
 
+from mixer.text import table  # noqa: F401 - the commands' tables
+
 
 def default_stores() -> Path:
     return Path(os.environ.get("MIXER_STORES", "stores"))
@@ -41,11 +43,3 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    """A plain fixed-width table (no dependency: it is three lines of code)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])

@@ -1,0 +1,116 @@
+"""`mixer fit`: runs -> the curves per fraction, the overfitting scaling law, fit.json.
+
+The maths is in mixer/analysis/scaling.py; this module picks the runs, assembles the
+curves and gains, and formats the result.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from mixer import __version__
+from mixer.analysis.scaling import FIT_FORMAT, Curve, fit_law
+from mixer.errors import MixerError, UsageError
+from mixer.formats.run import Run, find_parent, mix_domain_tokens
+from mixer.units import format_count
+
+
+def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = None) -> dict:
+    """Curves per fraction (pretraining runs over the whole budget, seeds pooled) and
+    finetuning gains dL = L_test(pretrained at T) - L_test(after best FT) for one model/domain."""
+    pre = [r for r in runs if r.kind == "pretrain"]
+    pairs = sorted({(r.model, r.domain) for r in pre if r.domain is not None})
+    pick = [(m, d) for m, d in pairs if (model is None or m == model) and (domain is None or d == domain)]
+    if not pick:
+        have = ", ".join(f"{m}/{d}" for m, d in pairs) or "none"
+        raise UsageError(f"no pretraining runs with a domain for model={model or 'any'} domain={domain or 'any'} "
+                         f"(model/domain in these runs: {have})")
+    if len(pick) > 1:
+        raise UsageError(f"runs span several model/domain pairs ({', '.join(f'{m}/{d}' for m, d in pick)}); "
+                         "choose one with --model and --domain")
+    model, domain = pick[0]
+    # NPT mixes may have no domain source; their runs belong to every domain of the model.
+    mine = [r for r in pre if r.model == model and r.domain in (domain, None)]
+    notes = [f"{r.path}: late window {r.window} (SCPT) is outside the law; left out" for r in mine if not r.full_window]
+    mine = [r for r in mine if r.full_window]
+    points: dict[float, list] = defaultdict(list)
+    for r in mine:
+        points[r.fraction] += [(e.tokens, e.domain_train_loss, e.domain_test_loss) for e in r.evals
+                               if e.tokens > 0 and (e.domain_test_loss is not None or e.domain_train_loss is not None)]
+    curves = []
+    for d, pts in sorted(points.items()):
+        if not pts:
+            continue
+        T, tr, te = (np.array([np.nan if v is None else v for v in col], float) for col in zip(*sorted(pts)))
+        curves.append(Curve(d, T, tr, te))
+    gains: dict[float, list] = defaultdict(list)
+    fitted = {r.path.resolve() for r in mine}
+    for r in runs:
+        parent = find_parent(r, runs) if r.kind == "finetune" else None
+        if parent is None or parent.path.resolve() not in fitted:
+            continue
+        before = parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
+        best = r.best_eval()
+        if before and best and before.domain_test_loss is not None:
+            gains[parent.fraction].append((r.pretrain_tokens, before.domain_test_loss - best.domain_test_loss))
+        else:
+            notes.append(f"{r.path}: no domain test loss of its parent at {format_count(r.pretrain_tokens)} tokens; "
+                         "left out of the finetuning gain")
+    D = next((t for t in (mix_domain_tokens(r) for r in mine if r.fraction > 0) if t), None)
+    return {"model": model, "domain": domain, "general": next((r.general for r in mine if r.general), None),
+            "curves": curves, "gains": {d: (np.array([t for t, _ in g], float), np.array([x for _, x in g], float))
+                                        for d, g in gains.items()},
+            "domain_tokens": D, "runs": [str(r.path) for r in mine], "notes": notes}
+
+
+def build_fit(inputs: dict, holdout: float | None = None) -> dict:
+    """fit.json: the law (or what could be fitted) with everything that made it."""
+    curves = inputs["curves"]
+    if not curves:
+        raise MixerError(f"no domain losses in the pretraining runs of {inputs['model']}/{inputs['domain']}; "
+                         "run mixer eval on them first")
+    body = fit_law(curves, inputs["gains"] or None, holdout=holdout)
+    tokens = np.concatenate([c.tokens for c in curves])
+    return {"format": FIT_FORMAT, "mixer_version": __version__, "model": inputs["model"], "domain": inputs["domain"],
+            "general": inputs["general"], "domain_tokens": inputs["domain_tokens"], "holdout_fraction": holdout,
+            "data": {"fractions": [c.fraction for c in curves], "points": int(len(tokens)),
+                     "token_range": [float(tokens.min()), float(tokens.max())]},
+            **body, "notes": inputs["notes"], "runs": inputs["runs"]}
+
+
+def format_fit(fit: dict) -> str:
+    lines = [f"fit {fit['model']}/{fit['domain']}: {len(fit['data']['fractions'])} fraction(s) "
+             f"({', '.join(f'{d:g}' for d in fit['data']['fractions'])}), {fit['data']['points']} checkpoints, "
+             f"tokens {format_count(fit['data']['token_range'][0])}..{format_count(fit['data']['token_range'][1])}"]
+    for p in fit["per_fraction"]:
+        t, g = p["train"], p["gap"]
+        if t is None:
+            txt = "not fitted"
+        else:
+            form = f"{t['C']:.4f} (flat)" if t.get("flat") else f"{t['A']:.4g} T^{t['b']:.3f} + {t['C']:.4f}"
+            # At fraction 0 the curve is the test loss (see scaling.fit_fraction).
+            txt = f"L_{'test' if p['fraction'] == 0 else 'train'} = {form} ({t['mean_abs_rel_error_pct']:.2f}% mean error)"
+        if g:
+            txt += f"; gap = {g['G']:.4g} T^{g['g']:.3f}"
+        lines.append(f"  fraction {p['fraction']:g}: {txt}")
+    if fit["law"]:
+        law, p = fit["law"], fit["law"]["params"]
+        lines.append("joint law (fraction as a fraction, tokens in tokens): "
+                     + ", ".join(f"{k}={v:.4g}" for k, v in p.items()))
+        worst = max(e["test"]["mean_abs_rel_error_pct"] for e in law["errors"] if e["test"])
+        lines.append(f"  test-loss error per curve: worst mean {worst:.2f}%; L-BFGS from {law['starts']} starts, "
+                     f"{'converged' if law['converged'] else 'NOT converged'}")
+        lines += [f"  check {'ok  ' if c['ok'] else 'FAIL'} {c['check']}" for c in fit["checks"]]
+    if fit["holdout"]:
+        h = fit["holdout"]["test"]
+        lines.append(f"held-out fraction {fit['holdout']['fraction']:g}: test loss predicted within "
+                     f"{h['mean_abs_rel_error_pct']:.2f}% mean, {h['max_abs_rel_error_pct']:.2f}% max")
+    for g in fit["finetune_gain"]:
+        expr = f"{g['a']:.4g} T^{g['b']:.3f} + {g['c']:.4f}" if g["kind"] == "power" else f"{g['c']:.4f}"
+        lines.append(f"  finetuning gain at {g['fraction']:g}: dL = {expr} ({g['kind']}, {g['points']} point(s))")
+    lines += [f"not fitted: {n['what']}: {n['why']}" for n in fit["not_fitted"]]
+    lines += [f"note: {n}" for n in fit["notes"]]
+    return "\n".join(lines)
+

@@ -1,0 +1,150 @@
+"""The report's and the fit's PNG plots (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mixer.analysis.metrics import pareto_front
+from mixer.analysis.scaling import Curve, curve_test, fraction_coefficients, law_coefficients
+from mixer.analysis.setups import setup_of
+from mixer.formats.atomic import atomic_open
+from mixer.formats.run import Run
+from mixer.units import format_count
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _panels(domains: list[str], title: str):
+    """One panel per domain: domains' losses differ by nats, so a shared axis would flatten the
+    differences between setups that the plots are for."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(domains), figsize=(7 if len(domains) == 1 else 5.5 * len(domains), 4.5),
+                             squeeze=False)
+    panels = dict(zip(domains, axes[0]))
+    if len(domains) == 1:
+        axes[0][0].set_title(title)
+    else:
+        fig.suptitle(title)
+        for d, ax in panels.items():
+            ax.set_title(d)
+    return fig, panels
+
+
+def _setup_rank(fraction: float, window) -> tuple:
+    """Colour order shared by every panel and plot: NPT, SPT by fraction, then SCPT."""
+    late = tuple(window) != (0.0, 1.0)
+    return (0 if fraction == 0 else 2 if late else 1, fraction, tuple(window))
+
+
+def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
+    """Domain test loss over pretraining tokens, one panel per domain, one colour per setup (all seeds drawn)."""
+    pre = [r for r in runs if r.kind == "pretrain" and any(e.domain_test_loss is not None and e.tokens > 0 for e in r.evals)]
+    if not pre:
+        return None
+    fig, panels = _panels(sorted({str(r.domain) for r in pre}), "domain loss during pretraining")
+    many = len({r.model for r in pre}) > 1  # the model joins the label only when it varies
+    family = lambda r: (f"{r.model} " if many else "") + setup_of(r)  # noqa: E731
+    rank = lambda r: _setup_rank(r.fraction, r.window)  # noqa: E731
+    ranked = {setup_of(r): rank(r) for r in pre}
+    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(ranked, key=ranked.get))}
+    for domain, ax in panels.items():
+        mine = [r for r in pre if str(r.domain) == domain]
+        labelled = set()
+        for r in sorted(mine, key=lambda r: (r.model, rank(r), r.seed)):
+            pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
+            name = family(r)
+            ax.plot(*zip(*pts), "o-", ms=3, color=colours[setup_of(r)], label=None if name in labelled else name)
+            labelled.add(name)
+        ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_post_ft(report: dict, path: Path) -> Path | None:
+    """Best post-FT domain loss against the fraction (mean ± std over seeds), largest budget, per domain."""
+    if not report["table"]:
+        return None
+    fig, panels = _panels(sorted({str(e["domain"]) for e in report["table"]}), "after finetuning (early stopped)")
+    fractions = sorted({e["fraction"] for e in report["table"]})
+    many = len({e["model"] for e in report["table"]}) > 1
+    for domain, ax in panels.items():
+        series = defaultdict(list)
+        for e in report["table"]:
+            if str(e["domain"]) == domain:
+                series[(e["model"], e["finetune"], "SCPT" if e["setup"].startswith("SCPT") else "")].append(e)
+        for i, (key, es) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+            top = max(e["pretrain_tokens"] for e in es)
+            es = sorted((e for e in es if e["pretrain_tokens"] == top), key=lambda e: e["fraction"])
+            x = [fractions.index(e["fraction"]) for e in es]
+            y = [e["post_ft_loss"]["mean"] for e in es]
+            err = [e["post_ft_loss"]["std"] or 0 for e in es]
+            label = f"{key[0] + ' ' if many else ''}{key[1]} {key[2]}".strip() + f" @{format_count(top)}"
+            ax.errorbar(x, y, yerr=err, fmt="s--" if key[2] else "o-", capsize=3, color=f"C{i % 10}", label=label)
+        ax.set(xticks=range(len(fractions)), xticklabels=[f"{f * 100:g}%" for f in fractions],
+               xlabel="domain fraction in pretraining", ylabel="best post-FT domain test loss")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_frontier(report: dict, path: Path) -> Path | None:
+    """General val loss against domain test loss after finetuning, per domain: lower-left is better."""
+    pts = [r for r in report["finetune_runs"] if r["general_after"] is not None]
+    if not pts:
+        return None
+    fig, panels = _panels(sorted({str(r["domain"]) for r in pts}), "forgetting frontier")
+    label = lambda r: f"{r['setup']} {r['finetune']}"  # noqa: E731
+    ranked = {label(r): (_setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
+    labels = sorted(ranked, key=ranked.get)
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    for domain, ax in panels.items():
+        mine = [r for r in pts if str(r["domain"]) == domain]
+        for lab in labels:
+            group = [r for r in mine if label(r) == lab]
+            if group:
+                ax.plot([r["post_ft_loss"] for r in group], [r["general_after"] for r in group], "o",
+                        color=colours[lab], label=lab)
+        front = pareto_front([r["post_ft_loss"] for r in mine], [r["general_after"] for r in mine])
+        ax.plot([mine[i]["post_ft_loss"] for i in front], [mine[i]["general_after"] for i in front], "k:", lw=1,
+                label="Pareto front")
+        ax.set(xlabel="domain test loss after FT", ylabel="general val loss after FT")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
+    """Observed domain test (o) and train (x) loss per fraction, with the law (or the
+    per-fraction curves) as lines; a held-out fraction is dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    per = {p["fraction"]: p for p in fit["per_fraction"]}
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.plot(c.tokens, c.test, "o", color=color, ms=4, label=f"{c.fraction:g}")
+        ax.plot(c.tokens, c.train, "x", color=color, ms=4)
+        T = np.logspace(np.log10(c.tokens.min()), np.log10(c.tokens.max()), 50)
+        coef = law_coefficients(fit["law"]["params"], c.fraction) if fit["law"] else fraction_coefficients(per[c.fraction])
+        if coef:
+            held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
+            ax.plot(T, curve_test(coef, T), "--" if held else "-", color=color, lw=1)
+    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats)",
+           title=("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)")
+    ax.legend(title="fraction", fontsize=8)
+    return _save(fig, path)
+
