@@ -6,7 +6,7 @@ from __future__ import annotations
 class MixerError(Exception):
     """A problem with the user's input or data, reported as `mixer: error: <message>`.
 
-    exit_code 1 is a data problem, 2 a usage problem (DESIGN: usage vs data).
+    exit_code 1 is a data problem, 2 a usage problem (docs/design.md: errors).
     """
 
     def __init__(self, message: str, exit_code: int = 1) -> None:

@@ -15,14 +15,31 @@ from mixer.errors import MixerError
 
 
 def recipes_dir() -> Path:
-    """`$MIXER_RECIPES`, else the repository's `recipes/` beside the package."""
+    """`$MIXER_RECIPES`, else the recipes shipped in the package (in a checkout, `mixer/recipes`
+    is a link to the top-level `recipes/`; a wheel holds a copy)."""
     env = os.environ.get("MIXER_RECIPES")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent.parent / "recipes"
+    here = Path(__file__).resolve().parent / "recipes"
     if here.is_dir():
         return here
-    raise MixerError(f"{here}: no recipes folder beside the package (installed without the repo?); set MIXER_RECIPES")
+    raise MixerError(f"{here}: no recipes in the installed package; set MIXER_RECIPES to a recipes folder")
+
+
+def find_recipe(text: str | Path, flag: str = "--recipe") -> Path:
+    """A recipe file by path, else by its name among the shipped recipes (`samples`,
+    `stages/spt`), so an installed mixer needs no checkout to use them."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = str(text).removesuffix(".toml").removeprefix("recipes/")
+    shipped = recipes_dir() / f"{name}.toml"
+    if shipped.is_file():
+        return shipped
+    if (recipes_dir() / "stages" / f"{name}.toml").is_file():
+        return recipes_dir() / "stages" / f"{name}.toml"
+    known = ", ".join(e["recipe"] for e in list_recipes(recipes_dir()))
+    raise MixerError(f"{flag} {text}: no such file, nor a shipped recipe ({known})")
 
 
 def list_recipes(folder: Path) -> list[dict[str, Any]]:
@@ -39,7 +56,7 @@ def list_recipes(folder: Path) -> list[dict[str, Any]]:
             entry["description"] = str(data.get("description", ""))
             entry["sources"] = [{"name": s.get("name"), "role": s.get("role"), "inputs": s.get("inputs", [])}
                                 for s in _tables(data, "source")]
-            # Stage tables are the lead's schema; show a name, else a kind, else the position.
+            # A stage is shown by its name, else its kind, else its position.
             entry["stages"] = [str(s.get("name") or s.get("kind") or f"#{i}")
                                for i, s in enumerate(_tables(data, "stage"))]
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as e:

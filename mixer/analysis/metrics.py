@@ -1,4 +1,4 @@
-"""The paper's metrics (SCIENCE.md, Metrics) as pure functions of losses and token counts."""
+"""The paper's metrics (docs/science.md, metrics) as pure functions of losses and token counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The overfitting scaling law of SCIENCE.md (paper 1, section 5 and appendix D), fitted to runs.
+"""The overfitting scaling law of docs/science.md (paper 1, section 5 and appendix D), fitted to runs.
 
     L_train(T, d) = A_train * T^b_train(d) + C_train(d)
     L_gap(T, d)   = A_gap(d) * T^b_gap(d)            L_test = L_train + L_gap

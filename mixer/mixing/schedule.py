@@ -15,7 +15,7 @@ Choices, and why (compare Megatron, OLMo-core, litdata):
   positions then hold floor or ceil of W' * Nd / W domain samples, so the share is
   within 1/W' of the fraction at every scale. The phase r comes from the seed. The
   count of domain samples before any position is a closed form, so a shard computes
-  its own positions without looking at the rest of the run (DESIGN invariant 5).
+  its own positions without looking at the rest of the run (docs/design.md, invariant 5).
 
 * Domain samples are placed in stream order: epoch e of the domain is consumed before
   epoch e + 1, so at every checkpoint each domain document has been seen floor or ceil

@@ -214,7 +214,7 @@ def test_recipes_lists_the_shipped_recipes(capsys, monkeypatch):
     assert [(s["name"], s["role"]) for s in listed["samples"]["sources"]] == [
         ("music", "domain"), ("proofs", "domain"), ("chem", "domain"), ("prose", "general")]
     assert listed["dolma"]["sources"][0]["role"] == "general"
-    # Stage recipes (recipes/stages/, the lead's) are listed too, whatever they are.
+    # Stage recipes (recipes/stages/) are listed too, whatever they are.
     for p in (REPO / "recipes").glob("stages/*.toml"):
         assert f"stages/{p.stem}" in listed
     code, out, _ = run_cli(capsys, "recipes")

@@ -1,4 +1,4 @@
-"""Pins DESIGN invariants 1-7 on synthetic stores whose tokens name their document."""
+"""Pins the invariants of docs/design.md (1-7) on synthetic stores whose tokens name their document."""
 
 import json
 import subprocess

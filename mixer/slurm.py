@@ -1,0 +1,16 @@
+"""datatrove's Slurm executor with unset resources left out of the job script.
+
+Kept apart from mixer/executors.py because importing datatrove's Slurm executor is slow,
+and the class must live at module level: datatrove pickles the executor into the job.
+"""
+
+from __future__ import annotations
+
+from datatrove.executor.slurm import SlurmPipelineExecutor
+
+
+class SlurmExecutor(SlurmPipelineExecutor):
+    def get_sbatch_args(self, max_array: int = 1) -> dict:
+        # datatrove writes `#SBATCH --partition` (bare) for partition=None; the cluster's
+        # default partition is what a user who gave none expects.
+        return {k: v for k, v in super().get_sbatch_args(max_array).items() if v is not None}
