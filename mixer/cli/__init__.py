@@ -56,9 +56,9 @@ def cli(debug: bool) -> None:
 
     \b
     mixer fetch-samples                       # offline sample corpora + GPT-2 tokenizer
-    mixer tokenize --recipe recipes/samples-music.toml
-    mixer build --domain music --fraction 0.02 --tokens 200B
-    mixer verify mixes/music-f0.02 && mixer audit mixes/music-f0.02
+    mixer tokenize --recipe samples            # a shipped recipe, or a path to your own
+    mixer build --domain music --fraction 0.02 --tokens 200B   # -> mixes/music-f0.02-200B
+    mixer verify mixes/music-f0.02-200B && mixer audit mixes/music-f0.02-200B
     """
 
 

@@ -147,7 +147,7 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 
 @click.command()
 @mix_options
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Multi-stage recipe (TOML [[stage]] tables).")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Multi-stage recipe (TOML [[stage]] tables): a path, or a shipped name such as spt.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe var: --set fraction=0.05 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output dir (default ./mixes/<name>).")
 @click.option("--shards", help="Write only shards I:J (the manifest comes when all exist).")
@@ -160,7 +160,9 @@ def build(recipe, overrides, out, shards, executor, tasks, workers, quiet, as_js
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
     if recipe is not None:
         from mixer.mixing.stages import build_recipe, format_stages, parse_set
+        from mixer.recipe_catalog import find_recipe
 
+        recipe = find_recipe(recipe)
         result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor, tasks=tasks,
                               workers=workers if workers > 0 else tasks, progress=not quiet)
         emit(result, as_json, format_stages)

@@ -17,7 +17,7 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 
 
 @click.command("tokenize")
-@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe TOML with [[source]] tables (all, or --source).")
+@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe TOML with [[source]] tables (all, or --source); a path or a shipped recipe's name.")
 @click.option("--source", "name", help="Store name (STORES/NAME); with --recipe, the one source to tokenize.")
 @click.option("--role", type=click.Choice(["domain", "general"]), help="domain: train/test splits; general: train/val.")
 @click.option("--input", "inputs", multiple=True, metavar="GLOB",
@@ -63,6 +63,9 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
         if given:
             flag = "--input" if given[0] in ("inputs", "more_inputs") else "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag}: not with --recipe (the recipe describes its sources; edit it instead)")
+        from mixer.recipe_catalog import find_recipe
+
+        recipe = find_recipe(recipe)
         specs = select_source(load_sources(recipe), name, recipe)
     else:
         inputs = list(source["inputs"]) + list(more_inputs)
