@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import tempfile
 from pathlib import Path
@@ -86,45 +85,17 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, max_overlap, no_allowlist,
 
 
 def _inputs(mix, heldout, train, seq_len, dtype):
-    from mixer.checks.audit import TrainFile
-    from mixer.formats.store import open_store
+    from mixer.checks.audit_inputs import file_inputs, mix_inputs
 
     if mix is not None and (heldout or train):
         raise UsageError("give either MIX or --heldout/--train, not both")
     if mix is None:
         if not heldout or not train:
             raise UsageError("give MIX, or both --heldout STORE... and --train FILE...")
-        stores = [open_store(p.parent, p.name) for p in heldout]
-        paths = []
-        for pattern in train:
-            found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-            if not found:
-                raise MixerError(f"{pattern}: no training files match")
-            paths += found
-        if seq_len is not None and seq_len < 1:
-            raise UsageError(f"--seq-len {seq_len}: must be positive")
-        dt = {"uint16": "<u2", "uint32": "<u4"}[dtype] if dtype else str(stores[0].dtype.str)
-        files = [TrainFile(p, dt, seq_len + 1 if seq_len else None) for p in paths]
-        return stores, files, ", ".join(train)
+        return (*file_inputs(heldout, train, seq_len, dtype), ", ".join(train))
     if seq_len is not None or dtype is not None:
         raise UsageError("--seq-len/--dtype describe --train files; a mix's manifest has them")
-    from mixer.formats.mix import load_manifest
-
-    manifest = mix / "manifest.json"
-    m = load_manifest(mix)
-    try:
-        names = [m[role] for role in ("domain", "general") if m.get(role)]
-        stores = [open_store(m["stores"], name) for name in names]
-        files = [TrainFile(str(mix / s["file"]), m["dtype"], int(m["seq_len"]) + 1) for s in m["shards"]]
-        sha = m["tokenizer"]["sha256"]
-    except (KeyError, TypeError) as e:
-        raise MixerError(f"{manifest}: missing field {e} (not a mixer-mix/1 manifest?)") from None
-    if not stores:
-        raise MixerError(f"{manifest}: names neither a domain nor a general source; nothing held out to audit")
-    for s in stores:
-        if s.tokenizer["sha256"] != sha:
-            raise MixerError(f"{s.path}: tokenizer differs from the one {manifest} was built with; stores were re-tokenized?")
-    return stores, files, str(mix)
+    return (*mix_inputs(mix), str(mix))
 
 
 def _pct(x: float) -> str:
