@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mixer.errors import MixerError
+from mixer.errors import MixerError, UsageError
 
 
 def recipes_dir() -> Path:
@@ -39,7 +39,7 @@ def find_recipe(text: str | Path, flag: str = "--recipe") -> Path:
     if (recipes_dir() / "stages" / f"{name}.toml").is_file():
         return recipes_dir() / "stages" / f"{name}.toml"
     known = ", ".join(e["recipe"] for e in list_recipes(recipes_dir()))
-    raise MixerError(f"{flag} {text}: no such file, nor a shipped recipe ({known})")
+    raise UsageError(f"{flag} {text}: no such recipe file, nor a shipped recipe ({known})")
 
 
 def list_recipes(folder: Path) -> list[dict[str, Any]]:
