@@ -18,7 +18,8 @@ from mixer.formats.atomic import atomic_open, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.analysis.metrics import compute_multiplier, forgetting, gap_closed, mean_spread, pareto_front, relative_gain
 from mixer.formats.run import Run, find_parent, mix_domain_tokens
-from mixer.analysis.scaling import FIT_FORMAT, Curve, curve_test, fit_law, fraction_coefficients, law_coefficients
+from mixer.formats.fit import FIT_FORMAT
+from mixer.analysis.scaling import Curve, curve_test, fit_law, fraction_coefficients, law_coefficients
 from mixer.units import format_count
 
 
