@@ -46,7 +46,8 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
             chain.append(MixFiles.open(meta["mix"]))
         except MixerError as e:
             if not chain:
-                raise MixerError(f"{e}; it is the mix of {run / 'run.json'}: move it back to evaluate the run") from None
+                where = run / "run.json"
+                raise MixerError(f"{e}; it is the mix of {where}: move it back to evaluate the run") from None
         run = Path(meta["parent"]) if meta.get("parent") else None
     return chain
 

@@ -1,7 +1,8 @@
 """Trainers by name: the one place mixer names a trainer adapter.
 
 `mixer train --trainer NAME` (default `litgpt`) records NAME in run.json (`trainer`), so
-`mixer eval`, resumes and finetunes of that run find the same trainer. A name resolves to
+`mixer eval`, resumes and finetunes of that run find the same trainer: the name a trainer is
+found by is its identity. A name resolves to
 "module:attribute", imported only when a run needs it (mixer's other commands never pay for
 a training framework); the attribute is an object satisfying
 `mixer.training.trainer.Trainer`, or a class whose no-argument instance does.
@@ -15,7 +16,6 @@ repository); tests and plugins may also call `register`. See docs/trainers.md.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 
@@ -55,8 +55,7 @@ def get_trainer(name: str | None = None, where: str = "--trainer") -> Trainer:
     except ModuleNotFoundError as e:
         missing = e.name or ""
         if module == missing or module.startswith(missing + "."):  # the adapter itself is not there
-            raise bad(f"{where} {name}: unknown trainer (no module {module}; known: "
-                             f"{', '.join(known())})") from None
+            raise bad(f"{where} {name}: unknown trainer (no module {module}; known: {', '.join(known())})") from None
         raise MixerError(f"{where} {name}: {module} needs the package {missing!r}, which is not installed "
                          f"(install the trainer's extra, e.g. pip install 'mixer[litgpt]')") from None
     obj = getattr(mod, attr, None)
@@ -69,15 +68,23 @@ def get_trainer(name: str | None = None, where: str = "--trainer") -> Trainer:
     return trainer
 
 
+def name_of(meta: dict) -> str:
+    """The name of the trainer that made a run (run.json `trainer`; runs from before the field: litgpt)."""
+    return meta.get("trainer") or DEFAULT
+
+
 def trainer_of(meta: dict, run_dir: Path | str) -> Trainer:
-    """The trainer that made a run (run.json `trainer`; runs from before the field: litgpt)."""
-    return get_trainer(meta.get("trainer") or DEFAULT, where=f"{Path(run_dir) / 'run.json'}: trainer")
+    """The trainer that made a run."""
+    return get_trainer(name_of(meta), where=f"{Path(run_dir) / 'run.json'}: trainer")
 
 
 def known() -> list[str]:
     """Listed names and the adapters under trainer_adapters/ (found without importing them)."""
     names = set(TRAINERS)
-    spec = importlib.util.find_spec("trainer_adapters")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    try:
+        folders = list(importlib.import_module("trainer_adapters").__path__)  # its __init__ imports nothing
+    except ModuleNotFoundError:
+        folders = []
+    for folder in folders:
         names |= {p.parent.name for p in Path(folder).glob("*/trainer.py") if _NAME.match(p.parent.name)}
     return sorted(names)

@@ -20,7 +20,7 @@ from mixer.formats.atomic import write_json
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import RUN_FORMAT, Eval, best_eval, read_evals, read_run_meta
 from mixer.training.evaluate import evaluate_run
-from mixer.training.registry import get_trainer, trainer_of
+from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
 from mixer.training.trainer import Job, RunSpec, Trainer
 
 GRID_KEYS = {"lr": float, "warmup": int, "weight_decay": float, "min_lr": float}
@@ -30,7 +30,7 @@ GRID_KEYS = {"lr": float, "warmup": int, "weight_decay": float, "min_lr": float}
 class RunPlan:
     spec: RunSpec
     job: Job  # the spec as the trainer will run it
-    meta: dict  # run.json as planned
+    meta: dict  # run.json as planned; meta["trainer"] names the trainer
     trainer: Trainer
 
     @property
@@ -65,16 +65,16 @@ def _batches(batch: int, micro: int, devices: int) -> tuple[int, int]:
     return batch, micro
 
 
-def _run_dir(out: Path, dry_run: bool, trainer: Trainer) -> tuple[Path, bool]:
+def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
     """(RUN, whether it holds an unfinished run to resume). A finished run is never overwritten."""
     out = out.expanduser().resolve()
     if (out / "run.json").is_file():
         meta = read_run_meta(out)
         if meta.get("status") == "done" and not dry_run:
             raise MixerError(f"{out}: already trained (status done); choose another --out")
-        started = meta.get("trainer") or "litgpt"
-        if started != trainer.name:
-            raise UsageError(f"--trainer {trainer.name}: {out} was started with {started}; resume it with "
+        started = name_of(meta)
+        if started != trainer:
+            raise UsageError(f"--trainer {trainer}: {out} was started with {started}; resume it with "
                              f"--trainer {started} or choose another --out")
         return out, True
     if out.exists() and any(out.iterdir()) and not dry_run:
@@ -96,13 +96,14 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
                   schedule_tokens: int | None = None, seed: int = 0, trainer: str | None = None,
                   precision: str | None = None, devices: int | None = None, threads: int | None = None,
                   val_samples: int = 128, dry_run: bool = False) -> RunPlan:
-    tr = get_trainer(trainer)
+    name = trainer or DEFAULT
+    tr = get_trainer(name)
     p = tr.defaults(model, "pretrain")
     mix = MixFiles.open(mix_path)
     machine = tr.machine(precision, devices, threads)
     batch, micro = _batches(batch or p["batch"], micro or p["micro_batch"], machine.devices)
     steps = _steps(mix, batch, tokens)
-    run_dir, resume = _run_dir(out, dry_run, tr)
+    run_dir, resume = _run_dir(out, dry_run, name)
     lr = lr if lr is not None else p["lr"]
     min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
     warmup = warmup if warmup is not None else max(1, round(p["warmup_fraction"] * steps))
@@ -112,7 +113,7 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
                    schedule="cosine", schedule_tokens=schedule_tokens, decay_fraction=0.0, save_interval=save,
                    val_sets=None, val_max_samples=val_samples, patience=0, seed=seed, machine=machine, resume=resume)
     job = tr.plan(spec)
-    meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": "pretrain", "trainer": tr.name, "model": model,
+    meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": "pretrain", "trainer": name, "model": model,
             "model_params": None, **_mix_meta(mix), "tokens": spec.tokens, "pretrain_tokens": spec.tokens,
             "parent": None, "parent_checkpoint": None,
             "hparams": {"lr": lr, "min_lr": min_lr, "warmup": warmup, "batch_size": batch, "schedule": "cosine",
@@ -148,9 +149,10 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     """A finetune (or replay) of `parent` on MIX; the trainer is the parent's."""
     parent = parent.expanduser().resolve()
     pmeta = read_run_meta(parent)
+    name = name_of(pmeta)
+    if trainer and trainer != name:
+        raise UsageError(f"--trainer {trainer}: {parent} was trained with {name}; a finetune continues with it")
     tr = trainer_of(pmeta, parent)
-    if trainer and trainer != tr.name:
-        raise UsageError(f"--trainer {trainer}: {parent} was trained with {tr.name}; a finetune continues with it")
     mix = MixFiles.open(mix_path)
     machine = tr.machine(precision, devices, threads)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
@@ -158,7 +160,7 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     _check_tokenizer(mix, pmeta)
     batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], machine.devices)
     steps = _steps(mix, batch, tokens)
-    run_dir, resume = _run_dir(out, dry_run, tr)
+    run_dir, resume = _run_dir(out, dry_run, name)
     lr = lr if lr is not None else f["lr"]
     warmup = warmup if warmup is not None else f["warmup"]
     wd = weight_decay if weight_decay is not None else f["weight_decay"]
@@ -179,7 +181,7 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
                    resume=resume)
     job = tr.plan(spec)
     parent_tokens = tr.step_of(ckpt) * tr.tokens_per_step(parent)
-    meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": kind, "trainer": tr.name, "model": pmeta["model"],
+    meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": kind, "trainer": name, "model": pmeta["model"],
             "model_params": pmeta.get("model_params"), **_mix_meta(mix), "tokens": spec.tokens,
             "pretrain_tokens": parent_tokens,
             "parent": str(parent), "parent_checkpoint": str(ckpt),

@@ -90,7 +90,7 @@ class EvalModel:
 
 @runtime_checkable
 class Trainer(Protocol):
-    name: str
+    """A training framework. It is known by the name it is registered under (registry.py)."""
 
     def machine(self, precision: str | None, devices: int | None, threads: int | None) -> Machine:
         """The hardware to train on: what was asked, else what is there."""

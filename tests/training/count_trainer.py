@@ -57,8 +57,6 @@ class CountJob:
 
 
 class CountTrainer:
-    name = "count"
-
     def machine(self, precision: str | None, devices: int | None, threads: int | None) -> CountMachine:
         return CountMachine(devices or 1, threads)
 

@@ -78,12 +78,24 @@ def test_eval_of_a_run_whose_trainer_is_unknown_names_its_run_json(tmp_path, cap
     assert code == 1 and f"{run / 'run.json'}: trainer gone: unknown trainer" in one_line(err)
 
 
-def test_litgpt_resolves_by_name_and_unlisted_names_by_folder(monkeypatch):
+def test_litgpt_resolves_by_name_and_a_new_folder_needs_no_registry_edit(mixes, capsys, tmp_path, monkeypatch):
+    import trainer_adapters
+
     from mixer.training.trainer import Trainer
 
-    assert isinstance(registry.get_trainer("litgpt"), Trainer) and registry.get_trainer(None).name == "litgpt"
-    assert registry.target_of("other") == "trainer_adapters.other.trainer:TRAINER"
-    assert "litgpt" in registry.known()
+    litgpt = registry.get_trainer("litgpt")
+    assert isinstance(litgpt, Trainer) and registry.get_trainer(None) is litgpt
+    # trainer_adapters/<name>/trainer.py defining TRAINER (here a class) is all a new trainer takes
+    (tmp_path / "adapters" / "counting").mkdir(parents=True)
+    (tmp_path / "adapters" / "counting" / "trainer.py").write_text("from count_trainer import CountTrainer as TRAINER")
+    monkeypatch.setattr(trainer_adapters, "__path__", [*trainer_adapters.__path__, str(tmp_path / "adapters")])
+    monkeypatch.setattr(registry, "_loaded", {})
+    assert "counting" not in registry.TRAINERS and {"counting", "litgpt"} <= set(registry.known())
+    code, out, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
+                             "counting", "--out", str(tmp_path / "run"), "--checkpoints", "2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["trainer"] == "counting"
+    assert len(read_evals(tmp_path / "run")) >= 2
 
 
 def _train_count_pretrain(mixes, capsys, out: Path) -> Path:

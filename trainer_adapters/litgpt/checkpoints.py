@@ -71,7 +71,8 @@ def load_checkpoint(ckpt_dir: Path, device: str):
     try:
         config = Config(**cfg)
     except Exception as e:  # noqa: BLE001 - Config raises TypeError/ValueError for a foreign file
-        raise MixerError(f"{Path(ckpt_dir) / MODEL_CONFIG}: not a LitGPT model config ({type(e).__name__}: {e})") from None
+        why = f"{type(e).__name__}: {e}"
+        raise MixerError(f"{Path(ckpt_dir) / MODEL_CONFIG}: not a LitGPT model config ({why})") from None
     params = state.get("model", state)  # raw pretrain checkpoint or converted state dict
     params = {k.replace("_orig_mod.", ""): v for k, v in params.items()}
     model = GPT(config)

@@ -65,8 +65,6 @@ def _litgpt() -> str:
 
 
 class LitGPT:
-    name = "litgpt"
-
     def machine(self, precision: str | None, devices: int | None, threads: int | None) -> Machine:
         return Machine.detect(precision, devices, threads)
 
