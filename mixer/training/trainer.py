@@ -22,8 +22,6 @@ import numpy as np
 
 from mixer.formats.mix import MixFiles
 
-SCHEDULES = ("cosine", "constant", "wsd")
-
 
 @runtime_checkable
 class Machine(Protocol):
