@@ -1,5 +1,7 @@
-"""Thin adapters from mixer's mixes to trainers. `litgpt/` is the one we ship.
+"""Trainer adapters: one folder per training framework, each with a `trainer.py` whose
+`TRAINER` implements `mixer.training.trainer.Trainer`. `litgpt/` is the one we ship.
 
-Adapters only read what docs/formats.md promises (manifest.json, shards, eval sets), so a
-trainer never needs the rest of mixer to consume a mix.
+Adapters depend on mixer, never the reverse: mixer reaches them only by name, through
+`mixer.training.registry` (docs/trainers.md). What runs inside a trainer's own process
+reads a mix with `mixer.formats.mix` (numpy alone), so it needs nothing else of mixer.
 """

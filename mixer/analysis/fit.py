@@ -11,7 +11,8 @@ from collections import defaultdict
 import numpy as np
 
 from mixer import __version__
-from mixer.analysis.scaling import FIT_FORMAT, Curve, fit_law
+from mixer.analysis.scaling import Curve, fit_law
+from mixer.formats.fit import FIT_FORMAT
 from mixer.errors import MixerError, UsageError
 from mixer.formats.run import Run, find_parent, mix_domain_tokens
 from mixer.units import format_count

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import atomic_open, read_json
+from mixer.formats.atomic import atomic_open
 from mixer.errors import MixerError, UsageError
-from mixer.analysis.scaling import FIT_FORMAT, curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
+from mixer.analysis.scaling import curve_test, fraction_coefficients, gain_at, law_coefficients, onset_tokens
 from mixer.units import format_count
 
 # The paper's grid (0, 0.1%, 1%, 2%, 5%, 10%) with a few points between.
@@ -29,18 +29,6 @@ LATE_WINDOW = 0.1
 # Even in the window, keep the domain under this many epochs; the paper's 3M-token set
 # overfit even under SCPT, so below ~0.1% in the window we advise finetuning only.
 SCPT_EPOCHS, MIN_WINDOW_FRACTION = 30, 0.001
-
-
-def load_fit(path: str | Path) -> dict:
-    """Read fit.json (written by `mixer fit`) with one-line errors naming the file."""
-    f = Path(path)
-    if not f.is_file():
-        raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
-    fit = read_json(f)
-    if not isinstance(fit, dict) or fit.get("format") != FIT_FORMAT:
-        got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
-        raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")
-    return fit
 
 
 def forecast(fit: dict, tokens: int, fractions: list[float] | None = None, domain_tokens: int | None = None) -> dict:

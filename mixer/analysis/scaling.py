@@ -29,7 +29,6 @@ from scipy.optimize import minimize
 
 from mixer.errors import UsageError
 
-FIT_FORMAT = "mixer-fit/1"
 UNITS = {
     "fraction": "fraction of pretraining tokens from the domain (0.02 means 2%; not percent)",
     "tokens": "pretraining tokens (not steps, not billions)",

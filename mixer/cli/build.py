@@ -116,7 +116,8 @@ def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
 
 
 def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json) -> None:
-    from mixer.analysis.forecast import format_forecast, forecast, load_fit, plot_forecast
+    from mixer.analysis.forecast import format_forecast, forecast, plot_forecast
+    from mixer.formats.fit import load_fit
 
     if not kw["tokens"]:
         raise UsageError("--fit needs --tokens (the budget to forecast)")

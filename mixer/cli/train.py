@@ -1,5 +1,5 @@
 """`mixer train pretrain|finetune|replay` and `mixer eval`: flags only; the work is in
-mixer.training and trainer_adapters.litgpt."""
+mixer.training, which reaches the trainer (`--trainer`, default litgpt) through its registry."""
 
 from __future__ import annotations
 
@@ -14,12 +14,6 @@ from mixer.cli.common import emit, json_option, table
 _path = click.Path(path_type=Path)
 
 
-def _machine(precision: str | None, devices: int | None, threads: int | None):
-    from trainer_adapters.litgpt.config import Machine
-
-    return Machine.detect(precision, devices, threads)
-
-
 def _count(text: str | None, what: str) -> int | None:
     return None if text is None else parse_count(text, what)
 
@@ -32,11 +26,11 @@ def _common(f):
         click.option("--batch-size", type=int, help="Global batch in samples (default: the preset's)."),
         click.option("--micro-batch-size", type=int, help="Samples per device per forward pass."),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--precision", help="LitGPT precision (default: 32-true on CPU, bf16-mixed on GPU)."),
+        click.option("--precision", help="Trainer precision (LitGPT: 32-true on CPU, bf16-mixed on GPU by default)."),
         click.option("--devices", type=int, help="Devices (default: 1 on CPU, all GPUs)."),
         click.option("--threads", type=int, help="CPU threads for torch (default: half the cores on CPU)."),
-        click.option("--dry-run", is_flag=True, help="Print the LitGPT YAML and stop."),
-        click.option("--verbose", is_flag=True, help="Echo LitGPT's output (always in RUN/train.log)."),
+        click.option("--dry-run", is_flag=True, help="Print the trainer's config (LitGPT: its YAML) and stop."),
+        click.option("--verbose", is_flag=True, help="Echo the trainer's output (always in RUN/train.log)."),
         click.option("--eval-samples", type=int,
                      help="The evaluation after training uses the first N samples of each held-out set (default: all)."),
         json_option,
@@ -47,7 +41,7 @@ def _common(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def train() -> None:
-    """Train with LitGPT from mixes: pretrain, finetune (early stopping), replay.
+    """Train from mixes (LitGPT by default): pretrain, finetune (early stopping), replay.
 
     \b
     mixer train pretrain mixes/spt --model tiny --out runs/spt
@@ -66,20 +60,22 @@ def train() -> None:
 @click.option("--schedule-tokens", help="Cosine horizon in tokens when longer than the run (paper: 2T, cut at 200B).")
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Evenly spaced checkpoints.")
 @click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
+@click.option("--trainer", default="litgpt", show_default=True,
+              help="Training framework, by name (docs/trainers.md); recorded in run.json.")
 def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
              micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
              dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
              min_lr: float | None, warmup: int | None,
-             schedule_tokens: str | None, checkpoints: int, save_every: int | None) -> None:
+             schedule_tokens: str | None, checkpoints: int, save_every: int | None, trainer: str) -> None:
     """Pretrain a model from scratch on MIX (cosine to a floor)."""
     from mixer.training.runner import execute, plan_pretrain
 
     plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
-                         schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed,
-                         machine=_machine(precision, devices, threads), dry_run=dry_run)
+                         schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed, trainer=trainer,
+                         precision=precision, devices=devices, threads=threads, dry_run=dry_run)
     if dry_run:
-        click.echo(plan.config_yaml(), nl=False)
+        click.echo(plan.config_text(), nl=False)
         return
     _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
 
@@ -101,11 +97,13 @@ def _finetune_command(kind: str):
     @click.option("--eval-every", type=int, help="Evaluate/save every N steps (default: once per domain epoch).")
     @click.option("--grid", "grid", multiple=True,
                   help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
+    @click.option("--trainer", help="Training framework (default: the parent run's).")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
                 verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
                 lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
-                weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...]) -> None:
+                weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...],
+                trainer: str | None) -> None:
         from mixer.training.runner import execute, parse_grid, plan_finetune, run_grid
 
         if grid_rest and not grid:
@@ -113,7 +111,8 @@ def _finetune_command(kind: str):
         kwargs = dict(lr=lr, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
                       tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
-                      checkpoint=checkpoint, machine=_machine(precision, devices, threads), dry_run=dry_run)
+                      checkpoint=checkpoint, trainer=trainer, precision=precision, devices=devices, threads=threads,
+                      dry_run=dry_run)
 
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
@@ -121,7 +120,7 @@ def _finetune_command(kind: str):
         if not grid:
             plan = make(out, {})
             if dry_run:
-                click.echo(plan.config_yaml(), nl=False)
+                click.echo(plan.config_text(), nl=False)
                 return
             _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
             return
@@ -130,7 +129,7 @@ def _finetune_command(kind: str):
             from mixer.training.runner import grid_points
 
             for name, overrides in grid_points(axes):
-                click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_yaml()}", nl=False)
+                click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_text()}", nl=False)
             return
         _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples), as_json)
 
@@ -164,12 +163,12 @@ def _report(meta: dict, as_json: bool) -> None:
 @json_option
 def eval_run(run: Path, max_samples: int | None, train_samples: int, device: str | None, as_json: bool) -> None:
     """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
-    from mixer.training.evaluate import evaluate_run
+    from mixer.training.evaluate import eval_targets, evaluate_run
 
-    runs = sorted(p.parent for p in run.glob("*/run.json")) if not (run / "out").is_dir() else []
     results = {}
-    for r in runs or [run]:
-        results[str(r)] = evaluate_run(r, max_samples=max_samples, train_samples=train_samples, device=device)
+    for r in eval_targets(run):
+        rows = evaluate_run(r, max_samples=max_samples, train_samples=train_samples, device=device)
+        results[str(r)] = [e.as_row() for e in rows]
 
     def human(data: dict) -> str:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

@@ -1,23 +1,30 @@
-"""Runs read back: `RUN/run.json` + `RUN/evals.jsonl` -> typed records (docs/formats.md, Run).
+"""Runs: `RUN/run.json` + `RUN/evals.jsonl` (docs/formats.md, Run), the one place they are read.
+
+`mixer train` writes run.json and `mixer eval` appends to evals.jsonl (`append_eval`); both,
+and the report and fit, read them back through `read_run_meta` and `read_evals`, and pick
+the early-stopping winner with `best_eval`.
 
 A finetune grid is one RUN folder whose grid points are sub-runs (`RUN/lr=...,warmup=.../`);
 the parent's evaluations are those of all its grid points, because the paper reports the
-lowest test loss over the LR/warmup grid. Everything here only reads; the maths is in
-metrics.py and scaling.py.
+lowest test loss over the LR/warmup grid.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from mixer.errors import MixerError
+from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
+RUN_FILE, EVALS_FILE = "run.json", "evals.jsonl"
 KINDS = ("pretrain", "finetune", "replay")
 LOSSES = ("domain_test_loss", "domain_train_loss", "general_val_loss")
+LOGGED = ("train_loss", "lr")  # from the trainer's log at the checkpoint, where it has them
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,12 @@ class Eval:
     domain_test_loss: float | None
     domain_train_loss: float | None
     general_val_loss: float | None
+    train_loss: float | None = None
+    lr: float | None = None
+
+    def as_row(self) -> dict:
+        """The evals.jsonl line."""
+        return asdict(self)
 
 
 @dataclass
@@ -101,8 +114,7 @@ class Run:
 
     def best_eval(self) -> Eval | None:
         """The early-stopping winner: lowest domain test loss over checkpoints (and grid points)."""
-        have = [e for e in self.all_evals() if e.domain_test_loss is not None]
-        return min(have, key=lambda e: e.domain_test_loss) if have else None
+        return best_eval(self.all_evals())
 
     def eval_at(self, checkpoint: str | None = None, tokens: int | None = None) -> Eval | None:
         """The evaluation of a named checkpoint (basename compared), else the one at `tokens`."""
@@ -119,26 +131,17 @@ class Run:
 
 
 def load_run(path: Path | str) -> Run:
-    """Read one RUN folder; a one-line MixerError naming the file when something is wrong."""
+    """Read one RUN folder with its evaluations; a one-line MixerError naming the file when
+    something is wrong or nothing was evaluated."""
     path = Path(path)
-    if path.name == "run.json" and path.is_file():
+    if path.name == RUN_FILE and path.is_file():
         path = path.parent  # `mixer report runs/*/run.json` names the same runs
-    meta_file = path / "run.json"
-    if not path.is_dir():
-        what = "a file" if path.exists() else "no such directory"
-        raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds run.json")
-    if not meta_file.is_file():
-        raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
-    meta = _read_meta(meta_file)
-    subruns = [load_run(p.parent) for p in sorted(path.glob("*/run.json"))]
-    evals_file = path / "evals.jsonl"
-    if evals_file.is_file():
-        evals = read_evals(evals_file)
-    elif subruns:
-        evals = []
-    else:
+    meta = read_run_meta(path)
+    subruns = [load_run(p.parent) for p in sorted(path.glob(f"*/{RUN_FILE}"))]
+    evals_file = path / EVALS_FILE
+    if not evals_file.is_file() and not subruns:
         raise MixerError(f"{evals_file}: missing; evaluate the run first with `mixer eval {path}`")
-    run = Run(path=path, meta=meta, evals=evals, subruns=subruns)
+    run = Run(path=path, meta=meta, evals=read_evals(path), subruns=subruns)
     if not run.all_evals():
         raise MixerError(f"{evals_file}: no evaluated checkpoints; run `mixer eval {path}`")
     return run
@@ -169,7 +172,15 @@ def find_parent(run: Run, runs: list[Run]) -> Run | None:
     return None
 
 
-def _read_meta(meta_file: Path) -> dict:
+def read_run_meta(path: Path | str) -> dict:
+    """RUN/run.json, checked; a one-line MixerError naming the file when it is missing or wrong."""
+    path = Path(path)
+    meta_file = path / RUN_FILE
+    if not path.is_dir():
+        what = "a file" if path.exists() else "no such directory"
+        raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds {RUN_FILE}")
+    if not meta_file.is_file():
+        raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
@@ -189,8 +200,12 @@ def _read_meta(meta_file: Path) -> dict:
     return meta
 
 
-def read_evals(evals_file: Path) -> list[Eval]:
-    """Parse evals.jsonl, sorted by tokens; a later line for the same checkpoint wins."""
+def read_evals(run_dir: Path | str) -> list[Eval]:
+    """RUN/evals.jsonl in training order (tokens, then step; `final` after the step it repeats);
+    a later line for the same checkpoint wins. [] when nothing was evaluated yet."""
+    evals_file = Path(run_dir) / EVALS_FILE
+    if not evals_file.is_file():
+        return []
     by_ckpt: dict[str, Eval] = {}
     for lineno, line in enumerate(evals_file.read_text().splitlines(), 1):
         if not line.strip():
@@ -198,7 +213,8 @@ def read_evals(evals_file: Path) -> list[Eval]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MixerError(f"{evals_file}:{lineno}: not valid JSON ({e.msg})") from None
+            raise MixerError(f"{evals_file}:{lineno}: not valid JSON ({e.msg}); remove the line and re-run "
+                             "mixer eval") from None
         if not isinstance(row, dict) or not isinstance(row.get("tokens"), (int, float)):
             raise MixerError(f"{evals_file}:{lineno}: needs a numeric 'tokens' field")
         ckpt = str(row.get("checkpoint") or f"tokens-{int(row['tokens'])}")
@@ -206,9 +222,22 @@ def read_evals(evals_file: Path) -> list[Eval]:
             checkpoint=ckpt,
             step=int(row.get("step") or 0),
             tokens=int(row["tokens"]),
-            **{k: _loss(row.get(k), evals_file, lineno, k) for k in LOSSES},
+            **{k: _loss(row.get(k), evals_file, lineno, k) for k in LOSSES + LOGGED},
         )
     return sorted(by_ckpt.values(), key=lambda e: (e.tokens, e.step))
+
+
+def append_eval(run_dir: Path | str, e: Eval) -> None:
+    """One more line of RUN/evals.jsonl, written as soon as it is computed: an interrupted
+    `mixer eval` resumes after the last complete line."""
+    with open(Path(run_dir) / EVALS_FILE, "a") as f:
+        f.write(json.dumps(e.as_row()) + "\n")
+
+
+def best_eval(evals: Iterable[Eval]) -> Eval | None:
+    """The early-stopping winner: the lowest domain test loss (None where no checkpoint has one)."""
+    have = [e for e in evals if e.domain_test_loss is not None and math.isfinite(e.domain_test_loss)]
+    return min(have, key=lambda e: e.domain_test_loss) if have else None
 
 
 def _loss(v: object, f: Path, lineno: int, key: str) -> float | None:
@@ -226,12 +255,8 @@ def mix_domain_tokens(run: Run) -> int | None:
     None when the mix is gone or has no domain source: D is context for the forecast, and a
     report on runs copied without their mixes must still work.
     """
-    manifest = Path(str(run.meta.get("mix") or "")) / "manifest.json"
     try:
-        meta = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+        src = MixFiles.open(str(run.meta.get("mix") or "")).source("domain")
+    except MixerError:
         return None
-    for s in meta.get("sources") or []:
-        if s.get("role") == "domain" and s.get("train_tokens"):
-            return int(s["train_tokens"])
-    return None
+    return int(src["train_tokens"]) if src and src.get("train_tokens") else None

@@ -1,4 +1,5 @@
-"""`mixer eval RUN`: every checkpoint -> domain test / domain train / general val loss.
+"""`mixer eval RUN`: every checkpoint -> domain test / domain train / general val loss, for
+runs of any trainer (the one run.json names, through `mixer.training.registry`).
 
 Losses are token-weighted mean cross-entropy (nats) over whole held-out sets (or their
 first --max-samples samples), so every run of a study is scored on identical tokens.
@@ -14,7 +15,6 @@ as soon as it is computed, so an interrupted eval resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mixer.errors import MixerError
-
-EVALS = "evals.jsonl"
+from mixer.formats.mix import MixFiles
+from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
+from mixer.training.registry import trainer_of
 
 
 @dataclass
@@ -33,20 +34,20 @@ class EvalSets:
     general_val: np.ndarray | None
 
 
-def mix_chain(run_dir: Path) -> list:
-    """The run's mix, then its parent's, and so on (MixFiles), skipping mixes that are gone."""
-    from trainer_adapters.litgpt.mixfiles import MixFileError, MixFiles
-
+def mix_chain(run_dir: Path) -> list[MixFiles]:
+    """The run's mix, then its parent's, and so on, skipping ancestors' mixes that are gone;
+    the run's own mix must be there (its samples are what the run is scored on)."""
     chain, seen = [], set()
-    run = run_dir
+    run = Path(run_dir)
     while run is not None and str(run) not in seen:
         seen.add(str(run))
         meta = read_run_meta(run)
         try:
             chain.append(MixFiles.open(meta["mix"]))
-        except MixFileError:
+        except MixerError as e:
             if not chain:
-                raise
+                where = run / "run.json"
+                raise MixerError(f"{e}; it is the mix of {where}: move it back to evaluate the run") from None
         run = Path(meta["parent"]) if meta.get("parent") else None
     return chain
 
@@ -108,52 +109,10 @@ def store_train_samples(mix, n: int) -> np.ndarray | None:
     return np.asarray(tokens)[idx].astype(mix.dtype)
 
 
-def read_run_meta(run_dir: Path) -> dict:
-    f = Path(run_dir) / "run.json"
-    if not f.is_file():
-        raise MixerError(f"{f}: missing; {run_dir} is not a run made by mixer train")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders in training order: out/step-*, then out/final."""
-    out = Path(run_dir) / "out"
-    steps = sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    final = out / "final"
-    return steps + ([final] if final.is_dir() else [])
-
-
-def load_checkpoint(ckpt_dir: Path, device: str):
-    """(GPT model in eval mode, optimizer step count); one-line errors for missing or corrupt files."""
-    import torch
-    import yaml
-    from litgpt.model import GPT, Config
-
-    weights, cfg_file = ckpt_dir / "lit_model.pth", ckpt_dir / "model_config.yaml"
-    for f in (weights, cfg_file):
-        if not f.is_file():
-            raise MixerError(f"{f}: missing; the checkpoint is incomplete (was the run killed while saving?)")
-    try:
-        state = torch.load(weights, map_location="cpu", mmap=True, weights_only=True)
-        config = Config(**yaml.safe_load(cfg_file.read_text()))
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-        raise MixerError(f"{weights}: cannot read the checkpoint ({why})") from None
-    params = state.get("model", state)  # raw pretrain checkpoint or converted state dict
-    params = {k.replace("_orig_mod.", ""): v for k, v in params.items()}
-    model = GPT(config)
-    try:
-        model.load_state_dict(params)
-    except RuntimeError as e:
-        raise MixerError(f"{weights}: does not fit its model_config.yaml ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), int(state.get("step_count", 0))
-
-
 def mean_loss(model, samples: np.ndarray, batch_size: int, device: str) -> float:
-    """Token-weighted mean next-token cross-entropy over (n, seq_len + 1) samples."""
+    """Token-weighted mean next-token cross-entropy over (n, seq_len + 1) samples, for trainers
+    whose model is a torch module mapping (b, seq_len) ids to logits: one definition of the
+    score whichever trainer made the run."""
     import torch
     import torch.nn.functional as F
 
@@ -167,75 +126,48 @@ def mean_loss(model, samples: np.ndarray, batch_size: int, device: str) -> float
     return total / count if count else math.nan
 
 
-def read_evals(run_dir: Path) -> list[dict]:
-    f = Path(run_dir) / EVALS
-    if not f.is_file():
-        return []
-    rows = []
-    for lineno, line in enumerate(f.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise MixerError(f"{f}:{lineno}: not valid JSON; remove the line and re-run mixer eval") from None
-    return rows
+def eval_targets(run: Path) -> list[Path]:
+    """RUN itself, or for a grid folder (grid points as sub-runs) its grid points."""
+    subs = sorted(p.parent for p in Path(run).glob("*/run.json"))
+    if subs and (not (Path(run) / "run.json").is_file() or "grid" in (read_run_meta(run).get("hparams") or {})):
+        return subs
+    return [Path(run)]
 
 
 def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: int = 64,
-                 device: str | None = None, threads: int | None = None, progress=None) -> list[dict]:
-    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all rows, in training order."""
-    import torch
-    import yaml
-    from trainer_adapters.litgpt.logs import merge_metrics, train_table
-
+                 device: str | None = None, threads: int | None = None, progress=None) -> list[Eval]:
+    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order."""
     run_dir = Path(run_dir)
-    read_run_meta(run_dir)  # a clear error when RUN is not a run
-    ckpts = checkpoints(run_dir)
+    trainer = trainer_of(read_run_meta(run_dir), run_dir)
+    ckpts = trainer.checkpoints(run_dir)
     if not ckpts:
-        raise MixerError(f"{run_dir}/out: no checkpoints to evaluate (did mixer train finish? see {run_dir}/train.log)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    tokens_per_step = int(config["train"]["global_batch_size"]) * int(config["train"]["max_seq_length"])
-    micro = int(config["train"]["micro_batch_size"])
-    table = train_table(merge_metrics(run_dir / "out", run_dir / "metrics.csv"))
+        raise MixerError(f"{run_dir}: no checkpoints to evaluate (did mixer train finish? see its train.log)")
     rows = read_evals(run_dir)
-    done = {r["checkpoint"] for r in rows}
+    done = {r.checkpoint for r in rows}
     todo = [c for c in ckpts if c.name not in done]
     if not todo:
         return rows
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        from trainer_adapters.litgpt.config import cpu_threads
-
-        torch.set_num_threads(cpu_threads(threads))
     sets = eval_sets(run_dir, max_samples, train_samples)
-    by_step = {r["step"]: r for r in rows}
+    tokens_per_step = trainer.tokens_per_step(run_dir)
+    table = trainer.train_log(run_dir)
+    by_step = {r.step: r for r in rows}
     for ckpt in todo:
-        model, step = load_checkpoint(ckpt, device)
-        row = {"checkpoint": ckpt.name, "step": step, "tokens": step * tokens_per_step}
-        for key in ("domain_test", "domain_train", "general_val"):
-            samples = getattr(sets, key)
-            if step in by_step:  # `final` after a saved last step is the same model: copy, do not recompute
-                row[f"{key}_loss"] = by_step[step][f"{key}_loss"]
+        model = trainer.load_for_eval(run_dir, ckpt, device, threads)
+        losses = {}
+        for key in ("domain_test_loss", "domain_train_loss", "general_val_loss"):
+            samples = getattr(sets, key.removesuffix("_loss"))
+            if model.step in by_step:  # `final` after a saved last step is the same model: copy, do not recompute
+                losses[key] = getattr(by_step[model.step], key)
             elif samples is None or not len(samples):
-                row[f"{key}_loss"] = None
+                losses[key] = None
             else:
-                row[f"{key}_loss"] = round(mean_loss(model, samples, micro, device), 6)
-        logged = table.get(row["tokens"])
-        row["train_loss"] = logged["train_loss"] if logged else None
-        row["lr"] = logged["lr"] if logged else None
-        with open(run_dir / EVALS, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        rows.append(row)
-        by_step.setdefault(step, row)
+                losses[key] = round(float(model.loss(samples)), 6)
+        tokens = model.step * tokens_per_step
+        logged = table.get(tokens) or {}
+        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens, **losses,
+                   train_loss=logged.get("train_loss"), lr=logged.get("lr"))
+        append_eval(run_dir, row)
+        by_step.setdefault(model.step, row)
         if progress:
             progress(row)
-    return rows
-
-
-def best_checkpoint(rows: list[dict]) -> dict | None:
-    """The early-stopping winner: lowest domain test loss."""
-    have = [r for r in rows if r.get("domain_test_loss") is not None and math.isfinite(r["domain_test_loss"])]
-    if not have:
-        return None
-    b = min(have, key=lambda r: r["domain_test_loss"])
-    return {"checkpoint": b["checkpoint"], "domain_test_loss": b["domain_test_loss"]}
+    return read_evals(run_dir)

@@ -77,7 +77,7 @@ def test_a_fit_without_curves_is_refused():
 
 
 def test_load_fit_names_the_file(tmp_path):
-    from mixer.analysis.forecast import load_fit
+    from mixer.formats.fit import load_fit
 
     with pytest.raises(MixerError, match="no such fit file") as e:
         load_fit(tmp_path / "fit.json")

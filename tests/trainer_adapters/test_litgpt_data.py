@@ -8,7 +8,7 @@ from mixutil import build, make_stores
 from litgpt.utils import CycleIterator
 
 from trainer_adapters.litgpt import MixData
-from trainer_adapters.litgpt.mixfiles import MixFileError, MixFiles
+from mixer.formats.mix import MixFileError, MixFiles
 
 SEQ = 32
 

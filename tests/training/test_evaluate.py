@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from mixutil import build, make_stores
 
-from mixer.training.evaluate import best_checkpoint, domain_train_samples, store_train_samples
+from mixer.formats.run import best_eval, read_evals
+from mixer.training.evaluate import domain_train_samples, store_train_samples
 from mixer.formats.store import open_store
-from trainer_adapters.litgpt.mixfiles import MixFiles
+from mixer.formats.mix import MixFiles
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,12 @@ def test_npt_falls_back_to_the_domain_stores_train_split(setup):
         np.testing.assert_array_equal(got[i], tokens[i * 32 : i * 32 + 33])
 
 
-def test_best_checkpoint_ignores_missing_and_nan_losses():
-    rows = [{"checkpoint": "a", "domain_test_loss": None}, {"checkpoint": "b", "domain_test_loss": float("nan")},
-            {"checkpoint": "c", "domain_test_loss": 2.0}, {"checkpoint": "d", "domain_test_loss": 2.5}]
-    assert best_checkpoint(rows) == {"checkpoint": "c", "domain_test_loss": 2.0}
-    assert best_checkpoint(rows[:2]) is None
+def test_best_eval_ignores_missing_and_nan_losses(tmp_path):
+    losses = {"a": "null", "b": "NaN", "c": "2.0", "d": "2.5"}
+    (tmp_path / "evals.jsonl").write_text("".join(
+        f'{{"checkpoint": "{c}", "step": {i}, "tokens": {i * 10}, "domain_test_loss": {v}}}\n'
+        for i, (c, v) in enumerate(losses.items())))
+    rows = read_evals(tmp_path)
+    assert [r.checkpoint for r in rows] == ["a", "b", "c", "d"] and rows[1].domain_test_loss is None
+    assert best_eval(rows).checkpoint == "c"
+    assert best_eval(rows[:2]) is None

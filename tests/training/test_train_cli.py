@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -86,19 +85,23 @@ def test_context_and_vocabulary_must_fit_the_preset(mixes, capsys, tmp_path):
 
 def _fake_parent(mixes, root: Path) -> Path:
     """A finished pretraining run folder with a real (untrained) LitGPT checkpoint."""
+    run = root / "parent"
+    _fake_checkpoint(train_mod.plan_pretrain(mixes["spt"], run, "tiny"), run)
+    return run
+
+
+def _fake_checkpoint(plan, run: Path) -> None:
+    """RUN/out/final (an untrained model at step 7), config.yaml and run.json (status done)."""
     import torch
     from litgpt.model import GPT, Config
 
-    run = root / "parent"
-    plan = train_mod.plan_pretrain(mixes["spt"], run, "tiny")
     ckpt = run / "out" / "final"
     ckpt.mkdir(parents=True)
-    cfg = plan.settings.model_config
+    cfg = plan.job.settings.model_config
     torch.save({"model": GPT(Config(**cfg)).state_dict(), "step_count": 7}, ckpt / "lit_model.pth")
     (ckpt / "model_config.yaml").write_text(yaml.safe_dump(cfg))
-    (run / "config.yaml").write_text(plan.config_yaml())
+    (run / "config.yaml").write_text(plan.config_text())
     (run / "run.json").write_text(json.dumps({**plan.meta, "status": "done"}))
-    return run
 
 
 def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch(mixes, tmp_path, capsys):
@@ -111,7 +114,7 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     assert cfg["data"]["init_args"]["val_sets"] == ["music-test"]
     assert cfg["train"]["min_lr"] == cfg["optimizer"]["init_args"]["lr"]  # constant after warmup
     assert cfg["train"]["tie_embeddings"] is False and cfg["eval"]["initial_validation"] is True
-    from trainer_adapters.litgpt.mixfiles import MixFiles
+    from mixer.formats.mix import MixFiles
 
     src = MixFiles.open(mixes["ft"]).source("domain")
     per_epoch = src["epoch_start_samples"][1] - src["epoch_start_samples"][0]
@@ -119,7 +122,8 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     plan = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent)
     assert plan.meta["parent_checkpoint"] == str(parent / "out" / "final")
     assert plan.meta["pretrain_tokens"] == 7 * 16 * 32
-    assert plan.hooks == {"early_stopping": {"patience": 2}}
+    assert plan.job.hooks == {"early_stopping": {"patience": 2}}
+    assert plan.meta["trainer"] == "litgpt"
 
 
 def test_finetune_refuses_a_mix_from_another_tokenizer(mixes, tmp_path, capsys):
@@ -186,7 +190,8 @@ def test_early_stopping_hook_stops_after_patience_and_keeps_complete_checkpoints
     assert rows[-1]["best_loss"] == 1.9
 
 
-def test_grid_runs_every_point_and_records_the_best(tmp_path, monkeypatch):
+def test_grid_points_and_bad_grids():
+    """Running a grid and recording its best: tests/training/test_registry.py (any trainer)."""
     assert train_mod.parse_grid(["lr=1e-5,4e-5", "warmup=50,100"]) == {"lr": [1e-5, 4e-5], "warmup": [50, 100]}
     from mixer.errors import UsageError
 
@@ -196,12 +201,16 @@ def test_grid_runs_every_point_and_records_the_best(tmp_path, monkeypatch):
     names = [n for n, _ in train_mod.grid_points(grid)]
     assert names == ["lr=1e-05,warmup=50", "lr=1e-05,warmup=100", "lr=4e-05,warmup=50", "lr=4e-05,warmup=100"]
 
-    def fake_execute(plan, echo=False, **kw):
-        loss = plan["lr"] * 1e4 + plan["warmup"] / 1000
-        return {"format": "mixer-run/1", "name": plan["name"], "kind": "finetune", "model": "tiny", "mix": "/m",
-                "best": {"checkpoint": "step-00000004", "domain_test_loss": loss}, "status": "done"}
 
-    monkeypatch.setattr(train_mod, "execute", fake_execute)
-    root = train_mod.run_grid("finetune", tmp_path / "g", grid, lambda sub, o: {"name": sub.name, **o})
-    assert root["best"]["run"] == "lr=1e-05,warmup=50" and math.isclose(root["best"]["domain_test_loss"], 0.15)
-    assert json.loads((tmp_path / "g" / "run.json").read_text())["hparams"] == {"grid": grid}
+def test_eval_of_a_litgpt_run_whose_mix_moved_is_one_line_naming_the_mix(mixes, tmp_path, capsys):
+    import shutil
+
+    mix = shutil.copytree(mixes["spt"], tmp_path / "mix")
+    run = tmp_path / "parent"
+    plan = train_mod.plan_pretrain(mix, run, "tiny")
+    _fake_checkpoint(plan, run)
+    (tmp_path / "mix").rename(tmp_path / "moved")
+    code, _, err = cli(capsys, "eval", str(run))
+    line = err.strip()
+    assert code == 1 and len(line.splitlines()) == 1 and "internal error" not in line
+    assert line.startswith(f"mixer: error: {mix / 'manifest.json'}: no manifest") and str(run / "run.json") in line

@@ -1,9 +1,9 @@
-"""LitGPT adapter: the DataModule (`trainer_adapters.litgpt.MixData`, loadable by
-class_path from a LitGPT YAML), model presets, the config writer, the launcher and the
-log reader used by `mixer train` / `mixer eval`.
+"""LitGPT adapter: `trainer.TRAINER` implements mixer's trainer protocol
+(`mixer.training.trainer.Trainer`; registered as `litgpt`), and `MixData` is the DataModule
+LitGPT loads by class_path (`trainer_adapters.litgpt.MixData`) from a run's config.yaml.
 
 Only `data` is imported here: LitGPT imports this package inside its own process, and the
-rest (presets, config writing) is for mixer's side.
+rest (the trainer, presets, config writing, checkpoints) is for mixer's side.
 """
 
 from .data import MixData, MixLoader, MixStream

@@ -24,7 +24,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
-from .mixfiles import MixFileError, MixFiles
+from mixer.formats.mix import MixFileError, MixFiles
 
 
 def _rank_world() -> tuple[int, int]:

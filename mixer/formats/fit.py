@@ -1,0 +1,22 @@
+"""fit.json: the scaling-law fit `mixer fit` writes and `mixer plan --fit` reads (docs/formats.md, Fit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixer.formats.atomic import read_json
+from mixer.errors import MixerError
+
+FIT_FORMAT = "mixer-fit/1"
+
+
+def load_fit(path: str | Path) -> dict:
+    """Read fit.json (written by `mixer fit`) with one-line errors naming the file."""
+    f = Path(path)
+    if not f.is_file():
+        raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
+    fit = read_json(f)
+    if not isinstance(fit, dict) or fit.get("format") != FIT_FORMAT:
+        got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
+        raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")
+    return fit

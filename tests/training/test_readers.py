@@ -1,0 +1,78 @@
+"""One reader per format as training sees it: mixes (mixer.formats.mix) and runs
+(mixer.formats.run); their errors are one line on every CLI path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mixutil import build, make_stores, run_cli
+from runutil import write_run
+
+from mixer.errors import MixerError
+from mixer.formats.mix import MixFileError, MixFiles, load_manifest
+from mixer.formats.run import Eval, append_eval, load_run, mix_domain_tokens, read_evals, read_run_meta
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readers")
+    return build(make_stores(root / "stores", general_docs=200, domain_docs=30), root / "mix", "--fraction", "0.2",
+                 "--tokens", "10K", "--seq-len", "32")
+
+
+def test_the_mix_reader_is_load_manifest_and_fails_as_a_mixer_error(mix, tmp_path, capsys):
+    assert MixFiles.open(mix).manifest == load_manifest(mix)
+    (tmp_path / ".build").mkdir()
+    (tmp_path / ".build" / "spec.json").write_text("{}")
+    with pytest.raises(MixFileError, match="the build is unfinished") as e:
+        MixFiles.open(tmp_path)
+    assert isinstance(e.value, MixerError) and e.value.exit_code == 1
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    for read in (MixFiles.open, load_manifest):
+        with pytest.raises(MixFileError, match=r"not a mixer-mix/1 manifest \(format='list'\)"):
+            read(tmp_path)
+    code, _, err = run_cli(capsys, "train", "pretrain", str(tmp_path), "--model", "tiny", "--out",
+                           str(tmp_path / "run"), "--dry-run")
+    assert code == 1 and err.strip() == f"mixer: error: {tmp_path / 'manifest.json'}: not a mixer-mix/1 manifest " \
+                                        "(format='list')"
+
+
+def test_mix_domain_tokens_comes_from_the_manifest_and_is_none_when_the_mix_is_gone(mix, tmp_path):
+    run = load_run(write_run(tmp_path, "r", [(100, 2.0, 2.0, 3.0)], mix=str(mix)))
+    assert mix_domain_tokens(run) == MixFiles.open(mix).source("domain")["train_tokens"] > 0
+    gone = load_run(write_run(tmp_path, "g", [(100, 2.0, 2.0, 3.0)], mix=str(tmp_path / "nowhere")))
+    assert mix_domain_tokens(gone) is None
+
+
+def test_evals_round_trip_through_append_and_read(tmp_path):
+    rows = [Eval("step-2", 2, 64, 2.5, 2.4, 3.1, train_loss=2.6, lr=1e-3),
+            Eval("step-1", 1, 32, 3.0, None, 3.2),
+            Eval("final", 2, 64, 2.5, 2.4, 3.1)]
+    for r in rows:
+        append_eval(tmp_path, r)
+    assert read_evals(tmp_path) == [rows[1], rows[0], rows[2]]  # training order; final after its step
+    assert json.loads((tmp_path / "evals.jsonl").read_text().splitlines()[0]) == {
+        "checkpoint": "step-2", "step": 2, "tokens": 64, "domain_test_loss": 2.5, "domain_train_loss": 2.4,
+        "general_val_loss": 3.1, "train_loss": 2.6, "lr": 1e-3}
+    append_eval(tmp_path, Eval("step-1", 1, 32, 2.9, None, 3.2))
+    assert read_evals(tmp_path)[0].domain_test_loss == 2.9  # a later line for a checkpoint wins
+    with open(tmp_path / "evals.jsonl", "a") as f:
+        f.write('{"checkpoint": "x", "tokens": 1, "lr": "fast"}\n')
+    with pytest.raises(MixerError, match=r"evals.jsonl:5: lr is 'fast'"):
+        read_evals(tmp_path)
+    assert read_evals(tmp_path / "nothing") == []
+
+
+def test_run_meta_is_checked_where_it_is_read(tmp_path, capsys):
+    run = write_run(tmp_path, "r", [(100, 2.0, 2.0, 3.0)])
+    assert read_run_meta(run)["kind"] == "pretrain"
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "format": "other/1"}))
+    with pytest.raises(MixerError, match="not a mixer-run/1 run"):
+        read_run_meta(run)
+    code, _, err = run_cli(capsys, "eval", str(run))
+    assert code == 1 and "not a mixer-run/1 run" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "train", "finetune", str(tmp_path), "--from", str(tmp_path / "nowhere"),
+                           "--out", str(tmp_path / "ft"), "--dry-run")
+    assert code == 1 and "not a run folder (no such directory)" in err

@@ -1,0 +1,201 @@
+"""Trainers by name: unknown or uninstalled ones fail in one line, and a second trainer
+(tests/training/count_trainer.py, numpy only) runs the whole generic path: `mixer train`
+pretrain, finetune and grid, `mixer eval`, with no LitGPT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mixutil import build, make_stores, run_cli
+
+from mixer.formats.run import best_eval, load_run, read_evals
+from mixer.training import registry
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+
+
+@pytest.fixture
+def count(monkeypatch):
+    """The count trainer registered for one test (the registry is left as it was)."""
+    monkeypatch.setattr(registry, "TRAINERS", dict(registry.TRAINERS))
+    monkeypatch.setattr(registry, "_loaded", {})
+    registry.register("count", "count_trainer:TRAINER")
+    return "count"
+
+
+@pytest.fixture(scope="module")
+def mixes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    stores = make_stores(root / "stores", general_docs=300, domain_docs=30)
+    return {"root": root,
+            "spt": build(stores, root / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", "32"),
+            "ft": build(stores, root / "ft", "--epochs", "4", "--seq-len", "32")}
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mixer: error: "), err
+    return lines[0]
+
+
+def test_unknown_trainer_is_one_line(mixes, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--trainer", "nosuch",
+                           "--out", str(tmp_path / "r"), "--dry-run")
+    assert code == 2 and "--trainer nosuch: unknown trainer" in one_line(err) and "litgpt" in err
+    code, _, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--trainer", "No-Such",
+                           "--out", str(tmp_path / "r"), "--dry-run")
+    assert code == 2 and "not a trainer name" in one_line(err)
+
+
+def test_a_trainer_whose_framework_is_missing_is_one_line(mixes, capsys, tmp_path, monkeypatch, count):
+    (tmp_path / "needs_missing.py").write_text("import package_that_is_not_installed_xyz\nTRAINER = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register("needsdep", "needs_missing:TRAINER")
+    code, _, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
+                           "needsdep", "--out", str(tmp_path / "r"), "--dry-run")
+    assert code == 1 and "needs the package 'package_that_is_not_installed_xyz'" in one_line(err)
+    (tmp_path / "not_a_trainer.py").write_text("TRAINER = object()\n")
+    registry.register("hollow", "not_a_trainer:TRAINER")
+    code, _, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
+                           "hollow", "--out", str(tmp_path / "r"), "--dry-run")
+    assert code == 1 and "does not implement" in one_line(err)
+
+
+def test_eval_of_a_run_whose_trainer_is_unknown_names_its_run_json(tmp_path, capsys):
+    from runutil import write_run
+
+    run = write_run(tmp_path, "r", [(100, 2.0, 2.0, 3.0)])
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "trainer": "gone"}))
+    code, _, err = run_cli(capsys, "eval", str(run))
+    assert code == 1 and f"{run / 'run.json'}: trainer gone: unknown trainer" in one_line(err)
+
+
+def test_litgpt_resolves_by_name_and_a_new_folder_needs_no_registry_edit(mixes, capsys, tmp_path, monkeypatch):
+    import trainer_adapters
+
+    from mixer.training.trainer import Trainer
+
+    litgpt = registry.get_trainer("litgpt")
+    assert isinstance(litgpt, Trainer) and registry.get_trainer(None) is litgpt
+    # trainer_adapters/<name>/trainer.py defining TRAINER (here a class) is all a new trainer takes
+    (tmp_path / "adapters" / "counting").mkdir(parents=True)
+    (tmp_path / "adapters" / "counting" / "trainer.py").write_text("from count_trainer import CountTrainer as TRAINER")
+    monkeypatch.setattr(trainer_adapters, "__path__", [*trainer_adapters.__path__, str(tmp_path / "adapters")])
+    monkeypatch.setattr(registry, "_loaded", {})
+    assert "counting" not in registry.TRAINERS and {"counting", "litgpt"} <= set(registry.known())
+    code, out, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
+                             "counting", "--out", str(tmp_path / "run"), "--checkpoints", "2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["trainer"] == "counting"
+    assert len(read_evals(tmp_path / "run")) >= 2
+
+
+def _train_count_pretrain(mixes, capsys, out: Path) -> Path:
+    code, text, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer", "count",
+                              "--out", str(out), "--checkpoints", "4", "--json")
+    assert code == 0, err
+    return out
+
+
+def test_a_second_trainer_runs_pretrain_finetune_and_eval_through_the_protocol(mixes, capsys, tmp_path, count):
+    pre = _train_count_pretrain(mixes, capsys, tmp_path / "pre")
+    meta = json.loads((pre / "run.json").read_text())
+    assert meta["trainer"] == "count" and meta["status"] == "done" and meta["model_params"] == 128 ** 2
+    rows = read_evals(pre)
+    assert [r.checkpoint for r in rows] == [c.name for c in sorted((pre / "ckpt").glob("step-*"))] and len(rows) >= 4
+    assert rows[-1].tokens == meta["tokens"] and all(r.train_loss is not None and r.lr == 1.0 for r in rows)
+    assert rows[-1].general_val_loss < rows[0].general_val_loss  # counting learns the general chain
+
+    # the finetune inherits the trainer from its parent's run.json; early stopping and best come through
+    code, _, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
+                           str(tmp_path / "ft"), "--patience", "1")
+    assert code == 0, err
+    ft = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert ft["trainer"] == "count" and ft["parent_checkpoint"] == str(pre / "ckpt" / rows[-1].checkpoint)
+    assert ft["pretrain_tokens"] == meta["tokens"]
+    ft_rows = read_evals(tmp_path / "ft")
+    assert ft["best"]["domain_test_loss"] == best_eval(ft_rows).domain_test_loss < rows[-1].domain_test_loss
+    assert load_run(tmp_path / "ft").best_eval().checkpoint == ft["best"]["checkpoint"]
+
+    # mixer eval: nothing new to do, then only the missing checkpoint
+    before = (pre / "evals.jsonl").read_text()
+    assert run_cli(capsys, "eval", str(pre))[0] == 0 and (pre / "evals.jsonl").read_text() == before
+    (pre / "evals.jsonl").write_text(before.splitlines()[0] + "\n")
+    code, out, err = run_cli(capsys, "eval", str(pre), "--json")
+    assert code == 0, err
+    assert (pre / "evals.jsonl").read_text() == before
+    assert json.loads(out)[str(pre)] == [json.loads(x) for x in before.splitlines()]
+
+    # another trainer cannot finetune (or resume) a count run
+    code, _, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
+                           str(tmp_path / "x"), "--trainer", "litgpt", "--dry-run")
+    assert code == 2 and "was trained with count" in one_line(err)
+
+
+def test_a_grid_of_a_second_trainer_records_the_best_grid_point(mixes, capsys, tmp_path, count):
+    pre = _train_count_pretrain(mixes, capsys, tmp_path / "pre")
+    code, _, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
+                           str(tmp_path / "g"), "--patience", "0", "--grid", "lr=0.001,0.1,10")
+    assert code == 0, err
+    root = json.loads((tmp_path / "g" / "run.json").read_text())
+    best = {p.name: best_eval(read_evals(p)) for p in (tmp_path / "g").iterdir() if p.is_dir()}
+    assert len(best) == 3 and len({b.domain_test_loss for b in best.values()}) == 3  # smoothing matters
+    winner = min(best, key=lambda n: best[n].domain_test_loss)
+    assert root["best"] == {"run": winner, "checkpoint": best[winner].checkpoint,
+                            "domain_test_loss": best[winner].domain_test_loss}
+    assert root["trainer"] == "count" and root["hparams"] == {"grid": {"lr": [0.001, 0.1, 10.0]}}
+    assert load_run(tmp_path / "g").best_eval() == best[winner]
+    # `mixer eval` of the grid folder evaluates its grid points (all done already)
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "g"), "--json")
+    assert code == 0 and sorted(json.loads(out)) == sorted(str(tmp_path / "g" / n) for n in best)
+
+
+def test_eval_of_a_run_whose_mix_moved_names_the_mix(mixes, capsys, tmp_path, count):
+    root = tmp_path / "study"
+    shutil.copytree(mixes["spt"], root / "mix")
+    run = _train_count_pretrain({"spt": root / "mix"}, capsys, root / "run")
+    (run / "evals.jsonl").unlink()
+    (root / "mix").rename(root / "moved")
+    code, _, err = run_cli(capsys, "eval", str(run))
+    line = one_line(err)
+    assert code == 1 and f"{root / 'mix' / 'manifest.json'}: no manifest" in line and str(run / "run.json") in line
+    assert "internal error" not in line
+    shutil.rmtree(root / "moved")
+    assert run_cli(capsys, "eval", str(run))[0] == 1
+
+
+def test_the_generic_path_imports_no_litgpt_and_no_torch(mixes, tmp_path):
+    """In a fresh process: train and evaluate with the count trainer; LitGPT and torch stay unimported."""
+    script = (
+        "import sys\n"
+        "from mixer.training.registry import register\n"
+        "register('count', 'count_trainer:TRAINER')\n"
+        "from mixer.cli import main\n"
+        "for argv in ([\n"
+        f"    'train', 'pretrain', {str(mixes['spt'])!r}, '--model', 'bigram', '--trainer', 'count',\n"
+        f"    '--out', {str(tmp_path / 'run')!r}], ['eval', {str(tmp_path / 'run')!r}]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'litgpt', 'trainer_adapters') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(ROOT / "tests")])}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_mixer_names_no_adapter_outside_the_registry():
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "mixer").rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "trainer_adapters" in line
+            and p.name != "registry.py"]
+    assert hits == []

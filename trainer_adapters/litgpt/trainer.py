@@ -1,0 +1,163 @@
+"""LitGPT as a mixer trainer (`mixer.training.trainer.Trainer`), registered as `litgpt`.
+
+A RunSpec becomes one complete `litgpt pretrain` YAML (RUN/config.yaml; config.py). Runs
+without hooks run `litgpt pretrain --config RUN/config.yaml` as is; finetune, replay, WSD and
+long-horizon cosine runs go through launch.py, which adds the schedule and early stopping to
+the same config. Finetunes start from the parent's checkpoint converted with LitGPT's
+convert_pretrained_checkpoint, and validate (and save) at every save_interval.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from mixer.errors import MixerError
+from mixer.formats.atomic import write_json
+from mixer.formats.mix import MixFiles
+from mixer.training.trainer import EvalModel, RunSpec
+
+from . import checkpoints as ckpts
+from .config import Machine, TrainSettings, cpu_threads, dump, litgpt_config
+from .logs import last_error_line, merge_metrics, run_logged, train_table
+from .presets import get_preset
+
+CONFIG = "config.yaml"
+
+
+@dataclass
+class LitGPTJob:
+    run_dir: Path
+    settings: TrainSettings
+    hooks: dict  # launch.json: what launch.py adds to `litgpt pretrain` (empty: nothing)
+    convert: tuple[Path, Path] | None = None  # parent checkpoint -> its converted copy
+
+    def config_text(self) -> str:
+        return dump(litgpt_config(self.settings))
+
+    def model_params(self) -> int:
+        import torch
+        from litgpt.model import GPT, Config
+
+        with torch.device("meta"):
+            model = GPT(Config(**self.settings.model_config))
+        n = sum(p.numel() for p in model.parameters())
+        return n - (model.lm_head.weight.numel() if self.settings.tie_embeddings else 0)
+
+
+def _eval_iters(mix: MixFiles, names: list[str] | None, cap: int | None, micro: int) -> int:
+    """LitGPT's eval.max_iters that covers the chosen held-out sets exactly once."""
+    sets = mix.eval_sets
+    n = sum(min(int(sets[k]["samples"]), cap or 10**12) for k in (names if names is not None else sets))
+    return max(1, math.ceil(n / micro))
+
+
+def _litgpt() -> str:
+    exe = Path(sys.executable).parent / "litgpt"
+    found = str(exe) if exe.exists() else shutil.which("litgpt")
+    if not found:
+        raise MixerError("litgpt is not installed (pip install 'mixer[litgpt]')")
+    return found
+
+
+class LitGPT:
+    def machine(self, precision: str | None, devices: int | None, threads: int | None) -> Machine:
+        return Machine.detect(precision, devices, threads)
+
+    def defaults(self, model: str, kind: str) -> dict:
+        preset = get_preset(model)
+        return dict(preset.pretrain if kind == "pretrain" else preset.finetune)
+
+    def plan(self, spec: RunSpec) -> LitGPTJob:
+        preset, mix = get_preset(spec.model), spec.mix
+        if spec.init_from is None:
+            cfg = preset.model_config(mix.vocab_size, mix.seq_len)
+            tie, converted = preset.pretrain["tie_embeddings"], None
+        else:
+            cfg = ckpts.model_config(spec.init_from)
+            vocab = int(cfg.get("padded_vocab_size") or cfg["vocab_size"])
+            if mix.vocab_size > vocab:
+                raise MixerError(f"{mix.path}: tokenizer has {mix.vocab_size} ids but the parent model only {vocab}")
+            if mix.seq_len > int(cfg["block_size"]):
+                raise MixerError(f"{mix.path}: samples of {mix.seq_len} tokens exceed the parent model's context "
+                                 f"{cfg['block_size']}")
+            tie = preset.finetune["tie_embeddings"]
+            parent = spec.parent or spec.init_from.parent.parent
+            converted = parent / "converted" / spec.init_from.name
+        hooks: dict = {}
+        if spec.patience > 0:
+            hooks["early_stopping"] = {"patience": spec.patience}
+        if spec.schedule == "wsd":
+            hooks["schedule"] = {"kind": "wsd", "decay_fraction": spec.decay_fraction}
+        elif spec.schedule == "cosine" and spec.schedule_tokens:
+            # LitGPT counts its schedule in micro-batch iterations per device.
+            iter_tokens = spec.micro_batch * mix.seq_len
+            hooks["schedule"] = {"kind": "cosine",
+                                 "horizon_iters": (spec.schedule_tokens // spec.machine.devices) // iter_tokens}
+        s = TrainSettings(
+            out_dir=spec.run_dir / "out", mix=mix.path, model_name=cfg["name"], model_config=cfg, seq_len=mix.seq_len,
+            max_tokens=spec.tokens, global_batch=spec.global_batch, micro_batch=spec.micro_batch, lr=spec.lr,
+            min_lr=spec.lr if spec.schedule == "constant" else spec.min_lr,  # cosine from lr to lr: constant
+            warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay, tie_embeddings=tie,
+            save_interval=spec.save_interval, val_sets=spec.val_sets, val_max_samples=spec.val_max_samples,
+            eval_max_iters=_eval_iters(mix, spec.val_sets, spec.val_max_samples, spec.micro_batch),
+            initial_validation=spec.init_from is not None, initial_checkpoint_dir=converted,
+            resume=ckpts.resume_point(spec.run_dir) if spec.resume else None, seed=spec.seed, machine=spec.machine)
+        return LitGPTJob(spec.run_dir, s, hooks, convert=(spec.init_from, converted) if converted else None)
+
+    def launch(self, job: LitGPTJob, echo: bool = False) -> None:
+        run_dir = job.run_dir
+        if job.convert:
+            ckpts.convert_checkpoint(*job.convert)
+        config = run_dir / CONFIG
+        config.write_text(job.config_text())
+        if job.hooks:
+            write_json(run_dir / "launch.json", job.hooks)
+            cmd = [sys.executable, "-m", "trainer_adapters.litgpt.launch", str(config), str(run_dir / "launch.json")]
+        else:
+            cmd = [_litgpt(), "pretrain", "--config", str(config)]
+        log = run_dir / "train.log"
+        if run_logged(cmd, log, job.settings.machine.env(), echo=echo) != 0:
+            raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
+        merge_metrics(run_dir / "out", run_dir / "metrics.csv")
+
+    def checkpoints(self, run_dir: Path) -> list[Path]:
+        return ckpts.checkpoints(run_dir)
+
+    def step_of(self, ckpt: Path) -> int:
+        return ckpts.step_of(ckpt)
+
+    def tokens_per_step(self, run_dir: Path) -> int:
+        train = self._config(run_dir)["train"]
+        return int(train["global_batch_size"]) * int(train["max_seq_length"])
+
+    def load_for_eval(self, run_dir: Path, ckpt: Path, device: str | None, threads: int | None) -> EvalModel:
+        import torch
+
+        from mixer.training.evaluate import mean_loss
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu":
+            torch.set_num_threads(cpu_threads(threads))
+        model, step = ckpts.load_checkpoint(ckpt, device)
+        micro = int(self._config(run_dir)["train"]["micro_batch_size"])
+        return EvalModel(step=step, loss=partial(mean_loss, model, batch_size=micro, device=device))
+
+    def train_log(self, run_dir: Path) -> dict[int, dict[str, float]]:
+        return train_table(merge_metrics(Path(run_dir) / "out", Path(run_dir) / "metrics.csv"))
+
+    @staticmethod
+    def _config(run_dir: Path) -> dict:
+        import yaml
+
+        f = Path(run_dir) / CONFIG
+        if not f.is_file():
+            raise MixerError(f"{f}: missing; {run_dir} was not started by mixer train with LitGPT")
+        return yaml.safe_load(f.read_text())
+
+
+TRAINER = LitGPT()
