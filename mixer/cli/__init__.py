@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("mixer.cli.build:build", "Build an exact, pre-shuffled mix of token shards with a manifest."),
     "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes."),
     "audit": ("mixer.cli.audit:audit", "Prove held-out documents do not leak into training data (n-gram overlap)."),
-    "train": ("mixer.cli.train:train", "Train with LitGPT from mixes: pretrain, finetune (early stopping), replay."),
+    "train": ("mixer.cli.train:train", "Train from mixes (LitGPT by default): pretrain, finetune (early stopping), replay."),
     "eval": ("mixer.cli.train:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),
     "report": ("mixer.cli.analysis:report", "Paper metrics over runs: relative gain, compute multiplier, forgetting; plots."),
     "fit": ("mixer.cli.analysis:fit", "Fit the overfitting scaling law (and finetuning gain) to runs."),
