@@ -91,8 +91,9 @@ def install() -> None:
 def _in_fork_server() -> None:
     """Runs when the fork server imports this module (see install)."""
     command = os.environ.get(_COMMAND_PID)
-    if not sys.platform.startswith("linux") or command is None or os.getppid() != int(command):
-        return  # imported by anything but the command's fork server: a worker, a test
+    server = sys.argv[:1] == ["-c"] and "multiprocess.forkserver" in sys.modules
+    if not sys.platform.startswith("linux") or not server or command is None or os.getppid() != int(command):
+        return  # imported by anything but the command's fork server: the command, a worker, a test
     _set_pdeathsig(int(command))
     quiet_task_tracebacks()
     _hook_forks()

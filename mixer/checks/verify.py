@@ -98,7 +98,7 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, work
     mix = Path(mix_dir)
     t0 = time.perf_counter()
     m = load_manifest(mix)
-    stores_checked = verify_mix_stores(mix, m)  # first: a corrupted store is named, not blamed on a shard
+    stores_checked = verify_mix_stores(mix, m, quick)  # first: a corrupted store is named, not blamed on a shard
     plan = plan_from_manifest(m)
     _PLANS[str(mix)] = (m, plan)
     seq_len = m["seq_len"]

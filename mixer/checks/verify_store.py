@@ -6,8 +6,9 @@ strictly and ends at the token count, every document ends with EOS, one id per
 document, every token id below vocab_size.
 
 A mix: every store it was built from still has the checksums its manifest recorded,
-and every store file still has those bytes. Checked before the shards, so a store
-corrupted after the build is named as such rather than blamed on a shard.
+and every store file still has those bytes (re-read in full; --quick trusts a file
+whose size and mtime are those the build verified). Checked before the shards, so a
+store corrupted after the build is named as such rather than blamed on a shard.
 """
 
 from __future__ import annotations
@@ -95,12 +96,22 @@ def verify_store(path: Path | str) -> dict:
             "mb_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 1)}
 
 
-def verify_mix_stores(mix: Path | str, manifest: dict) -> list[str] | None:
+def verify_mix_stores(mix: Path | str, manifest: dict, quick: bool = False) -> list[str] | None:
     """The stores a mix names still hold the bytes it was built from; returns their names,
-    or None for a mix built before manifests recorded store checksums."""
+    or None for a mix built before manifests recorded store checksums.
+
+    quick: a store file whose size and mtime are those the build verified (the mix's
+    .build/stores-checked.json) is not re-read; otherwise every store file is.
+    """
     recorded = manifest.get("store_checksums")
     if recorded is None:
         return None
+    cache = {}
+    if quick and (Path(mix) / ".build" / "stores-checked.json").is_file():
+        try:
+            cache = read_json(Path(mix) / ".build" / "stores-checked.json")
+        except MixerError:  # a damaged cache only costs re-reading
+            cache = {}
     for name, rec in recorded.items():
         path = Path(rec["path"])
         if not (path / "store.json").is_file():
@@ -115,7 +126,11 @@ def verify_mix_stores(mix: Path | str, manifest: dict) -> list[str] | None:
                              "the mix no longer matches its store")
         for fname, frec in block["files"].items():
             f = path / fname
-            if not f.is_file() or f.stat().st_size != frec["bytes"] or checksum_file(f) != frec[CHECKSUM]:
+            st = f.stat() if f.is_file() else None
+            if st is not None and cache.get(str(f.resolve())) == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                                  CHECKSUM: frec[CHECKSUM]}:
+                continue
+            if st is None or st.st_size != frec["bytes"] or checksum_file(f) != frec[CHECKSUM]:
                 raise MixerError(f"{f}: missing, truncated or its checksum does not match store.json: the store file "
                                  "was modified or corrupted after the build")
     return sorted(recorded)

@@ -171,6 +171,17 @@ def test_unchanged_size_and_mtime_are_trusted_unless_recheck_stores(stores, tmp_
     assert build(spec(stores), tmp_path / "mix", progress=False)["status"] == "done"
 
 
+def test_full_verify_rereads_the_stores_quick_trusts_what_the_build_checked(stores, tmp_path):
+    build(spec(stores), tmp_path / "mix", progress=False)
+    f = stores / "prose" / "train.ds"
+    st = f.stat()
+    flip_byte(f, at=101)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: size and mtime as the build saw them
+    assert verify(tmp_path / "mix", quick=True, progress=False)["stores_checked"] == ["music", "prose"]
+    with pytest.raises(MixerError, match=r"prose/train.ds: missing, truncated or its checksum does not match"):
+        verify(tmp_path / "mix", progress=False)
+
+
 # ---- 2. a build's identity is fixed when it starts --------------------------------------
 
 def test_resume_after_the_stores_changed_is_refused(stores, tmp_path):
