@@ -17,11 +17,13 @@ after that process died (atomic_open puts host and pid in the name).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,10 +115,19 @@ def parse_shards(text: str | None, n_shards: int) -> range:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if need be); released on exit or death."""
+    """Hold an exclusive flock on `path` (created if need be); released on exit or death.
+
+    A file system without locks (some Lustre mounts) gets a warning, not a failure: the
+    build still works, only two builds started at once into one folder are not caught."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            sys.stderr.write(f"mixer: warning: {path}: no file locks on this file system ({e.strerror}); "
+                             "do not start two builds into one folder at the same time\n")
         yield
     finally:
         os.close(fd)

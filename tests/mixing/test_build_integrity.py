@@ -271,6 +271,17 @@ def test_only_temporaries_of_dead_processes_on_this_host_are_removed(stores, tmp
     assert live.exists() and other.exists() and not dead.exists()
 
 
+def test_a_file_system_without_locks_builds_with_a_warning(stores, tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert build(spec(stores), tmp_path / "mix", progress=False)["status"] == "done"
+    assert "mixer: warning: " in capsys.readouterr().err
+
+
 # ---- 4. nothing outside the mix folder; a folder that is not a mix is refused untouched -----
 
 def test_a_user_folder_is_refused_before_anything_is_touched(stores, tmp_path):
