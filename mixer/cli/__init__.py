@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("mixer.cli.tokenize:tokenize", "Tokenize a corpus into a token store with train/test (or val) splits."),
     "plan": ("mixer.cli.build:plan", "Show what a build would produce (samples, epochs, fraction), or forecast from a fit."),
     "build": ("mixer.cli.build:build", "Build an exact, pre-shuffled mix of token shards with a manifest."),
-    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes."),
+    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes; or check a token store."),
     "audit": ("mixer.cli.audit:audit", "Prove held-out documents do not leak into training data (n-gram overlap)."),
     "train": ("mixer.cli.train:train", "Train with LitGPT from mixes: pretrain, finetune (early stopping), replay."),
     "eval": ("mixer.cli.train:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),

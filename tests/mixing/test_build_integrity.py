@@ -199,6 +199,14 @@ def test_shards_with_other_settings_are_refused(stores, tmp_path):
     one_line_error(p, 1, "already holds a different build")
 
 
+def test_a_build_started_by_an_older_mixer_is_refused(stores, tmp_path):
+    build(spec(stores), tmp_path / "mix", shards="0:2", progress=False)
+    marker = tmp_path / "mix" / ".build" / "spec.json"
+    marker.write_text(json.dumps(json.loads(marker.read_text())["spec"]))  # the old marker: the spec alone
+    with pytest.raises(MixerError, match="started by an older mixer"):
+        build(spec(stores), tmp_path / "mix", progress=False)
+
+
 def test_an_excluded_mix_that_changed_is_refused(stores, tmp_path):
     build(spec(stores, fraction=0.01, tokens=16_000), tmp_path / "pre", progress=False)  # touches some documents
     post = spec(stores, fraction=None, tokens=None, epochs=1, exclude_seen_in=[str(tmp_path / "pre")])
