@@ -79,10 +79,13 @@ def _hook_forks() -> None:
 
 
 def install() -> None:
-    """Call in the command before it starts an executor's processes."""
-    os.environ[_COMMAND_PID] = str(os.getpid())
+    """Call in the command before it starts an executor's processes (from the main
+    thread: the signal follows the thread that started the fork server)."""
     quiet_task_tracebacks()
     _hook_forks()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    os.environ[_COMMAND_PID] = str(os.getpid())
     from multiprocess import forkserver
 
     forkserver.set_forkserver_preload(["__main__", __name__])
@@ -91,7 +94,7 @@ def install() -> None:
 def _in_fork_server() -> None:
     """Runs when the fork server imports this module (see install)."""
     command = os.environ.get(_COMMAND_PID)
-    server = sys.argv[:1] == ["-c"] and "multiprocess.forkserver" in sys.modules
+    server = sys.argv == ["-c"] and "multiprocess.forkserver" in sys.modules  # how the server is started
     if not sys.platform.startswith("linux") or not server or command is None or os.getppid() != int(command):
         return  # imported by anything but the command's fork server: the command, a worker, a test
     _set_pdeathsig(int(command))
