@@ -184,14 +184,21 @@ def build_identity(plan: MixPlan, stores: dict) -> dict:
     return {"format": BUILD_FORMAT, "spec": plan.spec.to_json(), "stores": stores, "excluded_mixes": excluded}
 
 
-def _refusal(out: Path, marker: Path, previous: dict, identity: dict) -> str | None:
-    if previous.get("format") != BUILD_FORMAT:
+def _same_spec(a: dict, b: dict) -> bool:
+    try:
+        return spec_digest(MixSpec.from_json(a)) == spec_digest(MixSpec.from_json(b))
+    except (TypeError, KeyError):  # written by a mixer with other spec fields
+        return False
+
+
+def _refusal(out: Path, marker: Path, previous: object, identity: dict) -> str | None:
+    if not isinstance(previous, dict) or previous.get("format") != BUILD_FORMAT:
         return (f"{out}: holds a build started by an older mixer ({marker} records no store checksums); "
                 "remove it or choose another --out")
-    if spec_digest(MixSpec.from_json(previous["spec"])) != spec_digest(MixSpec.from_json(identity["spec"])):
+    if not _same_spec(previous.get("spec", {}), identity["spec"]):
         return f"{out}: already holds a different build ({marker}: other settings); choose another --out or remove it"
     for name, rec in identity["stores"].items():
-        if previous["stores"].get(name) != rec:
+        if previous.get("stores", {}).get(name) != rec:
             return (f"{out}: the build started from other contents of store {name!r} ({rec['path']} changed since, "
                     "re-tokenized?); remove it or choose another --out to build from the store as it is now")
     if previous.get("excluded_mixes") != identity["excluded_mixes"]:
