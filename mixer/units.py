@@ -18,8 +18,8 @@ def parse_count(text: str | int, what: str = "--tokens") -> int:
         value = float(number) * _SUFFIX[suffix]
     except ValueError:
         raise UsageError(f"{what}: cannot read {text!r} as a count (use e.g. 200B, 1.5M, 300K)") from None
-    if value <= 0 or value != value:
-        raise UsageError(f"{what}: {text!r} must be positive")
+    if not 0 < value < float("inf"):  # also NaN
+        raise UsageError(f"{what}: {text!r} must be a positive, finite count")
     return int(round(value))
 
 

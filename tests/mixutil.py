@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mixer.formats.store import seal_store
+
 VOCAB = 128
 EOS = VOCAB - 1
 
@@ -50,6 +52,7 @@ def write_store(root: Path, name: str, role: str, splits: dict[str, list[np.ndar
             "tokenizer": {"name": "markov", "sha256": sha, "vocab_size": VOCAB, "eos_id": EOS},
             "dtype": "<u2", "splits": meta_splits, "mixer_version": "test"}
     (d / "store.json").write_text(json.dumps(meta, indent=2))
+    seal_store(d)  # checksums, as mixer tokenize writes them
     return d
 
 

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from mixer.formats.store import seal_store
+
 EOS_ID = 50256  # GPT-2's <|endoftext|>
 
 
@@ -65,6 +67,7 @@ def write_store(root: Path, name: str, role: str, splits: dict[str, list[tuple[s
                           "eos_id": EOS_ID},
             "dtype": "<u2", "splits": meta_splits, "mixer_version": "test"}
     (d / "store.json").write_text(json.dumps(meta, indent=2))
+    seal_store(d)  # checksums, as mixer tokenize writes them
     return d
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mixer.formats.store import seal_store
+
 EOS = 65535
 
 
@@ -34,6 +36,7 @@ def make_store(root: Path, name: str, role: str, n_docs: int, base: int, seed: i
             "tokenizer": {"name": "synthetic", "sha256": sha, "vocab_size": 65536, "eos_id": EOS},
             "dtype": "<u2", "splits": splits}
     (d / "store.json").write_text(json.dumps(meta))
+    seal_store(d)  # checksums, as mixer tokenize writes them
     return d
 
 

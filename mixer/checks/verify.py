@@ -22,9 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from mixer.errors import MixerError
-from mixer.formats.mix import CHECKSUM, checksum_bytes, checksum_file, load_manifest
+from mixer.formats.mix import load_manifest
+from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.mixing.spec import plan_from_manifest
 from mixer.mixing.shards import PROV_DTYPE
+from mixer.checks.verify_store import verify_mix_stores
 
 
 def _fail(msg: str) -> None:
@@ -97,6 +99,7 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, work
     mix = Path(mix_dir)
     t0 = time.perf_counter()
     m = load_manifest(mix)
+    stores_checked = verify_mix_stores(mix, m, quick)  # first: a corrupted store is named, not blamed on a shard
     plan = plan_from_manifest(m)
     _PLANS[str(mix)] = (m, plan)
     seq_len = m["seq_len"]
@@ -185,4 +188,5 @@ def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, work
         "tokens": m["tokens"], "fraction": m["fraction"], "sources": sources,
         "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()},
         "bytes": n_bytes, "seconds": round(seconds, 3), "mb_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 1),
+        "stores_checked": stores_checked,
     }

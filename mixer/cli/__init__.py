@@ -7,6 +7,7 @@ and 1 for data problems, a traceback only with `--debug` (or MIXER_DEBUG=1).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -23,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("mixer.cli.tokenize:tokenize", "Tokenize a corpus into a token store with train/test (or val) splits."),
     "plan": ("mixer.cli.build:plan", "Show what a build would produce (samples, epochs, fraction), or forecast from a fit."),
     "build": ("mixer.cli.build:build", "Build an exact, pre-shuffled mix of token shards with a manifest."),
-    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes."),
+    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes; or check a token store."),
     "audit": ("mixer.cli.audit:audit", "Prove held-out documents do not leak into training data (n-gram overlap)."),
     "train": ("mixer.cli.train:train", "Train from mixes (LitGPT by default): pretrain, finetune (early stopping), replay."),
     "eval": ("mixer.cli.train:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),
@@ -62,9 +63,35 @@ def cli(debug: bool) -> None:
     """
 
 
+# OSError numbers a user can act on, in words that say what to do about them
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large (the file-size limit, see ulimit -f, or the file system's maximum)",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EMFILE: "too many open files (raise ulimit -n)",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line naming the file (when the error knows it) and the reason."""
+    reason = _OS_REASONS.get(e.errno, e.strerror or str(e) or type(e).__name__)
+    if e.filename is None:
+        return f"{reason} ({type(e).__name__}; re-run with --debug to see where)"
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    return f"{where}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MIXER_DEBUG") == "1"
+    if debug:  # worker processes read it too (mixer.lifetime)
+        os.environ["MIXER_DEBUG"] = "1"
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of exiting: pass it on.
         sys.exit(cli.main(args=argv, prog_name="mixer", standalone_mode=False) or 0)
@@ -83,6 +110,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"mixer: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if debug:
+            raise
+        click.echo(f"mixer: error: {describe_os_error(e)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("mixer: error: interrupted (re-run the same command to resume)", err=True)
         sys.exit(130)

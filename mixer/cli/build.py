@@ -58,7 +58,15 @@ def _mix_pairs(items: tuple[str, ...]) -> list[tuple[str, float]]:
     return pairs
 
 
+_FLAG = {"domain_subset_tokens": "--domain-subset"}
+
+
+def _flag(field: str) -> str:
+    return _FLAG.get(field, "--" + field.replace("_", "-"))
+
+
 def spec_from_flags(kw: dict):
+    from mixer.mixing.build import check_settings
     from mixer.mixing.spec import MixSpec
 
     domain, fraction, extra = kw["domain"], kw["fraction"], []
@@ -67,14 +75,16 @@ def spec_from_flags(kw: dict):
         if domain is not None or fraction is not None:
             raise UsageError("--mix names the domain and its fraction: drop --domain/--fraction")
         (domain, fraction), extra = pairs[0], pairs[1:]
-    return MixSpec(
+    spec = MixSpec(
         stores=str(resolve_stores(kw["stores"]).resolve()),
         domain=domain, general=kw["general"], fraction=fraction, epochs=kw["epochs"], extra=extra,
-        replay=kw["replay"], tokens=parse_count(kw["tokens"]) if kw["tokens"] else None,
+        replay=kw["replay"], tokens=parse_count(kw["tokens"], "--tokens") if kw["tokens"] else None,
         seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
         domain_subset_tokens=parse_count(kw["domain_subset"], "--domain-subset") if kw["domain_subset"] else None,
         samples_per_shard=kw["samples_per_shard"], name=kw["name"],
     )
+    check_settings(spec, _flag)
+    return spec
 
 
 def format_plan(s: dict) -> str:
@@ -155,32 +165,41 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--tasks", type=int, default=1, show_default=True)
 @click.option("--workers", type=int, default=-1, help="Concurrent tasks (default: all).")
+@click.option("--recheck-stores", is_flag=True, help="Re-read every store file to prove its checksum, even "
+              "files this build already verified (by default an unchanged size and mtime is trusted).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
-def build(recipe, overrides, out, shards, executor, tasks, workers, quiet, as_json, **kw) -> None:
+def build(recipe, overrides, out, shards, executor, tasks, workers, recheck_stores, quiet, as_json, **kw) -> None:
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
+    if tasks < 1:
+        raise UsageError(f"--tasks {tasks}: must be at least 1")
+    if workers == 0 or workers < -1:
+        raise UsageError(f"--workers {workers}: must be at least 1 (or -1: as many as --tasks)")
     if recipe is not None:
         from mixer.mixing.stages import build_recipe, format_stages, parse_set
         from mixer.recipe_catalog import find_recipe
 
         recipe = find_recipe(recipe)
         result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor, tasks=tasks,
-                              workers=workers if workers > 0 else tasks, progress=not quiet)
+                              workers=workers if workers > 0 else tasks, progress=not quiet, recheck_stores=recheck_stores)
         emit(result, as_json, format_stages)
         return
-    from mixer.mixing.build import build as run_build
+    from mixer.mixing.build import build as run_build, check_name
 
     spec = spec_from_flags(kw)
     spec.validate()
-    out = out or Path("mixes") / spec.default_name()
+    if out is None:  # ./mixes/<name>: the name must not lead out of ./mixes
+        out = Path("mixes") / check_name(spec.default_name(), "--name" if kw["name"] else "mix name (from the flags)")
     result = run_build(spec, out, shards=shards, executor=executor, tasks=tasks,
-                       workers=workers if workers > 0 else tasks, progress=not quiet)
+                       workers=workers if workers > 0 else tasks, progress=not quiet, recheck_stores=recheck_stores)
     emit(result, as_json, format_build)
 
 
 def format_build(r: dict) -> str:
     head = (f"{r['out']}: {r['shards_written']} shards written, {r['shards_skipped']} already there, "
             f"{r['shards_missing']} of {r['shards_total']} still missing ({r['seconds']} s)")
+    if r["status"] == "submitted":
+        return head + "\nsubmitted to Slurm: re-run the same command when the jobs finish to write the manifest"
     if r["status"] != "done":
         return head + "\nmanifest pending: build the remaining shards (same command, other --shards) to finish"
     return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),
@@ -195,10 +214,24 @@ def format_build(r: dict) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def verify(mix, quick, workers, quiet, as_json) -> None:
-    """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch."""
+    """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch.
+
+    MIX may also be a token store (a folder with store.json): its checksums and format."""
+    from mixer.checks.verify_store import is_store, verify_store
+
+    if is_store(mix):
+        emit(verify_store(mix), as_json, format_verify_store)
+        return
     from mixer.checks.verify import verify as run_verify
 
     emit(run_verify(mix, quick=quick, progress=not quiet, workers=workers), as_json, format_verify)
+
+
+def format_verify_store(r: dict) -> str:
+    splits = ", ".join(f"{name} {s['documents']:,} documents / {format_count(s['tokens'])} tokens"
+                       for name, s in r["splits"].items())
+    return (f"OK {r['store']} ({r['source']}, {r['role']}): {r['files']} files match their checksums; {splits}; "
+            f"indexes, EOS, ids and vocab checked ({r['bytes'] / 1e6:.1f} MB in {r['seconds']} s)")
 
 
 def format_verify(r: dict) -> str:
@@ -213,4 +246,7 @@ def format_verify(r: dict) -> str:
         + (f"; worst window deviation {max(wd.values()):.3f} samples (< 1 required) over W = 1..{max(int(k) for k in wd)}" if wd else ""),
         f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']} s ({r['mb_per_s']} MB/s)",
     ]
+    checked = r.get("stores_checked")
+    lines.append(f"stores: {', '.join(checked)} match the checksums in the manifest" if checked is not None
+                 else "stores: not checked (the mix was built before manifests recorded store checksums)")
     return "\n".join(lines)

@@ -5,25 +5,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open `path.tmp-<pid>` for writing; on success rename it over `path`, on error remove it."""
+    """Open `.NAME.tmp-<host>-<pid>` for writing; on success rename it over `path`, on error remove it.
+
+    Host and pid in the name: processes on several hosts may write into one folder, and
+    a temporary file may be removed by another process only once its writer is dead
+    (mixer.mixing.build.remove_stale_temporaries).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write() names no file; the one-line error should
         raise
 
 

@@ -1,9 +1,9 @@
 """A mix on disk: manifest.json (the claims a mix makes about itself), its shards in stored
-order and its held-out sets, read with numpy alone; and the checksums behind the claims.
+order and its held-out sets, read with numpy alone (checksums: mixer/formats/checksum.py).
 
 `MixFiles` is what every reader of a mix uses, mixer's own commands and trainer adapters
 alike: an adapter imports this module inside its trainer's process, so it imports nothing
-heavier than numpy and xxhash (the checksums) and raises only `MixFileError`, a `MixerError`.
+heavier than numpy and raises only `MixFileError`, a `MixerError`.
 """
 
 from __future__ import annotations
@@ -13,32 +13,16 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from mixer.formats.atomic import read_json
 from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
 
 MIX_FORMAT = "mixer-mix/1"
-# xxh3-128, not sha256: verify must run near disk read speed (sha256 manages ~0.5 GB/s on
-# one core, xxh3 > 10 GB/s). The threat is corruption and truncation, not an adversary.
-CHECKSUM = "xxh3_128"
 
 
 class MixFileError(MixerError):
     """A mix that is missing, incomplete or not what the run expects (one line, exit 1)."""
-
-
-def checksum_file(path: Path, block: int = 1 << 24) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def checksum_bytes(data: bytes | memoryview) -> str:
-    return xxhash.xxh3_128(data).hexdigest()
 
 
 def load_manifest(mix_dir: Path | str) -> dict:

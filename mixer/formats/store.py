@@ -10,18 +10,23 @@ Layout (datatrove's tokenizer format, reused rather than reinvented):
 Splits: domain stores hold `train` and `test`; general stores `train` and `val`.
 Documents are stored in a canonical order (input files sorted by path, then position in
 the file), so a store is byte-identical whatever the number of tasks that wrote it.
+
+store.json carries a checksum of every other file and of its own content (`checksums`),
+so a build can prove it read the bytes the tokenizer wrote, and a mix can name them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import read_json
+from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError
+from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 
 STORE_FORMAT = "mixer-store/1"
 HELDOUT_SPLIT = {"domain": "test", "general": "val"}
@@ -118,6 +123,74 @@ class Store:
         if not f.exists():
             raise MixerError(f"{f}: missing; the store is incomplete, re-run mixer tokenize")
         return f
+
+
+def meta_digest(meta: dict) -> str:
+    """Checksum of store.json's content other than its `checksums` block (canonical JSON), so
+    an edited eos_id, vocab_size or split size is caught like a flipped token."""
+    rest = {k: v for k, v in meta.items() if k != "checksums"}
+    return checksum_bytes(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode())
+
+
+def seal(folder: Path, meta: dict) -> dict:
+    """The `checksums` block for a store folder: every file but store.json (and hidden
+    ones), then the description itself. Called last, when the folder is complete."""
+    files = {}
+    for f in sorted(Path(folder).iterdir()):
+        if f.is_file() and f.name != "store.json" and not f.name.startswith("."):
+            files[f.name] = {"bytes": f.stat().st_size, CHECKSUM: checksum_file(f)}
+    return {"files": files, f"meta_{CHECKSUM}": meta_digest(meta)}
+
+
+def seal_store(path: Path | str) -> dict:
+    """Add the checksums block to an existing store.json (for stores written by hand)."""
+    meta = read_json(Path(path) / "store.json")
+    meta["checksums"] = seal(Path(path), meta)
+    write_json(Path(path) / "store.json", meta)
+    return meta
+
+
+def store_checksums(path: Path, meta: dict) -> dict:
+    """The store's recorded checksums; a store written before they existed is refused:
+    nothing would tie a mix to the bytes it was built from."""
+    block = meta.get("checksums")
+    if not isinstance(block, dict) or not isinstance(block.get("files"), dict):
+        raise MixerError(
+            f"{path / 'store.json'}: written by an older mixer, without file checksums; re-run "
+            f"`mixer tokenize --force` for source {meta.get('source', path.name)!r} (same inputs give the same store)"
+        )
+    if block.get(f"meta_{CHECKSUM}") != meta_digest(meta):
+        raise MixerError(f"{path / 'store.json'}: its content does not match its checksum (edited or corrupted); "
+                         "re-run mixer tokenize --force for this source")
+    return block
+
+
+def check_store_files(path: Path, meta: dict, cache: dict | None = None, recheck: bool = False) -> dict:
+    """Prove every file of the store has the bytes store.json claims; return its checksums block.
+
+    `cache` maps a file's absolute path to the (bytes, mtime_ns, checksum) last verified; a
+    file whose size and mtime are unchanged is trusted without reading it (unless
+    `recheck`). Entries for files read now are added to `cache` in place.
+    """
+    block = store_checksums(path, meta)
+    for name, rec in block["files"].items():
+        f = (path / name).resolve()
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            raise MixerError(f"{f}: missing; the store is incomplete, re-run mixer tokenize --force") from None
+        if st.st_size != rec["bytes"]:
+            raise MixerError(f"{f}: {st.st_size} bytes, store.json says {rec['bytes']} (truncated or modified); "
+                             "re-run mixer tokenize --force for this source")
+        seen = (cache or {}).get(str(f))
+        if not recheck and seen == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, CHECKSUM: rec[CHECKSUM]}:
+            continue
+        if checksum_file(f) != rec[CHECKSUM]:
+            raise MixerError(f"{f}: checksum mismatch ({CHECKSUM}): the store file was modified or corrupted after "
+                             "mixer tokenize wrote it; re-run mixer tokenize --force for this source")
+        if cache is not None:
+            cache[str(f)] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, CHECKSUM: rec[CHECKSUM]}
+    return block
 
 
 def open_store(stores: Path | str, name: str) -> Store:

@@ -24,7 +24,7 @@ from mixer.errors import MixerError
 from mixer.ingest.tokenizer_step import DOC_DTYPE, part_name
 from mixer.ingest.sources import SourceSpec
 from mixer.ingest.split import METHOD, heldout_mask, seeded_hash, threshold_for_fraction, threshold_for_tokens
-from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT
+from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT, seal
 from mixer.ingest.vocab import TokenizerInfo
 
 COPY_CHUNK = 1 << 26  # tokens per write when copying one long run
@@ -176,6 +176,7 @@ def write_store(
             "fingerprint": extra["fingerprint"],
             "mixer_version": __version__,
         }
+        meta["checksums"] = seal(staging, meta)  # every file is final: build and verify check against these
         write_json(staging / "store.json", meta)  # last: its presence means the store is complete
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

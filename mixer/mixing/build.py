@@ -3,24 +3,46 @@
 Each shard is an independent task computed from the MixSpec alone, so datatrove's
 executors (local, Slurm, Ray) own parallelism and retries; we only add per-shard
 sidecars so a re-run skips finished shards whatever executor wrote them.
+
+A build's identity is fixed in `.build/spec.json` when it starts: the spec, the
+checksums of every store it reads (each store file proven against store.json), and the
+checksum of the manifest of every mix whose documents it excludes. A resume, a
+`--shards` range or a concurrent process with another identity is refused, so a mix
+never holds shards of two builds. Processes cooperate through files alone: a sidecar
+marks a shard done, `.build/lock` (flock) serializes claiming the folder and writing
+the manifest, and a temporary file is removed only by the process that made it, or
+after that process died (atomic_open puts host and pid in the name).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
+import re
+import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
 from mixer import __version__
-from mixer.formats.atomic import write_json
+from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MIX_FORMAT
+from mixer.formats.checksum import checksum_bytes, checksum_file
+from mixer.formats.store import check_store_files
 from mixer.mixing.spec import MixPlan, MixSpec, resolve, spec_digest
 from mixer.mixing.shards import persist_shard, read_sidecar, shard_samples, write_eval, write_shard
+
+BUILD_FORMAT = "mixer-build/1"
+STORES_CHECKED = "stores-checked.json"  # in .build/: store files verified, keyed by (size, mtime)
 
 
 class WriteShards(PipelineStep):
@@ -45,6 +67,39 @@ class WriteShards(PipelineStep):
         yield from ()
 
 
+def check_name(name: str, what: str) -> str:
+    """A name that becomes a folder: one plain path component, so nothing lands outside
+    the folder it is meant for."""
+    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
+            or "\0" in name or os.path.isabs(name)):
+        raise UsageError(f"{what} {name!r}: must be one plain folder name (not empty, no '/', no '..', "
+                         "no leading '.')")
+    return name
+
+
+MAX_TOKENS = 2**53  # sample counts stay exact in float64 arithmetic (fractions, windows) up to here
+
+
+def check_settings(spec: MixSpec, named: Callable[[str], str]) -> None:
+    """What MixSpec.validate leaves open, named as the user wrote it: `named(field)` gives
+    the flag (--seed) or the recipe key (recipe.toml [[stage]] pre: seed)."""
+    for key in ("seed", "subset_seed"):
+        if getattr(spec, key) < 0:
+            raise UsageError(f"{named(key)}: must be a non-negative integer, got {getattr(spec, key)}")
+    if spec.samples_per_shard is not None and spec.samples_per_shard < 1:
+        raise UsageError(f"{named('samples_per_shard')}: must be at least 1, got {spec.samples_per_shard}")
+    for key in ("tokens", "domain_subset_tokens"):
+        v = getattr(spec, key)
+        if v is not None and not 1 <= v <= MAX_TOKENS:
+            raise UsageError(f"{named(key)}: must be between 1 and 2^53 (9.0e15) tokens, got {v:.4g}")
+    if spec.seq_len < 1:
+        raise UsageError(f"{named('seq_len')}: must be at least 1, got {spec.seq_len}")
+    if not spec.max_epochs > 0:
+        raise UsageError(f"{named('max_epochs')}: must be positive, got {spec.max_epochs}")
+    if spec.name is not None:
+        check_name(spec.name, named("name"))
+
+
 def parse_shards(text: str | None, n_shards: int) -> range:
     if text is None:
         return range(n_shards)
@@ -59,19 +114,149 @@ def parse_shards(text: str | None, n_shards: int) -> range:
     return range(i, j)
 
 
-def claim_directory(out: Path, spec: MixSpec) -> None:
-    """Refuse a second, different build into one directory; allow resuming the same one."""
-    marker = out / ".build" / "spec.json"
-    for stale in out.glob(".*.tmp-*") if out.is_dir() else []:  # left by a killed run; never renamed
-        stale.unlink(missing_ok=True)
-    if marker.exists():
-        previous = json.loads(marker.read_text())
-        if spec_digest(MixSpec.from_json(previous)) != spec_digest(spec):
-            raise MixerError(f"{out}: already holds a different build ({marker}); choose another --out or remove it")
-        return
-    if out.exists() and any(p.name != ".build" for p in out.iterdir()):
-        raise MixerError(f"{out}: exists and is not a mix build of this request; choose another --out")
-    write_json(marker, spec.to_json())
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if need be); released on exit or death.
+
+    A file system without locks (some Lustre mounts) gets a warning, not a failure: the
+    build still works, only two builds started at once into one folder are not caught."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            sys.stderr.write(f"mixer: warning: {path}: no file locks on this file system ({e.strerror}); "
+                             "do not start two builds into one folder at the same time\n")
+        yield
+    finally:
+        os.close(fd)
+
+
+_BUILD_FILES = re.compile(r"^(lock|spec\.json|stores-checked\.json|logs-.+|\..+\.tmp-.+)$")
+
+
+def is_build_folder(out: Path) -> bool:
+    """Empty, or claimed by a build (its .build/ holds our lock or identity, or, for a
+    build that is creating it right now, nothing but our files)."""
+    if not out.is_dir():
+        return False
+    entries = list(out.iterdir())
+    build_dir = out / ".build"
+    if not entries or (build_dir / "spec.json").is_file() or (build_dir / "lock").is_file():
+        return True
+    return entries == [build_dir] and build_dir.is_dir() and all(_BUILD_FILES.match(p.name) for p in build_dir.iterdir())
+
+
+def check_out_folder(out: Path, what: str = "mix") -> None:
+    """Refuse, before anything is written, a path that is a file or a folder of something else."""
+    if out.exists() and not is_build_folder(out):
+        kind = "a file" if not out.is_dir() else f"a folder that is not a {what} build"
+        raise MixerError(f"{out}: exists and is {kind}; choose another --out (nothing was changed there)")
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except MixerError:  # a damaged cache only costs re-reading the stores
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def store_identity(plan: MixPlan, cache: dict, recheck: bool) -> dict:
+    """{store name: its path and checksums}, every file proven against them (see check_store_files)."""
+    out = {}
+    for src in plan.sources:
+        store = src.store
+        if store.name not in out:
+            block = check_store_files(store.path, store.meta, cache, recheck)
+            out[store.name] = {"path": str(store.path.resolve()), "checksums": block}
+    return out
+
+
+def build_identity(plan: MixPlan, stores: dict) -> dict:
+    excluded = {}
+    for mix in plan.spec.exclude_seen_in:
+        f = Path(mix) / "manifest.json"
+        if not f.is_file():
+            raise MixerError(f"{f}: missing; the mix whose documents this build leaves out must be built first")
+        excluded[str(Path(mix).resolve())] = checksum_file(f)
+    return {"format": BUILD_FORMAT, "spec": plan.spec.to_json(), "stores": stores, "excluded_mixes": excluded}
+
+
+def _same_spec(a: dict, b: dict) -> bool:
+    try:
+        return spec_digest(MixSpec.from_json(a)) == spec_digest(MixSpec.from_json(b))
+    except (TypeError, KeyError):  # written by a mixer with other spec fields
+        return False
+
+
+def _refusal(out: Path, marker: Path, previous: object, identity: dict) -> str | None:
+    if not isinstance(previous, dict) or previous.get("format") != BUILD_FORMAT:
+        return (f"{out}: holds a build started by an older mixer ({marker} records no store checksums); "
+                "remove it or choose another --out")
+    if not _same_spec(previous.get("spec", {}), identity["spec"]):
+        return f"{out}: already holds a different build ({marker}: other settings); choose another --out or remove it"
+    for name, rec in identity["stores"].items():
+        if previous.get("stores", {}).get(name) != rec:
+            return (f"{out}: the build started from other contents of store {name!r} ({rec['path']} changed since, "
+                    "re-tokenized?); remove it or choose another --out to build from the store as it is now")
+    if previous.get("excluded_mixes") != identity["excluded_mixes"]:
+        return f"{out}: a mix this build leaves documents out of changed since it started; remove it or choose another --out"
+    return None
+
+
+def claim_directory(out: Path, plan: MixPlan, recheck_stores: bool = False) -> dict:
+    """Fix the build's identity in OUT/.build/spec.json, or check it against the one there.
+
+    Returns the identity. A folder that is not a build is refused before anything is written.
+    """
+    check_out_folder(out)
+    build_dir = out / ".build"
+    cache_file = build_dir / STORES_CHECKED
+    cache = _read_cache(cache_file)
+    identity = build_identity(plan, store_identity(plan, cache, recheck_stores))  # reads only
+    build_dir.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(build_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644))  # marks the folder as a build's
+    write_json(cache_file, cache)
+    marker = build_dir / "spec.json"
+    with locked(build_dir / "lock"):  # check-and-set: two builds cannot both claim an empty folder
+        if marker.exists():
+            refusal = _refusal(out, marker, read_json(marker), identity)
+            if refusal:
+                raise MixerError(refusal)
+        else:
+            write_json(marker, identity)
+    remove_stale_temporaries(out)
+    return identity
+
+
+_TEMP = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove temporary files (atomic_open's `.NAME.tmp-HOST-PID`) of processes that died
+    on this host; a file of a live process, or of another host, is never touched."""
+    host, removed = socket.gethostname(), []
+    for folder in (out, out / "eval", out / ".build"):
+        for f in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+            m = _TEMP.match(f.name)
+            if m and m["host"] == host and not _alive(int(m["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed.append(f)
+    return removed
 
 
 def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> None:
@@ -88,17 +273,29 @@ def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> Non
             pending.result()
 
 
+def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
+    """datatrove's logging dir, one per (executor, task count, exact to-do list).
+
+    Its completion files say "rank r finished its share", and a share is todo[r::tasks]:
+    a completion of an earlier attempt, whose to-do list was longer, says nothing about
+    this attempt's share of rank r (a killed build skipped those shards forever).
+    """
+    digest = checksum_bytes(json.dumps(todo).encode())[:16]
+    return out / ".build" / f"logs-{executor}-{tasks}-{digest}"
+
+
 def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: str, tasks: int, workers: int, progress: bool) -> None:
     if executor == "inline" or (executor == "local" and tasks == 1):
         run_inline(resolve(spec), out, todo, progress)
         return
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
-    # One logging dir per task count: datatrove's completion files are per rank, and a
-    # rank of a 3-task run is not a rank of a 2-task run. Our sidecars make reruns safe anyway.
-    logs = str((out / ".build" / f"logs-{executor}-{tasks}").resolve())
+    logs = str(logs_dir(out, executor, tasks, todo).resolve())
     if executor == "local":
         from datatrove.executor import LocalPipelineExecutor
 
+        from mixer.lifetime import install
+
+        install()  # workers die with this process
         LocalPipelineExecutor(pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs).run()
     elif executor == "ray":
         from datatrove.executor import RayPipelineExecutor
@@ -129,44 +326,69 @@ def build(
     workers: int = 1,
     progress: bool = True,
     extra: dict | None = None,
+    recheck_stores: bool = False,
 ) -> dict:
-    """Write the requested shards; when every shard exists, write eval sets and the manifest."""
+    """Write the requested shards; when every shard exists, write eval sets and the manifest.
+
+    Raises when shards of the requested range are still missing after a local or Ray run
+    (a Slurm run only submits them: status "submitted").
+    """
+    out = Path(out)
     plan = resolve(spec)
-    claim_directory(out, spec)
     wanted = parse_shards(shards, plan.n_shards)
+    identity = claim_directory(out, plan, recheck_stores)
     todo = [k for k in wanted if read_sidecar(out, k) is None]
     t0 = time.perf_counter()
     if todo:
         run_tasks(spec, out, todo, executor, tasks, workers, progress)
+    written = sum(read_sidecar(out, k) is not None for k in todo)
     missing = [k for k in range(plan.n_shards) if read_sidecar(out, k) is None]
     status = {
         "out": str(out),
         "shards_total": plan.n_shards,
-        "shards_written": len(todo),
+        "shards_requested": len(wanted),
+        "shards_written": written,
         "shards_skipped": len(wanted) - len(todo),
         "shards_missing": len(missing),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if missing:
-        return {"status": "partial", **status}
-    manifest = finalize(plan, out, extra or {})
+        missing_wanted = sorted(set(missing) & set(wanted))
+        if missing_wanted and executor != "slurm":
+            raise MixerError(
+                f"{out}: {len(missing_wanted)} of the {len(wanted)} requested shards are still missing after this run "
+                f"(first: {missing_wanted[0]}; a task failed or was skipped); re-run the same command to finish them"
+            )
+        return {"status": "submitted" if missing_wanted else "partial", **status}
+    manifest = finalize(plan, out, identity, recheck_stores, extra or {})
     return {"status": "done", **status, "manifest": manifest}
 
 
-def finalize(plan: MixPlan, out: Path, extra: dict) -> dict:
+def finalize(plan: MixPlan, out: Path, identity: dict, recheck_stores: bool, extra: dict) -> dict:
+    """Eval sets and manifest, once (the lock: cooperating processes may all get here)."""
     path = out / "manifest.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    summary = plan.summary()
-    shards = summary.pop("shards")
-    manifest = {
-        "format": MIX_FORMAT,
-        "mixer_version": __version__,
-        **summary,
-        "shards": [read_sidecar(out, k) for k in range(shards)],
-        "eval": write_eval(plan, out),
-        "recipe": plan.spec.to_json(),
-        **extra,
-    }
-    write_json(path, manifest)
+    with locked(out / ".build" / "lock"):
+        if path.exists():
+            return json.loads(path.read_text())
+        cache_file = out / ".build" / STORES_CHECKED
+        cache = _read_cache(cache_file)
+        now = store_identity(plan, cache, recheck_stores)
+        write_json(cache_file, cache)
+        changed = [name for name, rec in identity["stores"].items() if now.get(name) != rec]
+        if changed:
+            raise MixerError(f"{out}: store {changed[0]!r} changed while this build ran, so its shards may mix two "
+                             "versions of it; remove the folder and build again")
+        summary = plan.summary()
+        shards = summary.pop("shards")
+        manifest = {
+            "format": MIX_FORMAT,
+            "mixer_version": __version__,
+            **summary,
+            "shards": [read_sidecar(out, k) for k in range(shards)],
+            "eval": write_eval(plan, out),
+            "recipe": plan.spec.to_json(),
+            "store_checksums": identity["stores"],
+            **extra,
+        }
+        write_json(path, manifest)
     return manifest

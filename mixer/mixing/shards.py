@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mixer.formats.atomic import atomic_open, write_json
-from mixer.formats.mix import CHECKSUM, checksum_bytes
+from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.mixing.spec import MixPlan
 
 PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])

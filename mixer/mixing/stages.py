@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import write_json
-from mixer.mixing.build import build
+from mixer.formats.atomic import read_json, write_json
+from mixer.mixing.build import build, check_name, check_settings
 from mixer.errors import MixerError, UsageError
 from mixer.mixing.spec import MixSpec, resolve, seen_documents
 from mixer.units import parse_count
@@ -44,6 +44,7 @@ _FIELDS = {f.name for f in dataclasses.fields(MixSpec)} - {"stores", "exclude_se
 _COUNTS = {"tokens", "domain_subset_tokens", "samples_per_shard"}
 _INTS = {"seq_len", "seed", "subset_seed"}
 _FLOATS = {"fraction", "epochs", "replay", "max_epochs"}
+RECIPE_BUILD_FORMAT = "mixer-recipe-build/1"
 
 
 def _arith(expr: str, env: dict, where: str) -> float:
@@ -110,6 +111,7 @@ def load_stages(recipe: Path, stores: Path, overrides: dict | None = None) -> tu
         merged = {**doc.get("mix", {}), **table}
         name = str(merged.pop("name", f"stage{i}"))
         where = f"{recipe} [[stage]] {name}"
+        check_name(name, f"{recipe} [[stage]] name")  # each stage is built into OUT/<name>
         if name in seen:
             raise MixerError(f"{where}: duplicate stage name")
         seen.add(name)
@@ -126,13 +128,11 @@ def load_stages(recipe: Path, stores: Path, overrides: dict | None = None) -> tu
             if key in _COUNTS and v is not None:
                 v = parse_count(v, f"{where} {key}")
             if key in _INTS:
-                if float(v) != int(float(v)):
-                    raise MixerError(f"{where}: {key} must be a whole number, got {v!r}")
-                v = int(float(v))
+                v = _whole(v, f"{where}: {key}")
             if key in _FLOATS and v is not None:
-                v = float(v)
+                v = _number(v, f"{where}: {key}")
             if key == "window" and isinstance(v, str):
-                v = tuple(float(x) for x in v.split(":"))
+                v = tuple(_number(x, f"{where}: window") for x in v.split(":"))
             if key == "extra":  # extra = [["proofs", 0.01], ...]: further placed sources
                 try:
                     v = [(str(n), float(f)) for n, f in v]
@@ -145,8 +145,26 @@ def load_stages(recipe: Path, stores: Path, overrides: dict | None = None) -> tu
                 continue
             kw["epochs"], kw["fraction"] = None, 0.0  # a pretraining stage with no domain: NPT
         kw.setdefault("name", name)
-        stages.append((name, MixSpec(stores=str(Path(stores).resolve()), **kw), excludes))
+        spec = MixSpec(stores=str(Path(stores).resolve()), **kw)
+        check_settings(spec, lambda key: f"{where}: {key}")
+        stages.append((name, spec, excludes))
     return doc, stages
+
+
+def _number(v, where: str) -> float:
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        return float(v)
+    except (TypeError, ValueError):
+        raise MixerError(f"{where} must be a number, got {v!r}") from None
+
+
+def _whole(v, where: str) -> int:
+    f = _number(v, where)
+    if not f.is_integer():
+        raise MixerError(f"{where} must be a whole number, got {v!r}")
+    return int(f)
 
 
 def _unseen(spec: MixSpec, root: Path, excludes: list[str]) -> int:
@@ -158,9 +176,11 @@ def _unseen(spec: MixSpec, root: Path, excludes: list[str]) -> int:
 
 
 def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict | None = None,
-                 executor: str = "local", tasks: int = 1, workers: int = 1, progress: bool = True) -> dict:
+                 executor: str = "local", tasks: int = 1, workers: int = 1, progress: bool = True,
+                 recheck_stores: bool = False) -> dict:
     doc, stages = load_stages(recipe, stores, overrides)
-    root = out or Path("mixes") / recipe.stem
+    root = out or Path("mixes") / check_name(recipe.stem, "recipe name")
+    _claim_root(root, recipe)
     exposure: dict[str, np.ndarray] = {}
     results = []
     for name, spec, excludes in stages:
@@ -189,13 +209,36 @@ def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict |
                 "stages": [r["stage"] for r in results if r["status"] == "done"] + [name],
                 "documents_total_full_passes": {str(k): int(v) for k, v in enumerate(np.bincount(passes)) if v},
             }
-        r = build(spec, root / name, executor=executor, tasks=tasks, workers=workers, progress=progress, extra=record)
+        r = build(spec, root / name, executor=executor, tasks=tasks, workers=workers, progress=progress, extra=record,
+                  recheck_stores=recheck_stores)
         results.append({"stage": name, "status": r["status"], "out": str(root / name),
                         "kind": spec.kind, "samples": r.get("manifest", {}).get("samples"),
                         "exposure": record.get("exposure")})
-    summary = {"recipe": str(recipe), "out": str(root), "stages": results}
+        if r["status"] != "done":  # later stages may need this one's manifest (Slurm: re-run when done)
+            break
+    summary = {"format": RECIPE_BUILD_FORMAT, "recipe": str(recipe), "recipe_path": str(recipe.resolve()),
+               "out": str(root), "stages": results}
     write_json(root / "recipe.json", summary)
     return summary
+
+
+def _claim_root(root: Path, recipe: Path) -> None:
+    """OUT holds the stages of one recipe: refuse a folder of anything else before writing,
+    and mark a new one as ours (recipe.json) so a killed build can be resumed."""
+    record = root / "recipe.json"
+    try:
+        previous = read_json(record) if record.is_file() else None
+    except MixerError:  # not JSON: not ours either
+        previous = None
+    ours = isinstance(previous, dict) and previous.get("format") == RECIPE_BUILD_FORMAT
+    if not ours and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise MixerError(f"{root}: exists and is not the output of a recipe build (no mixer recipe.json); "
+                         "choose another --out (nothing was changed there)")
+    if ours and previous.get("recipe_path") != str(recipe.resolve()):
+        raise MixerError(f"{root}: holds the stages of recipe {previous.get('recipe_path')}; choose another --out")
+    if not ours:
+        write_json(record, {"format": RECIPE_BUILD_FORMAT, "recipe": str(recipe), "recipe_path": str(recipe.resolve()),
+                            "out": str(root), "stages": []})
 
 
 def format_stages(r: dict) -> str:

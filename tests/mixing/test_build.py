@@ -210,7 +210,7 @@ def built(stores, tmp_path):
 
 
 def _rewrite_checksum(mix, rec_index, field, path):
-    from mixer.formats.mix import checksum_file
+    from mixer.formats.checksum import checksum_file
 
     m = json.loads((mix / "manifest.json").read_text())
     m["shards"][rec_index][field] = checksum_file(path)
