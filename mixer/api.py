@@ -66,19 +66,18 @@ def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: P
     """Write a mix (or, with `recipe`, every stage of a multi-stage recipe). Returns the
     build status with the manifest once every shard exists."""
     ex = (executor or Executor()).validate()
-    workers = ex.workers or ex.tasks
     if recipe is not None:
         from mixer.mixing.stages import build_recipe
         from mixer.recipe_catalog import find_recipe
 
         return build_recipe(find_recipe(recipe), Path(stores), Path(out) if out else None, overrides,
-                            executor=ex.kind, tasks=ex.tasks, workers=workers, progress=progress)
+                            executor=ex, progress=progress)
     from mixer.mixing.build import build as run_build
 
     spec = _spec(stores, fields)
     spec.validate()
     target = Path(out) if out else Path("mixes") / spec.default_name()
-    return run_build(spec, target, shards=shards, executor=ex.kind, tasks=ex.tasks, workers=workers, progress=progress)
+    return run_build(spec, target, shards=shards, executor=ex, progress=progress)
 
 
 def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bool = False) -> dict:

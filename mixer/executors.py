@@ -92,6 +92,9 @@ class Executor:
         if self.kind == "local":
             from datatrove.executor import LocalPipelineExecutor
 
+            from mixer.lifetime import install
+
+            install()  # the workers die with this command (mixer/lifetime.py)
             return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(tasks, self.local_workers),
                                          logging_dir=logs, depends=depends)
         if self.kind == "ray":
@@ -109,13 +112,17 @@ class Executor:
                       partition=self.partition, cpus_per_task=cpus, mem_per_cpu_gb=mem, time=self.time,
                       qos=None, env_command=environment_command(), depends=depends)
 
-    def run(self, pipeline: list, logging_dir: Path, job_name: str, **resources: Any) -> str:
-        """Run (local, Ray) or submit (Slurm) the stage; returns "done" or "submitted"."""
+    def run(self, pipeline: list, logging_dir: Path, job_name: str, jobs_file: Path | None = None,
+            **resources: Any) -> str:
+        """Run (local, Ray) or submit (Slurm) the stage; returns "done" or "submitted".
+        `jobs_file` records submitted Slurm jobs where a rerun looks for them (default: in
+        `logging_dir`; a stage whose logging folder changes between attempts gives a stable one)."""
         if self.kind == "slurm":
-            check_pending(Path(logging_dir), job_name)
+            jobs_file = jobs_file or Path(logging_dir) / JOBS_FILE
+            check_pending(jobs_file, job_name)
             ex = self.make(pipeline, logging_dir, job_name, **resources)
             ex.run()
-            record_jobs(Path(logging_dir), [ex])
+            record_jobs(jobs_file, [ex])
             return "submitted"
         self.make(pipeline, logging_dir, job_name, **resources).run()
         return "done"
@@ -129,17 +136,20 @@ def environment_command() -> str:
     return f"export PATH={Path(sys.executable).parent}:$PATH"
 
 
-def record_jobs(logging_dir: Path, executors: list) -> None:
-    ids = [str(e.job_id) for e in executors if getattr(e, "job_id", None) not in (None, -1, "-1")]
+def record_jobs(jobs_file: Path, executors: list) -> None:
+    """Remember the Slurm jobs just submitted (a dependency's too), for check_pending."""
+    ids = []
+    for e in executors:
+        ids += [str(j) for j in (getattr(e, "depends_job_id", None), getattr(e, "job_id", None))
+                if j not in (None, -1, "-1")]
     if ids:
         from mixer.formats.atomic import write_json
 
-        write_json(logging_dir / JOBS_FILE, {"job_ids": ids})
+        write_json(jobs_file, {"job_ids": ids})
 
 
-def check_pending(logging_dir: Path, job_name: str) -> None:
+def check_pending(f: Path, job_name: str) -> None:
     """Refuse to submit again while jobs of an earlier submission are queued or running."""
-    f = logging_dir / JOBS_FILE
     if not f.is_file() or shutil.which("squeue") is None:
         return
     ids = json.loads(f.read_text()).get("job_ids", [])

@@ -65,7 +65,7 @@ if sys.argv[1:3] == ["show", "hostnames"]:
 
 def install(root: Path, mode: str = "run") -> dict[str, str]:
     """Write the fake commands under root/bin; returns the environment to run mixer in."""
-    bin_dir, state = root / "bin", root / "slurm"
+    bin_dir, state = root / "fake-slurm-bin", root / "fake-slurm"
     (state / "jobs").mkdir(parents=True, exist_ok=True)
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name, body in (("sbatch", SBATCH), ("srun", SRUN), ("squeue", SQUEUE), ("scontrol", SCONTROL)):

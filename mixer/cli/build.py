@@ -9,7 +9,7 @@ import numpy as np
 
 from mixer.errors import UsageError
 from mixer.units import format_count, parse_count
-from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
+from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
 
 
 def _window(text: str | None) -> tuple[float, float]:
@@ -162,26 +162,21 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 @click.option("--set", "overrides", multiple=True, help="Override a recipe var: --set fraction=0.05 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output dir (default ./mixes/<name>).")
 @click.option("--shards", help="Write only shards I:J (the manifest comes when all exist).")
-@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
-@click.option("--tasks", type=int, default=1, show_default=True)
-@click.option("--workers", type=int, default=-1, help="Concurrent tasks (default: all).")
+@executor_options
 @click.option("--recheck-stores", is_flag=True, help="Re-read every store file to prove its checksum, even "
               "files this build already verified (by default an unchanged size and mtime is trusted).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
-def build(recipe, overrides, out, shards, executor, tasks, workers, recheck_stores, quiet, as_json, **kw) -> None:
+def build(recipe, overrides, out, shards, recheck_stores, quiet, as_json, **kw) -> None:
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
-    if tasks < 1:
-        raise UsageError(f"--tasks {tasks}: must be at least 1")
-    if workers == 0 or workers < -1:
-        raise UsageError(f"--workers {workers}: must be at least 1 (or -1: as many as --tasks)")
+    executor = executor_from_flags(kw)
     if recipe is not None:
         from mixer.mixing.stages import build_recipe, format_stages, parse_set
         from mixer.recipe_catalog import find_recipe
 
         recipe = find_recipe(recipe)
-        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor, tasks=tasks,
-                              workers=workers if workers > 0 else tasks, progress=not quiet, recheck_stores=recheck_stores)
+        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor,
+                              progress=not quiet, recheck_stores=recheck_stores)
         emit(result, as_json, format_stages)
         return
     from mixer.mixing.build import build as run_build, check_name
@@ -190,8 +185,7 @@ def build(recipe, overrides, out, shards, executor, tasks, workers, recheck_stor
     spec.validate()
     if out is None:  # ./mixes/<name>: the name must not lead out of ./mixes
         out = Path("mixes") / check_name(spec.default_name(), "--name" if kw["name"] else "mix name (from the flags)")
-    result = run_build(spec, out, shards=shards, executor=executor, tasks=tasks,
-                       workers=workers if workers > 0 else tasks, progress=not quiet, recheck_stores=recheck_stores)
+    result = run_build(spec, out, shards=shards, executor=executor, progress=not quiet, recheck_stores=recheck_stores)
     emit(result, as_json, format_build)
 
 

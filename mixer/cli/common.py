@@ -43,3 +43,34 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def executor_options(f):
+    """The same executor flags on every command that runs tasks (tokenize, build, audit)."""
+    from mixer.executors import KINDS
+
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(KINDS), default="local", show_default=True,
+                     help="Where the tasks run: this machine, a Slurm cluster, or a Ray cluster."),
+        click.option("--tasks", type=int, default=1, show_default=True, help="Tasks the work is split into."),
+        click.option("--workers", type=int, default=None,
+                     help="Tasks at once [default: min(tasks, CPUs) locally; no cap on a cluster]."),
+        click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"),
+                     help="Slurm partition [default: $MIXER_SLURM_PARTITION, else the cluster's default]."),
+        click.option("--cpus-per-task", type=int, default=1, show_default=True, help="Slurm/Ray: CPUs per task."),
+        click.option("--mem-per-cpu", type=float, default=2.0, show_default=True, help="Slurm/Ray: GB per CPU."),
+        click.option("--time", "time_limit", default="24:00:00", show_default=True, help="Slurm: time limit per task."),
+        click.option("--ray-address", help="Ray: join this cluster (e.g. auto, ray://head:10001) instead of starting one."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def executor_from_flags(kw: dict):
+    """Pop the executor flags out of a command's keyword arguments."""
+    from mixer.executors import Executor
+
+    return Executor(kind=kw.pop("executor"), tasks=kw.pop("tasks"), workers=kw.pop("workers"),
+                    partition=kw.pop("partition"), cpus_per_task=kw.pop("cpus_per_task"),
+                    mem_per_cpu_gb=kw.pop("mem_per_cpu"), time=kw.pop("time_limit"),
+                    ray_address=kw.pop("ray_address")).validate()

@@ -33,6 +33,7 @@ from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
 from mixer import __version__
+from mixer.executors import Executor
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MIX_FORMAT
@@ -284,46 +285,22 @@ def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
     return out / ".build" / f"logs-{executor}-{tasks}-{digest}"
 
 
-def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: str, tasks: int, workers: int, progress: bool) -> None:
-    if executor == "inline" or (executor == "local" and tasks == 1):
+def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: Executor, progress: bool) -> str:
+    """Write shards `todo`: in this process for one local task, else as executor tasks."""
+    if executor.inline:
         run_inline(resolve(spec), out, todo, progress)
-        return
+        return "done"
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
-    logs = str(logs_dir(out, executor, tasks, todo).resolve())
-    if executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        from mixer.lifetime import install
-
-        install()  # workers die with this process
-        LocalPipelineExecutor(pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs).run()
-    elif executor == "ray":
-        from datatrove.executor import RayPipelineExecutor
-
-        RayPipelineExecutor(pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs).run()
-    elif executor == "slurm":
-        import shutil
-
-        from datatrove.executor import SlurmPipelineExecutor
-
-        if shutil.which("sbatch") is None:
-            raise MixerError("--executor slurm: sbatch is not on PATH (run from a Slurm login node)")
-
-        SlurmPipelineExecutor(
-            pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs, time="24:00:00",
-            partition=None, job_name=f"mixer-{out.name}",
-        ).run()
-    else:
-        raise UsageError(f"--executor: unknown executor {executor!r} (local, slurm, ray)")
+    # jobs recorded per mix, not per attempt: a rerun while some are queued must see them
+    return executor.run([step], logs_dir(out, executor.kind, executor.tasks, todo), f"mixer-build-{out.name}",
+                        jobs_file=out / ".build" / "slurm_jobs.json")
 
 
 def build(
     spec: MixSpec,
     out: Path,
     shards: str | None = None,
-    executor: str = "local",
-    tasks: int = 1,
-    workers: int = 1,
+    executor: Executor | None = None,
     progress: bool = True,
     extra: dict | None = None,
     recheck_stores: bool = False,
@@ -334,13 +311,14 @@ def build(
     (a Slurm run only submits them: status "submitted").
     """
     out = Path(out)
+    executor = (executor or Executor()).validate()
     plan = resolve(spec)
     wanted = parse_shards(shards, plan.n_shards)
     identity = claim_directory(out, plan, recheck_stores)
     todo = [k for k in wanted if read_sidecar(out, k) is None]
     t0 = time.perf_counter()
     if todo:
-        run_tasks(spec, out, todo, executor, tasks, workers, progress)
+        run_tasks(spec, out, todo, executor, progress)
     written = sum(read_sidecar(out, k) is not None for k in todo)
     missing = [k for k in range(plan.n_shards) if read_sidecar(out, k) is None]
     status = {
@@ -354,7 +332,7 @@ def build(
     }
     if missing:
         missing_wanted = sorted(set(missing) & set(wanted))
-        if missing_wanted and executor != "slurm":
+        if missing_wanted and executor.kind != "slurm":
             raise MixerError(
                 f"{out}: {len(missing_wanted)} of the {len(wanted)} requested shards are still missing after this run "
                 f"(first: {missing_wanted[0]}; a task failed or was skipped); re-run the same command to finish them"

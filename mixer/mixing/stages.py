@@ -29,6 +29,7 @@ import dataclasses
 import operator
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from mixer.mixing.build import build, check_name, check_settings
 from mixer.errors import MixerError, UsageError
 from mixer.mixing.spec import MixSpec, resolve, seen_documents
 from mixer.units import parse_count
+if TYPE_CHECKING:
+    from mixer.executors import Executor
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.USub: operator.neg, ast.Pow: operator.pow}
@@ -176,8 +179,7 @@ def _unseen(spec: MixSpec, root: Path, excludes: list[str]) -> int:
 
 
 def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict | None = None,
-                 executor: str = "local", tasks: int = 1, workers: int = 1, progress: bool = True,
-                 recheck_stores: bool = False) -> dict:
+                 executor: "Executor | None" = None, progress: bool = True, recheck_stores: bool = False) -> dict:
     doc, stages = load_stages(recipe, stores, overrides)
     root = out or Path("mixes") / check_name(recipe.stem, "recipe name")
     _claim_root(root, recipe)
@@ -209,7 +211,7 @@ def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict |
                 "stages": [r["stage"] for r in results if r["status"] == "done"] + [name],
                 "documents_total_full_passes": {str(k): int(v) for k, v in enumerate(np.bincount(passes)) if v},
             }
-        r = build(spec, root / name, executor=executor, tasks=tasks, workers=workers, progress=progress, extra=record,
+        r = build(spec, root / name, executor=executor, progress=progress, extra=record,
                   recheck_stores=recheck_stores)
         results.append({"stage": name, "status": r["status"], "out": str(root / name),
                         "kind": spec.kind, "samples": r.get("manifest", {}).get("samples"),

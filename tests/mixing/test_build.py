@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mixer.executors import Executor
 from mixer.mixing.build import build
 from mixer.errors import MixerError, UsageError
 from mixer.mixing.spec import MixSpec
@@ -92,8 +93,8 @@ def test_samples_overlap_by_one_token_and_budget_is_exact(stores, tmp_path):
 
 def test_determinism_across_tasks_workers_and_executors(stores, tmp_path):
     build(spec(stores), tmp_path / "a", progress=False)
-    build(spec(stores), tmp_path / "b", tasks=3, workers=1, progress=False)
-    build(spec(stores), tmp_path / "c", tasks=2, workers=2, progress=False)
+    build(spec(stores), tmp_path / "b", executor=Executor(tasks=3, workers=1), progress=False)
+    build(spec(stores), tmp_path / "c", executor=Executor(tasks=2, workers=2), progress=False)
     a = mix_bytes(tmp_path / "a")
     assert len([k for k in a if k.endswith(".bin")]) > 3
     assert a == mix_bytes(tmp_path / "b") == mix_bytes(tmp_path / "c")
@@ -270,11 +271,12 @@ def test_ray_executor_writes_identical_bytes(stores, tmp_path):
     script = f"""
 import ray
 from pathlib import Path
+from mixer.executors import Executor
 from mixer.mixing.build import build
 from mixer.mixing.spec import MixSpec
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 build(MixSpec.from_json({spec(stores).to_json()!r}), Path({str(tmp_path / "ray")!r}),
-      executor="ray", tasks=2, workers=2, progress=False)
+      executor=Executor("ray", tasks=2, workers=2), progress=False)
 ray.shutdown()
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

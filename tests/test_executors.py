@@ -1,0 +1,85 @@
+"""One executor for every command: flags, job scripts, a build on a (stand-in) Slurm cluster
+that matches the local bytes, and reruns while jobs are queued."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixer.errors import UsageError
+from mixer.executors import Executor
+from tests import fake_slurm
+from tests.mixutil import make_stores
+
+SBATCH_LINE = re.compile(r"^#SBATCH --[a-z-]+(=\S+)?$")
+
+
+def mixer(env, cwd, *args):
+    return subprocess.run([sys.executable, "-m", "mixer", *map(str, args)], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def mix_bytes(mix: Path) -> dict:
+    return {p.relative_to(mix).as_posix(): p.read_bytes() for p in sorted(mix.rglob("*"))
+            if p.is_file() and ".build" not in p.parts}
+
+
+def check_script(script: str) -> None:
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    directives = [x for x in lines if x.startswith("#SBATCH")]
+    assert directives and all(SBATCH_LINE.match(x) or x == "#SBATCH --requeue" for x in directives), directives
+    assert not any(x.startswith(("#SBATCH --partition", "#SBATCH --qos")) and "=" not in x for x in directives)
+    assert f"source {sys.prefix}/bin/activate" in script or f"export PATH={Path(sys.executable).parent}" in script
+
+
+def test_flags_are_validated():
+    for bad, flag in ((Executor(tasks=0), "--tasks"), (Executor(workers=0), "--workers"),
+                      (Executor(mem_per_cpu_gb=0), "--mem-per-cpu"), (Executor(ray_address="auto"), "--ray-address"),
+                      (Executor(kind="lsf"), "--executor")):
+        with pytest.raises(UsageError, match=flag):
+            bad.validate()
+
+
+def test_build_on_slurm_matches_local_bytes(tmp_path):
+    stores = make_stores(tmp_path / "stores")
+    env = fake_slurm.install(tmp_path, "run")
+    common = ["build", "--stores", stores, "--domain", "music", "--fraction", "0.05", "--tokens", "40K",
+              "--seq-len", "32", "--samples-per-shard", "200", "--quiet"]
+    p = mixer(env, tmp_path, *common, "--out", tmp_path / "slurm", "--executor", "slurm", "--tasks", "3",
+              "--partition", "cpu", "--cpus-per-task", "2", "--mem-per-cpu", "2.5", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["status"] == "done"  # the stand-in runs jobs as they are submitted
+    scripts = fake_slurm.job_scripts(env)
+    for s in scripts:
+        check_script(s)
+    assert "#SBATCH --partition=cpu" in scripts[0] and "#SBATCH --cpus-per-task=2" in scripts[0]
+    assert "#SBATCH --mem-per-cpu=2560M" in scripts[0]
+    p = mixer(env, tmp_path, *common, "--out", tmp_path / "slurm", "--executor", "slurm", "--tasks", "3", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["shards_written"] == 0, p.stderr[-2000:]
+    assert len(fake_slurm.job_scripts(env)) == len(scripts)  # nothing left to submit
+    p = mixer(env, tmp_path, *common, "--out", tmp_path / "local")
+    assert p.returncode == 0, p.stderr
+    assert mix_bytes(tmp_path / "slurm") == mix_bytes(tmp_path / "local")
+
+
+def test_rerun_while_jobs_are_queued_submits_nothing(tmp_path):
+    stores = make_stores(tmp_path / "stores")
+    env = fake_slurm.install(tmp_path, "hold")
+    args = ["build", "--stores", stores, "--domain", "music", "--fraction", "0.05", "--tokens", "40K", "--seq-len",
+            "32", "--samples-per-shard", "200", "--out", tmp_path / "mix", "--executor", "slurm", "--tasks", "2",
+            "--quiet"]
+    assert mixer(env, tmp_path, *args).returncode == 0
+    submitted = len(fake_slurm.job_scripts(env))
+    p = mixer(env, tmp_path, *args)
+    assert p.returncode == 1 and "still queued or running" in p.stderr and "PENDING".lower() in p.stderr
+    assert p.stderr.count("\n") == 1 and len(fake_slurm.job_scripts(env)) == submitted
+    fake_slurm.run_held(env)
+    p = mixer(env, tmp_path, *args, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["status"] == "done", p.stderr[-2000:]
+    assert len(fake_slurm.job_scripts(env)) == submitted
