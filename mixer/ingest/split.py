@@ -77,7 +77,7 @@ def threshold_for_tokens(hashes: np.ndarray, lengths: np.ndarray, tokens: int, w
 
 def threshold_for_tokens_streamed(
     chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], tokens: int, what: str = "--test-tokens",
-    collect: int = COLLECT,
+    collect: int | None = None,
 ) -> int:
     """The smallest threshold whose held-out set reaches `tokens` tokens, over chunked data.
 
@@ -92,6 +92,7 @@ def threshold_for_tokens_streamed(
     `collect` documents are left in the range, one more pass sorts just those. Uniform
     hashes need two passes whatever the corpus size; heavy duplication at most five.
     """
+    collect = COLLECT if collect is None else collect
     total = documents = top = 0
     hs: list[np.ndarray] | None = []  # the first pass keeps everything while it is small
     ls: list[np.ndarray] = []
