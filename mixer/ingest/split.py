@@ -54,7 +54,7 @@ def _normalize(text: str) -> str:
 
 
 def _pieces(text: str) -> Iterator[str]:
-    """`text` cut before whitespace characters, every NORMALIZE_PIECE characters or so.
+    r"""`text` cut before whitespace characters, every NORMALIZE_PIECE characters or so.
 
     Normalizing the pieces gives the words of the whole: str.split breaks at the very
     whitespace (str.isspace, which re's \s matches too), no canonical composition joins a
