@@ -5,7 +5,8 @@
 
 Only the merge is measured: the parts are written directly in the part format of
 `mixer.ingest.tokenizer_step` (tokens, the per-document table, ids, one part per task,
-task r holding input files r, r+tasks, ...), as a general source (no near-duplicates).
+task r holding input files r, r+tasks, ...), as a general source (no near-duplicates;
+`--near-duplicates`: a domain source with MinHash clustering, random signatures).
 Every document is 2-9 tokens long, so the token files stay small and what is measured
 is the per-document cost. A bigger corpus has more input files, not bigger ones, as real
 corpora grow (Dolma's and FineWeb's files hold 10^5-10^6 documents each). Id styles:
@@ -62,8 +63,9 @@ def short_ids(first: int, n: int) -> bytes:
     return "".join(f"{i}\n" for i in range(first, first + n)).encode()
 
 
-def write_parts(work: Path, docs: int, ids: str, tasks: int, files: int, seed: int = 0) -> None:
+def write_parts(work: Path, docs: int, ids: str, tasks: int, files: int, minhash: bool = False, seed: int = 0) -> None:
     """The parts of `docs` documents spread over `files` input files and `tasks` parts."""
+    from mixer.ingest.neardup import NUM_PERM
     from mixer.ingest.tokenizer_step import DOC_DTYPE, part_name
 
     parts = work / "parts"
@@ -75,7 +77,8 @@ def write_parts(work: Path, docs: int, ids: str, tasks: int, files: int, seed: i
     for r in range(tasks):
         base = parts / part_name(r)
         with open(base.with_suffix(".ds"), "wb") as ds, open(base.with_suffix(".docs"), "wb") as table_out, \
-                open(base.with_suffix(".ids"), "wb") as ids_out:
+                open(base.with_suffix(".ids"), "wb") as ids_out, \
+                open(base.with_suffix(".minhash") if minhash else os.devnull, "wb") as sig_out:
             for f in range(r, files, tasks):
                 for a in range(0, int(per_file[f]), 1 << 20):
                     n = min(1 << 20, int(per_file[f]) - a)
@@ -88,18 +91,20 @@ def write_parts(work: Path, docs: int, ids: str, tasks: int, files: int, seed: i
                     ds.write(tokens.tobytes())
                     table_out.write(table.tobytes())
                     ids_out.write(uuid_ids(rng, n) if ids == "uuid" else short_ids(int(first[f]) + a, n))
+                    if minhash:  # random signatures: every document its own cluster
+                        sig_out.write(rng.integers(0, 2**32 - 2, size=(n, NUM_PERM), dtype=np.uint32).tobytes())
         (parts / f"reader-{r:05d}.json").write_text(json.dumps(
             {"rank": r, "files": 0, "documents": 0, "empty": 0, "bad_records": 0, "skipped": [], "error": None}))
 
 
-def child(work: Path, tasks: int, files: int, split: str, tokens: int) -> None:
+def child(work: Path, tasks: int, files: int, split: str, tokens: int, near: bool) -> None:
     """Run one merge in this (fresh) process and print its figures as JSON."""
     from mixer.ingest.merge import write_store
     from mixer.ingest.sources import SourceSpec
     from mixer.ingest.vocab import TokenizerInfo
 
     kw = {"test_tokens": max(1, tokens // 100)} if split == "tokens" else {"test_fraction": 0.01}
-    spec = SourceSpec("bench", "general", ["synthetic"], "synthetic", near_duplicates=False, **kw)
+    spec = SourceSpec("bench", "domain" if near else "general", ["synthetic"], "synthetic", near_duplicates=near, **kw)
     tok = TokenizerInfo("synthetic", "synthetic", "0" * 64, EOS + 1, EOS, "<|endoftext|>")
     reports = [json.loads((work / "parts" / f"reader-{r:05d}.json").read_text()) for r in range(tasks)]
     (work / "stores").mkdir(exist_ok=True)
@@ -118,6 +123,8 @@ def main() -> None:
     ap.add_argument("--split", nargs="+", default=["tokens"], choices=["tokens", "fraction"])
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--docs-per-file", default="125K")
+    ap.add_argument("--near-duplicates", action="store_true",
+                    help="a domain source with MinHash clustering (signatures in the parts, 256 B per document)")
     ap.add_argument("--work", type=Path, help="scratch folder [default: a temporary folder, removed after]")
     ap.add_argument("--files", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -125,7 +132,7 @@ def main() -> None:
     ap.add_argument("--child-tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.tasks, args.files, args.child_split, args.child_tokens)
+        child(args.child, args.tasks, args.files, args.child_split, args.child_tokens, args.near_duplicates)
         return
 
     scratch = Path(tempfile.mkdtemp(prefix="mixer-merge-bench-", dir=args.work))
@@ -137,14 +144,15 @@ def main() -> None:
                 work = scratch / f"{ids}-{docs}"
                 files = max(1, -(-docs // parse_count(args.docs_per_file, "--docs-per-file")))
                 t0 = time.perf_counter()
-                write_parts(work, docs, ids, args.tasks, files)
+                write_parts(work, docs, ids, args.tasks, files, args.near_duplicates)
                 made = time.perf_counter() - t0
                 tokens = sum(p.stat().st_size for p in (work / "parts").glob("*.ds")) // 2
                 for split in args.split:
                     shutil.rmtree(work / "stores", ignore_errors=True)
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", str(work), "--tasks", str(args.tasks), "--files",
-                         str(files), "--child-split", split, "--child-tokens", str(tokens)],
+                         str(files), "--child-split", split, "--child-tokens", str(tokens)]
+                        + (["--near-duplicates"] if args.near_duplicates else []),
                         env=env, capture_output=True, text=True)
                     if out.returncode:
                         raise SystemExit(f"merge of {work} failed:\n{out.stderr}")

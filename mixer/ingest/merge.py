@@ -127,7 +127,7 @@ def plan_parts(parts_dir: Path, tasks: int, dtype: np.dtype, with_minhash: bool)
                 tokens += int(table["length"].sum())
         ds = base.with_suffix(".ds")
         if ds.stat().st_size != tokens * dtype.itemsize:
-            raise _broken(ds, f"{ds.stat().st_size // dtype.itemsize} tokens for documents of {tokens}")
+            raise _broken(ds, f"{ds.stat().st_size // dtype.itemsize} tokens where its documents have {tokens}")
         sig = base.with_suffix(".minhash")
         if with_minhash and sig.stat().st_size != n * NUM_PERM * 4:
             raise _broken(sig, f"{sig.stat().st_size // (NUM_PERM * 4)} signatures for {n} documents")
