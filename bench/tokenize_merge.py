@@ -10,7 +10,8 @@ task r holding input files r, r+tasks, ...), as a general source (no near-duplic
 Every document is 2-9 tokens long, so the token files stay small and what is measured
 is the per-document cost. A bigger corpus has more input files, not bigger ones, as real
 corpora grow (Dolma's and FineWeb's files hold 10^5-10^6 documents each). Id styles:
-`short` (the document number in decimal) and `uuid` (FineWeb's `<urn:uuid:...>`, 47 characters). Each merge runs in a fresh Python process
+`short` (the document number in decimal) and `uuid` (FineWeb's `<urn:uuid:...>`, 47
+characters). Each merge runs in a fresh Python process
 (`write_store` with the real split: `--split tokens` holds out 1% of the tokens by
 `test_tokens`, `--split fraction` by `test_fraction = 0.01`) and reports its own peak RSS
 (`VmHWM`) and wall time. Needs ~1.3 GB of disk per 16M documents with uuid ids.

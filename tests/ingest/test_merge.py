@@ -85,37 +85,53 @@ SPECS = {
 PINNED = {
     "domain": (
         {
-            "near_duplicates.jsonl": "1997e45bc3123af2", "test.ds": "d593fd9b669a259a", "test.ds.index": "899491c811492128",
-            "test.ids": "8300a14722cbd3f3", "train.ds": "1215905e23440c08", "train.ds.index": "4778e7374ade19e5",
+            "near_duplicates.jsonl": "1997e45bc3123af2", "test.ds": "d593fd9b669a259a",
+            "test.ds.index": "899491c811492128", "test.ids": "8300a14722cbd3f3",
+            "train.ds": "1215905e23440c08", "train.ds.index": "4778e7374ade19e5",
             "train.ids": "5b682458ab2aead9",
         },
         {"train": [552, 11528], "test": [127, 2928]},
-        {"threshold": "0x3333333333333400", "achieved_fraction": 0.20254565578306585, "near_duplicate_clusters": 1, "near_duplicate_documents": 4, "near_duplicate_moved": 2},
+        {
+            "threshold": "0x3333333333333400",
+            "achieved_fraction": 0.20254565578306585,
+            "near_duplicate_clusters": 1,
+            "near_duplicate_documents": 4,
+            "near_duplicate_moved": 2,
+        },
     ),
     "general": (
         {
-            "train.ds": "540af007060008e4", "train.ds.index": "bbb9eadb29eb27e8", "train.ids": "5034d1233fc94e84",
-            "val.ds": "8b0107fdc432d2cb", "val.ds.index": "d4bda287a4709c32", "val.ids": "43cebec31814b876",
+            "train.ds": "540af007060008e4", "train.ds.index": "bbb9eadb29eb27e8",
+            "train.ids": "5034d1233fc94e84", "val.ds": "8b0107fdc432d2cb",
+            "val.ds.index": "d4bda287a4709c32", "val.ids": "43cebec31814b876",
         },
         {"train": [641, 13555], "val": [38, 901]},
         {"threshold": "0x10e8badb184a5040", "achieved_fraction": 0.062327061427780855},
     ),
     "general-fraction": (
         {
-            "train.ds": "7e06fc7ed596659f", "train.ds.index": "678525e5d2bab799", "train.ids": "7b19f522abf30425",
-            "val.ds": "63917961dbcd5bda", "val.ds.index": "2e83f4a851212925", "val.ids": "75ca2c2b4d35e758",
+            "train.ds": "7e06fc7ed596659f", "train.ds.index": "678525e5d2bab799",
+            "train.ids": "7b19f522abf30425", "val.ds": "63917961dbcd5bda",
+            "val.ds.index": "2e83f4a851212925", "val.ids": "75ca2c2b4d35e758",
         },
         {"train": [619, 13260], "val": [60, 1196]},
         {"threshold": "0x1999999999999a00", "achieved_fraction": 0.08273381294964029},
     ),
     "domain-tokens": (
         {
-            "near_duplicates.jsonl": "0c90026b5ba570a2", "test.ds": "c20069556cafa626", "test.ds.index": "fd6e6e2677188a02",
-            "test.ids": "52d3ba1c437a35b9", "train.ds": "e82233b48119e979", "train.ds.index": "1ad28949fdbf480a",
+            "near_duplicates.jsonl": "0c90026b5ba570a2", "test.ds": "c20069556cafa626",
+            "test.ds.index": "fd6e6e2677188a02", "test.ids": "52d3ba1c437a35b9",
+            "train.ds": "e82233b48119e979", "train.ds.index": "1ad28949fdbf480a",
             "train.ids": "97e5ede522a8bb01",
         },
         {"train": [586, 12427], "test": [93, 2029]},
-        {"threshold": "0x2a4747824d2bae67", "achieved_fraction": 0.14035694521306033, "near_duplicate_clusters": 1, "near_duplicate_documents": 4, "near_duplicate_moved": 2},
+        {
+            "threshold": "0x2a4747824d2bae67",
+            "achieved_fraction": 0.14035694521306033,
+            "near_duplicate_clusters": 1,
+            "near_duplicate_documents": 4,
+            "near_duplicate_moved": 2,
+        },
     ),
 }
 
@@ -148,9 +164,9 @@ def write_parts(work: Path, tasks: int, per_file: list[int], seed: int = 0) -> l
         for f in range(r, len(per_file), tasks):
             for i in range(per_file[f]):
                 length = int(rng.integers(1, 12))
+                ids_by_style = ["", "x", f"<urn:uuid:{f}-{i}>", f"d\u00e9\u4e2d-{f}-{i}" * int(rng.integers(1, 40))]
                 doc = {"file": f, "pos": i, "tokens": rng.integers(0, 60000, size=length).astype("<u2"),
-                       "hash": int(rng.integers(0, 2**63)) * 2 + 1,
-                       "id": ["", "x", f"<urn:uuid:{f}-{i}>", f"d\u00e9\u4e2d-{f}-{i}" * int(rng.integers(1, 40))][i % 4]}
+                       "hash": int(rng.integers(0, 2**63)) * 2 + 1, "id": ids_by_style[i % 4]}
                 doc["tokens"][-1] = 65000  # EOS
                 everything.append(doc)
                 tokens.append(doc["tokens"])
@@ -199,7 +215,8 @@ def test_streaming_merge_matches_a_sort_of_every_document(tmp_path, monkeypatch,
             ends = np.cumsum([len(d["tokens"]) for d in chosen], dtype=np.uint64).astype("<u8")
             assert (store / f"{name}.ds.index").read_bytes() == ends.tobytes()
             assert (store / f"{name}.ids").read_text("utf-8") == "".join(d["id"] + "\n" for d in chosen)
-            assert meta["splits"][name] == {"documents": len(chosen), "tokens": int(sum(len(d["tokens"]) for d in chosen))}
+            tokens = int(sum(len(d["tokens"]) for d in chosen))
+            assert meta["splits"][name] == {"documents": len(chosen), "tokens": tokens}
 
 
 @pytest.mark.parametrize("problem", ["fewer ids", "more ids", "tokens", "order"])
