@@ -237,6 +237,8 @@ def list_inputs(patterns: list[str], flag: str = "--input", text_files: bool = F
         raise UsageError(f"{flag}: {len(unknown)} file{'s are' if len(unknown) > 1 else ' is'} not JSON lines, "
                          f"parquet or Arrow: {names}; leave {'them' if len(unknown) > 1 else 'it'} out "
                          f"(a narrower glob), or use {text_flag} to read every such file as one text document")
+    if not files:
+        raise UsageError(f"{flag} {' '.join(patterns)}: matches only the metadata of a datasets folder")
     root = os.path.commonpath([os.path.dirname(f.path) for f in files])
     return [InputFile(f.path, f.kind, os.path.relpath(f.path, root), f.codec) for f in files]
 

@@ -156,6 +156,8 @@ def test_save_to_disk_folder(tmp_path):
     files = list_inputs([str(other / "*")])
     assert kinds(files) == [("data-00000-of-00001.arrow", "arrow", None)]
     assert [t for _, t in read(files, tmp=tmp_path)] == [text(i) for i in range(9)]
+    with pytest.raises(UsageError, match="matches only the metadata of a datasets folder"):
+        list_inputs([str(other / "*.json")])
 
 
 def test_dataset_dict_is_refused_with_its_splits(tmp_path):
