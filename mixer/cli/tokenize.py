@@ -13,7 +13,7 @@ from mixer.cli.common import emit, json_option, resolve_stores, stores_option, t
 
 # flags that describe a source; with --recipe the recipe describes it instead
 _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokenizer", "test_fraction", "test_tokens",
-                 "seed", "near_duplicates", "on_bad_record", "eos")
+                 "seed", "near_duplicates", "on_bad_record", "eos", "text_files")
 
 
 @click.command("tokenize")
@@ -21,8 +21,12 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @click.option("--source", "name", help="Store name (STORES/NAME); with --recipe, the one source to tokenize.")
 @click.option("--role", type=click.Choice(["domain", "general"]), help="domain: train/test splits; general: train/val.")
 @click.option("--input", "inputs", multiple=True, metavar="GLOB",
-              help="Input files, globs or folders (.jsonl[.gz|.zst], .parquet, other files = one text document each).")
+              help="Input files, globs or folders: JSON lines (.jsonl/.json/.ndjson, also .gz/.zst), parquet, Arrow "
+              "(incl. a datasets save_to_disk folder), .txt (one document each); recognised by content.")
 @click.argument("more_inputs", nargs=-1, metavar="[GLOB]...")
+@click.option("--text-files", is_flag=True, default=False,
+              help="Read every other input file (README.md, .v, no suffix...) as one text document "
+              "(without it, such files in a folder or glob are an error).")
 @click.option("--text-key", default="text", show_default=True, help="JSON key / parquet column of the text.")
 @click.option("--id-key", default="id", show_default=True, help="Key of the document id (default id: file:line).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="HuggingFace tokenizer.json.")
@@ -78,7 +82,7 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
                             text_key=source["text_key"], id_key=source["id_key"],
                             test_fraction=source["test_fraction"], test_tokens=test_tokens, seed=source["seed"],
                             near_duplicates=source["near_duplicates"], on_bad_record=source["on_bad_record"],
-                            eos=source["eos"]).validate()]
+                            eos=source["eos"], text_files=source["text_files"]).validate()]
     run = RunOptions(executor=executor, tasks=tasks, workers=workers, force=force, partition=partition,
                      time=slurm_time).validate()
     root = resolve_stores(stores)

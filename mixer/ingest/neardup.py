@@ -16,6 +16,8 @@ domain corpus, so one vectorized numpy pass per batch of documents does the shin
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -117,38 +119,52 @@ def _densify(sig: np.ndarray) -> np.ndarray:
     return out.astype(np.uint32)
 
 
-def band_keys(sig: np.ndarray) -> np.ndarray:
-    """One 64-bit key per (document, band): documents sharing a key are candidate pairs."""
-    rows = sig.reshape(len(sig), BANDS, NUM_PERM // BANDS).astype(np.uint64)
-    key = splitmix64(np.arange(BANDS, dtype=np.uint64))[None, :]
-    for r in range(rows.shape[2]):
-        key = splitmix64(key ^ rows[:, :, r])
+def band_key(sig: np.ndarray, band: int) -> np.ndarray:
+    """One 64-bit key per document for one band: documents sharing a key are candidate pairs."""
+    rows = NUM_PERM // BANDS
+    key = np.full(len(sig), splitmix64(np.array([band], dtype=np.uint64))[0], dtype=np.uint64)
+    for r in range(rows):
+        key = splitmix64(key ^ np.asarray(sig[:, band * rows + r], dtype=np.uint64))
     return key
 
 
-def clusters(sig: np.ndarray) -> np.ndarray:
-    """Cluster label per document (connected components of verified candidate pairs)."""
+def band_keys(sig: np.ndarray) -> np.ndarray:
+    """Every band's keys, shape (documents, BANDS)."""
+    return np.stack([band_key(sig, b) for b in range(BANDS)], axis=1) if len(sig) else np.zeros((0, BANDS), np.uint64)
+
+
+def clusters(sig: np.ndarray, keys: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+    """Cluster label per document (connected components of verified candidate pairs).
+
+    `sig` may be a memory map: only the rows of candidate pairs are read from it once
+    `keys(band)` (default: `band_key(sig, band)`) gives each band's keys. One band at a time
+    is in memory, so the peak is ~60 bytes per document (the keys, their sort order and
+    the star of each bucket) plus the candidate pairs, not the (documents x BANDS) keys.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(sig)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    keys = band_keys(sig)
     src, dst = [], []
     for b in range(BANDS):  # a loop over bands; each band is one vectorized sort
-        order = np.argsort(keys[:, b], kind="stable")
-        k = keys[order, b]
+        key = band_key(sig, b) if keys is None else keys(b)
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        del key
         head = np.r_[True, k[1:] != k[:-1]]
+        del k
         first = order[np.maximum.accumulate(np.where(head, np.arange(n), 0))]
         src.append(first[~head])
         dst.append(order[~head])
+        del order, first, head
     pairs = np.unique(np.concatenate(src).astype(np.int64) * n + np.concatenate(dst))
     src, dst = pairs // n, pairs % n
     keep = np.zeros(len(pairs), dtype=bool)
     for i in range(0, len(pairs), 1 << 16):  # chunks bound the (pairs x permutations) comparison
-        a, b = src[i : i + (1 << 16)], dst[i : i + (1 << 16)]
-        same = (sig[a] == sig[b]) & (sig[a] != _EMPTY)
+        a, b = np.asarray(sig[src[i : i + (1 << 16)]]), np.asarray(sig[dst[i : i + (1 << 16)]])
+        same = (a == b) & (a != _EMPTY)
         keep[i : i + (1 << 16)] = same.mean(axis=1) >= MIN_SIMILARITY
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (src[keep], dst[keep])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError, UsageError
+from mixer.units import parse_count
 
 ROLES = ("domain", "general")
 BAD_RECORD_POLICIES = ("skip", "fail")
@@ -27,6 +28,7 @@ _FLAGS = {
     "name": "--source", "role": "--role", "inputs": "--input", "text_key": "--text-key", "id_key": "--id-key",
     "tokenizer": "--tokenizer", "test_fraction": "--test-fraction", "test_tokens": "--test-tokens",
     "seed": "--seed", "near_duplicates": "--near-duplicates", "on_bad_record": "--on-bad-record", "eos": "--eos",
+    "text_files": "--text-files",
 }
 
 
@@ -36,6 +38,9 @@ class SourceSpec:
 
     `origin` is the recipe file it came from (None: command-line flags); errors name it.
     `near_duplicates=None` means the role's default (on for domain sources).
+    `text_files`: read every input file that is not JSON lines, parquet, Arrow or `.txt`
+    as one plain-text document (without it such files in a folder or glob are an error; a
+    file named on its own is read as text either way).
     """
 
     name: str
@@ -50,6 +55,7 @@ class SourceSpec:
     near_duplicates: bool | None = None
     on_bad_record: str = "fail"
     eos: str | None = None
+    text_files: bool = False
     origin: Path | None = field(default=None, compare=False)
 
     @property
@@ -68,6 +74,11 @@ class SourceSpec:
         if self.origin is None:
             return _FLAGS.get(key, key)
         return f"{self.origin}: source {self.name!r}: {key}"
+
+    @property
+    def text_files_flag(self) -> str:
+        """How to ask for plain-text files where this spec came from, for error messages."""
+        return "--text-files" if self.origin is None else f"text_files = true (in {self.origin}, source {self.name!r})"
 
     def fail(self, key: str, problem: str) -> MixerError:
         message = f"{self.where(key)}: {problem}"
@@ -101,6 +112,8 @@ class SourceSpec:
             raise self.fail("near_duplicates", f"{self.near_duplicates!r} must be true or false")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             raise self.fail("on_bad_record", f"{self.on_bad_record!r} is not one of {', '.join(BAD_RECORD_POLICIES)}")
+        if not isinstance(self.text_files, bool):
+            raise self.fail("text_files", f"{self.text_files!r} must be true or false")
         if self.eos is not None and (not isinstance(self.eos, str) or not self.eos):
             raise self.fail("eos", "must be the text of the end-of-document token, e.g. '<|endoftext|>'")
         return self
@@ -164,6 +177,11 @@ def load_sources(path: str | os.PathLike) -> list[SourceSpec]:
         if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
             raise MixerError(f"{label}: inputs must be a list of paths or globs")
         values = {k: expand_vars(v, f"{label}: {k}") if isinstance(v, str) else v for k, v in table.items()}
+        if isinstance(values.get("test_tokens"), str):  # "10M", as on the command line, or from ${VAR}
+            try:
+                values["test_tokens"] = parse_count(values["test_tokens"], f"{label}: test_tokens")
+            except UsageError as e:
+                raise MixerError(str(e)) from None
         values["inputs"] = [_resolve_path(x, base, f"{label}: inputs") for x in inputs]
         values["tokenizer"] = _resolve_path(table["tokenizer"], base, f"{label}: tokenizer") if isinstance(
             table["tokenizer"], str

@@ -169,7 +169,7 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
 
     spec.validate()
     run.validate()
-    files = list_inputs(spec.inputs, spec.where("inputs"))
+    files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag)
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
     _check_study_tokenizer(stores, spec, tok, run.force)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import queue
 import threading
@@ -33,7 +34,6 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.utils.batching import batched
 from datatrove.utils.logging import logger
 
 from mixer.formats.atomic import atomic_open
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 DOC_DTYPE = np.dtype([("file", "<u4"), ("length", "<u8"), ("hash", "<u8")])
+BATCH_CHARS = 1 << 22  # characters per call to the tokenizer (~0.6 GB of its working memory)
 REPORT_EVERY = 50_000_000  # tokens between progress lines in the task log
 # every character str.splitlines() breaks at: an id holding one would shift all later ids
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
@@ -55,18 +56,62 @@ def part_name(rank: int) -> str:
     return f"part-{rank:05d}"
 
 
-def encode_with_eos(tokenizer: "Tokenizer", texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Encode a batch; return (flat tokens with EOS after each document, lengths incl. EOS)."""
-    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+def encode_with_eos(
+    tokenizer: "Tokenizer", texts: list[str], eos_id: int, dtype: np.dtype, cuttable: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a batch; return (flat tokens with EOS after each document, lengths incl. EOS).
+
+    Each call to the tokenizer gets at most BATCH_CHARS characters: it holds ~150 bytes per
+    character while it encodes. A longer document is cut into pieces that encode to its
+    exact tokens when the tokenizer allows it (`cuttable`, see mixer.ingest.safe_cuts),
+    else it is encoded whole, in a call of its own.
+    """
+    lengths = np.ones(len(texts), dtype=np.int64)
+    bodies = []
+    for group in _groups(texts, cuttable):
+        ids = [e.ids for e in tokenizer.encode_batch_fast([t for _, t in group], add_special_tokens=False)]
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        np.add.at(lengths, [i for i, _ in group], counts)
+        bodies.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(counts.sum())))
     total = int(lengths.sum())
     out = np.empty(total, dtype=dtype)
     eos_at = np.cumsum(lengths) - 1
     body = np.ones(total, dtype=bool)
     body[eos_at] = False
-    out[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total - len(ids))
+    out[body] = np.concatenate(bodies) if bodies else np.zeros(0, dtype=dtype)
     out[eos_at] = eos_id
     return out, lengths
+
+
+def _groups(texts: list[str], cuttable: bool) -> Iterator[list[tuple[int, str]]]:
+    """(document index, text or piece) in order, in groups of at most BATCH_CHARS characters."""
+    from mixer.ingest.safe_cuts import pieces
+
+    group: list[tuple[int, str]] = []
+    chars = 0
+    for i, text in enumerate(texts):
+        for piece in pieces(text) if cuttable and len(text) > BATCH_CHARS else (text,):
+            if group and chars + len(piece) > BATCH_CHARS:
+                yield group
+                group, chars = [], 0
+            group.append((i, piece))
+            chars += len(piece)
+    if group:
+        yield group
+
+
+def char_batches(docs: Iterator, size: int) -> Iterator[list]:
+    """Documents in batches of `size`, or fewer once they hold BATCH_CHARS characters."""
+    batch: list = []
+    chars = 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc.text)
+        if len(batch) >= size or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 class _Failure:
@@ -154,7 +199,10 @@ class TokenizeParts(PipelineStep):
         return Tokenizer.from_file(self.tokenizer_path)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from mixer.ingest.safe_cuts import cuttable
+
         tokenizer = self._load_tokenizer()
+        can_cut = cuttable(json.loads(tokenizer.to_str()))
         dtype = np.dtype(self.dtype)
         base = Path(self.parts_dir) / part_name(rank)
         documents = tokens_written = 0
@@ -166,9 +214,9 @@ class TokenizeParts(PipelineStep):
             docs_out = stack.enter_context(atomic_open(base.with_suffix(".docs"), "wb"))
             ids_out = stack.enter_context(atomic_open(base.with_suffix(".ids"), "wb"))
             sig_out = stack.enter_context(atomic_open(base.with_suffix(".minhash"), "wb")) if self.with_minhash else None
-            for batch in prefetched(batched(data or [], self.batch_size)):
+            for batch in prefetched(char_batches(data or [], self.batch_size)):
                 with self.track_time(unit="batch"):
-                    tokens, lengths = encode_with_eos(tokenizer, [d.text for d in batch], self.eos_id, dtype)
+                    tokens, lengths = encode_with_eos(tokenizer, [d.text for d in batch], self.eos_id, dtype, can_cut)
                     tokens_out.write(memoryview(tokens))
                     table = np.empty(len(batch), dtype=DOC_DTYPE)
                     table["file"] = [d.metadata["file"] for d in batch]

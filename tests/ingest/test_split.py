@@ -29,13 +29,9 @@ def random_doc(rng: random.Random, n: int = 300) -> str:
 
 def corpus_of(texts: list[str], minhash: bool = True) -> Corpus:
     norm = [normalize(t) for t in texts]
-    n = len(texts)
     return Corpus(
         length=np.array([len(t.split()) + 1 for t in texts], dtype=np.int64),
         hash=np.array([text_hash(x) for x in norm], dtype=np.uint64),
-        part=np.zeros(n, dtype=np.int64),
-        start=np.zeros(n, dtype=np.int64),
-        ids=[str(i) for i in range(n)],
         minhash=signatures(norm) if minhash else None,
     )
 
