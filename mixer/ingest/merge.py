@@ -174,6 +174,7 @@ def write_store(
             "dropped": {"empty": sum(r["empty"] for r in reports), "bad_records": sum(r["bad_records"] for r in reports)},
             "skipped_records": [s for r in reports for s in r["skipped"]][:20],
             "fingerprint": extra["fingerprint"],
+            "tokenizer_backend": extra.get("tokenizer_backend"),  # the only key that may differ between backends
             "mixer_version": __version__,
         }
         write_json(staging / "store.json", meta)  # last: its presence means the store is complete
