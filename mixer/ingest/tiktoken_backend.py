@@ -19,12 +19,17 @@ that rules each out:
 - Merge priority. HF merges the adjacent pair with the lowest rank in the merge list;
   tiktoken the adjacent pair whose concatenation has the lowest rank. Ranks are given
   so that they agree: a token's rank orders it as its first merge does. A token that
-  several merges produce (tiktoken-converted files list every split) must have them
-  adjacent in the list, duplicate pairs are refused, and every non-byte token must be
-  the product of a merge (tiktoken would reach it from any split).
+  several merges produce must have them adjacent in the list, duplicate pairs are
+  refused, and every non-byte token must be the product of a merge.
+- Which pairs merge. tiktoken joins *any* two adjacent tokens whose concatenation is a
+  token; HF only the listed pairs. So each token must be either "complete" (every split
+  of it into two tokens is one of its merges: how transformers converts tiktoken files,
+  Llama-3 and OLMo-2) or "consistent" (HF's merges turn its own bytes into it, checked
+  by encoding every such token with HF: true of merge lists that BPE training wrote,
+  such as GPT-2's; a hand-made list like (a b), (b c), (a bc) fails, since HF leaves
+  "abc" as [ab, c] and tiktoken joins those two).
 - Whole words. tiktoken returns a word that is itself a token without merging; HF does
-  too with `ignore_merges`, and otherwise each token must be what HF's merges make of
-  its own bytes (checked for every token).
+  too with `ignore_merges`, and otherwise every token must be consistent.
 - Ids. tiktoken's rank is its output id. When the vocabulary's ids do not follow merge
   order, ranks are assigned and mapped back to HF ids (`TiktokenSpec.to_hf`).
 - Added tokens. HF splits every added token out of the text (special or not, with
@@ -46,7 +51,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -169,11 +174,11 @@ def _added_tokens(data: dict, vocab: dict[str, int]) -> dict[str, int]:
     return specials
 
 
-def tiktoken_spec(data: dict, hf: "Tokenizer | None" = None) -> TiktokenSpec:
+def tiktoken_spec(data: dict, merges_only: "Callable[[], Tokenizer] | None" = None) -> TiktokenSpec:
     """Translate a parsed tokenizer.json; raise NotExpressible(reason) unless provably the same.
 
-    `hf` (the same file loaded by `tokenizers`) is needed for models without
-    `ignore_merges`: each token is encoded by HF's own merges to check it comes out whole.
+    `merges_only` loads the same tokenizer in HF with `ignore_merges` off; it is called
+    (once) when some token must be checked for consistency (see the module doc).
     """
     for key in ("truncation", "padding"):
         if data.get(key):
@@ -194,7 +199,7 @@ def tiktoken_spec(data: dict, hf: "Tokenizer | None" = None) -> TiktokenSpec:
         if byte_char not in vocab or vocab[byte_char] in special_ids:
             raise NotExpressible(f"byte {BYTE_OF[byte_char]} has no token")
     first: dict[str, int] = {}  # token -> index of the first merge that makes it
-    seen_pairs: set[tuple[str, str]] = set()
+    seen_pairs: set[tuple[str, str]] = set()  # every merge: pairs of one token are adjacent, so this is per token too
     previous = None
     for i, merge in enumerate(model["merges"]):
         pair = merge.split(" ") if isinstance(merge, str) else list(merge)
@@ -222,14 +227,22 @@ def tiktoken_spec(data: dict, hf: "Tokenizer | None" = None) -> TiktokenSpec:
     if any(b is None for b in product_bytes):
         raise NotExpressible("a merged token holds characters outside the byte alphabet")
 
-    if not model.get("ignore_merges", False):
-        if hf is None:
-            raise NotExpressible("cannot check that every token survives HF's merges (no HF tokenizer given)")
-        bpe = hf.model
-        for t in order:
+    whole_words = bool(model.get("ignore_merges", False))
+    mergeable = {t for t in first} | set(BYTE_OF)
+
+    def complete(t: str) -> bool:
+        return all((t[:k], t[k:]) in seen_pairs for k in range(1, len(t)) if t[:k] in mergeable and t[k:] in mergeable)
+
+    check = [t for t in order if not (whole_words and complete(t))]
+    if check:
+        if merges_only is None:
+            raise NotExpressible("cannot check tokens against HF's merges (no HF tokenizer given)")
+        bpe = merges_only().model
+        for t in check:
             got = [x.id for x in bpe.tokenize(t)]
             if got != [vocab[t]]:
-                raise NotExpressible(f"token {t!r} is not what HF's merges make of its bytes ({got})")
+                raise NotExpressible(f"token {t!r} is not what HF's merges make of its bytes ({got}), and not "
+                                     "every split of it is a merge")
 
     ids = np.array([vocab[t] for t in order], dtype=np.int64)
     base = sorted(BYTE_OF, key=BYTE_OF.__getitem__)
@@ -260,8 +273,13 @@ def load_spec(path: str | os.PathLike) -> TiktokenSpec:
 
     text = Path(path).read_text(encoding="utf-8")
     data = json.loads(text)
-    hf = None if (data.get("model") or {}).get("ignore_merges") else Tokenizer.from_str(text)
-    return tiktoken_spec(data, hf)
+
+    def merges_only() -> Tokenizer:
+        if not (data.get("model") or {}).get("ignore_merges"):
+            return Tokenizer.from_str(text)
+        return Tokenizer.from_str(json.dumps(data | {"model": data["model"] | {"ignore_merges": False}}))
+
+    return tiktoken_spec(data, merges_only)
 
 
 def choose_backend(path: str | os.PathLike, requested: str, flag: str = "--tokenizer-backend") -> BackendChoice:
