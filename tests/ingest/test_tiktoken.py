@@ -445,3 +445,13 @@ def test_gpt2_every_document_of_the_sample_corpora(sample_cache, tmp_path):
         texts = [t for _, t in read_docs(sample_cache, name)]
         assert_same(tok, texts)
         assert_same(llama, texts[:1000])
+
+
+def test_a_rewritten_tokenizer_file_is_read_again(byte_level, tmp_path):
+    path = tmp_path / "same" / "tokenizer.json"
+    path.parent.mkdir()
+    path.write_bytes(byte_level.read_bytes())
+    assert load_spec(path) is load_spec(path)  # one translation per process while the file is unchanged
+    _edited(byte_level, path, REFUSED["normalizer NFKC"])
+    with pytest.raises(NotExpressible, match="normalizer"):
+        load_spec(path)
