@@ -16,7 +16,8 @@ over the same texts:
   the store), timed from outside, with `--tokenizer-backend hf` / `tiktoken` (the
   tiktoken run includes its HF check of ~1% of documents); near-duplicate detection
   off (extra work the raw baseline does not do);
-- mixer-tiktoken+neardup: the same with MinHash clustering on (the domain default);
+- mixer-tiktoken+neardup / mixer-hf+neardup: the same with MinHash clustering on (the
+  domain default);
 - datatrove: datatrove's stock JsonlReader -> DocumentTokenizer (no shuffling) under
   LocalPipelineExecutor, whole process.
 
@@ -52,6 +53,7 @@ MIXER_RUNS = {
     "mixer-hf": ["--tokenizer-backend", "hf", "--no-near-duplicates"],
     "mixer-tiktoken": ["--tokenizer-backend", "tiktoken", "--no-near-duplicates"],
     "mixer-tiktoken+neardup": ["--tokenizer-backend", "tiktoken", "--near-duplicates"],
+    "mixer-hf+neardup": ["--tokenizer-backend", "hf", "--near-duplicates"],
 }
 CONTENDERS = ("raw", "raw-fast", "raw-tiktoken", *MIXER_RUNS, "datatrove")
 

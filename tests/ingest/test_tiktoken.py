@@ -351,12 +351,14 @@ def corpus(folder: Path, n_files: int = 3) -> Path:
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
+    """(exit code, the last stderr line); stdout is kept in run_cli.out."""
     try:
         main([str(a) for a in argv])
         code = 0
     except SystemExit as e:
         code = int(e.code or 0)
     captured = capsys.readouterr()
+    run_cli.out = captured.out
     return code, captured.err.strip().splitlines()[-1] if captured.err.strip() else ""
 
 
@@ -370,6 +372,8 @@ def test_stores_are_byte_identical_whichever_backend_and_task_count(which, reque
                             "--stores", tmp_path / f"{backend}{tasks}", "--tokenizer-backend", backend, "--tasks",
                             tasks, "--workers", 1, "--test-fraction", 0.2)
         assert code == 0, err
+        used = "hf" if backend == "hf" else "tiktoken"
+        assert f"tokenizer backend: {used} (" in run_cli.out  # the choice is printed, with its reason
     ref = tmp_path / "hf1" / "d"
     names = sorted(p.name for p in ref.iterdir())
     assert {"train.ds", "test.ds", "train.ids", "near_duplicates.jsonl"} <= set(names)
@@ -455,3 +459,13 @@ def test_a_rewritten_tokenizer_file_is_read_again(byte_level, tmp_path):
     _edited(byte_level, path, REFUSED["normalizer NFKC"])
     with pytest.raises(NotExpressible, match="normalizer"):
         load_spec(path)
+
+
+def test_run_options_reject_an_unknown_backend():
+    from mixer.errors import UsageError
+    from mixer.ingest.tokenize import RunOptions
+
+    with pytest.raises(UsageError, match="--tokenizer-backend fast: use auto, hf or tiktoken"):
+        RunOptions(tokenizer_backend="fast").validate()
+    with pytest.raises(UsageError, match="--tokenizer-backend fast"):
+        choose_backend("unused.json", "fast")
