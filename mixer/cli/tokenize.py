@@ -41,9 +41,9 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"), help="Slurm partition.")
 @click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
 @click.option("--tokenizer-backend", type=click.Choice(["auto", "hf", "tiktoken"]), default="auto", show_default=True,
-              help="Library that tokenizes. auto: tiktoken (~2.5x faster) when it provably gives HF's ids for this "
-              "tokenizer.json (byte-level BPE), else HF tokenizers. Either way the store's bytes are the same; "
-              "with tiktoken each task re-checks a sample of documents with HF.")
+              help="Library that tokenizes. auto: tiktoken (~3x faster) for a byte-level BPE tokenizer.json it "
+              "reproduces exactly (checked when it starts), else HF tokenizers. Either way the store's bytes are the "
+              "same; with tiktoken each task re-encodes a sample of documents with HF and stops if one differs.")
 @click.option("--force", is_flag=True, help="Replace a store built with other settings; allow a tokenizer that "
               "differs from the other stores'.")
 @json_option

@@ -86,11 +86,6 @@ def join_with_eos(ids: Sequence[Sequence[int]], eos_id: int, dtype: np.dtype) ->
     return out, lengths
 
 
-def encode_with_eos(tokenizer: "Tokenizer", texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Encode a batch with HF; return (flat tokens with EOS after each document, lengths incl. EOS)."""
-    return join_with_eos(hf_ids(tokenizer, texts), eos_id, dtype)
-
-
 def hf_ids(tokenizer: "Tokenizer", texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
