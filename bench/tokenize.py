@@ -1,18 +1,23 @@
-"""Benchmark: whole-process `mixer tokenize` vs raw `tokenizers.Tokenizer.encode_batch`.
+"""Benchmark: whole-process `mixer tokenize` (HF and tiktoken backends) vs raw `Tokenizer.encode_batch`.
 
     .venv/bin/python bench/tokenize.py [--cores 0,1] [--repeat 3] [--corpora music proofs pydocs perldocs]
+                                       [--only raw mixer-tiktoken ...]
 
 Every contender runs on the same cores (CPU affinity, inherited by child processes) and
 over the same texts:
 
 - raw: `Tokenizer.encode_batch(all texts)` in one call, texts already in memory (the
   ceiling: no reading, no writing, no Python per document);
-- raw-fast: `encode_batch_fast` (no character offsets), what mixer's step calls;
-- mixer: the `mixer tokenize` command as a user runs it (process start, imports,
-  reading .jsonl.zst, split hashing, tokenizing, part files, merge into the store),
-  timed from outside; near-duplicate detection off (measured separately, it is extra work
-  the raw baseline does not do);
-- mixer+neardup: the same with MinHash clustering on (the domain default);
+- raw-fast: `encode_batch_fast` (no character offsets), what mixer's HF backend calls;
+- raw-tiktoken: mixer's tiktoken encoder (`TiktokenEncoder`, one thread per core) over
+  the same texts in memory, ids mapped to HF's;
+- mixer-hf / mixer-tiktoken: the `mixer tokenize` command as a user runs it (process
+  start, imports, reading .jsonl.zst, split hashing, tokenizing, part files, merge into
+  the store), timed from outside, with `--tokenizer-backend hf` / `tiktoken` (the
+  tiktoken run includes its HF check of ~1% of documents); near-duplicate detection
+  off (extra work the raw baseline does not do);
+- mixer-tiktoken+neardup / mixer-hf+neardup: the same with MinHash clustering on (the
+  domain default);
 - datatrove: datatrove's stock JsonlReader -> DocumentTokenizer (no shuffling) under
   LocalPipelineExecutor, whole process.
 
@@ -20,7 +25,8 @@ Rounds are interleaved and the best of `--repeat` is kept per contender: the mac
 shared, and other load only ever slows a run down. Wall time is the goal; CPU seconds
 (user+sys of the process and its children) are printed beside it because they are far
 less sensitive to other people's load on a shared machine. Tokens exclude the EOS mixer appends,
-so every contender counts the same tokens. Uses the real sample corpora from
+so every contender counts the same tokens; the bench also checks that both backends
+write byte-identical token files and that raw-tiktoken's ids are raw HF's. Uses the real sample corpora from
 $MIXER_CACHE/samples (`mixer fetch-samples`) when present, else a synthetic corpus.
 """
 
@@ -42,6 +48,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MIXER_CACHE", "~/.cache/mixer")).expanduser()
 MIXER = [sys.executable, "-m", "mixer.cli"]
+
+MIXER_RUNS = {
+    "mixer-hf": ["--tokenizer-backend", "hf", "--no-near-duplicates"],
+    "mixer-tiktoken": ["--tokenizer-backend", "tiktoken", "--no-near-duplicates"],
+    "mixer-tiktoken+neardup": ["--tokenizer-backend", "tiktoken", "--near-duplicates"],
+    "mixer-hf+neardup": ["--tokenizer-backend", "hf", "--near-duplicates"],
+}
+CONTENDERS = ("raw", "raw-fast", "raw-tiktoken", *MIXER_RUNS, "datatrove")
 
 DATATROVE = """
 import sys
@@ -125,6 +139,7 @@ def main() -> None:
     ap.add_argument("--cores", default="0,1", help="CPU ids every contender is pinned to")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--corpora", nargs="*", default=["music", "proofs", "pydocs", "perldocs"])
+    ap.add_argument("--only", nargs="*", choices=CONTENDERS, default=list(CONTENDERS), help="contenders to run")
     args = ap.parse_args()
     cores = {int(c) for c in args.cores.split(",")}
     os.sched_setaffinity(0, cores)  # children inherit it
@@ -147,9 +162,15 @@ def main() -> None:
 
         from tokenizers import Tokenizer
 
+        from mixer.ingest.tiktoken_backend import TiktokenEncoder, load_spec
+
         tok = Tokenizer.from_file(str(tok_path))
-        n_tokens = sum(len(e.ids) for e in tok.encode_batch_fast(texts))  # also warms the tokenizer up
+        reference = [e.ids for e in tok.encode_batch_fast(texts)]  # also warms the tokenizer up
+        n_tokens = sum(map(len, reference))
+        fast = TiktokenEncoder(load_spec(tok_path), threads=len(cores))
+        assert [a.tolist() for a in fast.encode(texts)] == reference, "tiktoken's ids differ from HF's"
         best: dict[str, list[float]] = {}
+        run = set(args.only)
 
         def keep(name: str, wall_cpu: tuple[float, float]) -> None:
             old = best.get(name, [float("inf"), float("inf")])
@@ -158,26 +179,39 @@ def main() -> None:
 
         for r in range(args.repeat):
             print(f"round {r + 1}/{args.repeat} (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
-            keep("raw", timed_call(lambda: tok.encode_batch(texts)))
-            keep("raw-fast", timed_call(lambda: tok.encode_batch_fast(texts)))
-            for name, extra in (("mixer", ["--no-near-duplicates"]), ("mixer+neardup", ["--near-duplicates"])):
+            if "raw" in run:
+                keep("raw", timed_call(lambda: tok.encode_batch(texts)))
+            if "raw-fast" in run:
+                keep("raw-fast", timed_call(lambda: tok.encode_batch_fast(texts)))
+            if "raw-tiktoken" in run:
+                keep("raw-tiktoken", timed_call(lambda: fast.encode(texts)))
+            written = {}
+            for name, extra in MIXER_RUNS.items():
+                if name not in run:
+                    continue
                 stores = work / f"stores-{name}-{r}"
                 keep(name, timed(MIXER + ["tokenize", "--source", "bench", "--role", "domain", "--input", str(data),
                                           "--tokenizer", str(tok_path), "--stores", str(stores), *extra]))
                 meta = json.loads((stores / "bench" / "store.json").read_text())
                 got = sum(s["tokens"] - s["documents"] for s in meta["splits"].values())
                 assert got == n_tokens, f"{name} wrote {got} tokens, raw encode_batch gives {n_tokens}"
+                written[name] = {f: (stores / "bench" / f).read_bytes() for f in ("train.ds", "test.ds")}
                 shutil.rmtree(stores)
-            out = work / f"datatrove-{r}"
-            keep("datatrove", timed([sys.executable, "-c", DATATROVE, str(data), str(out), str(tok_path)]))
-            shutil.rmtree(out)
+            if "mixer-hf" in written and "mixer-tiktoken" in written:
+                assert written["mixer-hf"] == written["mixer-tiktoken"], "the backends wrote different tokens"
+            if "datatrove" in run:
+                out = work / f"datatrove-{r}"
+                keep("datatrove", timed([sys.executable, "-c", DATATROVE, str(data), str(out), str(tok_path)]))
+                shutil.rmtree(out)
 
         print(f"\ncorpus: {corpus}; {len(texts):,} documents, {n_tokens:,} tokens; cores {sorted(cores)}; "
               f"best of {args.repeat}\n")
         print("| contender | wall s | tokens/s | vs raw (wall) | CPU s | vs raw (CPU) |")
         print("|---|---:|---:|---:|---:|---:|")
-        raw_wall, raw_cpu = best["raw"]
-        for name in ("raw", "raw-fast", "mixer", "mixer+neardup", "datatrove"):
+        raw_wall, raw_cpu = best.get("raw", (float("nan"), float("nan")))
+        for name in CONTENDERS:
+            if name not in best:
+                continue
             wall, cpu = best[name]
             print(f"| {name} | {wall:.2f} | {n_tokens / wall / 1e6:.2f}M | {raw_wall / wall:.2f}x | {cpu:.2f} | "
                   f"{raw_cpu / cpu:.2f}x |")

@@ -44,13 +44,17 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @click.option("--workers", type=int, help="Tasks run at once [default: min(tasks, CPUs)].")
 @click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"), help="Slurm partition.")
 @click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
+@click.option("--tokenizer-backend", type=click.Choice(["auto", "hf", "tiktoken"]), default="auto", show_default=True,
+              help="Library that tokenizes. auto: tiktoken (~3x faster) for a byte-level BPE tokenizer.json it "
+              "reproduces exactly (checked when it starts), else HF tokenizers. Either way the store's bytes are the "
+              "same; with tiktoken each task re-encodes a sample of documents with HF and stops if one differs.")
 @click.option("--force", is_flag=True, help="Replace a store built with other settings; allow a tokenizer that "
               "differs from the other stores'.")
 @json_option
 @click.pass_context
 def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inputs: tuple[str, ...],
              stores: Path | None, executor: str, tasks: int, workers: int | None, partition: str | None,
-             slurm_time: str, force: bool, as_json: bool, **source: object) -> None:
+             slurm_time: str, tokenizer_backend: str, force: bool, as_json: bool, **source: object) -> None:
     """Tokenize a corpus into a token store with train/test (or train/val) splits.
 
     \b
@@ -84,7 +88,7 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
                             near_duplicates=source["near_duplicates"], on_bad_record=source["on_bad_record"],
                             eos=source["eos"], text_files=source["text_files"]).validate()]
     run = RunOptions(executor=executor, tasks=tasks, workers=workers, force=force, partition=partition,
-                     time=slurm_time).validate()
+                     time=slurm_time, tokenizer_backend=tokenizer_backend).validate()
     root = resolve_stores(stores)
     results = [tokenize_source(spec, root, run) for spec in specs]
     emit({"stores": str(root), "sources": results}, as_json, _human)
@@ -105,6 +109,9 @@ def _human(data: dict) -> str:
                      f"({s['near_duplicate_documents']} documents, {s['near_duplicate_moved']} moved)")
         line += f"; dropped {d['empty']} empty, {d['bad_records']} bad records"
         notes.append(line)
+        if b := m.get("tokenizer_backend"):
+            checked = f"; {b['checked_documents']:,} documents re-checked with HF, identical" if "tiktoken" in b["used"] else ""
+            notes.append(f"  tokenizer backend: {b['used']} ({b['reason']}){checked}")
         notes.extend(f"  skipped: {x}" for x in m.get("skipped_records", [])[:5])
     out = [f"stores: {data['stores']}"]
     if rows:

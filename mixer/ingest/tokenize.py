@@ -8,7 +8,9 @@ file), each writing a part; then one process merges the parts into the store
 everything the parts depend on (inputs with sizes and mtimes, tokenizer, keys, policies,
 task count): a re-run with the same key skips finished tasks (datatrove's completion
 files in `logs/`), a changed input starts afresh. The work folder is removed once the
-store is in place.
+store is in place. The tokenizer backend (HF `tokenizers` or `tiktoken`, see
+`mixer.ingest.tiktoken_backend`) is not in the key: both give the same ids, which every
+tiktoken task checks on a sample against HF.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
 
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
 from mixer.formats.store import list_stores, open_store, token_dtype
+from mixer.ingest.tiktoken_backend import choose_backend
 from mixer.ingest.vocab import TokenizerInfo, load_tokenizer_info
 
 WORK = ".work"
@@ -48,6 +52,7 @@ class RunOptions:
     partition: str | None = None  # slurm
     time: str = "24:00:00"  # slurm
     batch_size: int = 1024
+    tokenizer_backend: str = "auto"  # auto | hf | tiktoken: the same ids either way (checked), tiktoken faster
 
     def validate(self) -> "RunOptions":
         if self.executor not in ("local", "slurm", "ray"):
@@ -56,6 +61,8 @@ class RunOptions:
             raise UsageError(f"--tasks {self.tasks}: must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
+        if self.tokenizer_backend not in ("auto", "hf", "tiktoken"):
+            raise UsageError(f"--tokenizer-backend {self.tokenizer_backend}: use auto, hf or tiktoken")
         if self.executor == "slurm" and not self.partition:
             raise UsageError("--executor slurm needs --partition (or $MIXER_SLURM_PARTITION)")
         return self
@@ -108,7 +115,7 @@ def _existing(stores: Path, spec: SourceSpec, key: str, force: bool) -> dict | N
 
 
 def build_pipeline(
-    spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo, work: Path, run: RunOptions
+    spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo, work: Path, run: RunOptions, backend: str = "hf"
 ) -> list[PipelineStep]:
     from mixer.ingest.neardup import NearDupSignatures
     from mixer.ingest.tokenizer_step import TokenizeParts
@@ -123,7 +130,8 @@ def build_pipeline(
     if near:
         steps.append(NearDupSignatures())
     steps.append(
-        TokenizeParts(tok.path, tok.eos_id, token_dtype(tok.vocab_size).str, str(parts), near, run.batch_size, threads)
+        TokenizeParts(tok.path, tok.eos_id, token_dtype(tok.vocab_size).str, str(parts), near, run.batch_size, threads,
+                      backend)
     )
     return steps
 
@@ -163,6 +171,32 @@ def _reader_reports(parts: Path, tasks: int, logs: Path) -> list[dict]:
     return reports
 
 
+def backend_record(parts: Path, tasks: int, choice: dict, logs: Path) -> dict:
+    """store.json's `tokenizer_backend`: what the tasks used and how much the run check compared.
+
+    A difference found by any task's check raises its line, and every task is un-marked
+    as complete: the re-run (with --tokenizer-backend hf) must not keep a tiktoken part.
+    Parts written before the backends existed have no report: HF tokenized them.
+    """
+    from mixer.ingest.tokenizer_step import part_name
+
+    reports = []
+    for r in range(tasks):
+        f = parts / f"{part_name(r)}.backend.json"
+        reports.append(json.loads(f.read_text()) if f.exists() else {"backend": "hf", "checked_documents": 0,
+                                                                        "checked_tokens": 0, "error": None})
+    errors = [r["error"] for r in reports if r["error"]]
+    if errors:
+        for r in range(tasks):
+            (logs / "completions" / f"{r:05d}").unlink(missing_ok=True)
+        raise MixerError(errors[0])
+    used = sorted({r["backend"] for r in reports})
+    record = dict(choice) | {"used": "+".join(used)}  # two names only if a resumed run switched backend
+    record["checked_documents"] = sum(r["checked_documents"] for r in reports)
+    record["checked_tokens"] = sum(r["checked_tokens"] for r in reports)
+    return record
+
+
 def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     """Tokenize one source into STORES/<name>; returns store.json's content (plus a status)."""
     from mixer.ingest.merge import write_store
@@ -183,10 +217,12 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         if stale != work:  # an older run with other inputs: its parts can never be reused
             shutil.rmtree(stale, ignore_errors=True)
     logs = work / "logs"
-    pipeline = build_pipeline(spec, files, tok, work, run)
+    choice = choose_backend(tok.path, run.tokenizer_backend)
+    logger.info(f"{spec.name}: tokenizer backend {choice.backend} ({choice.reason})")
+    pipeline = build_pipeline(spec, files, tok, work, run, choice.backend)
     executor = _executor(pipeline, run, logs, spec.name)
     dtype = token_dtype(tok.vocab_size)
-    extra = {"input_files": len(files), "fingerprint": key}
+    extra = {"input_files": len(files), "fingerprint": key, "tokenizer_backend": choice.to_dict()}
     if run.executor == "slurm":
         from datatrove.executor.slurm import SlurmPipelineExecutor
 
@@ -203,6 +239,8 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     executor.run()
     try:
         reports = _reader_reports(work / "parts", run.tasks, logs)
+        # a backend difference: no tiktoken part of this run is trusted, not even checked ones
+        extra["tokenizer_backend"] = backend_record(work / "parts", run.tasks, extra["tokenizer_backend"], logs)
     except MixerError:
         # bad data: fixing it changes the key, so nothing here can be reused
         shutil.rmtree(source_work, ignore_errors=True)
@@ -232,5 +270,7 @@ class MergeStep(PipelineStep):
 
         work = Path(self.work)
         reports = _reader_reports(work / "parts", self.tasks, work / "logs")
-        write_store(self.spec, self.tok, np.dtype(self.dtype), self.tasks, work, Path(self.stores), reports, self.extra)
+        extra = self.extra | {"tokenizer_backend": backend_record(work / "parts", self.tasks,
+                                                                  self.extra["tokenizer_backend"], work / "logs")}
+        write_store(self.spec, self.tok, np.dtype(self.dtype), self.tasks, work, Path(self.stores), reports, extra)
         yield from ()
