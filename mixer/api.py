@@ -31,9 +31,7 @@ def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", sou
         specs = select_source(load_sources(path), source, path)
     else:
         specs = [SourceSpec(**fields).validate()]
-    ex = (executor or Executor()).validate()
-    run = RunOptions(executor=ex.kind, tasks=ex.tasks, workers=ex.workers, force=force, partition=ex.partition,
-                     time=ex.time).validate()
+    run = RunOptions(executor=executor or Executor(), force=force).validate()
     return [tokenize_source(spec, Path(stores), run) for spec in specs]
 
 

@@ -83,3 +83,37 @@ def test_rerun_while_jobs_are_queued_submits_nothing(tmp_path):
     p = mixer(env, tmp_path, *args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["status"] == "done", p.stderr[-2000:]
     assert len(fake_slurm.job_scripts(env)) == submitted
+
+
+def test_tokenize_on_slurm_matches_local_bytes(tmp_path):
+    """The tasks, then the merge as a job that depends on them, on the stand-in cluster."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["a b c d e f"], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<|endoftext|>"]))
+    tok.save(str(tmp_path / "tok.json"))
+    for k in range(3):
+        (tmp_path / f"d{k}.jsonl").write_text("".join(
+            json.dumps({"text": " ".join("abcdef"[(i * j + k) % 6] for j in range(i % 9 + 2)), "id": f"{k}-{i}"}) + "\n"
+            for i in range(60)))
+    env = fake_slurm.install(tmp_path, "run")
+    args = ["tokenize", "--source", "d", "--role", "domain", "--input", tmp_path / "d*.jsonl", "--tokenizer",
+            tmp_path / "tok.json"]
+    p = mixer(env, tmp_path, *args, "--stores", tmp_path / "slurm", "--executor", "slurm", "--tasks", "2", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["sources"][0]["status"] == "submitted"
+    scripts = fake_slurm.job_scripts(env)
+    for s in scripts:
+        check_script(s)
+    assert any("mixer-tokenize-d" in s and "--array=0-1" in s for s in scripts)
+    assert any("mixer-merge-d" in s for s in scripts)
+    p = mixer(env, tmp_path, *args, "--stores", tmp_path / "local")
+    assert p.returncode == 0, p.stderr
+    slurm, local = tmp_path / "slurm" / "d", tmp_path / "local" / "d"
+    assert sorted(x.name for x in slurm.iterdir()) == sorted(x.name for x in local.iterdir())
+    for f in local.iterdir():
+        if f.name != "store.json":
+            assert f.read_bytes() == (slurm / f.name).read_bytes(), f.name
+    a, b = (json.loads((d / "store.json").read_text()) for d in (slurm, local))
+    assert a["checksums"]["files"] == b["checksums"]["files"] and a["splits"] == b["splits"]

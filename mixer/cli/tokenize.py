@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from mixer.errors import UsageError
 from mixer.units import format_count, parse_count
-from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
+from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
 
 # flags that describe a source; with --recipe the recipe describes it instead
 _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokenizer", "test_fraction", "test_tokens",
@@ -39,11 +38,7 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
               help="Keep near-copies on one side of the split (MinHash). [default: on for domain sources]")
 @click.option("--on-bad-record", type=click.Choice(["skip", "fail"]), default="fail", show_default=True,
               help="A malformed record (bad JSON, no text key, bad UTF-8): stop with file:line, or skip and count.")
-@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
-@click.option("--tasks", type=int, default=1, show_default=True, help="Tasks (each reads every tasks-th input file).")
-@click.option("--workers", type=int, help="Tasks run at once [default: min(tasks, CPUs)].")
-@click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"), help="Slurm partition.")
-@click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
+@executor_options
 @click.option("--tokenizer-backend", type=click.Choice(["auto", "hf", "tiktoken"]), default="auto", show_default=True,
               help="Library that tokenizes. auto: tiktoken (~3x faster) for a byte-level BPE tokenizer.json it "
               "reproduces exactly (checked when it starts), else HF tokenizers. Either way the store's bytes are the "
@@ -53,8 +48,7 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @json_option
 @click.pass_context
 def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inputs: tuple[str, ...],
-             stores: Path | None, executor: str, tasks: int, workers: int | None, partition: str | None,
-             slurm_time: str, tokenizer_backend: str, force: bool, as_json: bool, **source: object) -> None:
+             stores: Path | None, tokenizer_backend: str, force: bool, as_json: bool, **source: object) -> None:
     """Tokenize a corpus into a token store with train/test (or train/val) splits.
 
     \b
@@ -87,8 +81,7 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
                             test_fraction=source["test_fraction"], test_tokens=test_tokens, seed=source["seed"],
                             near_duplicates=source["near_duplicates"], on_bad_record=source["on_bad_record"],
                             eos=source["eos"], text_files=source["text_files"]).validate()]
-    run = RunOptions(executor=executor, tasks=tasks, workers=workers, force=force, partition=partition,
-                     time=slurm_time, tokenizer_backend=tokenizer_backend).validate()
+    run = RunOptions(executor=executor_from_flags(source), force=force, tokenizer_backend=tokenizer_backend).validate()
     root = resolve_stores(stores)
     results = [tokenize_source(spec, root, run) for spec in specs]
     emit({"stores": str(root), "sources": results}, as_json, _human)

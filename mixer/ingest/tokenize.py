@@ -20,16 +20,15 @@ import hashlib
 import json
 import os
 import shutil
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
-from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from mixer.executors import Executor
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
@@ -45,31 +44,16 @@ PARTS_FORMAT = 1  # bump when the part layout changes, so old work folders are n
 class RunOptions:
     """How to run the tasks; none of it changes the store's bytes."""
 
-    executor: str = "local"
-    tasks: int = 1
-    workers: int | None = None
+    executor: Executor = field(default_factory=Executor)
     force: bool = False
-    partition: str | None = None  # slurm
-    time: str = "24:00:00"  # slurm
     batch_size: int = 1024
     tokenizer_backend: str = "auto"  # auto | hf | tiktoken: the same ids either way (checked), tiktoken faster
 
     def validate(self) -> "RunOptions":
-        if self.executor not in ("local", "slurm", "ray"):
-            raise UsageError(f"--executor {self.executor}: use local, slurm or ray")
-        if self.tasks < 1:
-            raise UsageError(f"--tasks {self.tasks}: must be at least 1")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"--workers {self.workers}: must be at least 1")
+        self.executor.validate()
         if self.tokenizer_backend not in ("auto", "hf", "tiktoken"):
             raise UsageError(f"--tokenizer-backend {self.tokenizer_backend}: use auto, hf or tiktoken")
-        if self.executor == "slurm" and not self.partition:
-            raise UsageError("--executor slurm needs --partition (or $MIXER_SLURM_PARTITION)")
         return self
-
-    @property
-    def n_workers(self) -> int:
-        return self.workers or min(self.tasks, os.cpu_count() or 1)
 
 
 def fingerprint(spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo) -> str:
@@ -124,7 +108,7 @@ def build_pipeline(
     parts = work / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     near = spec.use_near_duplicates
-    workers = run.n_workers if run.executor == "local" else 1
+    workers = run.executor.local_workers if run.executor.kind == "local" else 1
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     steps = [SourceReader(files, spec.text_key, spec.id_key, spec.on_bad_record, str(parts)), SplitKeys(near)]
     if near:
@@ -134,26 +118,6 @@ def build_pipeline(
                       backend)
     )
     return steps
-
-
-def _executor(pipeline: list[PipelineStep], run: RunOptions, logs: Path, name: str) -> PipelineExecutor:
-    if run.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(pipeline, tasks=run.tasks, workers=run.n_workers, logging_dir=str(logs))
-    if run.executor == "ray":
-        try:
-            from datatrove.executor.ray import RayPipelineExecutor
-        except ImportError:
-            raise UsageError("--executor ray needs ray: pip install 'mixer[ray]'") from None
-        return RayPipelineExecutor(pipeline, tasks=run.tasks, workers=run.workers or -1, logging_dir=str(logs))
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-
-    venv = os.path.join(sys.prefix, "bin", "activate") if sys.prefix != sys.base_prefix else None
-    return SlurmPipelineExecutor(
-        pipeline, tasks=run.tasks, time=run.time, partition=run.partition, workers=run.workers or -1,
-        logging_dir=str(logs), job_name=f"mixer-tokenize-{name}", venv_path=venv,
-    )
 
 
 def _reader_reports(parts: Path, tasks: int, logs: Path) -> list[dict]:
@@ -212,7 +176,8 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         return meta | {"status": "up to date"}
 
     source_work = stores / WORK / spec.name
-    work = source_work / f"{key}-t{run.tasks}"
+    tasks = run.executor.tasks
+    work = source_work / f"{key}-t{tasks}"
     for stale in source_work.glob("*") if source_work.exists() else []:
         if stale != work:  # an older run with other inputs: its parts can never be reused
             shutil.rmtree(stale, ignore_errors=True)
@@ -220,34 +185,28 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     choice = choose_backend(tok.path, run.tokenizer_backend)
     logger.info(f"{spec.name}: tokenizer backend {choice.backend} ({choice.reason})")
     pipeline = build_pipeline(spec, files, tok, work, run, choice.backend)
-    executor = _executor(pipeline, run, logs, spec.name)
     dtype = token_dtype(tok.vocab_size)
     extra = {"input_files": len(files), "fingerprint": key, "tokenizer_backend": choice.to_dict()}
-    if run.executor == "slurm":
-        from datatrove.executor.slurm import SlurmPipelineExecutor
-
-        merge = MergeStep(spec, tok, str(dtype), run.tasks, str(work), str(stores), extra)
-        SlurmPipelineExecutor(
-            [merge], tasks=1, time=run.time, partition=run.partition, logging_dir=str(work / "merge-logs"),
-            job_name=f"mixer-merge-{spec.name}", depends=executor, venv_path=executor.venv_path,
-        ).run()  # launches its dependency (the tasks) first
+    if run.executor.kind == "slurm":
+        # the tasks, then the merge as a one-task job that depends on them (datatrove submits
+        # the dependency first); a rerun while either is queued submits nothing
+        tasks_job = run.executor.make(pipeline, logs, f"mixer-tokenize-{spec.name}")
+        merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
+        run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
+                         tasks=1, depends=tasks_job)
         return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work)}
-    if run.executor == "local":
-        from mixer.lifetime import install
-
-        install()  # workers die with this process; task tracebacks stay in the task logs
-    executor.run()
+    run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
-        reports = _reader_reports(work / "parts", run.tasks, logs)
+        reports = _reader_reports(work / "parts", tasks, logs)
         # a backend difference: no tiktoken part of this run is trusted, not even checked ones
-        extra["tokenizer_backend"] = backend_record(work / "parts", run.tasks, extra["tokenizer_backend"], logs)
+        extra["tokenizer_backend"] = backend_record(work / "parts", tasks, extra["tokenizer_backend"], logs)
     except MixerError:
         # bad data: fixing it changes the key, so nothing here can be reused
         shutil.rmtree(source_work, ignore_errors=True)
         raise
     # a failed merge (e.g. --test-tokens too large) keeps the parts: they do not depend on
     # the split settings, so the corrected re-run only merges again
-    meta = write_store(spec, tok, dtype, run.tasks, work, stores, reports, extra)
+    meta = write_store(spec, tok, dtype, tasks, work, stores, reports, extra)
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight
         source_work.parent.rmdir()

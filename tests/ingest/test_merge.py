@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mixer.executors import Executor
 from mixer.ingest.sources import SourceSpec
 from mixer.ingest.tokenize import RunOptions, tokenize_source
 
@@ -142,7 +143,7 @@ def test_store_bytes_are_pinned(tmp_path, key, tasks):
     tok = word_tokenizer(tmp_path)
     data = pinned_corpus(tmp_path / "data")
     spec = SourceSpec(inputs=[str(data)], tokenizer=str(tok), **SPECS[key])
-    meta = tokenize_source(spec, tmp_path / "st", RunOptions(tasks=tasks, workers=1))
+    meta = tokenize_source(spec, tmp_path / "st", RunOptions(executor=Executor(tasks=tasks, workers=1)))
     files, splits, record = PINNED[key]
     assert digests(tmp_path / "st" / spec.name) == files
     assert {k: [v["documents"], v["tokens"]] for k, v in meta["splits"].items()} == splits
