@@ -57,7 +57,11 @@ def train() -> None:
 @click.option("--lr", type=float, help="Peak learning rate (default: the preset's; paper 4e-4).")
 @click.option("--min-lr", type=float, help="Cosine floor (default: the preset's; paper 4e-5).")
 @click.option("--warmup", type=int, help="Warmup optimizer steps (default: the preset's share of the run).")
-@click.option("--schedule-tokens", help="Cosine horizon in tokens when longer than the run (paper: 2T, cut at 200B).")
+@click.option("--horizon", type=float,
+              help="Cosine horizon as a multiple of the run (default 10: the paper decays over 2T tokens and stops "
+                   "at 200B, so no checkpoint is annealed).")
+@click.option("--schedule-tokens", help="Cosine horizon in tokens (instead of --horizon), at least the run's.")
+@click.option("--anneal", is_flag=True, help="Decay to the floor by the last step (horizon = the run; not the paper's).")
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Evenly spaced checkpoints.")
 @click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
 @click.option("--trainer", default="litgpt", show_default=True,
@@ -66,13 +70,16 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
              micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
              dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
              min_lr: float | None, warmup: int | None,
-             schedule_tokens: str | None, checkpoints: int, save_every: int | None, trainer: str) -> None:
-    """Pretrain a model from scratch on MIX (cosine to a floor)."""
+             horizon: float | None, schedule_tokens: str | None, anneal: bool, checkpoints: int,
+             save_every: int | None, trainer: str) -> None:
+    """Pretrain a model from scratch on MIX: a cosine laid out over 10x the run (the paper's
+    regime: every checkpoint at ~98% of the peak rate); --anneal to decay by the last step."""
     from mixer.training.runner import execute, plan_pretrain
 
     plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
-                         schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed, trainer=trainer,
+                         horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
+                         anneal=anneal, seed=seed, trainer=trainer,
                          precision=precision, devices=devices, threads=threads, dry_run=dry_run)
     if dry_run:
         click.echo(plan.config_text(), nl=False)
@@ -86,7 +93,10 @@ def _finetune_command(kind: str):
     @click.option("--from", "parent", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="The pretraining run to start from.")
     @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: final, else the last step).")
-    @click.option("--lr", type=float, help="Learning rate (default: the preset's; paper grid 1e-5, 4e-5, 1e-4).")
+    @click.option("--lr", type=float, help="Learning rate, absolute (default: --lr-ratio times the parent's rate).")
+    @click.option("--lr-ratio", type=float,
+                  help="Learning rate as a multiple of the rate the parent's pretraining had reached at the checkpoint "
+                       "(default 0.102: the paper's 4e-5 against its ~3.91e-4).")
     @click.option("--warmup", type=int, help="Warmup optimizer steps (paper grid 50, 100, 200).")
     @click.option("--schedule", type=click.Choice(["constant", "wsd"]), default="constant", show_default=True)
     @click.option("--min-lr", type=float, help="WSD: the rate decayed to (default lr/10).")
@@ -101,14 +111,14 @@ def _finetune_command(kind: str):
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
                 verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
-                lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
+                lr: float | None, lr_ratio: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
                 weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...],
                 trainer: str | None) -> None:
         from mixer.training.runner import execute, parse_grid, plan_finetune, run_grid
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
-        kwargs = dict(lr=lr, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
+        kwargs = dict(lr=lr, lr_ratio=lr_ratio, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
                       tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
                       checkpoint=checkpoint, trainer=trainer, precision=precision, devices=devices, threads=threads,

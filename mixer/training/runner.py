@@ -21,8 +21,11 @@ from mixer.formats.mix import MixFiles
 from mixer.formats.run import RUN_FORMAT, Eval, best_eval, read_evals, read_run_meta
 from mixer.training.evaluate import evaluate_run
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
+from mixer.training.schedules import DEFAULT_HORIZON, PAPER_LR_RATIOS, lr_at, run_lr
 from mixer.training.trainer import Job, RunSpec, Trainer
 
+# The paper's middle finetuning rate (4e-5) relative to where its pretraining stopped.
+DEFAULT_LR_RATIO = PAPER_LR_RATIOS[1]
 GRID_KEYS = {"lr": float, "warmup": int, "weight_decay": float, "min_lr": float}
 
 
@@ -90,12 +93,33 @@ def _mix_meta(mix: MixFiles) -> dict:
             "seed": mix.manifest.get("seed", 0)}
 
 
+def _horizon_tokens(tokens: int, horizon: float | None, schedule_tokens: int | None, anneal: bool) -> int:
+    """The cosine's length in tokens: by default DEFAULT_HORIZON times the run, as the paper's
+    2T-token schedule cut at 200B, so no checkpoint of the run is annealed."""
+    given = [flag for flag, v in (("--horizon", horizon), ("--schedule-tokens", schedule_tokens),
+                                  ("--anneal", anneal or None)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: give one way to set the cosine horizon")
+    if anneal:
+        return tokens
+    if schedule_tokens is not None:
+        if schedule_tokens < tokens:
+            raise UsageError(f"--schedule-tokens {schedule_tokens}: shorter than the run ({tokens} tokens); the "
+                             "cosine would reach its floor before training ends (use --anneal for exactly the run)")
+        return schedule_tokens
+    h = DEFAULT_HORIZON if horizon is None else horizon
+    if not h >= 1:
+        raise UsageError(f"--horizon {h:g}: the cosine horizon is a multiple of the run, at least 1 (1 = --anneal)")
+    return round(h * tokens)
+
+
 def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = None, lr: float | None = None,
                   min_lr: float | None = None, warmup: int | None = None, batch: int | None = None,
                   micro: int | None = None, checkpoints: int = 10, save_every: int | None = None,
-                  schedule_tokens: int | None = None, seed: int = 0, trainer: str | None = None,
-                  precision: str | None = None, devices: int | None = None, threads: int | None = None,
-                  val_samples: int = 128, dry_run: bool = False) -> RunPlan:
+                  horizon: float | None = None, schedule_tokens: int | None = None, anneal: bool = False,
+                  seed: int = 0, trainer: str | None = None, precision: str | None = None,
+                  devices: int | None = None, threads: int | None = None, val_samples: int = 128,
+                  dry_run: bool = False) -> RunPlan:
     name = trainer or DEFAULT
     tr = get_trainer(name)
     p = tr.defaults(model, "pretrain")
@@ -108,17 +132,23 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
     min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
     warmup = warmup if warmup is not None else max(1, round(p["warmup_fraction"] * steps))
     save = save_every or max(1, steps // max(1, checkpoints))
+    run_tokens = steps * batch * mix.seq_len
+    horizon_tokens = _horizon_tokens(run_tokens, horizon, schedule_tokens, anneal)
+    horizon_steps = horizon_tokens / (batch * mix.seq_len)
     spec = RunSpec(kind="pretrain", run_dir=run_dir, mix=mix, model=model, steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=min_lr, warmup_steps=warmup, weight_decay=p["weight_decay"],
-                   schedule="cosine", schedule_tokens=schedule_tokens, decay_fraction=0.0, save_interval=save,
-                   val_sets=None, val_max_samples=val_samples, patience=0, seed=seed, machine=machine, resume=resume)
+                   schedule="cosine", schedule_tokens=horizon_tokens if horizon_tokens > run_tokens else None,
+                   decay_fraction=0.0, save_interval=save, val_sets=None, val_max_samples=val_samples, patience=0,
+                   seed=seed, machine=machine, resume=resume)
     job = tr.plan(spec)
     meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": "pretrain", "trainer": name, "model": model,
             "model_params": None, **_mix_meta(mix), "tokens": spec.tokens, "pretrain_tokens": spec.tokens,
             "parent": None, "parent_checkpoint": None,
             "hparams": {"lr": lr, "min_lr": min_lr, "warmup": warmup, "batch_size": batch, "schedule": "cosine",
-                        "schedule_tokens": schedule_tokens or spec.tokens, "weight_decay": p["weight_decay"],
-                        "steps": steps, "save_interval": save},
+                        "schedule_tokens": horizon_tokens, "horizon": horizon_tokens / run_tokens,
+                        "horizon_steps": horizon_steps, "annealed": horizon_tokens == run_tokens,
+                        "final_lr": lr_at(steps, lr, min_lr, warmup, steps, "cosine", horizon_steps),
+                        "weight_decay": p["weight_decay"], "steps": steps, "save_interval": save},
             "best": None, "status": "planned", "mixer_version": __version__}
     return RunPlan(spec, job, meta, tr)
 
@@ -139,8 +169,19 @@ def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None) -> Path
     raise MixerError(f"--checkpoint {name}: missing from {parent} (its checkpoints: {listed})")
 
 
+def reference_lr(trainer: Trainer, parent: Path, pmeta: dict, ckpt: Path) -> float | None:
+    """The pretraining rate a finetune's learning rate is a multiple of: the parent's rate at
+    the checkpoint finetuned from, or, when the parent is itself a finetune (a post-training
+    stage), the pretraining rate that one was scaled from."""
+    if pmeta.get("kind") == "pretrain":
+        return run_lr(pmeta, trainer.step_of(ckpt))
+    ref = (pmeta.get("hparams") or {}).get("reference_lr")
+    return float(ref) if ref is not None else None
+
+
 def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint: str | None = None,
-                  lr: float | None = None, warmup: int | None = None, schedule: str = "constant",
+                  lr: float | None = None, lr_ratio: float | None = None, warmup: int | None = None,
+                  schedule: str = "constant",
                   min_lr: float | None = None, decay_fraction: float = 0.2, weight_decay: float | None = None,
                   batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
                   eval_every: int | None = None, seed: int = 0, trainer: str | None = None,
@@ -161,7 +202,14 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], machine.devices)
     steps = _steps(mix, batch, tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
-    lr = lr if lr is not None else f["lr"]
+    ref = reference_lr(tr, parent, pmeta, ckpt)
+    if lr is not None and lr_ratio is not None:
+        raise UsageError("--lr and --lr-ratio: give the rate or its ratio to the parent's, not both")
+    if lr is None:
+        if ref is None:
+            raise MixerError(f"{parent / 'run.json'}: no learning-rate schedule recorded (a run from an older mixer); "
+                             "pass --lr")
+        lr = (DEFAULT_LR_RATIO if lr_ratio is None else lr_ratio) * ref
     warmup = warmup if warmup is not None else f["warmup"]
     wd = weight_decay if weight_decay is not None else f["weight_decay"]
     every = eval_every or _steps_per_epoch(mix, batch)
@@ -185,7 +233,8 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
             "model_params": pmeta.get("model_params"), **_mix_meta(mix), "tokens": spec.tokens,
             "pretrain_tokens": parent_tokens,
             "parent": str(parent), "parent_checkpoint": str(ckpt),
-            "hparams": {"lr": lr, "warmup": warmup, "batch_size": batch, "schedule": schedule, "min_lr": floor,
+            "hparams": {"lr": lr, "reference_lr": ref, "lr_ratio": lr / ref if ref else None, "warmup": warmup,
+                        "batch_size": batch, "schedule": schedule, "min_lr": floor,
                         "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,
                         **({"decay_fraction": decay_fraction} if schedule == "wsd" else {})},
             "best": None, "status": "planned", "mixer_version": __version__}

@@ -96,8 +96,9 @@ class Trainer(Protocol):
 
     def defaults(self, model: str, kind: str) -> dict[str, Any]:
         """The model preset's hyperparameters for `kind` (pretrain, or finetune for both
-        finetune and replay): lr, batch, micro_batch, weight_decay; for pretrain also min_lr
-        and warmup_fraction, for finetune warmup. UsageError naming --model when unknown."""
+        finetune and replay): batch, micro_batch, weight_decay; for pretrain also lr, min_lr
+        and warmup_fraction, for finetune warmup (finetuning rates are multiples of the
+        parent's, set by mixer). UsageError naming --model when unknown."""
         ...
 
     def plan(self, spec: RunSpec) -> Job:
