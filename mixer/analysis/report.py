@@ -8,6 +8,7 @@ whole run) and SCPT (domain only inside a late window).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,16 +43,73 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
             r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         g0 = before.general_val_loss if before else None
         g1 = best.general_val_loss
+        grid, chosen = finetune_protocol(r, best)
         rows.append({
             "model": r.model, "model_params": r.model_params or parent.model_params,
             "domain": r.domain or parent.domain, "setup": setup_of(parent), "fraction": parent.fraction,
             "window": list(parent.window), "finetune": finetune_of(r), "pretrain_tokens": r.pretrain_tokens,
             "seed": parent.seed, "post_ft_loss": best.domain_test_loss, "best_checkpoint": best.checkpoint,
+            "selected_on": r.select_on, "selection_loss": getattr(best, f"domain_{r.select_on}_loss"),
+            "grid": grid, "chosen": chosen,
             "general_before": g0, "general_after": g1,
             "forgetting": forgetting(g0, g1) if g0 is not None and g1 is not None else None,
             "run": str(r.path), "parent": str(parent.path),
         })
     return rows, notes
+
+
+def finetune_protocol(run: Run, best) -> tuple[dict, dict]:
+    """(the grid the finetune ran, the configuration chosen): rates absolute and as multiples
+    of the parent's rate, warmups, schedule; a run without sub-runs is a one-point grid."""
+    h = run.meta.get("hparams") or {}
+    owner = next((s for s in run.subruns if any(e is best for e in s.all_evals())), run)
+    mine = owner.meta.get("hparams") or {}
+    chosen = {"run": owner.path.name if owner is not run else None, "lr": mine.get("lr"),
+              "lr_ratio": mine.get("lr_ratio"), "warmup": mine.get("warmup"), "schedule": mine.get("schedule")}
+    if "points" in h:
+        points = h["points"]
+        grid = {"lr": sorted({p["lr"] for p in points}), "lr_ratio": sorted({p["lr_ratio"] for p in points
+                                                                          if p.get("lr_ratio") is not None}),
+                "warmup": sorted({p["warmup"] for p in points}), "points": len(points)}
+    elif "grid" in h:  # a grid made before the points were recorded
+        subs = [s.meta.get("hparams") or {} for s in run.subruns]
+        grid = {"lr": sorted({x.get("lr") for x in subs if x.get("lr") is not None}), "lr_ratio": [],
+                "warmup": sorted({x.get("warmup") for x in subs if x.get("warmup") is not None}), "points": len(subs)}
+    else:
+        grid = {"lr": [h.get("lr")], "lr_ratio": [h["lr_ratio"]] if h.get("lr_ratio") is not None else [],
+                "warmup": [h.get("warmup")], "points": 1}
+    grid["schedule"] = chosen["schedule"]
+    return grid, chosen
+
+
+def _protocols(rows: list[dict]) -> list[dict]:
+    """The distinct finetuning protocols of the report's runs: grid shape and selection split."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        g = r["grid"]
+        key = json.dumps([r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
+                          g["warmup"], g["points"]], default=str)
+        entry = seen.setdefault(key, {"selected_on": r["selected_on"], "schedule": g["schedule"],
+                                      "lr_ratio": g["lr_ratio"], "lr": g["lr"], "warmup": g["warmup"],
+                                      "points": g["points"], "runs": 0})
+        entry["runs"] += 1
+    return list(seen.values())
+
+
+def describe_protocol(p: dict) -> str:
+    """One line a reader can check the study against: what ran and what was chosen on what."""
+    if p["lr_ratio"]:
+        rates = "{" + ", ".join(f"{x:.3g}" for x in p["lr_ratio"]) + "} x the parent's rate"
+    else:
+        rates = "{" + ", ".join(f"{x:.3g}" for x in p["lr"] if x is not None) + "} (absolute)"
+    warm = "{" + ", ".join(str(w) for w in p["warmup"]) + "}"
+    shape = f"grid of {p['points']}" if p["points"] > 1 else "one configuration"
+    where = ("checkpoint and configuration chosen on the domain validation split, test split reported"
+             if p["selected_on"] == "val" else
+             "checkpoint and configuration chosen on the domain test split and reported on it "
+             "(--select-on test: the paper's protocol, an optimistic estimate)")
+    return (f"finetuning ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, {shape}: "
+            f"lr {rates} x warmup {warm} steps; {where}")
 
 
 def build_report(runs: list[Run]) -> dict:
@@ -77,7 +135,7 @@ def build_report(runs: list[Run]) -> dict:
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table), "gap_closed": _gaps(table),
-            "pretrain": _pretrain_summary(runs), "finetune_runs": rows, "notes": notes}
+            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows, "notes": notes}
 
 
 def _order(key: tuple, row: dict) -> tuple:
@@ -160,6 +218,7 @@ def format_table(report: dict) -> str:
 
 def format_report(report: dict) -> str:
     parts = [format_table(report) if report["table"] else "no finetune runs with a known parent: nothing to compare"]
+    parts += [describe_protocol(p) for p in report.get("finetuning", [])]
     for m in report["compute_multiplier"]:
         parts.append(f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']}): {m['text']} "
                      f"vs NPT at {format_count(m['npt_tokens'])} tokens ({m['spt_points']} SPT checkpoint(s))")
@@ -177,10 +236,11 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
                          plot_frontier(report, out / "frontier.png")) if p]
     report = report | {"plots": [p.name for p in plots]}
     write_json(out / "report.json", report)
-    md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the best (early-stopped) domain test "
-          "loss over checkpoints and the LR/warmup grid; relative gain = 100 (L_NPT - L) / L_NPT; forgetting = "
-          "rise of general val loss from the pretrained checkpoint to the best finetuned one; mean ± std over seeds "
-          "(relative gain paired with the NPT run of the same seed where there is one, else with the NPT mean).",
+    md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the domain test loss of the "
+          "finetuned checkpoint chosen as the finetuning lines below say; relative gain = 100 (L_NPT - L) / L_NPT; "
+          "forgetting = rise of general val loss from the pretrained checkpoint to the chosen finetuned one; "
+          "mean ± std over seeds (relative gain paired with the NPT run of the same seed where there is one, else "
+          "with the NPT mean).",
           "", "```", format_report(report), "```", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     with atomic_open(out / "report.md", "w") as f:
         f.write("\n".join(md) + "\n")

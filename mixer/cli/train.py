@@ -45,8 +45,8 @@ def train() -> None:
 
     \b
     mixer train pretrain mixes/spt --model tiny --out runs/spt
-    mixer train finetune mixes/ft --from runs/spt --out runs/spt-ft --patience 2
-    mixer train finetune mixes/ft --from runs/spt --out runs/g --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200
+    mixer train finetune mixes/ft --from runs/spt --out runs/spt-ft      # the paper's LR grid, chosen on val
+    mixer train finetune mixes/ft --from runs/spt --out runs/g --lr 1e-5,4e-5,1e-4 --warmup 50,100,200
     mixer train replay mixes/replay --from runs/spt --out runs/spt-replay
     """
 
@@ -93,59 +93,70 @@ def _finetune_command(kind: str):
     @click.option("--from", "parent", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="The pretraining run to start from.")
     @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: final, else the last step).")
-    @click.option("--lr", type=float, help="Learning rate, absolute (default: --lr-ratio times the parent's rate).")
-    @click.option("--lr-ratio", type=float,
-                  help="Learning rate as a multiple of the rate the parent's pretraining had reached at the checkpoint "
-                       "(default 0.102: the paper's 4e-5 against its ~3.91e-4).")
-    @click.option("--warmup", type=int, help="Warmup optimizer steps (paper grid 50, 100, 200).")
+    @click.option("--lr", help="Learning rate(s), absolute, comma-separated for a grid (default: --lr-ratio).")
+    @click.option("--lr-ratio",
+                  help="Learning rate(s) as multiples of the rate the parent's pretraining had reached at the "
+                       "checkpoint, comma-separated (default: the paper's grid 1e-5, 4e-5, 1e-4 over its ~3.91e-4: "
+                       "0.0256,0.102,0.256).")
+    @click.option("--warmup", help="Warmup optimizer steps, comma-separated for a grid (default: the preset's; "
+                                   "OLMo presets the paper's 50,100,200).")
     @click.option("--schedule", type=click.Choice(["constant", "wsd"]), default="constant", show_default=True)
     @click.option("--min-lr", type=float, help="WSD: the rate decayed to (default lr/10).")
     @click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="WSD: share of steps decaying.")
     @click.option("--weight-decay", type=float, help="Default: the preset's (paper 1e-7).")
     @click.option("--patience", type=int, default=2, show_default=True,
-                  help="Stop after this many evaluations without a lower domain test loss (0: never).")
+                  help="Stop after this many evaluations without a lower loss on the --select-on split (0: never).")
+    @click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
+                  help="Split that early stopping and the grid's winner are chosen on; the test split is reported. "
+                       "test: the paper's protocol (chosen and reported on the test split).")
     @click.option("--eval-every", type=int, help="Evaluate/save every N steps (default: once per domain epoch).")
     @click.option("--grid", "grid", multiple=True,
-                  help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
+                  help="More grid axes: --grid weight_decay=0,1e-7 (keys lr, lr_ratio, warmup, weight_decay, min_lr).")
     @click.option("--trainer", help="Training framework (default: the parent run's).")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
-                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
-                lr: float | None, lr_ratio: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
-                weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...],
-                trainer: str | None) -> None:
-        from mixer.training.runner import execute, parse_grid, plan_finetune, run_grid
+                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path,
+                checkpoint: str | None, lr: str | None, lr_ratio: str | None, warmup: str | None, schedule: str,
+                min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
+                select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None) -> None:
+        from mixer.formats.run import read_run_meta
+        from mixer.training.registry import trainer_of
+        from mixer.training.runner import (execute, finetune_axes, grid_points, is_grid, parse_grid, parse_values,
+                                           plan_finetune, run_grid)
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
-        kwargs = dict(lr=lr, lr_ratio=lr_ratio, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
+        kwargs = dict(schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
-                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
-                      checkpoint=checkpoint, trainer=trainer, precision=precision, devices=devices, threads=threads,
-                      dry_run=dry_run)
+                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
+                      select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer, precision=precision,
+                      devices=devices, threads=threads, dry_run=dry_run)
+        pmeta = read_run_meta(parent)
+        defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
+        axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
+                             parse_values(warmup, int, "--warmup"), parse_grid([*grid, *grid_rest]))
 
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
 
-        if not grid:
-            plan = make(out, {})
+        if not is_grid(axes):
+            plan = make(out, {k: v[0] for k, v in axes.items()})
             if dry_run:
                 click.echo(plan.config_text(), nl=False)
                 return
             _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
             return
-        axes = parse_grid([*grid, *grid_rest])
         if dry_run:
-            from mixer.training.runner import grid_points
-
             for name, overrides in grid_points(axes):
                 click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_text()}", nl=False)
             return
         _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples), as_json)
 
     command.__doc__ = {
-        "finetune": "Finetune a pretrained run on MIX with early stopping on the domain test loss.",
-        "replay": "Finetune on a replay MIX (domain + a general share) with early stopping.",
+        "finetune": "Finetune a pretrained run on MIX at constant rates after warmup, over a grid of rates relative "
+                    "to the parent's (the paper's by default); early stopping and the winner on the domain "
+                    "validation split, the test split reported.",
+        "replay": "Finetune on a replay MIX (domain + a general share), as finetune.",
     }[kind]
     return command
 
@@ -160,7 +171,9 @@ def _report(meta: dict, as_json: bool) -> None:
              f"{meta.get('tokens', 0):,} tokens; mix {meta['mix']}"]
     if best:
         where = f"{best['run']}/{best['checkpoint']}" if "run" in best else best["checkpoint"]
-        lines.append(f"best: {where}, domain test loss {best['domain_test_loss']:.4f}")
+        on = best.get("selected_on", "test")
+        chosen = f"chosen on domain {on} loss {best.get(f'domain_{on}_loss') or 0:.4f}, " if on != "test" else ""
+        lines.append(f"best: {where}, {chosen}domain test loss {best['domain_test_loss']:.4f}")
     emit(meta, as_json, "\n".join(lines))
 
 

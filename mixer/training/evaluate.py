@@ -1,9 +1,10 @@
-"""`mixer eval RUN`: every checkpoint -> domain test / domain train / general val loss, for
-runs of any trainer (the one run.json names, through `mixer.training.registry`).
+"""`mixer eval RUN`: every checkpoint -> domain test / domain val / domain train / general val
+loss, for runs of any trainer (the one run.json names, through `mixer.training.registry`).
 
 Losses are token-weighted mean cross-entropy (nats) over whole held-out sets (or their
 first --max-samples samples), so every run of a study is scored on identical tokens.
-Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
+The domain validation split is read from the domain's store (mixer.training.heldout; mixes
+hold the test split only). Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
 general val set that forgetting is measured on). The domain train loss is on a fixed
 sample: the first domain samples of the mix in stored order (exactly data the run's
 own mix trains on, whatever domain subset it was built from); for a mix without domain
@@ -24,6 +25,7 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
+from mixer.training.heldout import domain_val
 from mixer.training.registry import trainer_of
 
 
@@ -32,6 +34,7 @@ class EvalSets:
     domain_test: np.ndarray | None
     domain_train: np.ndarray | None
     general_val: np.ndarray | None
+    domain_val: np.ndarray | None = None
 
 
 def mix_chain(run_dir: Path) -> list[MixFiles]:
@@ -85,7 +88,9 @@ def eval_sets(run_dir: Path, max_samples: int | None, train_samples: int) -> Eva
             break
     if train is None:  # NPT: no domain samples in the mix; unseen train data still anchors the fit at d = 0
         train = next((t for t in (store_train_samples(m, train_samples) for m in chain) if t is not None), None)
-    return EvalSets(heldout("domain"), train, heldout("general"))
+    val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
+    return EvalSets(heldout("domain"), train, heldout("general"),
+                    None if val is None else val[1][:max_samples])
 
 
 def store_train_samples(mix, n: int) -> np.ndarray | None:
@@ -154,7 +159,7 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
     for ckpt in todo:
         model = trainer.load_for_eval(run_dir, ckpt, device, threads)
         losses = {}
-        for key in ("domain_test_loss", "domain_train_loss", "general_val_loss"):
+        for key in ("domain_test_loss", "domain_train_loss", "general_val_loss", "domain_val_loss"):
             samples = getattr(sets, key.removesuffix("_loss"))
             if model.step in by_step:  # `final` after a saved last step is the same model: copy, do not recompute
                 losses[key] = getattr(by_step[model.step], key)
