@@ -36,6 +36,11 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
     mine = [r for r in pre if r.model == model and r.domain in (domain, None)]
     notes = [f"{r.path}: late window {r.window} (SCPT) is outside the law; left out" for r in mine if not r.full_window]
     mine = [r for r in mine if r.full_window]
+    samples = sorted({str(e.domain_train_sample) for r in mine for e in r.evals
+                      if e.domain_train_loss is not None and e.domain_train_sample is not None})
+    if len(samples) > 1:
+        notes.append(f"domain train losses are on {len(samples)} different samples ({'; '.join(samples)}): the "
+                     "train-test gaps are not comparable across runs; re-evaluate with one --train-tokens/--train-seed")
     points: dict[float, list] = defaultdict(list)
     for r in mine:
         points[r.fraction] += [(e.tokens, e.domain_train_loss, e.domain_test_loss) for e in r.evals

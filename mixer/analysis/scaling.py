@@ -159,13 +159,22 @@ def fit_power_floor(tokens: np.ndarray, y: np.ndarray) -> dict | None:
 
 
 def fit_power(tokens: np.ndarray, y: np.ndarray) -> dict | None:
-    """y = G T^g through the points where y > 0: a line in log-log space."""
-    ok = np.isfinite(y) & (y > 0)
+    """y = G T^g by least squares over every measured point, negative and zero gaps included:
+    for each g on a grid G is closed-form (sum u y / sum u u, u = (T / T_ref)^g), so a gap that
+    is truly ~0 gives G ~ 0 instead of a power law through its positive noise. G may be < 0
+    (the test split easier than the train sample)."""
+    ok = np.isfinite(y)
     T, y = np.asarray(tokens, float)[ok], np.asarray(y, float)[ok]
     if len(np.unique(T)) < 2:
         return None
-    g, logG = np.polyfit(np.log(T), np.log(y), 1)
-    return {"G": float(math.exp(logG)), "g": float(g), "points": int(len(T))}
+    t_ref = math.exp(np.log(T).mean())
+    gs = np.linspace(-3.0, 3.0, 1201)
+    u = (T[None, :] / t_ref) ** gs[:, None]
+    G = (u * y).sum(1) / (u * u).sum(1)
+    sse = ((G[:, None] * u - y) ** 2).sum(1)
+    i = int(np.argmin(sse))
+    return {"G": float(G[i] * t_ref ** -gs[i]), "g": float(gs[i]), "points": int(len(T)),
+            "sse": float(sse[i])}
 
 
 def fit_fraction(c: Curve) -> dict:
@@ -190,7 +199,7 @@ def fit_fraction(c: Curve) -> dict:
     if c.fraction > 0 and has_train:
         gap = fit_power(c.tokens, c.test - c.train)
         if gap is None:
-            notes.append("fewer than 2 checkpoints with test loss above train loss: gap not fitted")
+            notes.append("fewer than 2 checkpoints with both train and test loss: gap not fitted")
     return {"fraction": c.fraction, "points": int(len(c.tokens)), "train": train, "gap": gap, "notes": notes}
 
 
@@ -260,9 +269,11 @@ def initial_params(curves: list[Curve], per_fraction: list[dict]) -> dict:
     for p in gp:
         c = by_d[p["fraction"]]
         gap = c.test - c.train
-        ok = np.isfinite(gap) & (gap > 0)
+        ok = np.isfinite(gap)
         bgd = p["fraction"] * bg_s + (1 - p["fraction"]) * bg_g
-        log_G.append(np.mean(np.log(gap[ok]) - bgd * np.log(c.tokens[ok])))
+        u = c.tokens[ok] ** bgd
+        G = float((u * gap[ok]).sum() / (u * u).sum())  # this fraction's gap amplitude at the shared exponent
+        log_G.append(math.log(max(G, 1e-30)))
     M = np.column_stack([np.ones_like(dg), np.log(dg), dg])
     (la1, a2, a3), *_ = np.linalg.lstsq(M, np.array(log_G), rcond=None)
     return {"A_train": A_train, "b_train_s": b_s, "b_train_g": b_g, "a1": math.exp(la1),

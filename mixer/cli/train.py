@@ -180,17 +180,21 @@ def _report(meta: dict, as_json: bool) -> None:
 @click.command("eval")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-samples", type=int, help="Use the first N samples of each held-out set (default: all).")
-@click.option("--train-samples", type=int, default=64, show_default=True,
-              help="Domain train loss on this many samples (the first domain samples of the mix).")
+@click.option("--train-tokens", default="64K", show_default=True,
+              help="Domain train loss (for the train-test gap) on a seeded random sample of whole train documents "
+                   "of about this many tokens, the same for every run of a study.")
+@click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of that sample.")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @json_option
-def eval_run(run: Path, max_samples: int | None, train_samples: int, device: str | None, as_json: bool) -> None:
+def eval_run(run: Path, max_samples: int | None, train_tokens: str, train_seed: int, device: str | None,
+             as_json: bool) -> None:
     """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
     from mixer.training.evaluate import eval_targets, evaluate_run
 
+    n_train = parse_count(train_tokens, "--train-tokens")
     results = {}
     for r in eval_targets(run):
-        rows = evaluate_run(r, max_samples=max_samples, train_samples=train_samples, device=device)
+        rows = evaluate_run(r, max_samples=max_samples, train_tokens=n_train, train_seed=train_seed, device=device)
         results[str(r)] = [e.as_row() for e in rows]
 
     def human(data: dict) -> str:

@@ -5,10 +5,11 @@ Losses are token-weighted mean cross-entropy (nats) over whole held-out sets (or
 first --max-samples samples), so every run of a study is scored on identical tokens.
 The domain validation split is read from the domain's store (mixer.training.heldout; mixes
 hold the test split only). Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
-general val set that forgetting is measured on). The domain train loss is on a fixed
-sample: the first domain samples of the mix in stored order (exactly data the run's
-own mix trains on, whatever domain subset it was built from); for a mix without domain
-samples (NPT), the first samples of the domain store's train split.
+general val set that forgetting is measured on). The domain train loss, whose difference
+from the test loss is the law's train-test gap, is on a seeded random sample of whole
+documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens by
+default): the same documents for every run of a study, NPT included, and for SPT runs
+documents they trained on. Each row records which sample it used.
 
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
@@ -25,7 +26,7 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
-from mixer.training.heldout import domain_val
+from mixer.training.heldout import DEFAULT_TRAIN_TOKENS, domain_train_sample, domain_val
 from mixer.training.registry import trainer_of
 
 
@@ -35,6 +36,7 @@ class EvalSets:
     domain_train: np.ndarray | None
     general_val: np.ndarray | None
     domain_val: np.ndarray | None = None
+    train_sample: str | None = None  # heldout.TrainSample.describe() of domain_train
 
 
 def mix_chain(run_dir: Path) -> list[MixFiles]:
@@ -55,23 +57,8 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
     return chain
 
 
-def domain_train_samples(mix, n: int) -> np.ndarray | None:
-    """The first `n` samples of the mix's domain source, in stored order, via provenance."""
-    src = mix.source("domain")
-    if src is None or not int(src.get("samples", 0)):
-        return None
-    out, have = [], 0
-    for k in range(len(mix.manifest["shards"])):
-        rows = np.flatnonzero(np.asarray(mix.provenance(k)["source"]) == int(src["id"]))[: n - have]
-        if len(rows):
-            out.append(np.asarray(mix.shard(k)[rows]))
-            have += len(rows)
-        if have >= n:
-            break
-    return np.concatenate(out) if out else None
-
-
-def eval_sets(run_dir: Path, max_samples: int | None, train_samples: int) -> EvalSets:
+def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
+              train_seed: int = 0) -> EvalSets:
     chain = mix_chain(run_dir)
 
     def heldout(role: str) -> np.ndarray | None:
@@ -81,37 +68,10 @@ def eval_sets(run_dir: Path, max_samples: int | None, train_samples: int) -> Eva
                 return np.asarray(mix.eval_samples(name)[:max_samples])
         return None
 
-    train = None
-    for mix in chain:
-        train = domain_train_samples(mix, train_samples)
-        if train is not None:
-            break
-    if train is None:  # NPT: no domain samples in the mix; unseen train data still anchors the fit at d = 0
-        train = next((t for t in (store_train_samples(m, train_samples) for m in chain) if t is not None), None)
+    train = domain_train_sample(chain, train_tokens, train_seed)
     val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
-    return EvalSets(heldout("domain"), train, heldout("general"),
-                    None if val is None else val[1][:max_samples])
-
-
-def store_train_samples(mix, n: int) -> np.ndarray | None:
-    """The first `n` samples of the domain store's train split (canonical order), laid out as
-    a stream is: seq_len + 1 tokens each, one-token overlap. None when the store is gone."""
-    from mixer.formats.store import open_store
-
-    src = mix.source("domain")
-    if src is None or not src.get("store"):
-        return None
-    store_dir = Path(src["store"])
-    try:
-        tokens = open_store(store_dir.parent, store_dir.name).tokens("train")
-    except MixerError:
-        return None
-    seq = mix.seq_len
-    k = min(n, (len(tokens) - 1) // seq)
-    if k <= 0:
-        return None
-    idx = np.arange(k)[:, None] * seq + np.arange(seq + 1)[None, :]
-    return np.asarray(tokens)[idx].astype(mix.dtype)
+    return EvalSets(heldout("domain"), None if train is None else train.samples, heldout("general"),
+                    None if val is None else val[1][:max_samples], None if train is None else train.describe())
 
 
 def mean_loss(model, samples: np.ndarray, batch_size: int, device: str) -> float:
@@ -139,9 +99,12 @@ def eval_targets(run: Path) -> list[Path]:
     return [Path(run)]
 
 
-def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: int = 64,
-                 device: str | None = None, threads: int | None = None, progress=None) -> list[Eval]:
-    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order."""
+def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
+                 train_seed: int = 0, device: str | None = None, threads: int | None = None,
+                 progress=None) -> list[Eval]:
+    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order.
+    Refuses to add rows whose domain train loss would be on other documents than the rows
+    already there (a curve must be on one sample to be a curve)."""
     run_dir = Path(run_dir)
     trainer = trainer_of(read_run_meta(run_dir), run_dir)
     ckpts = trainer.checkpoints(run_dir)
@@ -152,7 +115,12 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
     todo = [c for c in ckpts if c.name not in done]
     if not todo:
         return rows
-    sets = eval_sets(run_dir, max_samples, train_samples)
+    sets = eval_sets(run_dir, max_samples, train_tokens, train_seed)
+    earlier = {r.domain_train_sample for r in rows if r.domain_train_loss is not None}
+    if earlier and earlier != {sets.train_sample}:
+        raise MixerError(f"{run_dir / 'evals.jsonl'}: earlier checkpoints' domain train loss is on another sample "
+                         f"({', '.join(sorted(map(str, earlier)))}; now {sets.train_sample}); evaluate with the same "
+                         "--train-tokens and --train-seed, or delete evals.jsonl to re-evaluate every checkpoint")
     tokens_per_step = trainer.tokens_per_step(run_dir)
     table = trainer.train_log(run_dir)
     by_step = {r.step: r for r in rows}
@@ -170,7 +138,8 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
         tokens = model.step * tokens_per_step
         logged = table.get(tokens) or {}
         row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens, **losses,
-                   train_loss=logged.get("train_loss"), lr=logged.get("lr"))
+                   train_loss=logged.get("train_loss"), lr=logged.get("lr"),
+                   domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None)
         append_eval(run_dir, row)
         by_step.setdefault(model.step, row)
         if progress:

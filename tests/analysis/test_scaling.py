@@ -117,3 +117,34 @@ def test_fraction_zero_is_fitted_to_the_test_loss():
     assert f["train"]["C"] == pytest.approx(1.92, abs=2e-3) and f["gap"] is None
     f = fit_fraction(Curve(0.05, TOKENS, train, train + 0.5))
     assert f["train"]["C"] == pytest.approx(1.42, abs=2e-3)
+
+
+def test_the_gap_fit_keeps_negative_and_zero_gaps():
+    """A gap of -0.1 nats (train sample harder than test) is -0.1, not a power law through noise."""
+    from mixer.analysis.scaling import fit_power
+
+    T = np.array([1e6, 2e6, 4e6])
+    g = fit_power(T, np.array([-0.1, -0.1, -0.1]))
+    assert g["g"] == pytest.approx(0.0, abs=1e-12) and g["G"] == pytest.approx(-0.1)  # u = 1: G = mean
+    zero = fit_power(T, np.zeros(3))
+    assert zero["G"] == 0.0 and zero["sse"] == 0.0
+    # 0.02 (T / 1e6)^0.5 = 2e-5 T^0.5; one point below zero still counts (the old fit dropped it)
+    g = fit_power(T, 2e-5 * T**0.5)
+    assert g["g"] == pytest.approx(0.5) and g["G"] == pytest.approx(2e-5, rel=1e-9)
+    mixed = fit_power(T, np.array([-0.02, 0.0, 0.02]))
+    assert mixed["points"] == 3 and mixed["sse"] < 0.02**2 * 2
+
+
+def test_fit_says_when_runs_measured_train_loss_on_different_samples(tmp_path):
+    from mixer.analysis.fit import fit_inputs
+    from mixer.formats.run import load_runs
+    from runutil import write_run
+
+    rows = lambda tag: [{"tokens": t, "domain_test_loss": 3.0, "domain_train_loss": 2.9, "general_val_loss": 3.0,  # noqa: E731
+                         "domain_train_sample": tag} for t in (100, 200, 400)]
+    a = write_run(tmp_path, "a", rows("500 docs/64100 tokens/aaaa"), fraction=0.0)
+    b = write_run(tmp_path, "b", rows("500 docs/64100 tokens/aaaa"), fraction=0.05)
+    assert not any("different samples" in n for n in fit_inputs(load_runs([a, b]))["notes"])
+    c = write_run(tmp_path, "c", rows("8 docs/8192 tokens/bbbb"), fraction=0.1)
+    notes = fit_inputs(load_runs([a, b, c]))["notes"]
+    assert any("on 2 different samples" in n and "bbbb" in n for n in notes)
