@@ -143,6 +143,11 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
         if coef:
             held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
             ax.plot(T, curve_test(coef, T), "--" if held else "-", color=color, lw=1)
+    observed = np.concatenate([np.concatenate([c.test, c.train]) for c in curves]) if curves else np.zeros(0)
+    observed = observed[np.isfinite(observed)]
+    if len(observed):  # the axis is the data's: a curve leaving it is visibly wrong, not rescaled
+        pad = 0.1 * max(float(observed.max() - observed.min()), 1e-3)
+        ax.set_ylim(float(observed.min()) - pad, float(observed.max()) + pad)
     ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats)",
            title=("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)")
     ax.legend(title="fraction", fontsize=8)

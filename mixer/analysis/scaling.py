@@ -496,8 +496,10 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
 def fit_gain(tokens: np.ndarray, gain: np.ndarray) -> dict:
     """dL(T) = a T^b + c by least squares over an exponent grid; a constant with < 3 points."""
     T, g = np.asarray(tokens, float), np.asarray(gain, float)
+    measured = [float(T.min()), float(T.max())]
     if len(np.unique(T)) < MIN_POINTS:
         return {"a": 0.0, "b": 0.0, "c": float(np.mean(g)), "kind": "constant", "points": int(len(T)),
+                "token_range": measured,
                 "note": f"{len(np.unique(T))} finetuned checkpoint(s): gain taken as constant (a*T^b + c needs >= 3)"}
     best = None
     for b in np.linspace(-2, 1, 301):
@@ -508,7 +510,7 @@ def fit_gain(tokens: np.ndarray, gain: np.ndarray) -> dict:
         if best is None or sse < best[0]:
             best = (sse, a / (T**b).max(), b, c)
     _, a, b, c = best
-    return {"a": float(a), "b": float(b), "c": float(c), "kind": "power", "points": int(len(T))}
+    return {"a": float(a), "b": float(b), "c": float(c), "kind": "power", "points": int(len(T)), "token_range": measured}
 
 
 def gain_at(g: dict, tokens: np.ndarray | float) -> np.ndarray:

@@ -144,8 +144,19 @@ def test_fit_on_a_tiny_study_degrades_and_still_writes_fit_json(tmp_path, capsys
     assert fit["law"] is None and fit["units"]["fraction"].startswith("fraction")
     assert all(p["train"] is not None for p in fit["per_fraction"])
     assert (out / "fit.png").exists()
-    r = forecast(fit, 10**7)
+    r = forecast(fit, 4 * 10**6)
     assert r["source"] == "per-fraction curves" and r["recommended"]["fraction"] in (0.0, 0.02)
+    # mixer plan --fit: inside the measured tokens by default, beyond them only when asked, and said
+    code, _, err = cli(["plan", "--fit", str(out / "fit.json"), "--tokens", "40M"], capsys)
+    assert code == 2 and "10x the largest measured checkpoint" in err and "--extrapolate" in err
+    assert err.count("\n") == 1
+    code, stdout, err = cli(["plan", "--fit", str(out / "fit.json"), "--tokens", "40M", "--extrapolate",
+                             "--plot", str(tmp_path / "f.png")], capsys)
+    assert code == 0, err
+    assert "extrapolated in tokens: the budget 40M is 10x the largest measured checkpoint (4M)" in stdout
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = cli(["plan", "--domain", "music", "--fraction", "0.1", "--tokens", "1M", "--extrapolate"], capsys)
+    assert code == 2 and "--extrapolate: only with --fit" in err
     code, _, err = cli(["fit", *map(str, runs), "--out", str(out), "--holdout", "0.1"], capsys)
     assert code == 2 and "no pretraining runs at that fraction" in err
 
@@ -161,8 +172,8 @@ def test_fit_with_holdout_on_law_runs(tmp_path, capsys):
     assert [g["kind"] for g in fit["finetune_gain"]] == ["power"] * 6
     assert fit["finetune_gain"][3]["b"] == pytest.approx(-0.1, abs=0.02)
     assert "held-out fraction 0.1" in stdout
-    r = forecast(fit, 10**12, domain_tokens=300_000_000)
-    assert r["source"] == "joint law" and r["regime"]["name"] in ("spt", "late-window")
+    r = forecast(fit, 10**12, domain_tokens=300_000_000, extrapolate=True)
+    assert r["source"] == "joint law" and r["extrapolation"]["tokens"] == pytest.approx(10**12 / tokens.max())
 
 
 def test_fit_needs_one_model_and_domain(study, capsys):
