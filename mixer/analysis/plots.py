@@ -153,3 +153,30 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
     ax.legend(title="fraction", fontsize=8)
     return _save(fig, path)
 
+
+
+AXIS_NAMES = {"L_ft": "L_ft: new-task test loss after FT", "L_ret": "L_ret: post-training domain test loss after FT",
+              "L_pre": "L_pre: general val loss after FT", "L_im": "L_im: post-training domain test loss"}
+
+
+def plot_stage_frontier(report: dict, path: Path, x: str, y: str) -> Path | None:
+    """Paper 2's frontier of two of L_ft, L_ret, L_pre over the three-stage chains, one panel
+    per (D_post -> D_ft), one colour per early exposure, the Pareto front dotted."""
+    pts = [r for r in report.get("early_exposure_runs", []) if r[x] is not None and r[y] is not None]
+    if not pts:
+        return None
+    pair = lambda r: f"{r['post_domain']} -> {r['ft_domain']}"  # noqa: E731
+    fig, panels = _panels(sorted({pair(r) for r in pts}), f"frontier ({x}, {y}): lower-left is better")
+    setups = sorted({r["setup"] for r in pts}, key=lambda s: (next(r["lam"] for r in pts if r["setup"] == s) or 0, s))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(setups)}
+    for name, ax in panels.items():
+        mine = [r for r in pts if pair(r) == name]
+        for s in setups:
+            group = [r for r in mine if r["setup"] == s]
+            if group:
+                ax.plot([r[x] for r in group], [r[y] for r in group], "o", color=colours[s], label=s)
+        front = pareto_front([r[x] for r in mine], [r[y] for r in mine])
+        ax.plot([mine[i][x] for i in front], [mine[i][y] for i in front], "k:", lw=1, label="Pareto front")
+        ax.set(xlabel=AXIS_NAMES[x], ylabel=AXIS_NAMES[y])
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,9 +1,15 @@
-"""`mixer report`: runs -> the paper's comparisons as tables (Markdown, JSON) and PNG plots.
+"""`mixer report`: runs -> the papers' comparisons as tables (Markdown, JSON) and PNG plots.
 
-A row is one (model, domain, pretraining setup, finetuning kind, pretraining tokens) cell
-with its seeds; every metric is computed per seed where the NPT baseline has that seed and
-summarised as mean ± spread. Pretraining setups: NPT (fraction 0), SPT (fraction d over the
-whole run) and SCPT (domain only inside a late window).
+Paper 1: a row is one (model, domain, pretraining setup, finetuning kind, pretraining
+tokens) cell with its seeds; every metric is computed per seed where the NPT baseline has
+that seed and summarised as mean ± spread. Pretraining setups: NPT (fraction 0), SPT
+(fraction d over the whole run) and SCPT (domain only inside a late window).
+
+Paper 2: a finetune whose parent is itself finetuned is the third stage of a pretrain ->
+post-train (D_post) -> finetune (D_ft) chain; each chain gives L_im, L_ft, L_ret and L_pre
+(mixer.analysis.metrics), grouped by the early exposure (the recipe's lambda, else the
+pretraining run's epochs of D_post), and drawn as the (L_ft, L_ret) and (L_pre, L_ret)
+Pareto frontiers.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from pathlib import Path
 
 
 from mixer import __version__
-from mixer.analysis.metrics import compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain
-from mixer.analysis.plots import plot_domain_curves, plot_frontier, plot_post_ft
+from mixer.analysis.metrics import (compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain,
+                                    stage_losses)
+from mixer.analysis.plots import plot_domain_curves, plot_frontier, plot_post_ft, plot_stage_frontier
 from mixer.analysis.setups import finetune_of, setup_of
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.run import Run, find_parent
@@ -33,6 +40,8 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         if parent is None:
             notes.append(f"{r.path}: parent run {r.parent!r} not found; left out of the comparisons")
             continue
+        if is_new_task(r, parent):
+            continue  # a third stage (paper 2): early_exposure_rows
         best = r.best_eval()
         if best is None:
             notes.append(f"{r.path}: no domain test loss in evals.jsonl; left out")
@@ -112,9 +121,84 @@ def describe_protocol(p: dict) -> str:
             f"lr {rates} x warmup {warm} steps; {where}")
 
 
+def _losses(e) -> dict[str, float | None]:
+    """An evaluation as {held-out set: loss} (rows from before `heldout` have only their own sets)."""
+    return dict(e.heldout or {})
+
+
+def is_new_task(run: Run, parent: Run) -> bool:
+    """A finetune that is the third stage of a paper-2 chain: it continues a finetuned
+    (post-trained) run, or finetunes a pretraining run on another domain than the one
+    pretraining was exposed to (lambda = 1: all of D_post in pretraining, no post-training)."""
+    return parent.kind != "pretrain" or (parent.domain is not None and run.domain is not None
+                                        and parent.domain != run.domain)
+
+
+def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
+    """One record per three-stage chain: the finetune (stage 3), its post-trained parent and
+    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint."""
+    rows, notes = [], []
+    for r in runs:
+        if r.kind == "pretrain":
+            continue
+        parent = find_parent(r, runs)
+        if parent is None or not is_new_task(r, parent):
+            continue
+        if parent.kind == "pretrain":  # no post-training stage: the pretrained model is the post-trained one
+            post, pre = None, parent
+            post_best = parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
+        else:
+            post, pre = parent, find_parent(parent, runs)
+            post_best = parent.best_eval()
+        ft_best = r.best_eval()
+        if ft_best is None or post_best is None:
+            notes.append(f"{r.path}: no chosen checkpoint in it or the model it started from; left out of paper 2's "
+                         "losses")
+            continue
+        general = r.general or parent.general or (pre.general if pre else None)
+        post_test, ft_test = f"{parent.domain}-test", f"{r.domain}-test"
+        losses = stage_losses(_losses(post_best) | {post_test: post_best.domain_test_loss}, _losses(ft_best) | {
+            ft_test: ft_best.domain_test_loss, **({f"{general}-val": ft_best.general_val_loss} if general else {})},
+            post_test, ft_test, f"{general}-val" if general else None)
+        if losses.L_ret is None:
+            notes.append(f"{r.path}: not scored on {post_test} (evaluated before mixer scored every test set of the "
+                         "chain); delete its evals.jsonl and run mixer eval again")
+        started = Path(r.meta.get("parent_checkpoint") or "").name
+        if post is not None and started and started != post_best.checkpoint:
+            notes.append(f"{r.path}: finetuned from {started}, not the post-training winner {post_best.checkpoint}; "
+                         "L_im describes another model than the one finetuned")
+        stage = (pre.meta.get("stage") if pre else None) or {}
+        lam = (stage.get("vars") or {}).get("lam")
+        epochs = pre.meta.get("domain_epochs") if pre else None
+        label = (f"lambda {float(lam):g}" if lam is not None else
+                 f"{epochs:.3g} early epochs" if epochs is not None else setup_of(pre) if pre else "?")
+        rows.append({"model": r.model, "post_domain": parent.domain, "ft_domain": r.domain, "setup": label,
+                     "lam": None if lam is None else float(lam), "pretrain_domain_epochs": epochs,
+                     "seed": pre.seed if pre else parent.seed, **losses.to_dict(),
+                     "post_checkpoint": post_best.checkpoint, "ft_checkpoint": ft_best.checkpoint,
+                     "runs": {"pretrain": str(pre.path) if pre else None,
+                              "posttrain": str(post.path) if post else None, "finetune": str(r.path)}})
+    return rows, notes
+
+
+def _early_exposure_table(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], row["post_domain"], row["ft_domain"], row["setup"])].append(row)
+    out = []
+    for (model, post, ft, setup), g in sorted(groups.items(), key=lambda kv: (kv[0][:3], kv[1][0]["lam"] or 0,
+                                                                            kv[0][3])):
+        out.append({"model": model, "post_domain": post, "ft_domain": ft, "setup": setup, "lam": g[0]["lam"],
+                    "seeds": sorted(r["seed"] for r in g),
+                    **{k: _spread([r[k] for r in g]) for k in ("L_im", "L_ft", "L_ret", "L_pre", "retention_loss")}})
+    return out
+
+
 def build_report(runs: list[Run]) -> dict:
     """Everything the report shows, as plain data (JSON-ready)."""
     rows, notes = finetune_rows(runs)
+    chains, chain_notes = early_exposure_rows(runs)
+    notes += chain_notes
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["model"], row["domain"], row["setup"], row["finetune"], row["pretrain_tokens"])].append(row)
@@ -135,7 +219,8 @@ def build_report(runs: list[Run]) -> dict:
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table), "gap_closed": _gaps(table),
-            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows, "notes": notes}
+            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
+            "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
 
 
 def _order(key: tuple, row: dict) -> tuple:
@@ -216,8 +301,19 @@ def format_table(report: dict) -> str:
                         "rel. gain", "forgetting"])
 
 
+def format_early_exposure(report: dict) -> str:
+    """Paper 2's table: one row per (model, D_post -> D_ft, early exposure), mean ± std over seeds."""
+    rows = [[e["model"], f"{e['post_domain']} -> {e['ft_domain']}", e["setup"], len(e["seeds"]),
+             *(_fmt(e[k]) for k in ("L_im", "L_ft", "L_ret", "L_pre", "retention_loss"))]
+            for e in report.get("early_exposure", [])]
+    return table(rows, ["model", "post -> ft", "early exposure", "seeds", "L_im", "L_ft", "L_ret", "L_pre",
+                        "L_ret - L_im"])
+
+
 def format_report(report: dict) -> str:
     parts = [format_table(report) if report["table"] else "no finetune runs with a known parent: nothing to compare"]
+    if report.get("early_exposure"):
+        parts.append(format_early_exposure(report))
     parts += [describe_protocol(p) for p in report.get("finetuning", [])]
     for m in report["compute_multiplier"]:
         parts.append(f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']}): {m['text']} "
@@ -233,7 +329,9 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in (plot_domain_curves(runs, out / "domain_loss_vs_tokens.png"),
                          plot_post_ft(report, out / "post_ft_vs_fraction.png"),
-                         plot_frontier(report, out / "frontier.png")) if p]
+                         plot_frontier(report, out / "frontier.png"),
+                         plot_stage_frontier(report, out / "frontier_ret_ft.png", "L_ft", "L_ret"),
+                         plot_stage_frontier(report, out / "frontier_pre_ret.png", "L_pre", "L_ret")) if p]
     report = report | {"plots": [p.name for p in plots]}
     write_json(out / "report.json", report)
     md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the domain test loss of the "

@@ -91,8 +91,10 @@ def _finetune_command(kind: str):
     @_common
     @click.argument("grid_rest", nargs=-1, metavar="")
     @click.option("--from", "parent", required=True, type=click.Path(file_okay=False, path_type=Path),
-                  help="The pretraining run to start from.")
-    @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: final, else the last step).")
+                  help="The run to start from: a pretraining run, or a finetuned one (a post-training stage; a grid "
+                       "continues from its winner).")
+    @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: a pretraining run's final, else "
+                                       "last step; a finetuned run's early-stopping winner).")
     @click.option("--lr", help="Learning rate(s), absolute, comma-separated for a grid (default: --lr-ratio).")
     @click.option("--lr-ratio",
                   help="Learning rate(s) as multiples of the rate the parent's pretraining had reached at the "

@@ -44,6 +44,7 @@ class Eval:
     lr: float | None = None
     domain_val_loss: float | None = None  # the domain validation split (selection), where the store has one
     domain_train_sample: str | None = None  # which documents domain_train_loss is on (heldout.TrainSample.describe)
+    heldout: dict[str, float | None] | None = None  # every held-out set of the run's chain of mixes, by name
 
     def as_row(self) -> dict:
         """The evals.jsonl line."""
@@ -238,6 +239,7 @@ def read_evals(run_dir: Path | str) -> list[Eval]:
             tokens=int(row["tokens"]),
             **{k: _loss(row.get(k), evals_file, lineno, k) for k in LOSSES + LOGGED},
             domain_train_sample=row.get("domain_train_sample"),
+            heldout=_heldout(row.get("heldout"), evals_file, lineno),
         )
     return sorted(by_ckpt.values(), key=lambda e: (e.tokens, e.step))
 
@@ -257,6 +259,14 @@ def best_eval(evals: Iterable[Eval], on: str = "test") -> Eval | None:
     key = f"domain_{on}_loss"
     have = [e for e in evals if getattr(e, key) is not None and math.isfinite(getattr(e, key))]
     return min(have, key=lambda e: getattr(e, key)) if have else None
+
+
+def _heldout(v: object, f: Path, lineno: int) -> dict[str, float | None] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise MixerError(f"{f}:{lineno}: heldout is {v!r}; expected an object of losses by held-out set")
+    return {str(k): _loss(x, f, lineno, f"heldout.{k}") for k, x in v.items()}
 
 
 def _loss(v: object, f: Path, lineno: int, key: str) -> float | None:

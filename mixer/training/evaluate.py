@@ -3,9 +3,12 @@ loss, for runs of any trainer (the one run.json names, through `mixer.training.r
 
 Losses are token-weighted mean cross-entropy (nats) over whole held-out sets (or their
 first --max-samples samples), so every run of a study is scored on identical tokens.
-The domain validation split is read from the domain's store (mixer.training.heldout; mixes
-hold the test split only). Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
-general val set that forgetting is measured on). The domain train loss, whose difference
+Every checkpoint is scored on every held-out set of the run's chain of mixes (its own,
+its parent's, ...: a finetune after post-training is scored on the new task's test set,
+the post-training domain's and the general validation set), recorded under `heldout`; the
+domain test and general validation losses are the first of those the chain has. The domain
+validation split is read from the domain's store (mixer.training.heldout; mixes hold the
+test split only). The domain train loss, whose difference
 from the test loss is the law's train-test gap, is on a seeded random sample of whole
 documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens by
 default): the same documents for every run of a study, NPT included, and for SPT runs
@@ -32,9 +35,10 @@ from mixer.training.registry import trainer_of
 
 @dataclass
 class EvalSets:
-    domain_test: np.ndarray | None
-    domain_train: np.ndarray | None
-    general_val: np.ndarray | None
+    named: dict[str, np.ndarray]  # every held-out set of the chain's mixes, by name (music-test, prose-val)
+    domain_test: str | None  # which of them is the run's domain test set
+    general_val: str | None  # ... and its general validation set
+    domain_train: np.ndarray | None = None
     domain_val: np.ndarray | None = None
     train_sample: str | None = None  # heldout.TrainSample.describe() of domain_train
 
@@ -59,18 +63,22 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
 
 def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
               train_seed: int = 0) -> EvalSets:
+    """Every held-out set of the run's chain of mixes (a three-stage run is scored on the new
+    task's test set, the post-training domain's and the general validation set alike), which
+    of them are the run's domain test and general validation sets, and the domain train
+    sample and validation split from the domain store."""
     chain = mix_chain(run_dir)
+    named: dict[str, np.ndarray] = {}
+    for mix in chain:
+        for name in mix.eval_sets:
+            named.setdefault(name, mix.eval_samples(name)[:max_samples])
 
-    def heldout(role: str) -> np.ndarray | None:
-        for mix in chain:
-            name = mix.eval_name(role)
-            if name:
-                return np.asarray(mix.eval_samples(name)[:max_samples])
-        return None
+    def first(role: str) -> str | None:
+        return next((n for n in (m.eval_name(role) for m in chain) if n), None)
 
     train = domain_train_sample(chain, train_tokens, train_seed)
     val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
-    return EvalSets(heldout("domain"), None if train is None else train.samples, heldout("general"),
+    return EvalSets(named, first("domain"), first("general"), None if train is None else train.samples,
                     None if val is None else val[1][:max_samples], None if train is None else train.describe())
 
 
@@ -126,20 +134,22 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
     by_step = {r.step: r for r in rows}
     for ckpt in todo:
         model = trainer.load_for_eval(run_dir, ckpt, device, threads)
-        losses = {}
-        for key in ("domain_test_loss", "domain_train_loss", "general_val_loss", "domain_val_loss"):
-            samples = getattr(sets, key.removesuffix("_loss"))
-            if model.step in by_step:  # `final` after a saved last step is the same model: copy, do not recompute
-                losses[key] = getattr(by_step[model.step], key)
-            elif samples is None or not len(samples):
-                losses[key] = None
-            else:
-                losses[key] = round(float(model.loss(samples)), 6)
+        same = by_step.get(model.step)  # `final` after a saved last step is the same model: copy, do not recompute
+        score = lambda x: None if x is None or not len(x) else round(float(model.loss(np.asarray(x))), 6)  # noqa: E731
+        if same is not None:
+            heldout = dict(same.heldout or {})
+            losses = {k: getattr(same, k) for k in ("domain_train_loss", "domain_val_loss")}
+        else:
+            heldout = {name: score(x) for name, x in sets.named.items()}
+            losses = {"domain_train_loss": score(sets.domain_train), "domain_val_loss": score(sets.domain_val)}
         tokens = model.step * tokens_per_step
         logged = table.get(tokens) or {}
-        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens, **losses,
+        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens,
+                   domain_test_loss=heldout.get(sets.domain_test) if sets.domain_test else None,
+                   general_val_loss=heldout.get(sets.general_val) if sets.general_val else None, **losses,
                    train_loss=logged.get("train_loss"), lr=logged.get("lr"),
-                   domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None)
+                   domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None,
+                   heldout=heldout or None)
         append_eval(run_dir, row)
         by_step.setdefault(model.step, row)
         if progress:

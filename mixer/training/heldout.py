@@ -120,8 +120,8 @@ def _domain_documents(mix_chain: list[MixFiles], store: Store) -> np.ndarray:
 
     for mix in mix_chain:
         src = mix.source("domain")
-        if src is None or src.get("documents") != "subset":
-            continue
+        if src is None or src.get("documents") != "subset" or src.get("name") != store.name:
+            continue  # a chain can change domain (a new task after post-training)
         try:
             plan = plan_from_manifest(mix.manifest)
         except MixerError:

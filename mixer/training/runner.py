@@ -90,10 +90,14 @@ def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
 
 
 def _mix_meta(mix: MixFiles) -> dict:
+    """What a run keeps of its mix, so reports need no mix: domain share, window, epochs of
+    the domain data, and the recipe stage that built it (a three-stage pipeline's lambda)."""
     frac = mix.manifest.get("fraction") or {}
     requested, achieved = frac.get("requested"), frac.get("achieved")
+    src = mix.source("domain") or {}
     return {"mix": str(mix.path), "domain": mix.manifest.get("domain"), "general": mix.manifest.get("general"),
             "fraction": requested if requested is not None else achieved, "window": frac.get("window", [0.0, 1.0]),
+            "domain_epochs": src.get("epochs"), "stage": mix.manifest.get("stage"),
             "seed": mix.manifest.get("seed", 0)}
 
 
@@ -157,13 +161,19 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
     return RunPlan(spec, job, meta, tr)
 
 
-def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None) -> Path:
-    """The parent's checkpoint by name (or path); default its last (final, else the last step)."""
+def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None, pmeta: dict | None = None) -> Path:
+    """The parent's checkpoint by name (or path). Default: for a pretraining parent its last
+    (final, else the last step); for a finetune parent (a post-training stage) its
+    early-stopping winner, the model that stage produced."""
     have = trainer.checkpoints(parent)
     if not name:
         if not have:
             raise MixerError(f"{parent}: the parent run has no checkpoints")
-        return have[-1].resolve()
+        best = (pmeta or {}).get("best") or {}
+        if (pmeta or {}).get("kind") != "pretrain" and best.get("checkpoint"):
+            name = best["checkpoint"]
+        else:
+            return have[-1].resolve()
     for c in have:
         if c.name == name:
             return c.resolve()
@@ -198,6 +208,9 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         raise UsageError(f"--select-on {select_on!r}: expected one of {', '.join(SELECT_ON)}")
     parent = parent.expanduser().resolve()
     pmeta = read_run_meta(parent)
+    if "grid" in (pmeta.get("hparams") or {}) and (pmeta.get("best") or {}).get("run"):
+        parent = parent / pmeta["best"]["run"]  # a grid: continue from its winning grid point
+        pmeta = read_run_meta(parent)
     name = name_of(pmeta)
     if trainer and trainer != name:
         raise UsageError(f"--trainer {trainer}: {parent} was trained with {name}; a finetune continues with it")
@@ -205,7 +218,7 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     mix = MixFiles.open(mix_path)
     machine = tr.machine(precision, devices, threads)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
-    ckpt = _parent_checkpoint(tr, parent, checkpoint)
+    ckpt = _parent_checkpoint(tr, parent, checkpoint, pmeta)
     _check_tokenizer(mix, pmeta)
     batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], machine.devices)
     steps = _steps(mix, batch, tokens)
@@ -222,7 +235,7 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         w = f["warmup"]
         warmup = int(w[len(w) // 2]) if isinstance(w, (list, tuple)) else int(w)
     wd = weight_decay if weight_decay is not None else f["weight_decay"]
-    every = eval_every or _steps_per_epoch(mix, batch)
+    every = eval_every or _eval_interval(mix, batch, steps)
     domain_test = mix.eval_name("domain")
     if domain_test is None:
         raise MixerError(f"{mix.path}: no domain test set to report the finetune on")
@@ -254,6 +267,17 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
                         **({"decay_fraction": decay_fraction} if schedule == "wsd" else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
     return RunPlan(spec, job, meta, tr, heldout)
+
+
+MIN_EVALUATIONS = 4  # early stopping needs a few evaluations to stop at
+
+
+def _eval_interval(mix: MixFiles, batch: int, steps: int) -> int:
+    """Once per domain epoch (the paper's finetuning), but a run of a few epochs or less (a
+    post-training stage sees its data once) is evaluated 10 times, or early stopping would
+    have nothing to choose from."""
+    every = _steps_per_epoch(mix, batch)
+    return every if steps // every >= MIN_EVALUATIONS else max(1, steps // 10)
 
 
 def _steps_per_epoch(mix: MixFiles, batch: int) -> int:
