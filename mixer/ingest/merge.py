@@ -23,7 +23,7 @@ from mixer.formats.atomic import write_json
 from mixer.errors import MixerError
 from mixer.ingest.tokenizer_step import DOC_DTYPE, part_name
 from mixer.ingest.sources import SourceSpec
-from mixer.ingest.split import METHOD, heldout_mask, seeded_hash, threshold_for_fraction, threshold_for_tokens
+from mixer.ingest.split import METHOD, heldout_mask, seeded_hash, threshold_for_fraction, threshold_for_tokens, val_mask
 from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT
 from mixer.ingest.vocab import TokenizerInfo
 
@@ -70,8 +70,9 @@ def load_parts(parts_dir: Path, tasks: int, with_minhash: bool) -> Corpus:
     )
 
 
-def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """Held-out mask, the split record for store.json, and near-duplicate cluster labels."""
+def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np.ndarray | None, np.ndarray]:
+    """Held-out mask, the split record for store.json, near-duplicate cluster labels, and (domain
+    stores) the validation mask."""
     key_hash = corpus.hash
     labels = None
     record: dict = {"near_duplicates": spec.use_near_duplicates}
@@ -97,6 +98,7 @@ def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np
     else:
         threshold = threshold_for_fraction(spec.heldout_fraction)
     mask = heldout_mask(h, threshold)
+    val = val_mask(h, threshold) if spec.role == "domain" else np.zeros(len(h), dtype=bool)
     total = int(corpus.length.sum())
     record = {
         "method": METHOD,
@@ -105,8 +107,10 @@ def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np
         "seed": spec.seed,
         "threshold": f"0x{threshold:016x}",
         "achieved_fraction": (int(corpus.length[mask].sum()) / total) if total else 0.0,
+        **({"val_achieved_fraction": (int(corpus.length[val].sum()) / total) if total else 0.0}
+           if spec.role == "domain" else {}),
     } | record
-    return mask, record, labels
+    return mask, record, labels, val
 
 
 def _copy_split(corpus: Corpus, select: np.ndarray, parts: list[np.ndarray], out: Path, dtype: np.dtype) -> None:
@@ -138,9 +142,9 @@ def write_store(
     corpus = load_parts(work / "parts", tasks, spec.use_near_duplicates)
     if not len(corpus.length):
         raise MixerError(f"{spec.where('inputs')}: no documents with text (every record was empty or skipped)")
-    mask, split_record, labels = decide_split(spec, corpus)
+    mask, split_record, labels, val = decide_split(spec, corpus)
     heldout = HELDOUT_SPLIT[spec.role]
-    if mask.all():
+    if (mask | val).all():
         raise MixerError(f"{spec.where('test_fraction')}: every document fell in {heldout}; the corpus is too small")
     parts = []
     for r in range(tasks):
@@ -152,12 +156,12 @@ def write_store(
     staging.mkdir(parents=True)
     try:
         splits = {}
-        for name, select in (("train", ~mask), (heldout, mask)):
+        for name, select in (("train", ~mask & ~val), (heldout, mask), *((("val", val),) if spec.role == "domain" else ())):
             _copy_split(corpus, select, parts, staging / f"{name}.ds", dtype)
             (staging / f"{name}.ids").write_text("".join(i + "\n" for i, s in zip(corpus.ids, select) if s), "utf-8")
             splits[name] = {"documents": int(select.sum()), "tokens": int(corpus.length[select].sum())}
         if labels is not None:
-            _write_clusters(staging / "near_duplicates.jsonl", labels, corpus.ids, mask, heldout)
+            _write_clusters(staging / "near_duplicates.jsonl", labels, corpus.ids, np.where(mask, heldout, np.where(val, "val", "train")))
 
         meta = {
             "format": STORE_FORMAT,
@@ -184,7 +188,7 @@ def write_store(
     return meta
 
 
-def _write_clusters(path: Path, labels: np.ndarray, ids: list[str], mask: np.ndarray, heldout: str) -> None:
+def _write_clusters(path: Path, labels: np.ndarray, ids: list[str], sides: np.ndarray) -> None:
     """One JSON line per near-duplicate cluster (2+ documents): its ids and its side."""
     sizes = np.bincount(labels)
     members = np.flatnonzero(sizes[labels] > 1)
@@ -193,7 +197,7 @@ def _write_clusters(path: Path, labels: np.ndarray, ids: list[str], mask: np.nda
     groups.sort(key=lambda g: int(g[0]))  # clusters in canonical order of their first document
     with open(path, "w", encoding="utf-8") as f:
         for k, g in enumerate(groups):
-            side = heldout if mask[g[0]] else "train"
+            side = str(sides[g[0]])
             f.write(json.dumps({"cluster": k, "split": side, "documents": [ids[i] for i in g]}) + "\n")
 
 

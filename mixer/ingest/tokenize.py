@@ -96,7 +96,8 @@ def _existing(stores: Path, spec: SourceSpec, key: str, force: bool) -> dict | N
     meta = open_store(stores, spec.name).meta
     same_split = meta.get("split", {}).get("test_fraction") == spec.heldout_fraction and meta.get("split", {}).get(
         "test_tokens"
-    ) == spec.test_tokens and meta.get("split", {}).get("seed") == spec.seed
+    ) == spec.test_tokens and meta.get("split", {}).get("seed") == spec.seed and (
+        spec.role != "domain" or "val" in meta.get("splits", {}))  # stores from before domain validation splits
     if meta.get("fingerprint") == key and same_split and meta.get("role") == spec.role:
         return meta
     if not force:
