@@ -44,7 +44,7 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
             continue  # a third stage (paper 2): early_exposure_rows
         best = r.best_eval()
         if best is None:
-            notes.append(f"{r.path}: no domain test loss in evals.jsonl; left out")
+            notes.append(f"{r.path}: no domain {r.select_on} loss in evals.jsonl to choose a checkpoint on; left out")
             continue
         # The model before finetuning: a 0-token evaluation (any grid point: all start from the
         # same checkpoint), else the parent's evaluation of the checkpoint finetuned from.
