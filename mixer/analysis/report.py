@@ -15,6 +15,7 @@ Pareto frontiers.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -100,8 +101,12 @@ def _protocols(rows: list[dict]) -> list[dict]:
                           g["warmup"], g["points"]], default=str)
         entry = seen.setdefault(key, {"selected_on": r["selected_on"], "schedule": g["schedule"],
                                       "lr_ratio": g["lr_ratio"], "lr": g["lr"], "warmup": g["warmup"],
-                                      "points": g["points"], "runs": 0})
+                                      "points": g["points"], "runs": 0, "at_lowest_rate": 0, "at_highest_rate": 0})
         entry["runs"] += 1
+        lrs, won = [x for x in g["lr"] if x is not None], r["chosen"].get("lr")
+        if len(lrs) > 1 and won is not None:  # a winner at an end of the grid: the best rate may lie beyond it
+            entry["at_lowest_rate"] += int(math.isclose(won, min(lrs), rel_tol=1e-9))
+            entry["at_highest_rate"] += int(math.isclose(won, max(lrs), rel_tol=1e-9))
     return list(seen.values())
 
 
@@ -117,8 +122,11 @@ def describe_protocol(p: dict) -> str:
              if p["selected_on"] == "val" else
              "checkpoint and configuration chosen on the domain test split and reported on it "
              "(--select-on test: the paper's protocol, an optimistic estimate)")
+    edges = [f"{p[k]} of {p['runs']} at its {side} rate" for k, side in (("at_lowest_rate", "lowest"),
+                                                                          ("at_highest_rate", "highest")) if p.get(k)]
+    edge = f"; the winner is {' and '.join(edges)} (the best rate may lie beyond the grid)" if edges else ""
     return (f"finetuning ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, {shape}: "
-            f"lr {rates} x warmup {warm} steps; {where}")
+            f"lr {rates} x warmup {warm} steps; {where}{edge}")
 
 
 def _losses(e) -> dict[str, float | None]:

@@ -233,7 +233,7 @@ def test_post_ft_loss_is_the_test_loss_where_validation_chose(tmp_path, capsys):
     lines = [describe_protocol(p) for p in rep["finetuning"]]
     assert ("finetuning (1 run(s)): constant rate after warmup, grid of 2: lr {0.1, 0.2} x the parent's rate x "
             "warmup {5} steps; checkpoint and configuration chosen on the domain validation split, test split "
-            "reported") in lines
+            "reported; the winner is 1 of 1 at its highest rate (the best rate may lie beyond the grid)") in lines
     out = tmp_path / "rep"
     write_report(rep, load_runs([npt, spt, r / "ft-npt", grid]), out)
     md = (out / "report.md").read_text()
