@@ -158,7 +158,13 @@ class Study:
                      "--input", str(samples / "perldocs.jsonl.zst"), "--tokenizer", str(tok), "--test-fraction", "0.03",
                      "--stores", str(self.stores))
         for domain in self.size.domains:
-            if not (self.stores / domain / "store.json").exists():
+            meta = self.stores / domain / "store.json"
+            if meta.exists() and "val" not in json.loads(meta.read_text())["splits"]:
+                # Finetunes are chosen on the domain's validation split; the mixes and runs here
+                # were made from stores without one, so re-making the store alone would not do.
+                sys.exit(f"study: {self.out} was made before domain stores had a validation split; "
+                         "remove it (or pass another --out) and run again")
+            if not meta.exists():
                 self.run("tokenize", "--source", domain, "--role", "domain", "--input", str(samples / f"{domain}.jsonl.zst"),
                          "--tokenizer", str(tok), "--test-fraction", held_out[domain], "--stores", str(self.stores))
 

@@ -114,14 +114,14 @@ def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:
 
 
 def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float | None = None,
-        model: str | None = None, domain: str | None = None) -> dict:
+        model: str | None = None, domain: str | None = None, loss: str = "sse") -> dict:
     """The overfitting scaling law and the finetuning gain fitted to runs (fit.json's
     content); with `out`, also fit.json and fit.png."""
     from mixer.analysis.fit import build_fit, fit_inputs
     from mixer.formats.run import load_runs
 
     inputs = fit_inputs(load_runs(list(runs)), model, domain)
-    result = build_fit(inputs, holdout)
+    result = build_fit(inputs, holdout, loss)
     if out is not None:
         from mixer.analysis.plots import plot_fit
         from mixer.formats.atomic import write_json

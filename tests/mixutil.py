@@ -56,12 +56,16 @@ def write_store(root: Path, name: str, role: str, splits: dict[str, list[np.ndar
     return d
 
 
-def make_stores(root: Path, general_docs: int = 3000, domain_docs: int = 60, sha: str = "markov-128") -> Path:
-    """`prose` (general, train/val) and `music` (domain, train/test) stores under root."""
+def make_stores(root: Path, general_docs: int = 3000, domain_docs: int = 60, sha: str = "markov-128",
+                domain_val: bool = True) -> Path:
+    """`prose` (general, train/val) and `music` (domain, train/val/test; train/test without
+    `domain_val`, as stores made before domain validation splits) stores under root."""
     write_store(root, "prose", "general", {"train": markov_docs(general_docs, 1, table_seed=100),
                                            "val": markov_docs(40, 2, table_seed=100)}, sha)
-    write_store(root, "music", "domain", {"train": markov_docs(domain_docs, 3, table_seed=200),
-                                          "test": markov_docs(40, 4, table_seed=200)}, sha)
+    domain = {"train": markov_docs(domain_docs, 3, table_seed=200), "test": markov_docs(40, 4, table_seed=200)}
+    if domain_val:
+        domain["val"] = markov_docs(30, 5, table_seed=200)
+    write_store(root, "music", "domain", domain, sha)
     return Path(root)
 
 

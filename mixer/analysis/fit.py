@@ -36,6 +36,11 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
     mine = [r for r in pre if r.model == model and r.domain in (domain, None)]
     notes = [f"{r.path}: late window {r.window} (SCPT) is outside the law; left out" for r in mine if not r.full_window]
     mine = [r for r in mine if r.full_window]
+    samples = sorted({str(e.domain_train_sample) for r in mine for e in r.evals
+                      if e.domain_train_loss is not None and e.domain_train_sample is not None})
+    if len(samples) > 1:
+        notes.append(f"domain train losses are on {len(samples)} different samples ({'; '.join(samples)}): the "
+                     "train-test gaps are not comparable across runs; re-evaluate with one --train-tokens/--train-seed")
     points: dict[float, list] = defaultdict(list)
     for r in mine:
         points[r.fraction] += [(e.tokens, e.domain_train_loss, e.domain_test_loss) for e in r.evals
@@ -66,13 +71,13 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
             "domain_tokens": D, "runs": [str(r.path) for r in mine], "notes": notes}
 
 
-def build_fit(inputs: dict, holdout: float | None = None) -> dict:
+def build_fit(inputs: dict, holdout: float | None = None, loss: str = "sse") -> dict:
     """fit.json: the law (or what could be fitted) with everything that made it."""
     curves = inputs["curves"]
     if not curves:
         raise MixerError(f"no domain losses in the pretraining runs of {inputs['model']}/{inputs['domain']}; "
                          "run mixer eval on them first")
-    body = fit_law(curves, inputs["gains"] or None, holdout=holdout)
+    body = fit_law(curves, inputs["gains"] or None, holdout=holdout, loss=loss)
     tokens = np.concatenate([c.tokens for c in curves])
     return {"format": FIT_FORMAT, "mixer_version": __version__, "model": inputs["model"], "domain": inputs["domain"],
             "general": inputs["general"], "domain_tokens": inputs["domain_tokens"], "holdout_fraction": holdout,
@@ -85,21 +90,32 @@ def format_fit(fit: dict) -> str:
     lines = [f"fit {fit['model']}/{fit['domain']}: {len(fit['data']['fractions'])} fraction(s) "
              f"({', '.join(f'{d:g}' for d in fit['data']['fractions'])}), {fit['data']['points']} checkpoints, "
              f"tokens {format_count(fit['data']['token_range'][0])}..{format_count(fit['data']['token_range'][1])}"]
+    stage = (fit.get("stage1") or {}).get("train")
+    if stage:
+        shared = ("no fraction's domain loss falls: constants" if stage["flat"] else
+                  f"A_train={stage['A_train']:.4g}, b_train_g={stage['b_train_g']:.4f}, "
+                  f"b_train_s={stage['b_train_s']:.4f} (b_train linear in d)")
+        lines.append(f"stage 1 (squared error, exponents shared across fractions): {shared}")
     for p in fit["per_fraction"]:
         t, g = p["train"], p["gap"]
         if t is None:
             txt = "not fitted"
         else:
             form = f"{t['C']:.4f} (flat)" if t.get("flat") else f"{t['A']:.4g} T^{t['b']:.3f} + {t['C']:.4f}"
-            # At fraction 0 the curve is the test loss (see scaling.fit_fraction).
+            # At fraction 0 the curve is the test loss (see scaling.Curve.target).
             txt = f"L_{'test' if p['fraction'] == 0 else 'train'} = {form} ({t['mean_abs_rel_error_pct']:.2f}% mean error)"
         if g:
             txt += f"; gap = {g['G']:.4g} T^{g['g']:.3f}"
         lines.append(f"  fraction {p['fraction']:g}: {txt}")
+    for sc in fit.get("shape_checks") or []:
+        res = ", ".join(f"{r['fraction']:g}: {r['residual']:+.3g}" for r in sc["residuals"])
+        rms = "-" if sc["rms_residual"] is None else f"{sc['rms_residual']:.3g}"
+        lines.append(f"stage 2 shape check {sc['shape']}: rms residual {rms} ({sc['unit']}), {sc['dof']} dof; "
+                     f"residuals {res or 'none'}" + (f"; {sc['note']}" if sc.get("note") else ""))
     if fit["law"]:
         law, p = fit["law"], fit["law"]["params"]
-        lines.append("joint law (fraction as a fraction, tokens in tokens): "
-                     + ", ".join(f"{k}={v:.4g}" for k, v in p.items()))
+        lines.append(f"stage 3 joint law ({'squared error' if law.get('loss', 'sse') == 'sse' else 'Huber on log loss'};"
+                     " fraction as a fraction, tokens in tokens): " + ", ".join(f"{k}={v:.4g}" for k, v in p.items()))
         worst = max(e["test"]["mean_abs_rel_error_pct"] for e in law["errors"] if e["test"])
         lines.append(f"  test-loss error per curve: worst mean {worst:.2f}%; L-BFGS from {law['starts']} starts, "
                      f"{'converged' if law['converged'] else 'NOT converged'}")
@@ -107,11 +123,15 @@ def format_fit(fit: dict) -> str:
     if fit["holdout"]:
         h = fit["holdout"]["test"]
         lines.append(f"held-out fraction {fit['holdout']['fraction']:g}: test loss predicted within "
-                     f"{h['mean_abs_rel_error_pct']:.2f}% mean, {h['max_abs_rel_error_pct']:.2f}% max")
+                     f"{h['mean_abs_rel_error_pct']:.2f}% mean, {h['max_abs_rel_error_pct']:.2f}% max over its "
+                     f"{fit['holdout']['points']} checkpoints")
+        for pt in fit["holdout"].get("curve") or []:
+            if pt["test_observed"] is not None:
+                lines.append(f"    {format_count(pt['tokens']):>8} tokens: test {pt['test_observed']:.4f} observed, "
+                             f"{pt['test_predicted']:.4f} predicted")
     for g in fit["finetune_gain"]:
         expr = f"{g['a']:.4g} T^{g['b']:.3f} + {g['c']:.4f}" if g["kind"] == "power" else f"{g['c']:.4f}"
         lines.append(f"  finetuning gain at {g['fraction']:g}: dL = {expr} ({g['kind']}, {g['points']} point(s))")
     lines += [f"not fitted: {n['what']}: {n['why']}" for n in fit["not_fitted"]]
     lines += [f"note: {n}" for n in fit["notes"]]
     return "\n".join(lines)
-

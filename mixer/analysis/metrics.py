@@ -1,4 +1,16 @@
-"""The paper's metrics (docs/science.md, metrics) as pure functions of losses and token counts."""
+"""The papers' metrics (docs/science.md, metrics) as pure functions of losses and token counts.
+
+Paper 2's three-stage pipeline (pretrain -> post-train on D_post -> finetune on a new task
+D_ft) is scored by four losses, each at the checkpoint early stopping chose:
+
+    L_im   D_post test loss of the post-trained model (immediately after post-training)
+    L_ft   D_ft test loss of the finetuned model (how well the new task was learnt)
+    L_ret  D_post test loss of the finetuned model (what the post-trained capability kept)
+    L_pre  general (pretraining) validation loss of the finetuned model
+
+The retention frontier is (L_ft, L_ret) and the pretraining one (L_pre, L_ret): lower-left
+is better on both.
+"""
 
 from __future__ import annotations
 
@@ -99,3 +111,31 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
             front.append(i)
             best_y = ys[i]
     return front
+
+
+@dataclass(frozen=True)
+class StageLosses:
+    """Paper 2's losses of one pretrain -> post-train -> finetune chain (nats)."""
+
+    L_im: float | None
+    L_ft: float | None
+    L_ret: float | None
+    L_pre: float | None
+
+    @property
+    def retention_loss(self) -> float | None:
+        """L_ret - L_im: how much of the post-trained capability finetuning on D_ft cost."""
+        return None if self.L_ret is None or self.L_im is None else self.L_ret - self.L_im
+
+    def to_dict(self) -> dict:
+        return {"L_im": self.L_im, "L_ft": self.L_ft, "L_ret": self.L_ret, "L_pre": self.L_pre,
+                "retention_loss": self.retention_loss}
+
+
+def stage_losses(post: dict[str, float | None], ft: dict[str, float | None], post_test: str, ft_test: str,
+                 general: str | None) -> StageLosses:
+    """Paper 2's losses from two evaluated checkpoints, each a {held-out set: loss} map: `post`
+    the post-trained model's chosen checkpoint, `ft` the finetuned model's; `post_test` names
+    D_post's test set, `ft_test` D_ft's, `general` the pretraining validation set."""
+    return StageLosses(L_im=post.get(post_test), L_ft=ft.get(ft_test), L_ret=ft.get(post_test),
+                       L_pre=ft.get(general) if general else None)

@@ -143,8 +143,40 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
         if coef:
             held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
             ax.plot(T, curve_test(coef, T), "--" if held else "-", color=color, lw=1)
+    observed = np.concatenate([np.concatenate([c.test, c.train]) for c in curves]) if curves else np.zeros(0)
+    observed = observed[np.isfinite(observed)]
+    if len(observed):  # the axis is the data's: a curve leaving it is visibly wrong, not rescaled
+        pad = 0.1 * max(float(observed.max() - observed.min()), 1e-3)
+        ax.set_ylim(float(observed.min()) - pad, float(observed.max()) + pad)
     ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats)",
            title=("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)")
     ax.legend(title="fraction", fontsize=8)
     return _save(fig, path)
 
+
+
+AXIS_NAMES = {"L_ft": "L_ft: new-task test loss after FT", "L_ret": "L_ret: post-training domain test loss after FT",
+              "L_pre": "L_pre: general val loss after FT", "L_im": "L_im: post-training domain test loss"}
+
+
+def plot_stage_frontier(report: dict, path: Path, x: str, y: str) -> Path | None:
+    """Paper 2's frontier of two of L_ft, L_ret, L_pre over the three-stage chains, one panel
+    per (D_post -> D_ft), one colour per early exposure, the Pareto front dotted."""
+    pts = [r for r in report.get("early_exposure_runs", []) if r[x] is not None and r[y] is not None]
+    if not pts:
+        return None
+    pair = lambda r: f"{r['post_domain']} -> {r['ft_domain']}"  # noqa: E731
+    fig, panels = _panels(sorted({pair(r) for r in pts}), f"frontier ({x}, {y}): lower-left is better")
+    setups = sorted({r["setup"] for r in pts}, key=lambda s: (next(r["lam"] for r in pts if r["setup"] == s) or 0, s))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(setups)}
+    for name, ax in panels.items():
+        mine = [r for r in pts if pair(r) == name]
+        for s in setups:
+            group = [r for r in mine if r["setup"] == s]
+            if group:
+                ax.plot([r[x] for r in group], [r[y] for r in group], "o", color=colours[s], label=s)
+        front = pareto_front([r[x] for r in mine], [r[y] for r in mine])
+        ax.plot([mine[i][x] for i in front], [mine[i][y] for i in front], "k:", lw=1, label="Pareto front")
+        ax.set(xlabel=AXIS_NAMES[x], ylabel=AXIS_NAMES[y])
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,20 +1,29 @@
-"""`mixer report`: runs -> the paper's comparisons as tables (Markdown, JSON) and PNG plots.
+"""`mixer report`: runs -> the papers' comparisons as tables (Markdown, JSON) and PNG plots.
 
-A row is one (model, domain, pretraining setup, finetuning kind, pretraining tokens) cell
-with its seeds; every metric is computed per seed where the NPT baseline has that seed and
-summarised as mean ± spread. Pretraining setups: NPT (fraction 0), SPT (fraction d over the
-whole run) and SCPT (domain only inside a late window).
+Paper 1: a row is one (model, domain, pretraining setup, finetuning kind, pretraining
+tokens) cell with its seeds; every metric is computed per seed where the NPT baseline has
+that seed and summarised as mean ± spread. Pretraining setups: NPT (fraction 0), SPT
+(fraction d over the whole run) and SCPT (domain only inside a late window).
+
+Paper 2: a finetune whose parent is itself finetuned is the third stage of a pretrain ->
+post-train (D_post) -> finetune (D_ft) chain; each chain gives L_im, L_ft, L_ret and L_pre
+(mixer.analysis.metrics), grouped by the early exposure (the recipe's lambda, else the
+pretraining run's epochs of D_post), and drawn as the (L_ft, L_ret) and (L_pre, L_ret)
+Pareto frontiers.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 
 from mixer import __version__
-from mixer.analysis.metrics import compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain
-from mixer.analysis.plots import plot_domain_curves, plot_frontier, plot_post_ft
+from mixer.analysis.metrics import (compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain,
+                                    stage_losses)
+from mixer.analysis.plots import plot_domain_curves, plot_frontier, plot_post_ft, plot_stage_frontier
 from mixer.analysis.setups import finetune_of, setup_of
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.run import Run, find_parent
@@ -32,9 +41,11 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         if parent is None:
             notes.append(f"{r.path}: parent run {r.parent!r} not found; left out of the comparisons")
             continue
+        if is_new_task(r, parent):
+            continue  # a third stage (paper 2): early_exposure_rows
         best = r.best_eval()
         if best is None:
-            notes.append(f"{r.path}: no domain test loss in evals.jsonl; left out")
+            notes.append(f"{r.path}: no domain {r.select_on} loss in evals.jsonl to choose a checkpoint on; left out")
             continue
         # The model before finetuning: a 0-token evaluation (any grid point: all start from the
         # same checkpoint), else the parent's evaluation of the checkpoint finetuned from.
@@ -42,11 +53,14 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
             r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         g0 = before.general_val_loss if before else None
         g1 = best.general_val_loss
+        grid, chosen = finetune_protocol(r, best)
         rows.append({
             "model": r.model, "model_params": r.model_params or parent.model_params,
             "domain": r.domain or parent.domain, "setup": setup_of(parent), "fraction": parent.fraction,
             "window": list(parent.window), "finetune": finetune_of(r), "pretrain_tokens": r.pretrain_tokens,
             "seed": parent.seed, "post_ft_loss": best.domain_test_loss, "best_checkpoint": best.checkpoint,
+            "selected_on": r.select_on, "selection_loss": getattr(best, f"domain_{r.select_on}_loss"),
+            "grid": grid, "chosen": chosen,
             "general_before": g0, "general_after": g1,
             "forgetting": forgetting(g0, g1) if g0 is not None and g1 is not None else None,
             "run": str(r.path), "parent": str(parent.path),
@@ -54,9 +68,145 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
     return rows, notes
 
 
+def finetune_protocol(run: Run, best) -> tuple[dict, dict]:
+    """(the grid the finetune ran, the configuration chosen): rates absolute and as multiples
+    of the parent's rate, warmups, schedule; a run without sub-runs is a one-point grid."""
+    h = run.meta.get("hparams") or {}
+    owner = next((s for s in run.subruns if any(e is best for e in s.all_evals())), run)
+    mine = owner.meta.get("hparams") or {}
+    chosen = {"run": owner.path.name if owner is not run else None, "lr": mine.get("lr"),
+              "lr_ratio": mine.get("lr_ratio"), "warmup": mine.get("warmup"), "schedule": mine.get("schedule")}
+    if "points" in h:
+        points = h["points"]
+        grid = {"lr": sorted({p["lr"] for p in points}), "lr_ratio": sorted({p["lr_ratio"] for p in points
+                                                                          if p.get("lr_ratio") is not None}),
+                "warmup": sorted({p["warmup"] for p in points}), "points": len(points)}
+    elif "grid" in h:  # a grid made before the points were recorded
+        subs = [s.meta.get("hparams") or {} for s in run.subruns]
+        grid = {"lr": sorted({x.get("lr") for x in subs if x.get("lr") is not None}), "lr_ratio": [],
+                "warmup": sorted({x.get("warmup") for x in subs if x.get("warmup") is not None}), "points": len(subs)}
+    else:
+        grid = {"lr": [h.get("lr")], "lr_ratio": [h["lr_ratio"]] if h.get("lr_ratio") is not None else [],
+                "warmup": [h.get("warmup")], "points": 1}
+    grid["schedule"] = chosen["schedule"]
+    return grid, chosen
+
+
+def _protocols(rows: list[dict]) -> list[dict]:
+    """The distinct finetuning protocols of the report's runs: grid shape and selection split."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        g = r["grid"]
+        key = json.dumps([r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
+                          g["warmup"], g["points"]], default=str)
+        entry = seen.setdefault(key, {"selected_on": r["selected_on"], "schedule": g["schedule"],
+                                      "lr_ratio": g["lr_ratio"], "lr": g["lr"], "warmup": g["warmup"],
+                                      "points": g["points"], "runs": 0, "at_lowest_rate": 0, "at_highest_rate": 0})
+        entry["runs"] += 1
+        lrs, won = [x for x in g["lr"] if x is not None], r["chosen"].get("lr")
+        if len(lrs) > 1 and won is not None:  # a winner at an end of the grid: the best rate may lie beyond it
+            entry["at_lowest_rate"] += int(math.isclose(won, min(lrs), rel_tol=1e-9))
+            entry["at_highest_rate"] += int(math.isclose(won, max(lrs), rel_tol=1e-9))
+    return list(seen.values())
+
+
+def describe_protocol(p: dict) -> str:
+    """One line a reader can check the study against: what ran and what was chosen on what."""
+    if p["lr_ratio"]:
+        rates = "{" + ", ".join(f"{x:.3g}" for x in p["lr_ratio"]) + "} x the parent's rate"
+    else:
+        rates = "{" + ", ".join(f"{x:.3g}" for x in p["lr"] if x is not None) + "} (absolute)"
+    warm = "{" + ", ".join(str(w) for w in p["warmup"]) + "}"
+    shape = f"grid of {p['points']}" if p["points"] > 1 else "one configuration"
+    where = ("checkpoint and configuration chosen on the domain validation split, test split reported"
+             if p["selected_on"] == "val" else
+             "checkpoint and configuration chosen on the domain test split and reported on it "
+             "(--select-on test: the paper's protocol, an optimistic estimate)")
+    edges = [f"{p[k]} of {p['runs']} at its {side} rate" for k, side in (("at_lowest_rate", "lowest"),
+                                                                          ("at_highest_rate", "highest")) if p.get(k)]
+    edge = f"; the winner is {' and '.join(edges)} (the best rate may lie beyond the grid)" if edges else ""
+    return (f"finetuning ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, {shape}: "
+            f"lr {rates} x warmup {warm} steps; {where}{edge}")
+
+
+def _losses(e) -> dict[str, float | None]:
+    """An evaluation as {held-out set: loss} (rows from before `heldout` have only their own sets)."""
+    return dict(e.heldout or {})
+
+
+def is_new_task(run: Run, parent: Run) -> bool:
+    """A finetune that is the third stage of a paper-2 chain: it continues a finetuned
+    (post-trained) run, or finetunes a pretraining run on another domain than the one
+    pretraining was exposed to (lambda = 1: all of D_post in pretraining, no post-training)."""
+    return parent.kind != "pretrain" or (parent.domain is not None and run.domain is not None
+                                        and parent.domain != run.domain)
+
+
+def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
+    """One record per three-stage chain: the finetune (stage 3), its post-trained parent and
+    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint."""
+    rows, notes = [], []
+    for r in runs:
+        if r.kind == "pretrain":
+            continue
+        parent = find_parent(r, runs)
+        if parent is None or not is_new_task(r, parent):
+            continue
+        if parent.kind == "pretrain":  # no post-training stage: the pretrained model is the post-trained one
+            post, pre = None, parent
+            post_best = parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
+        else:
+            post, pre = parent, find_parent(parent, runs)
+            post_best = parent.best_eval()
+        ft_best = r.best_eval()
+        if ft_best is None or post_best is None:
+            notes.append(f"{r.path}: no chosen checkpoint in it or the model it started from; left out of paper 2's "
+                         "losses")
+            continue
+        general = r.general or parent.general or (pre.general if pre else None)
+        post_test, ft_test = f"{parent.domain}-test", f"{r.domain}-test"
+        losses = stage_losses(_losses(post_best) | {post_test: post_best.domain_test_loss}, _losses(ft_best) | {
+            ft_test: ft_best.domain_test_loss, **({f"{general}-val": ft_best.general_val_loss} if general else {})},
+            post_test, ft_test, f"{general}-val" if general else None)
+        if losses.L_ret is None:
+            notes.append(f"{r.path}: not scored on {post_test} (evaluated before mixer scored every test set of the "
+                         "chain); delete its evals.jsonl and run mixer eval again")
+        started = Path(r.meta.get("parent_checkpoint") or "").name
+        if post is not None and started and started != post_best.checkpoint:
+            notes.append(f"{r.path}: finetuned from {started}, not the post-training winner {post_best.checkpoint}; "
+                         "L_im describes another model than the one finetuned")
+        stage = (pre.meta.get("stage") if pre else None) or {}
+        lam = (stage.get("vars") or {}).get("lam")
+        epochs = pre.meta.get("domain_epochs") if pre else None
+        label = (f"lambda {float(lam):g}" if lam is not None else
+                 f"{epochs:.3g} early epochs" if epochs is not None else setup_of(pre) if pre else "?")
+        rows.append({"model": r.model, "post_domain": parent.domain, "ft_domain": r.domain, "setup": label,
+                     "lam": None if lam is None else float(lam), "pretrain_domain_epochs": epochs,
+                     "seed": pre.seed if pre else parent.seed, **losses.to_dict(),
+                     "post_checkpoint": post_best.checkpoint, "ft_checkpoint": ft_best.checkpoint,
+                     "runs": {"pretrain": str(pre.path) if pre else None,
+                              "posttrain": str(post.path) if post else None, "finetune": str(r.path)}})
+    return rows, notes
+
+
+def _early_exposure_table(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], row["post_domain"], row["ft_domain"], row["setup"])].append(row)
+    out = []
+    for (model, post, ft, setup), g in sorted(groups.items(), key=lambda kv: (kv[0][:3], kv[1][0]["lam"] or 0,
+                                                                            kv[0][3])):
+        out.append({"model": model, "post_domain": post, "ft_domain": ft, "setup": setup, "lam": g[0]["lam"],
+                    "seeds": sorted(r["seed"] for r in g),
+                    **{k: _spread([r[k] for r in g]) for k in ("L_im", "L_ft", "L_ret", "L_pre", "retention_loss")}})
+    return out
+
+
 def build_report(runs: list[Run]) -> dict:
     """Everything the report shows, as plain data (JSON-ready)."""
     rows, notes = finetune_rows(runs)
+    chains, chain_notes = early_exposure_rows(runs)
+    notes += chain_notes
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["model"], row["domain"], row["setup"], row["finetune"], row["pretrain_tokens"])].append(row)
@@ -77,7 +227,8 @@ def build_report(runs: list[Run]) -> dict:
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table), "gap_closed": _gaps(table),
-            "pretrain": _pretrain_summary(runs), "finetune_runs": rows, "notes": notes}
+            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
+            "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
 
 
 def _order(key: tuple, row: dict) -> tuple:
@@ -158,8 +309,20 @@ def format_table(report: dict) -> str:
                         "rel. gain", "forgetting"])
 
 
+def format_early_exposure(report: dict) -> str:
+    """Paper 2's table: one row per (model, D_post -> D_ft, early exposure), mean ± std over seeds."""
+    rows = [[e["model"], f"{e['post_domain']} -> {e['ft_domain']}", e["setup"], len(e["seeds"]),
+             *(_fmt(e[k]) for k in ("L_im", "L_ft", "L_ret", "L_pre", "retention_loss"))]
+            for e in report.get("early_exposure", [])]
+    return table(rows, ["model", "post -> ft", "early exposure", "seeds", "L_im", "L_ft", "L_ret", "L_pre",
+                        "L_ret - L_im"])
+
+
 def format_report(report: dict) -> str:
     parts = [format_table(report) if report["table"] else "no finetune runs with a known parent: nothing to compare"]
+    if report.get("early_exposure"):
+        parts.append(format_early_exposure(report))
+    parts += [describe_protocol(p) for p in report.get("finetuning", [])]
     for m in report["compute_multiplier"]:
         parts.append(f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']}): {m['text']} "
                      f"vs NPT at {format_count(m['npt_tokens'])} tokens ({m['spt_points']} SPT checkpoint(s))")
@@ -174,13 +337,16 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in (plot_domain_curves(runs, out / "domain_loss_vs_tokens.png"),
                          plot_post_ft(report, out / "post_ft_vs_fraction.png"),
-                         plot_frontier(report, out / "frontier.png")) if p]
+                         plot_frontier(report, out / "frontier.png"),
+                         plot_stage_frontier(report, out / "frontier_ret_ft.png", "L_ft", "L_ret"),
+                         plot_stage_frontier(report, out / "frontier_pre_ret.png", "L_pre", "L_ret")) if p]
     report = report | {"plots": [p.name for p in plots]}
     write_json(out / "report.json", report)
-    md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the best (early-stopped) domain test "
-          "loss over checkpoints and the LR/warmup grid; relative gain = 100 (L_NPT - L) / L_NPT; forgetting = "
-          "rise of general val loss from the pretrained checkpoint to the best finetuned one; mean ± std over seeds "
-          "(relative gain paired with the NPT run of the same seed where there is one, else with the NPT mean).",
+    md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the domain test loss of the "
+          "finetuned checkpoint chosen as the finetuning lines below say; relative gain = 100 (L_NPT - L) / L_NPT; "
+          "forgetting = rise of general val loss from the pretrained checkpoint to the chosen finetuned one; "
+          "mean ± std over seeds (relative gain paired with the NPT run of the same seed where there is one, else "
+          "with the NPT mean).",
           "", "```", format_report(report), "```", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     with atomic_open(out / "report.md", "w") as f:
         f.write("\n".join(md) + "\n")

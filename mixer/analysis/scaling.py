@@ -10,13 +10,23 @@ Units are part of the model, not a detail: with a shared A_train and exponents t
 with d, rescaling T (tokens vs steps) changes the family itself. Here d is a fraction
 (0.02, not 2) and T is in tokens; UNITS goes into fit.json.
 
-Fitting follows the paper and Chinchilla's approach 3: per-fraction curves first (closed-form
-least squares over an exponent grid), their coefficients give the start of the joint fit
-(each shape - exponents linear in d, log-linear floor, Gamma kernel - is then linear in its
-unknowns), which minimises a Huber loss on log-loss residuals with L-BFGS-B from that start
-and seeded perturbations of it. Small studies degrade in steps: without enough fractions
-the per-fraction curves are still fitted, without enough checkpoints nothing is invented,
-and `not_fitted` says which and why. Everything here is pure: arrays in, dicts out.
+The fit follows appendix D, in three stages, all minimising squared error in nats:
+
+1. Per-fraction curves with shared exponents: L_train(T, d_i) = A_train T^b_train(d_i) + C_i
+   over every fraction at once (one A_train, exponents linear in d, a floor C_i per
+   fraction), and L_gap(T, d_i) = A_i T^b_gap(d_i) (exponents linear in d, an amplitude A_i
+   per fraction). For fixed exponents the rest is linear least squares (variable
+   projection), so the exponents are searched on a grid and then polished.
+2. Shape checks: C_i against the log-linear C_train(d), A_i against the Gamma kernel
+   A_gap(d), each reported with its residuals and degrees of freedom.
+3. The joint law: all twelve parameters from the stage 1-2 values and seeded perturbations
+   of them, L-BFGS-B, on train losses at d > 0 and test losses at every d (at d = 0 the law
+   has no gap, and stage 1 fits the test loss there, since the splits' texts can differ).
+
+`loss="huber-log"` replaces stage 3's squared error by a Huber loss on log-loss residuals
+(Chinchilla's choice; mixer's earlier default). Small studies degrade in steps: without
+enough fractions the stage-1 curves are still fitted and forecast from, and `not_fitted`
+says what is missing and why. Everything here is pure: arrays in, dicts out.
 """
 
 from __future__ import annotations
@@ -36,12 +46,15 @@ UNITS = {
     "log": "natural logarithm",
 }
 PARAMS = ("A_train", "b_train_s", "b_train_g", "a1", "a2", "a3", "b_gap_s", "b_gap_g", "k0", "k1", "k2", "k3")
+LOSSES = ("sse", "huber-log")
 HUBER_DELTA = 1e-3  # Chinchilla's value for residuals of log loss
 MIN_POINTS = 3  # a power law with a floor has 3 coefficients
-FLAT_RTOL = 1e-4  # a power term moving the curve by less than this share of its floor is no term
-# The joint law needs the floor C(d) (4 coefficients) over >= 4 fractions and the gap
-# kernel A_gap(d) (3 coefficients) over >= 3 fractions with a measured gap (d > 0).
-MIN_FRACTIONS, MIN_GAP_FRACTIONS = 4, 3
+# The joint law's floor C(d) has 4 coefficients and its gap kernel A_gap(d) 3: the paper fits
+# 5 fractions (0-5%, 4 of them with a gap), which leaves one degree of freedom to each shape
+# check. With fewer, the shapes would pass through the points whatever they were.
+MIN_FRACTIONS, MIN_GAP_FRACTIONS = 5, 4
+_TRAIN_EXPONENTS = (-3.0, -1e-3)  # a train loss falls with tokens
+_GAP_EXPONENTS = (-3.0, 3.0)  # a gap may shrink or grow
 
 # Parameter vector x: PARAMS with A_train, a1 and k2 in log space. The optimiser works in
 # z = M^-1 x (see _preconditioner), where these bounds apply.
@@ -62,6 +75,13 @@ class Curve:
     tokens: np.ndarray
     train: np.ndarray
     test: np.ndarray
+
+    def target(self) -> np.ndarray:
+        """What stage 1's train curve fits: the train loss, but at d = 0 the test loss (no domain
+        data, no gap; the test split is what is forecast) and where no train loss was measured."""
+        if self.fraction == 0 or np.isfinite(self.train).sum() < MIN_POINTS:
+            return self.test
+        return self.train
 
 
 # ---- the law -----------------------------------------------------------------------------
@@ -108,90 +128,146 @@ def onset_tokens(c: dict) -> float | None:
     return float(math.exp((math.log(A * -b) - math.log(G * g)) / (g - b)))
 
 
-# ---- per-fraction curves -------------------------------------------------------------------
+# ---- stage 1: per-fraction curves, shared exponents ----------------------------------------
 
 
-def fit_power_floor(tokens: np.ndarray, y: np.ndarray) -> dict | None:
-    """y = A T^b + C: for each b on a grid the best (A, C) is linear least squares (variable
-    projection), so the exponent search is exhaustive and needs no starting point; the best
-    grid point is then polished with Huber on log residuals like the joint fit."""
-    ok = np.isfinite(y) & (y > 0)
-    T, y = np.asarray(tokens, float)[ok], np.asarray(y, float)[ok]
-    if len(np.unique(T)) < MIN_POINTS:
+def _exponent_line(ds: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Exponents linear in d through `lo` at the smallest fraction and `hi` at the largest."""
+    d0, d1 = float(ds.min()), float(ds.max())
+    return np.full_like(ds, lo, dtype=float) if d1 == d0 else lo + (ds - d0) * (hi - lo) / (d1 - d0)
+
+
+def _as_law_exponents(ds: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """(b_s, b_g): the line's values at d = 1 and d = 0."""
+    d0, d1 = float(ds.min()), float(ds.max())
+    slope = 0.0 if d1 == d0 else (hi - lo) / (d1 - d0)
+    return lo + (1 - d0) * slope, lo - d0 * slope
+
+
+def _search(sse, box: tuple[float, float], two: bool, n: int) -> tuple[float, float]:
+    """Minimise sse(lo, hi) over exponents in `box`: grid (vectorised), then Nelder-Mead."""
+    grid = np.linspace(*box, n)
+    if two:
+        lo, hi = (g.ravel() for g in np.meshgrid(grid, grid, indexing="ij"))
+    else:
+        lo = hi = grid
+    i = int(np.argmin(sse(lo, hi)))
+    x0 = np.array([lo[i], hi[i]])
+    clip = lambda x: np.clip(x, *box)  # noqa: E731
+    f = (lambda x: float(sse(*[np.atleast_1d(v) for v in clip(x)])[0])) if two else (
+        lambda x: float(sse(np.atleast_1d(clip(x)[0]), np.atleast_1d(clip(x)[0]))[0]))
+    res = minimize(f, x0 if two else x0[:1], method="Nelder-Mead",
+                   options={"xatol": 1e-9, "fatol": 1e-16, "maxiter": 4000})
+    x = clip(res.x) if res.fun <= f(x0 if two else x0[:1]) else x0
+    return (float(x[0]), float(x[1])) if two else (float(x[0]), float(x[0]))
+
+
+def fit_train_stage(curves: list[Curve]) -> dict | None:
+    """Stage 1, train: A_train T^b(d_i) + C_i over all fractions with squared error, one
+    A_train, exponents linear in d. For fixed exponents C_i = mean_i(y - A u) and A is closed
+    form over the per-fraction-centred points, so every exponent pair on the grid is exact.
+    A_train < 0 (a rising curve) is not a falling power law: A = 0 and the floors are the means."""
+    use = [c for c in curves if len(np.unique(c.tokens[np.isfinite(c.target())])) >= MIN_POINTS]
+    if not use:
         return None
-    bs = np.linspace(-2.5, -0.002, 500)
-    u = T[None, :] ** bs[:, None]
-    u = u / u.max(axis=1, keepdims=True)  # keeps the 2x2 normal equations well scaled
-    n, su, sy = len(T), u.sum(1), y.sum()
-    suu, suy = (u * u).sum(1), (u * y).sum(1)
-    det = n * suu - su * su
-    A = np.where(det > 0, (n * suy - su * sy) / np.where(det > 0, det, 1), 0.0)
-    A = np.maximum(A, 0.0)  # a falling curve; A < 0 would be a rising one
-    C = (sy - A * su) / n
-    sse = ((A[:, None] * u + C[:, None] - y) ** 2).sum(1)
-    i = int(np.argmin(sse))
-    # Optimise (log of the power term at the mean log tokens, b, C): log A and b alone are
-    # nearly collinear, because T^b is only seen far from T = 1.
+    T = np.concatenate([c.tokens[np.isfinite(c.target())] for c in use]).astype(float)
+    y = np.concatenate([c.target()[np.isfinite(c.target())] for c in use]).astype(float)
+    group = np.concatenate([np.full(int(np.isfinite(c.target()).sum()), j) for j, c in enumerate(use)])
+    ds = np.array([c.fraction for c in use], float)
     lt = np.log(T)
-    lt_ref = lt.mean()
-    power_at_ref = A[i] / (T ** bs[i]).max() * math.exp(bs[i] * lt_ref)  # undo the grid's scaling
-    # The floor is a loss: cross-entropy cannot go below 0, so neither may C.
-    x0 = np.array([math.log(max(power_at_ref, 1e-30)), bs[i], max(C[i], 0.0)])
+    counts = np.bincount(group)
+    onehot = np.eye(len(use))[group]  # (points, fractions): per-fraction sums as one matmul
+    y_mean = (y @ onehot) / counts
+    yc = y - y_mean[group]
 
-    def obj(x: np.ndarray) -> tuple[float, np.ndarray]:
-        e = np.exp(x[0] + x[1] * (lt - lt_ref))
-        pred = np.maximum(e + x[2], 1e-12)
-        h, dh = _huber(np.log(pred) - np.log(y))
-        w = dh / pred
-        return h.sum(), np.array([(w * e).sum(), (w * e * (lt - lt_ref)).sum(), w.sum()])
+    def solve(lo: np.ndarray, hi: np.ndarray):
+        b = _exponent_line(ds[None, :], lo[:, None], hi[:, None]) if len(ds) > 1 else np.repeat(lo[:, None], 1, 1)
+        logu = b[:, group] * lt[None, :]
+        scale = logu.max(axis=1, keepdims=True)  # u / max u keeps the sums well scaled
+        u = np.exp(logu - scale)
+        uc = u - ((u @ onehot) / counts)[:, group]
+        den = (uc * uc).sum(1)
+        A = np.where(den > 0, (uc * yc).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+        A = np.maximum(A, 0.0)
+        resid = yc - A[:, None] * uc
+        return (resid * resid).sum(1), A, scale[:, 0], u
 
-    res = minimize(obj, x0, jac=True, method="L-BFGS-B", bounds=[(-60, 60), (-3, 0), (0, 20)],
-                   options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
-    x = res.x if res.fun <= obj(x0)[0] else x0
-    out = {"A": float(math.exp(x[0] - x[1] * lt_ref)), "b": float(x[1]), "C": float(x[2]), "flat": False}
-    # A curve that does not fall (the domain loss of a run without domain data often rises as the
-    # model specializes on general text) drives A to ~0 and b to its bound: the power term then
-    # says nothing, so report the constant it is instead of a meaningless A T^b.
-    if out["A"] * (T.min() ** out["b"] - T.max() ** out["b"]) < FLAT_RTOL * max(out["C"], 1e-12):
-        out.update(A=0.0, b=0.0, flat=True)
-    out["mean_abs_rel_error_pct"] = _mare(out["A"] * T ** out["b"] + out["C"], y)
-    return out
+    lo, hi = _search(lambda a, b: solve(a, b)[0], _TRAIN_EXPONENTS, len(np.unique(ds)) > 1, 90)
+    sse, A, scale, u = (v[0] for v in solve(np.array([lo]), np.array([hi])))
+    C = y_mean - A * (u @ onehot) / counts
+    b_s, b_g = _as_law_exponents(ds, lo, hi)
+    A_train = float(A * math.exp(-scale))
+    flat = A_train == 0.0
+    if flat:
+        b_s = b_g = 0.0
+    return {"A_train": A_train, "b_train_s": b_s, "b_train_g": b_g, "flat": flat,
+            "C": {float(d): float(c) for d, c in zip(ds, C)}, "sse": float(sse), "points": int(len(y))}
 
 
-def fit_power(tokens: np.ndarray, y: np.ndarray) -> dict | None:
-    """y = G T^g through the points where y > 0: a line in log-log space."""
-    ok = np.isfinite(y) & (y > 0)
-    T, y = np.asarray(tokens, float)[ok], np.asarray(y, float)[ok]
-    if len(np.unique(T)) < 2:
+def fit_gap_stage(curves: list[Curve]) -> dict | None:
+    """Stage 1, gap: A_i T^b_gap(d_i) on test - train at d_i > 0 with squared error, every point
+    (negative and zero gaps included), exponents linear in d, one amplitude per fraction
+    (closed form for fixed exponents; any sign: a test split easier than the train sample
+    gives A_i < 0)."""
+    use = [c for c in curves if c.fraction > 0
+           and len(np.unique(c.tokens[np.isfinite(c.test - c.train)])) >= 2]
+    if not use:
         return None
-    g, logG = np.polyfit(np.log(T), np.log(y), 1)
-    return {"G": float(math.exp(logG)), "g": float(g), "points": int(len(T))}
+    gap = [c.test - c.train for c in use]
+    T = np.concatenate([c.tokens[np.isfinite(g)] for c, g in zip(use, gap)]).astype(float)
+    y = np.concatenate([g[np.isfinite(g)] for g in gap]).astype(float)
+    group = np.concatenate([np.full(int(np.isfinite(g).sum()), j) for j, g in enumerate(gap)])
+    ds = np.array([c.fraction for c in use], float)
+    t_ref = math.exp(float(np.log(T).mean()))
+    lt = np.log(T / t_ref)
+    onehot = np.eye(len(use))[group]
+
+    def solve(lo: np.ndarray, hi: np.ndarray):
+        b = _exponent_line(ds[None, :], lo[:, None], hi[:, None]) if len(ds) > 1 else np.repeat(lo[:, None], 1, 1)
+        u = np.exp(b[:, group] * lt[None, :])
+        amp = ((u * y) @ onehot) / ((u * u) @ onehot)
+        resid = y - amp[:, group] * u
+        return (resid * resid).sum(1), amp, b
+
+    lo, hi = _search(lambda a, b: solve(a, b)[0], _GAP_EXPONENTS, len(ds) > 1, 121)
+    sse, amp, b = (v[0] for v in solve(np.array([lo]), np.array([hi])))
+    b_s, b_g = _as_law_exponents(ds, lo, hi)
+    return {"b_gap_s": b_s, "b_gap_g": b_g, "sse": float(sse), "points": int(len(y)),
+            "A": {float(d): float(a * t_ref ** -bd) for d, a, bd in zip(ds, amp, b)}}
 
 
-def fit_fraction(c: Curve) -> dict:
-    """Per-fraction train curve and train-test gap; says what could not be fitted and why."""
-    notes = []
-    has_train = np.isfinite(c.train).sum() >= MIN_POINTS
-    # Without domain data in the mix nothing was trained on either split, so the law's gap is 0
-    # and one curve serves both; fit it to the test loss, the quantity forecast, since the two
-    # splits' texts can differ in difficulty (0.5 nats for the proofs of the laptop study).
-    has_test = np.isfinite(c.test).sum() >= MIN_POINTS
-    target = c.test if (c.fraction == 0 and has_test) or not has_train else c.train
-    train = fit_power_floor(c.tokens, target)
-    if train is None:
-        n = len(np.unique(c.tokens[np.isfinite(target)]))
-        notes.append(f"domain loss at {n} distinct token count(s); a power law with a floor needs {MIN_POINTS}")
-    elif not has_train:
-        gap0 = " (gap taken as 0)" if c.fraction > 0 else ""
-        notes.append(f"no domain_train_loss: the curve is fitted to the test loss{gap0}")
-    if train is not None and train["flat"]:
-        notes.append("the domain loss does not fall over these checkpoints: fitted as a constant")
-    gap = None
-    if c.fraction > 0 and has_train:
-        gap = fit_power(c.tokens, c.test - c.train)
-        if gap is None:
-            notes.append("fewer than 2 checkpoints with test loss above train loss: gap not fitted")
-    return {"fraction": c.fraction, "points": int(len(c.tokens)), "train": train, "gap": gap, "notes": notes}
+def per_fraction_curves(curves: list[Curve], train: dict | None, gap: dict | None) -> list[dict]:
+    """Stage 1 as one curve per fraction, A T^b + C (+ G T^g), with its error and notes."""
+    out = []
+    for c in curves:
+        notes = []
+        entry = {"fraction": c.fraction, "points": int(len(c.tokens)), "train": None, "gap": None, "notes": notes}
+        if train is None or c.fraction not in train["C"]:
+            n = len(np.unique(c.tokens[np.isfinite(c.target())]))
+            notes.append(f"domain loss at {n} distinct token count(s); a power law with a floor needs {MIN_POINTS}")
+            out.append(entry)
+            continue
+        b = c.fraction * train["b_train_s"] + (1 - c.fraction) * train["b_train_g"]
+        y = c.target()
+        ok = np.isfinite(y)
+        fitted = train["A_train"] * c.tokens[ok] ** b + train["C"][c.fraction]
+        entry["train"] = {"A": train["A_train"], "b": b, "C": train["C"][c.fraction], "flat": train["flat"],
+                          "mean_abs_rel_error_pct": _mare(fitted, y[ok])}
+        if y is c.test and c.fraction > 0:
+            notes.append("no domain_train_loss: the curve is fitted to the test loss (gap taken as 0)")
+        if train["flat"]:
+            notes.append("the domain loss does not fall over these checkpoints: fitted as a constant")
+        elif ok.sum() >= 2 and y[ok][np.argmax(c.tokens[ok])] > y[ok][np.argmin(c.tokens[ok])]:
+            notes.append("this fraction's domain loss rises over the checkpoints; the shared falling power law "
+                         "cannot follow it")
+        if gap is not None and c.fraction in gap["A"]:
+            g = c.fraction * gap["b_gap_s"] + (1 - c.fraction) * gap["b_gap_g"]
+            entry["gap"] = {"G": gap["A"][c.fraction], "g": g,
+                            "points": int(np.isfinite(c.test - c.train).sum())}
+        elif c.fraction > 0 and y is not c.test:
+            notes.append("fewer than 2 checkpoints with both train and test loss: gap not fitted")
+        out.append(entry)
+    return out
 
 
 def fraction_coefficients(pf: dict) -> dict | None:
@@ -202,82 +278,108 @@ def fraction_coefficients(pf: dict) -> dict | None:
     return {"A": pf["train"]["A"], "b": pf["train"]["b"], "C": pf["train"]["C"], "G": gap["G"], "g": gap["g"]}
 
 
-# ---- the joint law -----------------------------------------------------------------------
+# ---- stage 2: shape checks --------------------------------------------------------------------
 
 
-def joint_blockers(per_fraction: list[dict]) -> list[str]:
-    """Why the joint law cannot be fitted from these per-fraction fits (empty: it can)."""
-    fitted = [p for p in per_fraction if p["train"] is not None]
-    with_gap = [p for p in fitted if p["gap"] is not None]
+def floor_shape(C: dict[float, float]) -> dict:
+    """C_i against k0 - k1 log(d + k2) - k3 d: for each k2 (log grid, then polished) the rest is
+    linear least squares. Residuals in nats; dof = fractions - 4 (0 or less: no check)."""
+    d = np.array(sorted(C), float)
+    c = np.array([C[x] for x in d])
+
+    def best_k(lk2: float) -> tuple[float, np.ndarray]:
+        M = np.column_stack([np.ones_like(d), -np.log(d + math.exp(lk2)), -d])
+        k, *_ = np.linalg.lstsq(M, c, rcond=None)
+        return float(((M @ k - c) ** 2).sum()), k
+
+    grid = np.linspace(math.log(1e-7), math.log(10), 160)
+    i = int(np.argmin([best_k(x)[0] for x in grid]))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda x: best_k(x)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    lk2 = float(res.x) if res.fun <= best_k(grid[i])[0] else float(grid[i])
+    _, (k0, k1, k3) = best_k(lk2)
+    params = {"k0": float(k0), "k1": float(k1), "k2": math.exp(lk2), "k3": float(k3)}
+    fitted = k0 - k1 * np.log(d + params["k2"]) - k3 * d
+    return _shape("C_train(d) = k0 - k1 log(d + k2) - k3 d", params, d, c, fitted, 4, "nats")
+
+
+def gap_shape(A: dict[float, float]) -> dict:
+    """A_i against a1 d^a2 exp(a3 d), which is linear in log space: log A = log a1 + a2 log d +
+    a3 d. Residuals in log A; fractions with A_i <= 0 cannot follow a positive kernel."""
+    d_all = np.array(sorted(A), float)
+    pos = np.array([A[x] > 0 for x in d_all])
+    d, a = d_all[pos], np.array([A[x] for x in d_all[pos]])
+    params: dict = {"a1": None, "a2": None, "a3": None}
+    fitted = np.full(len(d), np.nan)
+    if len(d) >= 3:
+        M = np.column_stack([np.ones_like(d), np.log(d), d])
+        (la1, a2, a3), *_ = np.linalg.lstsq(M, np.log(a), rcond=None)
+        params = {"a1": math.exp(la1), "a2": float(a2), "a3": float(a3)}
+        fitted = M @ np.array([la1, a2, a3])
+    out = _shape("log A_gap(d) = log a1 + a2 log d + a3 d", params, d, np.log(a) if len(a) else a, fitted, 3, "log")
+    bad = [float(x) for x in d_all[~pos]]
+    if bad:
+        out["not_positive"] = bad
+        out["note"] = (f"gap amplitude <= 0 at fraction(s) {', '.join(f'{x:g}' for x in bad)}: no overfitting "
+                       "measured there, which a positive Gamma kernel cannot follow") + (
+                       f"; {out['note']}" if out.get("note") else "")
+    return out
+
+
+def _shape(form: str, params: dict, d: np.ndarray, obs: np.ndarray, fitted: np.ndarray, k: int, unit: str) -> dict:
+    resid = obs - fitted
+    dof = int(len(d) - k)
+    rms = float(np.sqrt(np.mean(resid**2))) if len(d) and np.isfinite(resid).all() else None
+    out = {"shape": form, "params": params, "unit": unit, "dof": dof, "rms_residual": rms,
+           "residuals": [{"fraction": float(x), "observed": float(o), "fitted": float(f), "residual": float(r)}
+                         for x, o, f, r in zip(d, obs, fitted, resid)]}
+    if dof <= 0:
+        out["note"] = (f"{len(d)} fraction(s) for {k} coefficients: the shape passes through them whatever they "
+                       "are, so this is no check")
+    return out
+
+
+# ---- stage 3: the joint law --------------------------------------------------------------------
+
+
+def joint_blockers(curves: list[Curve], train: dict | None, gap: dict | None) -> list[str]:
+    """Why the joint law cannot be fitted from these stage-1 fits (empty: it can)."""
+    fitted = len(train["C"]) if train else 0
+    with_gap = len(gap["A"]) if gap else 0
     why = []
-    if len(fitted) < MIN_FRACTIONS:
-        why.append(f"{len(fitted)} fraction(s) with a fitted curve; the floor C(d) has 4 coefficients, "
-                   f"needs >= {MIN_FRACTIONS}")
-    if len(with_gap) < MIN_GAP_FRACTIONS:
-        why.append(f"{len(with_gap)} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has "
-                   f"3 coefficients, needs >= {MIN_GAP_FRACTIONS}")
+    if fitted < MIN_FRACTIONS:
+        why.append(f"{fitted} fraction(s) with a fitted curve; the floor C(d) has 4 coefficients and the paper fits "
+                   f"{MIN_FRACTIONS} fractions so that its shape can be checked: needs >= {MIN_FRACTIONS}")
+    if with_gap < MIN_GAP_FRACTIONS:
+        why.append(f"{with_gap} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has 3 "
+                   f"coefficients: needs >= {MIN_GAP_FRACTIONS}")
     return why
 
 
-def initial_params(curves: list[Curve], per_fraction: list[dict]) -> dict:
-    """A start for the joint fit from the per-fraction fits, each stage linear in its unknowns."""
-    fitted = [p for p in per_fraction if p["train"] is not None]
-    # Flat curves carry no exponent; they still pin the floor C(d) below.
-    sloped = [p for p in fitted if not p["train"].get("flat")] or fitted
-    b_g, b_s = _line(np.array([p["fraction"] for p in sloped]), np.array([p["train"]["b"] for p in sloped]))
-    d = np.array([p["fraction"] for p in fitted])
-    b_g, b_s = min(b_g, -1e-3), min(b_s, -1e-3)
-    # Exponents fixed: one shared A_train and a floor C_d per fraction is linear least squares.
-    by_d = {c.fraction: c for c in curves}
-    rows, ys = [], []
-    for j, p in enumerate(fitted):
-        c = by_d[p["fraction"]]
-        y = c.train if np.isfinite(c.train).sum() >= MIN_POINTS and c.fraction > 0 else c.test
-        ok = np.isfinite(y)
-        u = c.tokens[ok] ** (p["fraction"] * b_s + (1 - p["fraction"]) * b_g)
-        onehot = np.zeros((ok.sum(), len(fitted)))
-        onehot[:, j] = 1
-        rows.append(np.column_stack([u, onehot]))
-        ys.append(y[ok])
-    X, Y = np.vstack(rows), np.concatenate(ys)
-    scale = X[:, 0].max()
-    sol = np.linalg.lstsq(X / np.r_[scale, np.ones(len(fitted))], Y, rcond=None)[0]
-    A_train, C_d = max(sol[0] / scale, 1e-30), sol[1:]
-    # Floor shape: for each k2 the rest (k0, k1, k3) is linear.
-    best = None
-    for k2 in np.logspace(-6, 0.5, 80):
-        M = np.column_stack([np.ones_like(d), -np.log(d + k2), -d])
-        k, *_ = np.linalg.lstsq(M, C_d, rcond=None)
-        sse = float(((M @ k - C_d) ** 2).sum())
-        if best is None or sse < best[0]:
-            best = (sse, k2, k)
-    _, k2, (k0, k1, k3) = best
-    # Gap: exponents linear in d, then log G_d = log a1 + a2 log d + a3 d is linear too.
-    gp = [p for p in fitted if p["gap"] is not None]
-    dg = np.array([p["fraction"] for p in gp])
-    bg_g, bg_s = _line(dg, np.array([p["gap"]["g"] for p in gp]))
-    log_G = []
-    for p in gp:
-        c = by_d[p["fraction"]]
-        gap = c.test - c.train
-        ok = np.isfinite(gap) & (gap > 0)
-        bgd = p["fraction"] * bg_s + (1 - p["fraction"]) * bg_g
-        log_G.append(np.mean(np.log(gap[ok]) - bgd * np.log(c.tokens[ok])))
-    M = np.column_stack([np.ones_like(dg), np.log(dg), dg])
-    (la1, a2, a3), *_ = np.linalg.lstsq(M, np.array(log_G), rcond=None)
-    return {"A_train": A_train, "b_train_s": b_s, "b_train_g": b_g, "a1": math.exp(la1),
-            "a2": float(np.clip(a2, 0.05, 4.9)), "a3": float(a3), "b_gap_s": bg_s, "b_gap_g": bg_g,
-            "k0": float(k0), "k1": float(k1), "k2": float(k2), "k3": float(k3)}
+def initial_params(train: dict, gap: dict, floor: dict, kernel: dict) -> dict:
+    """The joint fit's start: stage 1's exponents and A_train, stage 2's floor and kernel."""
+    k = floor["params"]
+    a = kernel["params"]
+    if a["a1"] is None:  # the kernel could not be fitted (amplitudes <= 0): a small gap growing like d
+        positive = [v for v in gap["A"].values() if v > 0]
+        a = {"a1": max(positive) if positive else 1e-12, "a2": 1.0, "a3": 0.0}
+    return {"A_train": max(train["A_train"], 1e-30), "b_train_s": min(train["b_train_s"], -1e-3),
+            "b_train_g": min(train["b_train_g"], -1e-3), "a1": a["a1"], "a2": float(np.clip(a["a2"], 0.05, 4.9)),
+            "a3": a["a3"], "b_gap_s": gap["b_gap_s"], "b_gap_g": gap["b_gap_g"], **k}
 
 
-def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0) -> dict:
-    """Huber on log residuals of train and test losses, L-BFGS-B from `start` and seeded
-    perturbations of it (the grid of starts); the lowest objective wins."""
-    T = np.concatenate([c.tokens for c in curves])
+def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0, loss: str = "sse") -> dict:
+    """All twelve parameters by L-BFGS-B from `start` and seeded perturbations of it; the lowest
+    objective wins. Points: train losses at d > 0, test losses at every d."""
+    if loss not in LOSSES:
+        raise UsageError(f"--loss {loss!r}: expected one of {', '.join(LOSSES)}")
+    T = np.concatenate([c.tokens for c in curves]).astype(float)
     d = np.concatenate([np.full(len(c.tokens), c.fraction) for c in curves])
-    y_tr = np.concatenate([c.train for c in curves])
+    y_tr = np.concatenate([c.train if c.fraction > 0 else np.full(len(c.tokens), np.nan) for c in curves])
     y_te = np.concatenate([c.test for c in curves])
-    obj = _objective(T, d, y_tr, y_te)
+    obj = _objective(T, d, y_tr, y_te, loss)
     M = _preconditioner(np.log(T).mean(), d)
 
     def obj_z(z: np.ndarray) -> tuple[float, np.ndarray]:
@@ -287,19 +389,20 @@ def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0) 
     z0 = np.linalg.solve(M, _to_vector(start))
     rng = np.random.default_rng(seed)
     grid = [z0] + [z0 + rng.normal(0, 1, len(z0)) * _START_SPREAD for _ in range(starts - 1)]
-    # Every start runs a short L-BFGS; only the best is run to convergence. The Huber kink
-    # makes the last digits slow (thousands of iterations), and only the winner needs them.
+    # Every start runs a short L-BFGS; only the best is run to convergence.
     run = lambda z, n: minimize(obj_z, np.clip(z, _Z_LO, _Z_HI), jac=True, method="L-BFGS-B",  # noqa: E731
-                                bounds=_Z_BOUNDS, options={"maxiter": n, "ftol": 1e-15, "gtol": 1e-10})
+                                bounds=_Z_BOUNDS, options={"maxiter": n, "ftol": 1e-15, "gtol": 1e-12})
     tries = [run(z, 300) for z in grid]
     best = run(min(tries, key=lambda r: r.fun).x, 5000)
-    return {"params": _from_vector(M @ best.x), "objective": float(best.fun), "converged": bool(best.success),
-            "starts": len(grid), "evaluations": int(sum(r.nfev for r in tries) + best.nfev),
+    return {"params": _from_vector(M @ best.x), "objective": float(best.fun), "loss": loss,
+            "converged": bool(best.success), "starts": len(grid),
+            "evaluations": int(sum(r.nfev for r in tries) + best.nfev),
             "points": int(np.isfinite(y_tr).sum() + np.isfinite(y_te).sum())}
 
 
-def curve_errors(p: dict, c: Curve) -> dict:
-    """Mean and max absolute relative error (%) of the law on one curve."""
+def curve_errors(p: dict, c: Curve, points: bool = False) -> dict:
+    """Mean and max absolute relative error (%) of the law on one curve; with `points`, every
+    checkpoint's observed and predicted losses too (a held-out curve is judged over all of it)."""
     pred = law(p, c.tokens, c.fraction)
     out: dict = {"fraction": c.fraction}
     for key in ("train", "test"):
@@ -308,6 +411,11 @@ def curve_errors(p: dict, c: Curve) -> dict:
         rel = np.abs(pred[key][ok] - y[ok]) / y[ok] * 100
         out[key] = ({"mean_abs_rel_error_pct": float(np.mean(rel)), "max_abs_rel_error_pct": float(np.max(rel))}
                     if ok.any() else None)  # that loss was not measured on this curve
+    if points:
+        out["curve"] = [{"tokens": float(t), **{f"{k}_observed": (float(getattr(c, k)[i]) if np.isfinite(getattr(c, k)[i])
+                                                                 else None) for k in ("train", "test")},
+                         "train_predicted": float(pred["train"][i]), "test_predicted": float(pred["test"][i])}
+                        for i, t in enumerate(c.tokens)]
     return out
 
 
@@ -325,32 +433,43 @@ def law_checks(p: dict) -> list[dict]:
 # ---- the whole fit ------------------------------------------------------------------------
 
 
-def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray]] | None = None,
-            holdout: float | None = None, starts: int = 8, seed: int = 0) -> dict:
-    """Per-fraction curves, then the joint law when the data allow it, then finetuning gains.
+def _is(d: float, f: float | None) -> bool:
+    return f is not None and math.isclose(d, f, abs_tol=1e-9)
 
-    `holdout` leaves one measured fraction out of the joint fit and reports how well the law
-    predicts it (the paper fits 0-5% and predicts 10%). Returns what could not be fitted and
-    why in `not_fitted`, so a small study still gets its per-fraction curves.
+
+def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray]] | None = None,
+            holdout: float | None = None, starts: int = 8, seed: int = 0, loss: str = "sse") -> dict:
+    """Stage 1 (per-fraction curves, shared exponents), stage 2 (shape checks), stage 3 (the
+    joint law) when the data allow it, then finetuning gains.
+
+    `holdout` leaves one measured fraction out of stages 1-3 for the law and reports how well
+    the law predicts its whole curve (the paper fits 0-5% and predicts 10%); the per-fraction
+    curves reported still include it. `not_fitted` says what could not be fitted and why.
     """
+    if loss not in LOSSES:
+        raise UsageError(f"--loss {loss!r}: expected one of {', '.join(LOSSES)}")
     curves = sorted(curves, key=lambda c: c.fraction)
-    if holdout is not None and not any(math.isclose(c.fraction, holdout, abs_tol=1e-9) for c in curves):
+    if holdout is not None and not any(_is(c.fraction, holdout) for c in curves):
         have = ", ".join(f"{c.fraction:g}" for c in curves)
         raise UsageError(f"--holdout {holdout:g}: no pretraining runs at that fraction (fractions: {have})")
-    per_fraction = [fit_fraction(c) for c in curves]
-    out: dict = {"units": UNITS, "law": None, "not_fitted": [], "holdout": None, "checks": [],
-                 "per_fraction": per_fraction, "finetune_gain": []}
-    train_curves = [c for c in curves if holdout is None or not math.isclose(c.fraction, holdout, abs_tol=1e-9)]
-    train_pf = [p for p in per_fraction if holdout is None or not math.isclose(p["fraction"], holdout, abs_tol=1e-9)]
-    blockers = joint_blockers(train_pf)
+    train_all, gap_all = fit_train_stage(curves), fit_gap_stage(curves)
+    per_fraction = per_fraction_curves(curves, train_all, gap_all)
+    out: dict = {"units": UNITS, "loss": loss, "law": None, "not_fitted": [], "holdout": None, "checks": [],
+                 "shape_checks": [], "stage1": None, "per_fraction": per_fraction, "finetune_gain": []}
+    law_curves = [c for c in curves if not _is(c.fraction, holdout)]
+    train, gap = (train_all, gap_all) if holdout is None else (fit_train_stage(law_curves), fit_gap_stage(law_curves))
+    out["stage1"] = {"train": train, "gap": gap, "fractions": [c.fraction for c in law_curves]}
+    floor = floor_shape(train["C"]) if train and len(train["C"]) >= 2 else None
+    kernel = gap_shape(gap["A"]) if gap else None
+    out["shape_checks"] = [s for s in (floor, kernel) if s is not None]
+    blockers = joint_blockers(law_curves, train, gap)
+    held = f" (with fraction {holdout:g} held out)" if holdout is not None else ""
     if blockers:
-        held = f" (with fraction {holdout:g} held out)" if holdout is not None else ""
         out["not_fitted"].append({"what": "joint law", "why": "; ".join(blockers) + held})
     else:
-        fitted = {p["fraction"] for p in train_pf if p["train"] is not None}
-        use = [c for c in train_curves if c.fraction in fitted]
-        joint = fit_joint(use, initial_params(use, train_pf), starts=starts, seed=seed)
-        joint["fractions"] = sorted(fitted)
+        use = [c for c in law_curves if c.fraction in train["C"]]
+        joint = fit_joint(use, initial_params(train, gap, floor, kernel), starts=starts, seed=seed, loss=loss)
+        joint["fractions"] = sorted(train["C"])
         joint["errors"] = [curve_errors(joint["params"], c) for c in curves]
         if not all(math.isfinite(v) for v in joint["params"].values()) or not math.isfinite(joint["objective"]):
             out["not_fitted"].append({"what": "joint law", "why": "the optimiser found no finite parameters"})
@@ -358,8 +477,8 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
         out["law"] = joint
         out["checks"] = law_checks(joint["params"]) if joint else []
         if joint and holdout is not None:
-            c = next(c for c in curves if math.isclose(c.fraction, holdout, abs_tol=1e-9))
-            out["holdout"] = curve_errors(joint["params"], c) | {"points": int(np.isfinite(c.test).sum())}
+            c = next(c for c in curves if _is(c.fraction, holdout))
+            out["holdout"] = curve_errors(joint["params"], c, points=True) | {"points": int(np.isfinite(c.test).sum())}
     for p in per_fraction:
         if p["train"] is None:
             out["not_fitted"].append({"what": f"curve at fraction {p['fraction']:g}", "why": "; ".join(p["notes"])})
@@ -377,8 +496,10 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
 def fit_gain(tokens: np.ndarray, gain: np.ndarray) -> dict:
     """dL(T) = a T^b + c by least squares over an exponent grid; a constant with < 3 points."""
     T, g = np.asarray(tokens, float), np.asarray(gain, float)
+    measured = [float(T.min()), float(T.max())]
     if len(np.unique(T)) < MIN_POINTS:
         return {"a": 0.0, "b": 0.0, "c": float(np.mean(g)), "kind": "constant", "points": int(len(T)),
+                "token_range": measured,
                 "note": f"{len(np.unique(T))} finetuned checkpoint(s): gain taken as constant (a*T^b + c needs >= 3)"}
     best = None
     for b in np.linspace(-2, 1, 301):
@@ -389,7 +510,7 @@ def fit_gain(tokens: np.ndarray, gain: np.ndarray) -> dict:
         if best is None or sse < best[0]:
             best = (sse, a / (T**b).max(), b, c)
     _, a, b, c = best
-    return {"a": float(a), "b": float(b), "c": float(c), "kind": "power", "points": int(len(T))}
+    return {"a": float(a), "b": float(b), "c": float(c), "kind": "power", "points": int(len(T)), "token_range": measured}
 
 
 def gain_at(g: dict, tokens: np.ndarray | float) -> np.ndarray:
@@ -405,12 +526,23 @@ def _huber(r: np.ndarray, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.nd
     return np.where(quad, 0.5 * r * r, delta * (a - 0.5 * delta)), np.where(quad, r, delta * np.sign(r))
 
 
-def _objective(T: np.ndarray, d: np.ndarray, y_tr: np.ndarray, y_te: np.ndarray):
-    """Huber(log pred - log obs) summed over train and test points, with its exact gradient."""
+def _objective(T: np.ndarray, d: np.ndarray, y_tr: np.ndarray, y_te: np.ndarray, loss: str = "sse"):
+    """Squared error in nats (appendix D), or Huber(log pred - log obs), summed over the
+    measured train and test points, with its exact gradient."""
     lt, pos = np.log(T), d > 0
     logd = np.log(np.where(pos, d, 1.0))
     m_tr, m_te = np.isfinite(y_tr), np.isfinite(y_te)
-    ly_tr, ly_te = np.log(np.where(m_tr, y_tr, 1.0)), np.log(np.where(m_te, y_te, 1.0))
+    o_tr, o_te = np.where(m_tr, y_tr, 1.0), np.where(m_te, y_te, 1.0)
+    sse = loss == "sse"
+
+    def score(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-point loss and its derivative in the prediction."""
+        if sse:
+            r = pred - obs
+            return 0.5 * r * r, r
+        p = np.maximum(pred, 1e-12)
+        h, dh = _huber(np.log(p) - np.log(obs))
+        return h, dh / p
 
     def f(x: np.ndarray) -> tuple[float, np.ndarray]:
         logA, bts, btg, la1, a2, a3, bgs, bgg, k0, k1, lk2, k3 = x
@@ -418,12 +550,12 @@ def _objective(T: np.ndarray, d: np.ndarray, y_tr: np.ndarray, y_te: np.ndarray)
         # Exponents are capped so a wild line-search step gives a huge finite loss, not inf/NaN.
         P = np.exp(np.minimum(logA + (d * bts + (1 - d) * btg) * lt, _EXP_CAP))
         G = np.where(pos, np.exp(np.minimum(la1 + a2 * logd + a3 * d + (d * bgs + (1 - d) * bgg) * lt, _EXP_CAP)), 0.0)
-        tr = np.maximum(P + k0 - k1 * np.log(d + k2) - k3 * d, 1e-12)
-        te = np.maximum(tr + G, 1e-12)
-        h_tr, g_tr = _huber(np.log(tr) - ly_tr)
-        h_te, g_te = _huber(np.log(te) - ly_te)
-        w_tr = np.where(m_tr, g_tr / tr, 0.0)
-        w_te = np.where(m_te, g_te / te, 0.0)
+        tr = P + k0 - k1 * np.log(d + k2) - k3 * d
+        te = tr + G
+        h_tr, g_tr = score(tr, o_tr)
+        h_te, g_te = score(te, o_te)
+        w_tr = np.where(m_tr, g_tr, 0.0)
+        w_te = np.where(m_te, g_te, 0.0)
         w = w_tr + w_te  # L_test contains L_train: its parameters get both
         grad = np.array([
             (w * P).sum(), (w * P * lt * d).sum(), (w * P * lt * (1 - d)).sum(),
@@ -462,14 +594,6 @@ def _to_vector(p: dict) -> np.ndarray:
 
 def _from_vector(x: np.ndarray) -> dict:
     return {k: float(math.exp(x[i]) if i in _LOG_SCALE else x[i]) for i, k in enumerate(PARAMS)}
-
-
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Intercept at d = 0 and value at d = 1 of the least-squares line (a constant if x is one value)."""
-    if len(np.unique(x)) < 2:
-        return float(np.mean(y)), float(np.mean(y))
-    slope, icpt = np.polyfit(x, y, 1)
-    return float(icpt), float(icpt + slope)
 
 
 def _mare(pred: np.ndarray, y: np.ndarray) -> float:

@@ -38,13 +38,18 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
 @click.option("--holdout", type=float, default=None,
               help="Leave this fraction (e.g. 0.10: a fraction, not percent) out of the joint fit and report "
                    "how well the law predicts it.")
+@click.option("--loss", type=click.Choice(["sse", "huber-log"]), default="sse", show_default=True,
+              help="Joint fit objective: squared error in nats (the paper's, appendix D) or Huber on log-loss "
+                   "residuals (Chinchilla's).")
 @click.option("--model", default=None, help="Model preset to fit when the runs hold several.")
 @click.option("--domain", default=None, help="Domain to fit when the runs hold several.")
 @json_option
-def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, model: str | None, domain: str | None,
-        as_json: bool) -> None:
+def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, model: str | None,
+        domain: str | None, as_json: bool) -> None:
     """Fit the overfitting scaling law (and the finetuning gain) to the pretraining and
-    finetune RUNS of one model and domain; writes fit.json and fit.png to --out.
+    finetune RUNS of one model and domain, as appendix D of the paper: per-fraction curves
+    with shared exponents, the floor and gap-kernel shape checks with their residuals, then
+    the joint law (>= 5 fractions); writes fit.json and fit.png to --out.
 
     With too few fractions or checkpoints for the joint law the per-fraction curves are
     still fitted and written; the output says what was not fitted and why."""
@@ -56,7 +61,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, model: str | N
     if holdout is not None and not 0 < holdout <= 1:
         raise UsageError(f"--holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
     inputs = fit_inputs(load_runs(_need(runs)), model, domain)
-    result = build_fit(inputs, holdout)
+    result = build_fit(inputs, holdout, loss)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fit.json", result)
     png = plot_fit(result, inputs["curves"], out / "fit.png")

@@ -111,21 +111,25 @@ def format_plan(s: dict) -> str:
 @mix_options
 @click.option("--fit", "fit_file", type=click.Path(dir_okay=False, path_type=Path), help="fit.json from `mixer fit`: forecast per fraction.")
 @click.option("--domain-tokens", help="Forecast for a domain of this size (no stores needed with --fit).")
-@click.option("--fractions", help="Fractions to forecast, comma-separated (default: the paper's grid, 0-10%, plus the fitted ones).")
+@click.option("--fractions", help="Fractions to forecast, comma-separated (default: the paper's grid, 0-10%, plus the fitted ones, within the fitted range).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the forecast plot (PNG) here.")
+@click.option("--extrapolate", is_flag=True,
+              help="With --fit: forecast beyond the measured tokens, fractions and finetuning gains (and say how far).")
 @json_option
-def plan(fit_file, domain_tokens, fractions, plot, as_json, **kw) -> None:
+def plan(fit_file, domain_tokens, fractions, plot, extrapolate, as_json, **kw) -> None:
     """Everything a build would produce, without writing anything; with --fit, a forecast."""
     if fit_file is not None:
-        _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json)
+        _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json, extrapolate)
         return
+    if extrapolate:
+        raise UsageError("--extrapolate: only with --fit (a forecast)")
     from mixer.mixing.spec import resolve
 
     summary = resolve(spec_from_flags(kw)).summary()
     emit(summary, as_json, format_plan)
 
 
-def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json) -> None:
+def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json, extrapolate: bool = False) -> None:
     from mixer.analysis.forecast import format_forecast, forecast, plot_forecast
     from mixer.formats.fit import load_fit
 
@@ -150,7 +154,7 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json)
 
         d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
     fr = [float(x) for x in fractions.split(",")] if fractions else None
-    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens)
+    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens, extrapolate=extrapolate)
     if plot is not None:
         plot_forecast(result, plot)
     emit(result, as_json, format_forecast)

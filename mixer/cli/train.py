@@ -45,8 +45,8 @@ def train() -> None:
 
     \b
     mixer train pretrain mixes/spt --model tiny --out runs/spt
-    mixer train finetune mixes/ft --from runs/spt --out runs/spt-ft --patience 2
-    mixer train finetune mixes/ft --from runs/spt --out runs/g --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200
+    mixer train finetune mixes/ft --from runs/spt --out runs/spt-ft      # the paper's LR grid, chosen on val
+    mixer train finetune mixes/ft --from runs/spt --out runs/g --lr 1e-5,4e-5,1e-4 --warmup 50,100,200
     mixer train replay mixes/replay --from runs/spt --out runs/spt-replay
     """
 
@@ -57,7 +57,11 @@ def train() -> None:
 @click.option("--lr", type=float, help="Peak learning rate (default: the preset's; paper 4e-4).")
 @click.option("--min-lr", type=float, help="Cosine floor (default: the preset's; paper 4e-5).")
 @click.option("--warmup", type=int, help="Warmup optimizer steps (default: the preset's share of the run).")
-@click.option("--schedule-tokens", help="Cosine horizon in tokens when longer than the run (paper: 2T, cut at 200B).")
+@click.option("--horizon", type=float,
+              help="Cosine horizon as a multiple of the run (default 10: the paper decays over 2T tokens and stops "
+                   "at 200B, so no checkpoint is annealed).")
+@click.option("--schedule-tokens", help="Cosine horizon in tokens (instead of --horizon), at least the run's.")
+@click.option("--anneal", is_flag=True, help="Decay to the floor by the last step (horizon = the run; not the paper's).")
 @click.option("--checkpoints", type=int, default=10, show_default=True, help="Evenly spaced checkpoints.")
 @click.option("--save-every", type=int, help="Checkpoint every N optimizer steps (instead of --checkpoints).")
 @click.option("--trainer", default="litgpt", show_default=True,
@@ -66,13 +70,16 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
              micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
              dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
              min_lr: float | None, warmup: int | None,
-             schedule_tokens: str | None, checkpoints: int, save_every: int | None, trainer: str) -> None:
-    """Pretrain a model from scratch on MIX (cosine to a floor)."""
+             horizon: float | None, schedule_tokens: str | None, anneal: bool, checkpoints: int,
+             save_every: int | None, trainer: str) -> None:
+    """Pretrain a model from scratch on MIX: a cosine laid out over 10x the run (the paper's
+    regime: every checkpoint at ~98% of the peak rate); --anneal to decay by the last step."""
     from mixer.training.runner import execute, plan_pretrain
 
     plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
-                         schedule_tokens=_count(schedule_tokens, "--schedule-tokens"), seed=seed, trainer=trainer,
+                         horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
+                         anneal=anneal, seed=seed, trainer=trainer,
                          precision=precision, devices=devices, threads=threads, dry_run=dry_run)
     if dry_run:
         click.echo(plan.config_text(), nl=False)
@@ -84,58 +91,74 @@ def _finetune_command(kind: str):
     @_common
     @click.argument("grid_rest", nargs=-1, metavar="")
     @click.option("--from", "parent", required=True, type=click.Path(file_okay=False, path_type=Path),
-                  help="The pretraining run to start from.")
-    @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: final, else the last step).")
-    @click.option("--lr", type=float, help="Learning rate (default: the preset's; paper grid 1e-5, 4e-5, 1e-4).")
-    @click.option("--warmup", type=int, help="Warmup optimizer steps (paper grid 50, 100, 200).")
+                  help="The run to start from: a pretraining run, or a finetuned one (a post-training stage; a grid "
+                       "continues from its winner).")
+    @click.option("--checkpoint", help="Its checkpoint (step-00000100; default: a pretraining run's final, else "
+                                       "last step; a finetuned run's early-stopping winner).")
+    @click.option("--lr", help="Learning rate(s), absolute, comma-separated for a grid (default: --lr-ratio).")
+    @click.option("--lr-ratio",
+                  help="Learning rate(s) as multiples of the rate the parent's pretraining had reached at the "
+                       "checkpoint, comma-separated (default: the paper's grid 1e-5, 4e-5, 1e-4 over its ~3.91e-4: "
+                       "0.0256,0.102,0.256).")
+    @click.option("--warmup", help="Warmup optimizer steps, comma-separated for a grid (default: the preset's; "
+                                   "OLMo presets the paper's 50,100,200).")
     @click.option("--schedule", type=click.Choice(["constant", "wsd"]), default="constant", show_default=True)
     @click.option("--min-lr", type=float, help="WSD: the rate decayed to (default lr/10).")
     @click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="WSD: share of steps decaying.")
     @click.option("--weight-decay", type=float, help="Default: the preset's (paper 1e-7).")
     @click.option("--patience", type=int, default=2, show_default=True,
-                  help="Stop after this many evaluations without a lower domain test loss (0: never).")
+                  help="Stop after this many evaluations without a lower loss on the --select-on split (0: never).")
+    @click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
+                  help="Split that early stopping and the grid's winner are chosen on; the test split is reported. "
+                       "test: the paper's protocol (chosen and reported on the test split).")
     @click.option("--eval-every", type=int, help="Evaluate/save every N steps (default: once per domain epoch).")
     @click.option("--grid", "grid", multiple=True,
-                  help="Hyperparameter grid: --grid lr=1e-5,4e-5,1e-4 warmup=50,100,200; the best is recorded.")
+                  help="More grid axes: --grid weight_decay=0,1e-7 (keys lr, lr_ratio, warmup, weight_decay, min_lr).")
     @click.option("--trainer", help="Training framework (default: the parent run's).")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
-                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path, checkpoint: str | None,
-                lr: float | None, warmup: int | None, schedule: str, min_lr: float | None, decay_fraction: float,
-                weight_decay: float | None, patience: int, eval_every: int | None, grid: tuple[str, ...],
-                trainer: str | None) -> None:
-        from mixer.training.runner import execute, parse_grid, plan_finetune, run_grid
+                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path,
+                checkpoint: str | None, lr: str | None, lr_ratio: str | None, warmup: str | None, schedule: str,
+                min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
+                select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None) -> None:
+        from mixer.formats.run import read_run_meta
+        from mixer.training.registry import trainer_of
+        from mixer.training.runner import (execute, finetune_axes, grid_points, is_grid, parse_grid, parse_values,
+                                           plan_finetune, run_grid)
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
-        kwargs = dict(lr=lr, warmup=warmup, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
+        kwargs = dict(schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
-                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every, seed=seed,
-                      checkpoint=checkpoint, trainer=trainer, precision=precision, devices=devices, threads=threads,
-                      dry_run=dry_run)
+                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
+                      select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer, precision=precision,
+                      devices=devices, threads=threads, dry_run=dry_run)
+        pmeta = read_run_meta(parent)
+        defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
+        axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
+                             parse_values(warmup, int, "--warmup"), parse_grid([*grid, *grid_rest]))
 
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
 
-        if not grid:
-            plan = make(out, {})
+        if not is_grid(axes):
+            plan = make(out, {k: v[0] for k, v in axes.items()})
             if dry_run:
                 click.echo(plan.config_text(), nl=False)
                 return
             _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
             return
-        axes = parse_grid([*grid, *grid_rest])
         if dry_run:
-            from mixer.training.runner import grid_points
-
             for name, overrides in grid_points(axes):
                 click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_text()}", nl=False)
             return
         _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples), as_json)
 
     command.__doc__ = {
-        "finetune": "Finetune a pretrained run on MIX with early stopping on the domain test loss.",
-        "replay": "Finetune on a replay MIX (domain + a general share) with early stopping.",
+        "finetune": "Finetune a pretrained run on MIX at constant rates after warmup, over a grid of rates relative "
+                    "to the parent's (the paper's by default); early stopping and the winner on the domain "
+                    "validation split, the test split reported.",
+        "replay": "Finetune on a replay MIX (domain + a general share), as finetune.",
     }[kind]
     return command
 
@@ -150,24 +173,30 @@ def _report(meta: dict, as_json: bool) -> None:
              f"{meta.get('tokens', 0):,} tokens; mix {meta['mix']}"]
     if best:
         where = f"{best['run']}/{best['checkpoint']}" if "run" in best else best["checkpoint"]
-        lines.append(f"best: {where}, domain test loss {best['domain_test_loss']:.4f}")
+        on = best.get("selected_on", "test")
+        chosen = f"chosen on domain {on} loss {best.get(f'domain_{on}_loss') or 0:.4f}, " if on != "test" else ""
+        lines.append(f"best: {where}, {chosen}domain test loss {best['domain_test_loss']:.4f}")
     emit(meta, as_json, "\n".join(lines))
 
 
 @click.command("eval")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-samples", type=int, help="Use the first N samples of each held-out set (default: all).")
-@click.option("--train-samples", type=int, default=64, show_default=True,
-              help="Domain train loss on this many samples (the first domain samples of the mix).")
+@click.option("--train-tokens", default="64K", show_default=True,
+              help="Domain train loss (for the train-test gap) on a seeded random sample of whole train documents "
+                   "of about this many tokens, the same for every run of a study.")
+@click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of that sample.")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @json_option
-def eval_run(run: Path, max_samples: int | None, train_samples: int, device: str | None, as_json: bool) -> None:
+def eval_run(run: Path, max_samples: int | None, train_tokens: str, train_seed: int, device: str | None,
+             as_json: bool) -> None:
     """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
     from mixer.training.evaluate import eval_targets, evaluate_run
 
+    n_train = parse_count(train_tokens, "--train-tokens")
     results = {}
     for r in eval_targets(run):
-        rows = evaluate_run(r, max_samples=max_samples, train_samples=train_samples, device=device)
+        rows = evaluate_run(r, max_samples=max_samples, train_tokens=n_train, train_seed=train_seed, device=device)
         results[str(r)] = [e.as_row() for e in rows]
 
     def human(data: dict) -> str:

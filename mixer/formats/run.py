@@ -5,8 +5,10 @@ and the report and fit, read them back through `read_run_meta` and `read_evals`,
 the early-stopping winner with `best_eval`.
 
 A finetune grid is one RUN folder whose grid points are sub-runs (`RUN/lr=...,warmup=.../`);
-the parent's evaluations are those of all its grid points, because the paper reports the
-lowest test loss over the LR/warmup grid.
+the parent's evaluations are those of all its grid points, and the winner is the checkpoint
+with the lowest loss on the split the run selects on (`select_on`): the domain validation
+split by default, the test split for the paper's own protocol and for runs made before mixer
+had a domain validation split.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from mixer.formats.mix import MixFiles
 RUN_FORMAT = "mixer-run/1"
 RUN_FILE, EVALS_FILE = "run.json", "evals.jsonl"
 KINDS = ("pretrain", "finetune", "replay")
-LOSSES = ("domain_test_loss", "domain_train_loss", "general_val_loss")
+LOSSES = ("domain_test_loss", "domain_train_loss", "general_val_loss", "domain_val_loss")
+SELECT_ON = ("val", "test")
 LOGGED = ("train_loss", "lr")  # from the trainer's log at the checkpoint, where it has them
 
 
@@ -39,6 +42,9 @@ class Eval:
     general_val_loss: float | None
     train_loss: float | None = None
     lr: float | None = None
+    domain_val_loss: float | None = None  # the domain validation split (selection), where the store has one
+    domain_train_sample: str | None = None  # which documents domain_train_loss is on (heldout.TrainSample.describe)
+    heldout: dict[str, float | None] | None = None  # every held-out set of the run's chain of mixes, by name
 
     def as_row(self) -> dict:
         """The evals.jsonl line."""
@@ -112,9 +118,15 @@ class Run:
         """This run's evaluations and those of its grid points."""
         return self.evals + [e for s in self.subruns for e in s.all_evals()]
 
+    @property
+    def select_on(self) -> str:
+        """The split checkpoints and grid points are chosen on: run.json `select_on`; runs
+        made before the field selected on the test split."""
+        return str(self.meta.get("select_on") or "test")
+
     def best_eval(self) -> Eval | None:
-        """The early-stopping winner: lowest domain test loss over checkpoints (and grid points)."""
-        return best_eval(self.all_evals())
+        """The early-stopping winner over checkpoints (and grid points), chosen on `select_on`."""
+        return best_eval(self.all_evals(), self.select_on)
 
     def eval_at(self, checkpoint: str | None = None, tokens: int | None = None) -> Eval | None:
         """The evaluation of a named checkpoint (basename compared), else the one at `tokens`."""
@@ -194,6 +206,9 @@ def read_run_meta(path: Path | str) -> dict:
     f = meta.get("fraction")
     if f is not None and (not isinstance(f, (int, float)) or not 0 <= f <= 1):
         raise MixerError(f"{meta_file}: fraction {f!r} must be a number in [0, 1] (a fraction, not percent)")
+    on = meta.get("select_on")
+    if on is not None and on not in SELECT_ON:
+        raise MixerError(f"{meta_file}: select_on {on!r} must be one of {', '.join(SELECT_ON)}")
     w = meta.get("window")
     if w is not None and (not isinstance(w, list) or len(w) != 2 or not 0 <= w[0] < w[1] <= 1):
         raise MixerError(f"{meta_file}: window {w!r} must be [start, end] with 0 <= start < end <= 1")
@@ -223,6 +238,8 @@ def read_evals(run_dir: Path | str) -> list[Eval]:
             step=int(row.get("step") or 0),
             tokens=int(row["tokens"]),
             **{k: _loss(row.get(k), evals_file, lineno, k) for k in LOSSES + LOGGED},
+            domain_train_sample=row.get("domain_train_sample"),
+            heldout=_heldout(row.get("heldout"), evals_file, lineno),
         )
     return sorted(by_ckpt.values(), key=lambda e: (e.tokens, e.step))
 
@@ -234,10 +251,22 @@ def append_eval(run_dir: Path | str, e: Eval) -> None:
         f.write(json.dumps(e.as_row()) + "\n")
 
 
-def best_eval(evals: Iterable[Eval]) -> Eval | None:
-    """The early-stopping winner: the lowest domain test loss (None where no checkpoint has one)."""
-    have = [e for e in evals if e.domain_test_loss is not None and math.isfinite(e.domain_test_loss)]
-    return min(have, key=lambda e: e.domain_test_loss) if have else None
+def best_eval(evals: Iterable[Eval], on: str = "test") -> Eval | None:
+    """The early-stopping winner: the lowest domain loss on split `on` (val or test); None
+    where no checkpoint has one."""
+    if on not in SELECT_ON:
+        raise ValueError(f"select on {on!r}: expected one of {', '.join(SELECT_ON)}")
+    key = f"domain_{on}_loss"
+    have = [e for e in evals if getattr(e, key) is not None and math.isfinite(getattr(e, key))]
+    return min(have, key=lambda e: getattr(e, key)) if have else None
+
+
+def _heldout(v: object, f: Path, lineno: int) -> dict[str, float | None] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise MixerError(f"{f}:{lineno}: heldout is {v!r}; expected an object of losses by held-out set")
+    return {str(k): _loss(x, f, lineno, f"heldout.{k}") for k, x in v.items()}
 
 
 def _loss(v: object, f: Path, lineno: int, key: str) -> float | None:

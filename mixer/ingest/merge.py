@@ -47,6 +47,7 @@ from mixer.ingest.split import (
     seeded_hash,
     threshold_for_fraction,
     threshold_for_tokens_streamed,
+    val_mask,
 )
 from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT, seal
 from mixer.ingest.vocab import TokenizerInfo
@@ -176,7 +177,8 @@ def split_threshold(spec: SourceSpec, chunks: Callable[[], Iterator[tuple[np.nda
     return threshold_for_tokens_streamed(seeded, spec.test_tokens, spec.where("test_tokens"))
 
 
-def split_record(spec: SourceSpec, threshold: int, heldout_tokens: int, total: int, near: dict) -> dict:
+def split_record(spec: SourceSpec, threshold: int, heldout_tokens: int, total: int, near: dict,
+                 val_tokens: int = 0) -> dict:
     return {
         "method": METHOD,
         "test_fraction": spec.heldout_fraction,
@@ -184,11 +186,25 @@ def split_record(spec: SourceSpec, threshold: int, heldout_tokens: int, total: i
         "seed": spec.seed,
         "threshold": f"0x{threshold:016x}",
         "achieved_fraction": (heldout_tokens / total) if total else 0.0,
+        **({"val_achieved_fraction": (val_tokens / total) if total else 0.0} if spec.role == "domain" else {}),
     } | near
 
 
-def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """Held-out mask, the split record for store.json, and near-duplicate cluster labels (in memory)."""
+TRAIN, HELDOUT, VAL = 0, 1, 2  # the side of each document
+
+
+def sides(spec: SourceSpec, seeded: np.ndarray, threshold: int) -> np.ndarray:
+    """Each document's side from its seeded split key: held out below the threshold; for a
+    domain store the band just above it, as wide, is the validation split (split.val_mask)."""
+    side = np.where(heldout_mask(seeded, threshold), HELDOUT, TRAIN).astype(np.int8)
+    if spec.role == "domain":
+        side[val_mask(seeded, threshold)] = VAL
+    return side
+
+
+def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np.ndarray | None, np.ndarray]:
+    """Held-out mask, the split record for store.json, near-duplicate cluster labels (in
+    memory), and the validation mask (domain stores; empty otherwise)."""
     key_hash, labels, near = corpus.hash, None, {"near_duplicates": spec.use_near_duplicates}
     if spec.use_near_duplicates:
         from mixer.ingest.neardup import clusters
@@ -197,9 +213,11 @@ def decide_split(spec: SourceSpec, corpus: Corpus) -> tuple[np.ndarray, dict, np
         key_hash, more = cluster_record(corpus.hash, labels)
         near |= more
     threshold = split_threshold(spec, lambda: iter([(key_hash, corpus.length)]))
-    mask = heldout_mask(seeded_hash(key_hash, spec.seed), threshold)
+    side = sides(spec, seeded_hash(key_hash, spec.seed), threshold)
+    mask, val = side == HELDOUT, side == VAL
     total = int(corpus.length.sum())
-    return mask, split_record(spec, threshold, int(corpus.length[mask].sum()), total, near), labels
+    record = split_record(spec, threshold, int(corpus.length[mask].sum()), total, near, int(corpus.length[val].sum()))
+    return mask, record, labels, val
 
 
 def _copy(src: int, offset: int, count: int, dst: int) -> None:
@@ -275,7 +293,7 @@ class _SplitOut:
         os.close(self.ds)
 
 
-def _write_splits(plan: Plan, outs: tuple[_SplitOut, _SplitOut], held_of: Callable[[int, np.ndarray], np.ndarray],
+def _write_splits(plan: Plan, outs: tuple[_SplitOut, ...], side_of: Callable[[int, np.ndarray], np.ndarray],
                   members: np.ndarray | None, itemsize: int) -> dict[int, str]:
     """One pass in canonical order: every document's tokens, index entry and id to its split.
 
@@ -297,20 +315,20 @@ def _write_splits(plan: Plan, outs: tuple[_SplitOut, _SplitOut], held_of: Callab
                     table = np.fromfile(docs, dtype=DOC_DTYPE, count=min(DOC_CHUNK, first + count - a))
                     n = len(table)
                     length = table["length"].astype(np.int64)
-                    held = held_of(g, table)
+                    side = side_of(g, table)
                     block, line_end = lines[p].take(ids, n)
                     line_start = np.r_[0, line_end[:-1]]
                     tok_end = np.cumsum(length)
                     tok_start = tok_end - length
-                    bounds = np.r_[0, np.flatnonzero(held[1:] != held[:-1]) + 1, n].tolist()
+                    bounds = np.r_[0, np.flatnonzero(side[1:] != side[:-1]) + 1, n].tolist()
                     view = memoryview(block)
                     for lo, hi in zip(bounds[:-1], bounds[1:]):
-                        out = outs[int(held[lo])]
+                        out = outs[int(side[lo])]
                         _copy(src, (tok_at[p] + int(tok_start[lo])) * itemsize,
                               int(tok_end[hi - 1] - tok_start[lo]) * itemsize, out.ds)
                         out.ids.write(view[int(line_start[lo]) : int(line_end[hi - 1])])
-                    outs[0].add_index(length[~held])
-                    outs[1].add_index(length[held])
+                    for k, out in enumerate(outs):
+                        out.add_index(length[side == k])
                     if members is not None:
                         for i in np.flatnonzero(members[g : g + n]).tolist():
                             member_ids[g + i] = block[line_start[i] : line_end[i] - 1].decode("utf-8")
@@ -390,8 +408,8 @@ def write_store(
 
     threshold = split_threshold(spec, lambda: ((keys_of(g, t), t["length"]) for g, _, _, t in plan.chunks()))
 
-    def held_of(g: int, table: np.ndarray) -> np.ndarray:
-        return heldout_mask(seeded_hash(keys_of(g, table), spec.seed), threshold)
+    def side_of(g: int, table: np.ndarray) -> np.ndarray:
+        return sides(spec, seeded_hash(keys_of(g, table), spec.seed), threshold)
 
     heldout = HELDOUT_SPLIT[spec.role]
 
@@ -399,10 +417,11 @@ def write_store(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        outs = (_SplitOut(staging, "train"), _SplitOut(staging, heldout))
+        names = ["train", heldout] + (["val"] if spec.role == "domain" else [])  # indexed by TRAIN, HELDOUT, VAL
+        outs = tuple(_SplitOut(staging, name) for name in names)
         ok = False
         try:
-            member_ids = _write_splits(plan, outs, held_of, members, dtype.itemsize)
+            member_ids = _write_splits(plan, outs, side_of, members, dtype.itemsize)
             ok = True
         finally:
             for out in outs:
@@ -410,10 +429,11 @@ def write_store(
         if not outs[0].documents:
             raise MixerError(f"{spec.where('test_fraction')}: every document fell in {heldout}; the corpus is too small")
         splits = {out.name: {"documents": out.documents, "tokens": out.tokens} for out in outs}
-        split_rec = split_record(spec, threshold, outs[1].tokens, plan.tokens, near)
+        split_rec = split_record(spec, threshold, outs[HELDOUT].tokens, plan.tokens, near,
+                                 outs[VAL].tokens if len(outs) > VAL else 0)
         if labels is not None:
-            mask = heldout_mask(seeded_hash(key_hash, spec.seed), threshold)
-            _write_clusters(staging / "near_duplicates.jsonl", labels, member_ids, mask, heldout)
+            side_names = np.array(names)[sides(spec, seeded_hash(key_hash, spec.seed), threshold)]
+            _write_clusters(staging / "near_duplicates.jsonl", labels, member_ids, side_names)
 
         meta = {
             "format": STORE_FORMAT,
@@ -442,7 +462,7 @@ def write_store(
     return meta
 
 
-def _write_clusters(path: Path, labels: np.ndarray, ids: dict[int, str], mask: np.ndarray, heldout: str) -> None:
+def _write_clusters(path: Path, labels: np.ndarray, ids: dict[int, str], side_names: np.ndarray) -> None:
     """One JSON line per near-duplicate cluster (2+ documents): its ids and its side."""
     sizes = np.bincount(labels)
     members = np.flatnonzero(sizes[labels] > 1)
@@ -451,8 +471,7 @@ def _write_clusters(path: Path, labels: np.ndarray, ids: dict[int, str], mask: n
     groups.sort(key=lambda g: int(g[0]))  # clusters in canonical order of their first document
     with open(path, "w", encoding="utf-8") as f:
         for k, g in enumerate(groups):
-            side = heldout if mask[g[0]] else "train"
-            f.write(json.dumps({"cluster": k, "split": side, "documents": [ids[i] for i in g.tolist()]}) + "\n")
+            f.write(json.dumps({"cluster": k, "split": str(side_names[g[0]]), "documents": [ids[i] for i in g.tolist()]}) + "\n")
 
 
 def _install(staging: Path, target: Path, work: Path) -> None:

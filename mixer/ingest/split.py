@@ -203,6 +203,15 @@ def heldout_mask(hashes: np.ndarray, threshold: int) -> np.ndarray:
     return np.asarray(hashes, dtype=np.uint64) < np.uint64(threshold)
 
 
+def val_mask(hashes: np.ndarray, threshold: int) -> np.ndarray:
+    """A domain store's validation split: the band of seeded hashes just above the test split's
+    and as wide, [threshold, 2 threshold). One key decides all three sides, so copies and
+    near-duplicate clusters stay together, and the test split is exactly what it was before
+    stores had a validation split (its band does not move)."""
+    h = np.asarray(hashes, dtype=np.uint64)
+    return (h >= np.uint64(threshold)) & (h < np.uint64(min(2 * threshold, TWO64 - 1)))
+
+
 class SplitKeys(PipelineStep):
     """Attach the unseeded hash of each document's normalized text (`metadata["hash"]`).
 

@@ -87,7 +87,8 @@ def _existing(stores: Path, spec: SourceSpec, key: str, force: bool) -> dict | N
     meta = open_store(stores, spec.name).meta
     same_split = meta.get("split", {}).get("test_fraction") == spec.heldout_fraction and meta.get("split", {}).get(
         "test_tokens"
-    ) == spec.test_tokens and meta.get("split", {}).get("seed") == spec.seed
+    ) == spec.test_tokens and meta.get("split", {}).get("seed") == spec.seed and (
+        spec.role != "domain" or "val" in meta.get("splits", {}))  # stores from before domain validation splits
     if meta.get("fingerprint") == key and same_split and meta.get("role") == spec.role:
         # a store from before store.json carried checksums is rewritten (same inputs, same bytes)
         return meta if "checksums" in meta else None

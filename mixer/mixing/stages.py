@@ -4,17 +4,18 @@ A recipe is TOML: `[vars]` (defaults, overridable with `--set name=value`), `[mi
 shared by every stage) and a list of `[[stage]]` tables whose keys are MixSpec fields:
 
     [vars]
-    lambda = 0.5
+    lam = 0.5                        # not `lambda`: a Python keyword does not parse in '=' expressions
+    tokens = "4M"
     [mix]
     domain = "music"
     [[stage]]
     name = "pretrain"
-    epochs = "=lambda"               # '=' marks arithmetic over vars
+    epochs = "=lam"                  # '=' marks arithmetic over vars: lam x |D| tokens of the domain
     tokens = "{tokens}"              # '{name}' substitutes a var into a string
     [[stage]]
     name = "posttrain"
-    epochs = "=1 - lambda"
-    exclude_seen_in = ["pretrain"]   # only documents no earlier stage touched
+    epochs = 1                       # one pass over the (1 - lam) |D| tokens no earlier stage touched
+    exclude_seen_in = ["pretrain"]   # (epochs = 1 - lam here would give (1 - lam)^2 |D|)
 
 Each stage is built into OUT/<stage name>; a stage whose domain epochs come to 0 (for
 example lambda = 1 leaves nothing for post-training) is skipped and recorded as such.

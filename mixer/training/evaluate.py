@@ -1,13 +1,18 @@
-"""`mixer eval RUN`: every checkpoint -> domain test / domain train / general val loss, for
-runs of any trainer (the one run.json names, through `mixer.training.registry`).
+"""`mixer eval RUN`: every checkpoint -> domain test / domain val / domain train / general val
+loss, for runs of any trainer (the one run.json names, through `mixer.training.registry`).
 
 Losses are token-weighted mean cross-entropy (nats) over whole held-out sets (or their
 first --max-samples samples), so every run of a study is scored on identical tokens.
-Held-out sets come from the run's mix, else its parent's (a finetune mix may lack the
-general val set that forgetting is measured on). The domain train loss is on a fixed
-sample: the first domain samples of the mix in stored order (exactly data the run's
-own mix trains on, whatever domain subset it was built from); for a mix without domain
-samples (NPT), the first samples of the domain store's train split.
+Every checkpoint is scored on every held-out set of the run's chain of mixes (its own,
+its parent's, ...: a finetune after post-training is scored on the new task's test set,
+the post-training domain's and the general validation set), recorded under `heldout`; the
+domain test and general validation losses are the first of those the chain has. The domain
+validation split is read from the domain's store (mixer.training.heldout; mixes hold the
+test split only). The domain train loss, whose difference
+from the test loss is the law's train-test gap, is on a seeded random sample of whole
+documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens by
+default): the same documents for every run of a study, NPT included, and for SPT runs
+documents they trained on. Each row records which sample it used.
 
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
@@ -24,14 +29,18 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
+from mixer.training.heldout import DEFAULT_TRAIN_TOKENS, domain_train_sample, domain_val
 from mixer.training.registry import trainer_of
 
 
 @dataclass
 class EvalSets:
-    domain_test: np.ndarray | None
-    domain_train: np.ndarray | None
-    general_val: np.ndarray | None
+    named: dict[str, np.ndarray]  # every held-out set of the chain's mixes, by name (music-test, prose-val)
+    domain_test: str | None  # which of them is the run's domain test set
+    general_val: str | None  # ... and its general validation set
+    domain_train: np.ndarray | None = None
+    domain_val: np.ndarray | None = None
+    train_sample: str | None = None  # heldout.TrainSample.describe() of domain_train
 
 
 def mix_chain(run_dir: Path) -> list[MixFiles]:
@@ -52,61 +61,25 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
     return chain
 
 
-def domain_train_samples(mix, n: int) -> np.ndarray | None:
-    """The first `n` samples of the mix's domain source, in stored order, via provenance."""
-    src = mix.source("domain")
-    if src is None or not int(src.get("samples", 0)):
-        return None
-    out, have = [], 0
-    for k in range(len(mix.manifest["shards"])):
-        rows = np.flatnonzero(np.asarray(mix.provenance(k)["source"]) == int(src["id"]))[: n - have]
-        if len(rows):
-            out.append(np.asarray(mix.shard(k)[rows]))
-            have += len(rows)
-        if have >= n:
-            break
-    return np.concatenate(out) if out else None
-
-
-def eval_sets(run_dir: Path, max_samples: int | None, train_samples: int) -> EvalSets:
+def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
+              train_seed: int = 0) -> EvalSets:
+    """Every held-out set of the run's chain of mixes (a three-stage run is scored on the new
+    task's test set, the post-training domain's and the general validation set alike), which
+    of them are the run's domain test and general validation sets, and the domain train
+    sample and validation split from the domain store."""
     chain = mix_chain(run_dir)
-
-    def heldout(role: str) -> np.ndarray | None:
-        for mix in chain:
-            name = mix.eval_name(role)
-            if name:
-                return np.asarray(mix.eval_samples(name)[:max_samples])
-        return None
-
-    train = None
+    named: dict[str, np.ndarray] = {}
     for mix in chain:
-        train = domain_train_samples(mix, train_samples)
-        if train is not None:
-            break
-    if train is None:  # NPT: no domain samples in the mix; unseen train data still anchors the fit at d = 0
-        train = next((t for t in (store_train_samples(m, train_samples) for m in chain) if t is not None), None)
-    return EvalSets(heldout("domain"), train, heldout("general"))
+        for name in mix.eval_sets:
+            named.setdefault(name, mix.eval_samples(name)[:max_samples])
 
+    def first(role: str) -> str | None:
+        return next((n for n in (m.eval_name(role) for m in chain) if n), None)
 
-def store_train_samples(mix, n: int) -> np.ndarray | None:
-    """The first `n` samples of the domain store's train split (canonical order), laid out as
-    a stream is: seq_len + 1 tokens each, one-token overlap. None when the store is gone."""
-    from mixer.formats.store import open_store
-
-    src = mix.source("domain")
-    if src is None or not src.get("store"):
-        return None
-    store_dir = Path(src["store"])
-    try:
-        tokens = open_store(store_dir.parent, store_dir.name).tokens("train")
-    except MixerError:
-        return None
-    seq = mix.seq_len
-    k = min(n, (len(tokens) - 1) // seq)
-    if k <= 0:
-        return None
-    idx = np.arange(k)[:, None] * seq + np.arange(seq + 1)[None, :]
-    return np.asarray(tokens)[idx].astype(mix.dtype)
+    train = domain_train_sample(chain, train_tokens, train_seed)
+    val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
+    return EvalSets(named, first("domain"), first("general"), None if train is None else train.samples,
+                    None if val is None else val[1][:max_samples], None if train is None else train.describe())
 
 
 def mean_loss(model, samples: np.ndarray, batch_size: int, device: str) -> float:
@@ -134,9 +107,12 @@ def eval_targets(run: Path) -> list[Path]:
     return [Path(run)]
 
 
-def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: int = 64,
-                 device: str | None = None, threads: int | None = None, progress=None) -> list[Eval]:
-    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order."""
+def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
+                 train_seed: int = 0, device: str | None = None, threads: int | None = None,
+                 progress=None) -> list[Eval]:
+    """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order.
+    Refuses to add rows whose domain train loss would be on other documents than the rows
+    already there (a curve must be on one sample to be a curve)."""
     run_dir = Path(run_dir)
     trainer = trainer_of(read_run_meta(run_dir), run_dir)
     ckpts = trainer.checkpoints(run_dir)
@@ -147,25 +123,33 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_samples: i
     todo = [c for c in ckpts if c.name not in done]
     if not todo:
         return rows
-    sets = eval_sets(run_dir, max_samples, train_samples)
+    sets = eval_sets(run_dir, max_samples, train_tokens, train_seed)
+    earlier = {r.domain_train_sample for r in rows if r.domain_train_loss is not None}
+    if earlier and earlier != {sets.train_sample}:
+        raise MixerError(f"{run_dir / 'evals.jsonl'}: earlier checkpoints' domain train loss is on another sample "
+                         f"({', '.join(sorted(map(str, earlier)))}; now {sets.train_sample}); evaluate with the same "
+                         "--train-tokens and --train-seed, or delete evals.jsonl to re-evaluate every checkpoint")
     tokens_per_step = trainer.tokens_per_step(run_dir)
     table = trainer.train_log(run_dir)
     by_step = {r.step: r for r in rows}
     for ckpt in todo:
         model = trainer.load_for_eval(run_dir, ckpt, device, threads)
-        losses = {}
-        for key in ("domain_test_loss", "domain_train_loss", "general_val_loss"):
-            samples = getattr(sets, key.removesuffix("_loss"))
-            if model.step in by_step:  # `final` after a saved last step is the same model: copy, do not recompute
-                losses[key] = getattr(by_step[model.step], key)
-            elif samples is None or not len(samples):
-                losses[key] = None
-            else:
-                losses[key] = round(float(model.loss(samples)), 6)
+        same = by_step.get(model.step)  # `final` after a saved last step is the same model: copy, do not recompute
+        score = lambda x: None if x is None or not len(x) else round(float(model.loss(np.asarray(x))), 6)  # noqa: E731
+        if same is not None:
+            heldout = dict(same.heldout or {})
+            losses = {k: getattr(same, k) for k in ("domain_train_loss", "domain_val_loss")}
+        else:
+            heldout = {name: score(x) for name, x in sets.named.items()}
+            losses = {"domain_train_loss": score(sets.domain_train), "domain_val_loss": score(sets.domain_val)}
         tokens = model.step * tokens_per_step
         logged = table.get(tokens) or {}
-        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens, **losses,
-                   train_loss=logged.get("train_loss"), lr=logged.get("lr"))
+        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens,
+                   domain_test_loss=heldout.get(sets.domain_test) if sets.domain_test else None,
+                   general_val_loss=heldout.get(sets.general_val) if sets.general_val else None, **losses,
+                   train_loss=logged.get("train_loss"), lr=logged.get("lr"),
+                   domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None,
+                   heldout=heldout or None)
         append_eval(run_dir, row)
         by_step.setdefault(model.step, row)
         if progress:

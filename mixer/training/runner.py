@@ -11,19 +11,25 @@ It hands a `RunSpec` to the trainer (`mixer.training.trainer`), found by name th
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import write_json
 from mixer.formats.mix import MixFiles
-from mixer.formats.run import RUN_FORMAT, Eval, best_eval, read_evals, read_run_meta
+from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta
 from mixer.training.evaluate import evaluate_run
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
-from mixer.training.trainer import Job, RunSpec, Trainer
+from mixer.training.schedules import DEFAULT_HORIZON, PAPER_LR_RATIOS, lr_at, run_lr
+from mixer.training.heldout import require_domain_val, write_samples
+from mixer.training.trainer import HeldoutFile, Job, RunSpec, Trainer
 
-GRID_KEYS = {"lr": float, "warmup": int, "weight_decay": float, "min_lr": float}
+# The paper's middle finetuning rate (4e-5) relative to where its pretraining stopped.
+DEFAULT_LR_RATIO = PAPER_LR_RATIOS[1]
+GRID_KEYS = {"lr": float, "lr_ratio": float, "warmup": int, "weight_decay": float, "min_lr": float}
 
 
 @dataclass
@@ -32,6 +38,7 @@ class RunPlan:
     job: Job  # the spec as the trainer will run it
     meta: dict  # run.json as planned; meta["trainer"] names the trainer
     trainer: Trainer
+    heldout: dict[Path, np.ndarray] = field(default_factory=dict)  # files written into RUN before launch
 
     @property
     def run_dir(self) -> Path:
@@ -83,19 +90,44 @@ def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
 
 
 def _mix_meta(mix: MixFiles) -> dict:
+    """What a run keeps of its mix, so reports need no mix: domain share, window, epochs of
+    the domain data, and the recipe stage that built it (a three-stage pipeline's lambda)."""
     frac = mix.manifest.get("fraction") or {}
     requested, achieved = frac.get("requested"), frac.get("achieved")
+    src = mix.source("domain") or {}
     return {"mix": str(mix.path), "domain": mix.manifest.get("domain"), "general": mix.manifest.get("general"),
             "fraction": requested if requested is not None else achieved, "window": frac.get("window", [0.0, 1.0]),
+            "domain_epochs": src.get("epochs"), "stage": mix.manifest.get("stage"),
             "seed": mix.manifest.get("seed", 0)}
+
+
+def _horizon_tokens(tokens: int, horizon: float | None, schedule_tokens: int | None, anneal: bool) -> int:
+    """The cosine's length in tokens: by default DEFAULT_HORIZON times the run, as the paper's
+    2T-token schedule cut at 200B, so no checkpoint of the run is annealed."""
+    given = [flag for flag, v in (("--horizon", horizon), ("--schedule-tokens", schedule_tokens),
+                                  ("--anneal", anneal or None)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: give one way to set the cosine horizon")
+    if anneal:
+        return tokens
+    if schedule_tokens is not None:
+        if schedule_tokens < tokens:
+            raise UsageError(f"--schedule-tokens {schedule_tokens}: shorter than the run ({tokens} tokens); the "
+                             "cosine would reach its floor before training ends (use --anneal for exactly the run)")
+        return schedule_tokens
+    h = DEFAULT_HORIZON if horizon is None else horizon
+    if not h >= 1:
+        raise UsageError(f"--horizon {h:g}: the cosine horizon is a multiple of the run, at least 1 (1 = --anneal)")
+    return round(h * tokens)
 
 
 def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = None, lr: float | None = None,
                   min_lr: float | None = None, warmup: int | None = None, batch: int | None = None,
                   micro: int | None = None, checkpoints: int = 10, save_every: int | None = None,
-                  schedule_tokens: int | None = None, seed: int = 0, trainer: str | None = None,
-                  precision: str | None = None, devices: int | None = None, threads: int | None = None,
-                  val_samples: int = 128, dry_run: bool = False) -> RunPlan:
+                  horizon: float | None = None, schedule_tokens: int | None = None, anneal: bool = False,
+                  seed: int = 0, trainer: str | None = None, precision: str | None = None,
+                  devices: int | None = None, threads: int | None = None, val_samples: int = 128,
+                  dry_run: bool = False) -> RunPlan:
     name = trainer or DEFAULT
     tr = get_trainer(name)
     p = tr.defaults(model, "pretrain")
@@ -108,28 +140,40 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
     min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
     warmup = warmup if warmup is not None else max(1, round(p["warmup_fraction"] * steps))
     save = save_every or max(1, steps // max(1, checkpoints))
+    run_tokens = steps * batch * mix.seq_len
+    horizon_tokens = _horizon_tokens(run_tokens, horizon, schedule_tokens, anneal)
+    horizon_steps = horizon_tokens / (batch * mix.seq_len)
     spec = RunSpec(kind="pretrain", run_dir=run_dir, mix=mix, model=model, steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=min_lr, warmup_steps=warmup, weight_decay=p["weight_decay"],
-                   schedule="cosine", schedule_tokens=schedule_tokens, decay_fraction=0.0, save_interval=save,
-                   val_sets=None, val_max_samples=val_samples, patience=0, seed=seed, machine=machine, resume=resume)
+                   schedule="cosine", schedule_tokens=horizon_tokens if horizon_tokens > run_tokens else None,
+                   decay_fraction=0.0, save_interval=save, val_sets=None, val_max_samples=val_samples, patience=0,
+                   seed=seed, machine=machine, resume=resume)
     job = tr.plan(spec)
     meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": "pretrain", "trainer": name, "model": model,
             "model_params": None, **_mix_meta(mix), "tokens": spec.tokens, "pretrain_tokens": spec.tokens,
             "parent": None, "parent_checkpoint": None,
             "hparams": {"lr": lr, "min_lr": min_lr, "warmup": warmup, "batch_size": batch, "schedule": "cosine",
-                        "schedule_tokens": schedule_tokens or spec.tokens, "weight_decay": p["weight_decay"],
-                        "steps": steps, "save_interval": save},
+                        "schedule_tokens": horizon_tokens, "horizon": horizon_tokens / run_tokens,
+                        "horizon_steps": horizon_steps, "annealed": horizon_tokens == run_tokens,
+                        "final_lr": lr_at(steps, lr, min_lr, warmup, steps, "cosine", horizon_steps),
+                        "weight_decay": p["weight_decay"], "steps": steps, "save_interval": save},
             "best": None, "status": "planned", "mixer_version": __version__}
     return RunPlan(spec, job, meta, tr)
 
 
-def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None) -> Path:
-    """The parent's checkpoint by name (or path); default its last (final, else the last step)."""
+def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None, pmeta: dict | None = None) -> Path:
+    """The parent's checkpoint by name (or path). Default: for a pretraining parent its last
+    (final, else the last step); for a finetune parent (a post-training stage) its
+    early-stopping winner, the model that stage produced."""
     have = trainer.checkpoints(parent)
     if not name:
         if not have:
             raise MixerError(f"{parent}: the parent run has no checkpoints")
-        return have[-1].resolve()
+        best = (pmeta or {}).get("best") or {}
+        if (pmeta or {}).get("kind") != "pretrain" and best.get("checkpoint"):
+            name = best["checkpoint"]
+        else:
+            return have[-1].resolve()
     for c in have:
         if c.name == name:
             return c.resolve()
@@ -139,16 +183,34 @@ def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None) -> Path
     raise MixerError(f"--checkpoint {name}: missing from {parent} (its checkpoints: {listed})")
 
 
+def reference_lr(trainer: Trainer, parent: Path, pmeta: dict, ckpt: Path) -> float | None:
+    """The pretraining rate a finetune's learning rate is a multiple of: the parent's rate at
+    the checkpoint finetuned from, or, when the parent is itself a finetune (a post-training
+    stage), the pretraining rate that one was scaled from."""
+    if pmeta.get("kind") == "pretrain":
+        return run_lr(pmeta, trainer.step_of(ckpt))
+    ref = (pmeta.get("hparams") or {}).get("reference_lr")
+    return float(ref) if ref is not None else None
+
+
 def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint: str | None = None,
-                  lr: float | None = None, warmup: int | None = None, schedule: str = "constant",
+                  lr: float | None = None, lr_ratio: float | None = None, warmup: int | None = None,
+                  schedule: str = "constant",
                   min_lr: float | None = None, decay_fraction: float = 0.2, weight_decay: float | None = None,
                   batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
-                  eval_every: int | None = None, seed: int = 0, trainer: str | None = None,
+                  eval_every: int | None = None, select_on: str = "val", seed: int = 0, trainer: str | None = None,
                   precision: str | None = None, devices: int | None = None, threads: int | None = None,
                   dry_run: bool = False) -> RunPlan:
-    """A finetune (or replay) of `parent` on MIX; the trainer is the parent's."""
+    """A finetune (or replay) of `parent` on MIX; the trainer is the parent's. Early stopping
+    (and, in a grid, the choice of configuration) uses the domain validation split
+    (`select_on="val"`), or the test split (`"test"`, the paper's protocol)."""
+    if select_on not in SELECT_ON:
+        raise UsageError(f"--select-on {select_on!r}: expected one of {', '.join(SELECT_ON)}")
     parent = parent.expanduser().resolve()
     pmeta = read_run_meta(parent)
+    if "grid" in (pmeta.get("hparams") or {}) and (pmeta.get("best") or {}).get("run"):
+        parent = parent / pmeta["best"]["run"]  # a grid: continue from its winning grid point
+        pmeta = read_run_meta(parent)
     name = name_of(pmeta)
     if trainer and trainer != name:
         raise UsageError(f"--trainer {trainer}: {parent} was trained with {name}; a finetune continues with it")
@@ -156,18 +218,32 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     mix = MixFiles.open(mix_path)
     machine = tr.machine(precision, devices, threads)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
-    ckpt = _parent_checkpoint(tr, parent, checkpoint)
+    ckpt = _parent_checkpoint(tr, parent, checkpoint, pmeta)
     _check_tokenizer(mix, pmeta)
     batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], machine.devices)
     steps = _steps(mix, batch, tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
-    lr = lr if lr is not None else f["lr"]
-    warmup = warmup if warmup is not None else f["warmup"]
+    ref = reference_lr(tr, parent, pmeta, ckpt)
+    if lr is not None and lr_ratio is not None:
+        raise UsageError("--lr and --lr-ratio: give the rate or its ratio to the parent's, not both")
+    if lr is None:
+        if ref is None:
+            raise MixerError(f"{parent / 'run.json'}: no learning-rate schedule recorded (a run from an older mixer); "
+                             "pass --lr")
+        lr = (DEFAULT_LR_RATIO if lr_ratio is None else lr_ratio) * ref
+    if warmup is None:  # one run outside a grid: the middle of the preset's warmup grid
+        w = f["warmup"]
+        warmup = int(w[len(w) // 2]) if isinstance(w, (list, tuple)) else int(w)
     wd = weight_decay if weight_decay is not None else f["weight_decay"]
-    every = eval_every or _steps_per_epoch(mix, batch)
+    every = eval_every or _eval_interval(mix, batch, steps)
     domain_test = mix.eval_name("domain")
     if domain_test is None:
-        raise MixerError(f"{mix.path}: no domain test set; early stopping needs one")
+        raise MixerError(f"{mix.path}: no domain test set to report the finetune on")
+    heldout, val_files, val_sets = {}, {}, [domain_test]
+    if select_on == "val":
+        val_name, val = require_domain_val(mix)
+        path = run_dir / "heldout" / f"{val_name}.bin"
+        heldout, val_files, val_sets = {path: val}, {val_name: HeldoutFile(path, len(val))}, []
     if schedule == "constant":
         floor = lr
     elif schedule == "wsd":
@@ -176,20 +252,32 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         raise UsageError(f"--schedule: {schedule!r} is not constant or wsd")
     spec = RunSpec(kind=kind, run_dir=run_dir, mix=mix, model=pmeta["model"], steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=floor, warmup_steps=warmup, weight_decay=wd, schedule=schedule,
-                   schedule_tokens=None, decay_fraction=decay_fraction, save_interval=every, val_sets=[domain_test],
+                   schedule_tokens=None, decay_fraction=decay_fraction, save_interval=every, val_sets=val_sets,
                    val_max_samples=None, patience=patience, seed=seed, machine=machine, init_from=ckpt, parent=parent,
-                   resume=resume)
+                   resume=resume, val_files=val_files)
     job = tr.plan(spec)
     parent_tokens = tr.step_of(ckpt) * tr.tokens_per_step(parent)
     meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": kind, "trainer": name, "model": pmeta["model"],
             "model_params": pmeta.get("model_params"), **_mix_meta(mix), "tokens": spec.tokens,
             "pretrain_tokens": parent_tokens,
-            "parent": str(parent), "parent_checkpoint": str(ckpt),
-            "hparams": {"lr": lr, "warmup": warmup, "batch_size": batch, "schedule": schedule, "min_lr": floor,
+            "parent": str(parent), "parent_checkpoint": str(ckpt), "select_on": select_on,
+            "hparams": {"lr": lr, "reference_lr": ref, "lr_ratio": lr / ref if ref else None, "warmup": warmup,
+                        "batch_size": batch, "schedule": schedule, "min_lr": floor,
                         "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,
                         **({"decay_fraction": decay_fraction} if schedule == "wsd" else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
-    return RunPlan(spec, job, meta, tr)
+    return RunPlan(spec, job, meta, tr, heldout)
+
+
+MIN_EVALUATIONS = 4  # early stopping needs a few evaluations to stop at
+
+
+def _eval_interval(mix: MixFiles, batch: int, steps: int) -> int:
+    """Once per domain epoch (the paper's finetuning), but a run of a few epochs or less (a
+    post-training stage sees its data once) is evaluated 10 times, or early stopping would
+    have nothing to choose from."""
+    every = _steps_per_epoch(mix, batch)
+    return every if steps // every >= MIN_EVALUATIONS else max(1, steps // 10)
 
 
 def _steps_per_epoch(mix: MixFiles, batch: int) -> int:
@@ -218,9 +306,11 @@ def _check_tokenizer(mix: MixFiles, pmeta: dict) -> None:
 # -- running ----------------------------------------------------------------------------
 
 
-def _best(rows: list[Eval]) -> dict | None:
-    b = best_eval(rows)
-    return {"checkpoint": b.checkpoint, "domain_test_loss": b.domain_test_loss} if b else None
+def _best(rows: list[Eval], on: str) -> dict | None:
+    """The winner on split `on`, with the test loss it is reported by."""
+    b = best_eval(rows, on)
+    return ({"checkpoint": b.checkpoint, "selected_on": on, "domain_val_loss": b.domain_val_loss,
+             "domain_test_loss": b.domain_test_loss} if b else None)
 
 
 def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_samples: int | None = None) -> dict:
@@ -233,6 +323,9 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_sampl
         meta["model_params"] = plan.job.model_params()
     meta["status"] = "running"
     write_json(run_dir / "run.json", meta)
+    for path, samples in plan.heldout.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_samples(path, samples)
     try:
         plan.trainer.launch(plan.job, echo=echo)
     except MixerError:
@@ -241,7 +334,7 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_sampl
         raise
     if evaluate:
         rows = evaluate_run(run_dir, max_samples=eval_samples, threads=plan.spec.machine.threads)
-        meta["best"] = _best(rows) if meta["kind"] != "pretrain" else None
+        meta["best"] = _best(rows, meta.get("select_on") or "test") if meta["kind"] != "pretrain" else None
     meta["status"] = "done"
     write_json(run_dir / "run.json", meta)
     return meta
@@ -264,17 +357,57 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
     return grid
 
 
+def parse_values(text: str | None, kind: type, flag: str) -> list | None:
+    """'1e-5,4e-5' -> [1e-05, 4e-05] for a flag that takes one value or a grid of them."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected {kind.__name__}s separated by commas") from None
+    if not values:
+        raise UsageError(f"{flag}: no values")
+    return values
+
+
+def finetune_axes(defaults: dict, lr: list[float] | None = None, lr_ratio: list[float] | None = None,
+                  warmup: list[int] | None = None, grid: dict[str, list] | None = None) -> dict[str, list]:
+    """The finetuning grid: learning rates as multiples of the parent's rate (default the
+    paper's three ratios, PAPER_LR_RATIOS) or absolute (--lr), times warmups (default the
+    preset's: the paper's 50, 100, 200 steps for the OLMo presets). A single point is a plain run."""
+    grid = dict(grid or {})
+    for key, flag in (("lr", lr), ("lr_ratio", lr_ratio), ("warmup", warmup)):
+        if key in grid and flag is not None:
+            raise UsageError(f"--{key.replace('_', '-')} and --grid {key}=...: give the values once")
+    if lr is not None and lr_ratio is not None or "lr" in grid and "lr_ratio" in grid:
+        raise UsageError("--lr and --lr-ratio: give the rates or their ratios to the parent's, not both")
+    rate = {k: grid.pop(k) for k in ("lr", "lr_ratio") if k in grid}
+    if not rate:
+        rate = {"lr": lr} if lr is not None else {"lr_ratio": lr_ratio or list(PAPER_LR_RATIOS)}
+    default_warmup = defaults.get("warmup", 0)
+    warmups = grid.pop("warmup", None) or warmup or [
+        int(w) for w in (default_warmup if isinstance(default_warmup, (list, tuple)) else [default_warmup])]
+    return rate | {"warmup": warmups} | grid
+
+
+def is_grid(axes: dict[str, list]) -> bool:
+    return any(len(v) > 1 for v in axes.values())
+
+
 def grid_points(grid: dict[str, list]) -> list[tuple[str, dict]]:
-    """(sub-run folder name, overrides) for every combination, e.g. 'lr=4e-05,warmup=100'."""
+    """(sub-run folder name, overrides) for every combination, e.g. 'lr_ratio=0.102252,warmup=100'."""
     keys = list(grid)
-    return [(",".join(f"{k}={v!r}" for k, v in zip(keys, combo)), dict(zip(keys, combo)))
+    show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return [(",".join(f"{k}={show(v)}" for k, v in zip(keys, combo)), dict(zip(keys, combo)))
             for combo in itertools.product(*(grid[k] for k in keys))]
 
 
 def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool = False,
              eval_samples: int | None = None) -> dict:
-    """Every grid point as a full sub-run, then RUN/run.json with `best` naming the winner:
-    the lowest domain test loss over all grid points' checkpoints."""
+    """Every grid point as a full sub-run, then RUN/run.json: the grid that ran, each point's
+    best checkpoint, and `best` naming the winner: the lowest loss on the split the runs
+    select on (the domain validation split unless --select-on test) over every checkpoint of
+    every grid point, reported with its test loss."""
     out = out.expanduser().resolve()
     results = []
     for name, overrides in grid_points(grid):
@@ -282,12 +415,16 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
         done = (sub / "run.json").is_file() and read_run_meta(sub).get("status") == "done"
         meta = read_run_meta(sub) if done else execute(make_plan(sub, overrides), echo=echo, eval_samples=eval_samples)
         results.append((name, meta))
-    winners = {name: b for name, b in ((n, best_eval(read_evals(out / n))) for n, _ in results) if b}
-    best = best_eval(winners.values())
-    where = next((n for n, b in winners.items() if b is best), None)
     first = results[0][1]
+    on = first.get("select_on") or "test"
+    winners = {name: b for name, b in ((n, best_eval(read_evals(out / n), on)) for n, _ in results) if b}
+    best = best_eval(winners.values(), on)
+    where = next((n for n, b in winners.items() if b is best), None)
+    points = [{"run": n, "lr": m["hparams"]["lr"], "lr_ratio": m["hparams"].get("lr_ratio"),
+               "warmup": m["hparams"]["warmup"], "best": _best(read_evals(out / n), on)} for n, m in results]
     root = {**{k: first[k] for k in first if k not in ("hparams", "best", "status", "name")},
-            "name": out.name, "kind": kind, "hparams": {"grid": grid},
-            "best": {"run": where, **_best([best])} if best else None, "status": "done"}
+            "name": out.name, "kind": kind,
+            "hparams": {"grid": grid, "reference_lr": first["hparams"].get("reference_lr"), "points": points},
+            "best": {"run": where, **_best([best], on)} if best else None, "status": "done"}
     write_json(out / "run.json", root)
     return root

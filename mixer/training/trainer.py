@@ -14,7 +14,7 @@ where adapters live); LitGPT is the first. docs/trainers.md says how to add one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -29,6 +29,20 @@ class Machine(Protocol):
 
     devices: int  # data-parallel ranks: the global batch must split evenly over them
     threads: int | None  # CPU threads for evaluation (None: the framework's default)
+
+
+@dataclass(frozen=True)
+class HeldoutFile:
+    """Held-out samples a mix does not hold (the domain validation split), which mixer writes
+    into RUN before launch: `samples` rows of seq_len + 1 token ids in the mix's dtype, C order,
+    as a mix's eval/*.bin."""
+
+    path: Path
+    samples: int
+
+    def read(self, mix: MixFiles) -> np.ndarray:
+        width = mix.seq_len + 1
+        return np.memmap(self.path, dtype=mix.dtype, mode="r", shape=(self.samples, width))
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,9 @@ class RunSpec:
     init_from: Path | None = None  # finetune/replay: the parent's checkpoint the run starts from
     parent: Path | None = None  # finetune/replay: the parent RUN
     resume: bool = False  # RUN holds an unfinished run of this trainer: continue it
+    # Further held-out sets to validate on, by name, besides `val_sets`: a finetune selected on
+    # the domain validation split validates on that alone (val_sets = []).
+    val_files: dict[str, HeldoutFile] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -96,8 +113,9 @@ class Trainer(Protocol):
 
     def defaults(self, model: str, kind: str) -> dict[str, Any]:
         """The model preset's hyperparameters for `kind` (pretrain, or finetune for both
-        finetune and replay): lr, batch, micro_batch, weight_decay; for pretrain also min_lr
-        and warmup_fraction, for finetune warmup. UsageError naming --model when unknown."""
+        finetune and replay): batch, micro_batch, weight_decay; for pretrain also lr, min_lr
+        and warmup_fraction, for finetune warmup (finetuning rates are multiples of the
+        parent's, set by mixer). UsageError naming --model when unknown."""
         ...
 
     def plan(self, spec: RunSpec) -> Job:

@@ -8,7 +8,7 @@ import pytest
 
 from mixer.cli import main
 from mixer.analysis.forecast import forecast
-from mixer.analysis.report import build_report
+from mixer.analysis.report import build_report, describe_protocol, format_report, write_report
 from mixer.formats.run import load_runs
 from runutil import law_runs, write_run
 
@@ -144,8 +144,26 @@ def test_fit_on_a_tiny_study_degrades_and_still_writes_fit_json(tmp_path, capsys
     assert fit["law"] is None and fit["units"]["fraction"].startswith("fraction")
     assert all(p["train"] is not None for p in fit["per_fraction"])
     assert (out / "fit.png").exists()
-    r = forecast(fit, 10**7)
-    assert r["source"] == "per-fraction curves" and r["recommended"]["fraction"] in (0.0, 0.02)
+    r = forecast(fit, 4 * 10**6)
+    # at 4M tokens the law puts 2% well below NPT (5.26 vs 5.80 nats), and both gain 5 T^-0.1 + 0.02
+    from runutil import TRUE_LAW
+    from mixer.analysis.scaling import law
+
+    truth = {d: float(law(TRUE_LAW, 4e6, d)["test"]) - (5.0 * 4e6**-0.1 + 0.02) for d in (0.0, 0.02)}
+    assert truth[0.02] < truth[0.0] - 0.5
+    assert r["source"] == "per-fraction curves" and r["recommended"]["fraction"] == 0.02
+    assert r["recommended"]["post_ft_loss"] == pytest.approx(truth[0.02], rel=0.01)
+    # mixer plan --fit: inside the measured tokens by default, beyond them only when asked, and said
+    code, _, err = cli(["plan", "--fit", str(out / "fit.json"), "--tokens", "40M"], capsys)
+    assert code == 2 and "10x the largest measured checkpoint" in err and "--extrapolate" in err
+    assert err.count("\n") == 1
+    code, stdout, err = cli(["plan", "--fit", str(out / "fit.json"), "--tokens", "40M", "--extrapolate",
+                             "--plot", str(tmp_path / "f.png")], capsys)
+    assert code == 0, err
+    assert "extrapolated in tokens: the budget 40M is 10x the largest measured checkpoint (4M)" in stdout
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = cli(["plan", "--domain", "music", "--fraction", "0.1", "--tokens", "1M", "--extrapolate"], capsys)
+    assert code == 2 and "--extrapolate: only with --fit" in err
     code, _, err = cli(["fit", *map(str, runs), "--out", str(out), "--holdout", "0.1"], capsys)
     assert code == 2 and "no pretraining runs at that fraction" in err
 
@@ -161,8 +179,8 @@ def test_fit_with_holdout_on_law_runs(tmp_path, capsys):
     assert [g["kind"] for g in fit["finetune_gain"]] == ["power"] * 6
     assert fit["finetune_gain"][3]["b"] == pytest.approx(-0.1, abs=0.02)
     assert "held-out fraction 0.1" in stdout
-    r = forecast(fit, 10**12, domain_tokens=300_000_000)
-    assert r["source"] == "joint law" and r["regime"]["name"] in ("spt", "late-window")
+    r = forecast(fit, 10**12, domain_tokens=300_000_000, extrapolate=True)
+    assert r["source"] == "joint law" and r["extrapolation"]["tokens"] == pytest.approx(10**12 / tokens.max())
 
 
 def test_fit_needs_one_model_and_domain(study, capsys):
@@ -174,3 +192,59 @@ def test_fit_needs_one_model_and_domain(study, capsys):
     write_run(study, "chem-spt", [(100, 2.0, 1.9, 3.0)], fraction=0.02, domain="chem")
     code, _, err = cli(["fit", *map(str, sorted(Path(study).iterdir()))], capsys)
     assert code == 2 and "choose one with --model and --domain" in err
+
+
+def _set_meta(run: Path, **fields) -> Path:
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(meta | fields))
+    return run
+
+
+def _ft_rows(val_test: list[tuple[float, float]], general: float = 3.0) -> list[dict]:
+    return [{"tokens": 10 * (i + 1), "domain_val_loss": v, "domain_test_loss": t, "domain_train_loss": None,
+             "general_val_loss": general} for i, (v, t) in enumerate(val_test)]
+
+
+def test_post_ft_loss_is_the_test_loss_where_validation_chose(tmp_path, capsys):
+    """Selected on val, reported on test: the reported loss is not the lowest test loss."""
+    r = tmp_path / "runs"
+    npt = write_run(r, "npt", [(100, 2.6, None, 3.1)], fraction=0.0)
+    spt = write_run(r, "spt", [(100, 2.5, None, 3.1)], fraction=0.02)
+    # NPT: val picks the second checkpoint (test 2.10) though the third has test 2.00
+    _set_meta(write_run(r, "ft-npt", _ft_rows([(2.3, 2.2), (2.1, 2.1), (2.2, 2.0)]), kind="finetune", fraction=1.0,
+                        parent=npt, pretrain_tokens=100), select_on="val")
+    # SPT: a grid of two points; the val winner is point b's first checkpoint (val 1.90, test 1.995)
+    grid = _set_meta(write_run(r, "ft-spt", [], kind="finetune", fraction=1.0, parent=spt, pretrain_tokens=100),
+                     select_on="val", hparams={"grid": {"lr_ratio": [0.1, 0.2], "warmup": [5]}, "reference_lr": 1e-3,
+                                               "points": [{"run": "a", "lr": 1e-4, "lr_ratio": 0.1, "warmup": 5},
+                                                          {"run": "b", "lr": 2e-4, "lr_ratio": 0.2, "warmup": 5}]})
+    (grid / "evals.jsonl").unlink()
+    for name, rows, lr in (("a", [(1.95, 1.90), (1.92, 1.93)], 1e-4), ("b", [(1.90, 1.995), (1.99, 1.85)], 2e-4)):
+        _set_meta(write_run(grid, name, _ft_rows(rows), kind="finetune", fraction=1.0, parent=spt, pretrain_tokens=100),
+                  select_on="val", hparams={"lr": lr, "lr_ratio": lr / 1e-3, "warmup": 5, "schedule": "constant"})
+    rep = build_report(load_runs([npt, spt, r / "ft-npt", grid]))
+    rows = {e["setup"]: e for e in rep["table"]}
+    assert rows["NPT"]["post_ft_loss"]["mean"] == pytest.approx(2.1)  # the old code reported 2.0
+    assert rows["SPT 2%"]["post_ft_loss"]["mean"] == pytest.approx(1.995)  # the old code reported 1.85
+    assert rows["SPT 2%"]["relative_gain_pct"]["mean"] == pytest.approx(100 * (2.1 - 1.995) / 2.1)
+    spt_row = next(x for x in rep["finetune_runs"] if x["setup"] == "SPT 2%")
+    assert spt_row["chosen"]["run"] == "b" and spt_row["chosen"]["lr_ratio"] == pytest.approx(0.2)
+    assert spt_row["selected_on"] == "val" and spt_row["selection_loss"] == pytest.approx(1.90)
+    lines = [describe_protocol(p) for p in rep["finetuning"]]
+    assert ("finetuning (1 run(s)): constant rate after warmup, grid of 2: lr {0.1, 0.2} x the parent's rate x "
+            "warmup {5} steps; checkpoint and configuration chosen on the domain validation split, test split "
+            "reported; the winner is 1 of 1 at its highest rate (the best rate may lie beyond the grid)") in lines
+    out = tmp_path / "rep"
+    write_report(rep, load_runs([npt, spt, r / "ft-npt", grid]), out)
+    md = (out / "report.md").read_text()
+    assert "chosen on the domain validation split" in md and "LR/warmup grid" not in md
+
+
+def test_selecting_on_test_is_said_to_be_the_papers_protocol(tmp_path):
+    r = tmp_path / "runs"
+    npt = write_run(r, "npt", [(100, 2.6, None, 3.1)], fraction=0.0)
+    _set_meta(write_run(r, "ft", _ft_rows([(2.3, 2.2), (2.1, 2.1), (2.2, 2.0)]), kind="finetune", fraction=1.0,
+                        parent=npt, pretrain_tokens=100), select_on="test")
+    rep = build_report(load_runs([npt, r / "ft"]))
+    assert rep["table"][0]["post_ft_loss"]["mean"] == pytest.approx(2.0)
+    assert "(--select-on test: the paper's protocol" in format_report(rep)

@@ -54,7 +54,8 @@ def test_evals_round_trip_through_append_and_read(tmp_path):
     assert read_evals(tmp_path) == [rows[1], rows[0], rows[2]]  # training order; final after its step
     assert json.loads((tmp_path / "evals.jsonl").read_text().splitlines()[0]) == {
         "checkpoint": "step-2", "step": 2, "tokens": 64, "domain_test_loss": 2.5, "domain_train_loss": 2.4,
-        "general_val_loss": 3.1, "train_loss": 2.6, "lr": 1e-3}
+        "general_val_loss": 3.1, "train_loss": 2.6, "lr": 1e-3, "domain_val_loss": None,
+        "domain_train_sample": None, "heldout": None}
     append_eval(tmp_path, Eval("step-1", 1, 32, 2.9, None, 3.2))
     assert read_evals(tmp_path)[0].domain_test_loss == 2.9  # a later line for a checkpoint wins
     with open(tmp_path / "evals.jsonl", "a") as f:

@@ -82,16 +82,20 @@ SPECS = {
 }
 
 # Computed with the merge as it was before it streamed (commit 58a23ec: every id a Python string,
-# np.lexsort over the whole corpus); the streaming merge must write the very same bytes.
+# np.lexsort over the whole corpus); the streaming merge must write the very same bytes. Domain
+# stores have since gained a validation split (the hash band just above the test band): their
+# test files are still those pinned then, and train + val are exactly the old train split
+# (552 = 413 + 139 documents, 11,528 = 8,617 + 2,911 tokens; 586 = 458 + 128, 12,427 = 9,611 + 2,816).
 PINNED = {
     "domain": (
         {
             "near_duplicates.jsonl": "1997e45bc3123af2", "test.ds": "d593fd9b669a259a",
             "test.ds.index": "899491c811492128", "test.ids": "8300a14722cbd3f3",
-            "train.ds": "1215905e23440c08", "train.ds.index": "4778e7374ade19e5",
-            "train.ids": "5b682458ab2aead9",
+            "train.ds": "249f734a734daaec", "train.ds.index": "01678ab8afc91491",
+            "train.ids": "419165937b01cf61", "val.ds": "e864fded27948923",
+            "val.ds.index": "97c35cf651cfcb2c", "val.ids": "1736818bfae45147",
         },
-        {"train": [552, 11528], "test": [127, 2928]},
+        {"train": [413, 8617], "test": [127, 2928], "val": [139, 2911]},
         {
             "threshold": "0x3333333333333400",
             "achieved_fraction": 0.20254565578306585,
@@ -122,10 +126,11 @@ PINNED = {
         {
             "near_duplicates.jsonl": "0c90026b5ba570a2", "test.ds": "c20069556cafa626",
             "test.ds.index": "fd6e6e2677188a02", "test.ids": "52d3ba1c437a35b9",
-            "train.ds": "e82233b48119e979", "train.ds.index": "1ad28949fdbf480a",
-            "train.ids": "97e5ede522a8bb01",
+            "train.ds": "cc946782680ef06a", "train.ds.index": "63f22aacbaa81fab",
+            "train.ids": "a8c3042fc8e91c84", "val.ds": "69c3dcc915f2db3f",
+            "val.ds.index": "fc48d19eb61b2530", "val.ids": "91d36ecfd8d264bc",
         },
-        {"train": [586, 12427], "test": [93, 2029]},
+        {"train": [458, 9611], "test": [93, 2029], "val": [128, 2816]},
         {
             "threshold": "0x2a4747824d2bae67",
             "achieved_fraction": 0.14035694521306033,

@@ -262,8 +262,8 @@ def test_text_files_flag_and_recipe_key(tmp_path, tokenizer, capsys):
     code, err = cli(capsys, "tokenize", "--source", "n", "--role", "domain", "--tokenizer", tokenizer,
                     "--stores", tmp_path / "st", "--input", d, "--text-files", "--test-fraction", "0.3")
     assert code == 0, err
-    assert sorted(open_store(tmp_path / "st", "n").doc_ids("train") + open_store(tmp_path / "st", "n").doc_ids(
-        "test")) == [f"{i}.md" for i in range(6)]
+    store = open_store(tmp_path / "st", "n")
+    assert sorted(sum((store.doc_ids(s) for s in ("train", "val", "test")), [])) == [f"{i}.md" for i in range(6)]
     recipe = tmp_path / "r.toml"
     body = f'[[source]]\nname = "r"\nrole = "domain"\ninputs = ["notes"]\ntokenizer = "{tokenizer}"\n'
     recipe.write_text(body)

@@ -89,7 +89,7 @@ def test_near_copy_with_5_percent_of_words_changed_shares_a_cluster_and_a_side()
     assert len(set(labels)) == 300  # no unrelated document was merged in
     for seed in range(40):
         spec = SourceSpec("m", "domain", ["x"], "t", test_fraction=0.3, seed=seed)
-        mask, record, _ = decide_split(spec, corpus)
+        mask, record, _, _ = decide_split(spec, corpus)
         assert all(mask[a] == mask[b] for a, b in copies), seed
     assert record["near_duplicate_clusters"] == 30 and record["near_duplicate_documents"] == 60
 
@@ -104,7 +104,7 @@ def test_without_near_duplicates_a_near_copy_is_split_independently():
     sides = set()
     for seed in range(200):
         spec = SourceSpec("m", "domain", ["x"], "t", test_fraction=0.5, seed=seed, near_duplicates=False)
-        mask, record, labels = decide_split(spec, corpus)
+        mask, record, labels, _ = decide_split(spec, corpus)
         sides.add(tuple(mask))
         assert labels is None and "near_duplicate_clusters" not in record
     assert (True, False) in sides or (False, True) in sides

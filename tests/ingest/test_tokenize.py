@@ -81,7 +81,7 @@ def test_store_holds_every_document_in_canonical_order_with_eos(tmp_path, tokeni
     assert code == 0
     meta = json.loads(out)["sources"][0]
     store = open_store(tmp_path / "stores", "d")
-    assert meta["splits"] == store.meta["splits"] and store.splits == ["train", "test"]
+    assert meta["splits"] == store.meta["splits"] and store.splits == ["train", "test", "val"]
     assert store.tokenizer["name"] == "tiny" and store.eos_id == 1 and store.dtype == np.dtype("<u2")
     tok = Tokenizer.from_file(str(tokenizer))
     texts = {f"{k}-{i}": t for k in range(3) for i, t in enumerate(docs(k, 200))}
@@ -296,7 +296,7 @@ tokenizer = "{tokenizer}"
 """)
     code, out, err = cli(capsys, "tokenize", "--recipe", tmp_path / "r.toml", "--stores", tmp_path / "st")
     assert code == 0, err
-    assert open_store(tmp_path / "st", "dom").splits == ["train", "test"]
+    assert open_store(tmp_path / "st", "dom").splits == ["train", "test", "val"]
     assert open_store(tmp_path / "st", "gen").splits == ["train", "val"]
     code, out, err = cli(capsys, "tokenize", "--recipe", tmp_path / "r.toml", "--source", "gen", "--stores",
                            tmp_path / "st", "--json")

@@ -108,6 +108,23 @@ def test_validation_loader_covers_the_named_heldout_sets(mix):
         module(mix, max_tokens=8 * SEQ, val_sets=["nope-test"])
 
 
+def test_validation_on_a_heldout_file_outside_the_mix(mix, tmp_path):
+    """A finetune selected on the domain validation split validates on that file alone."""
+    from mixer.training.heldout import domain_val, write_samples
+
+    files = MixFiles.open(mix)
+    name, val = domain_val(files)
+    assert name == "music-val" and val.shape[1] == SEQ + 1 and val.dtype == files.dtype
+    path = write_samples(tmp_path / "music-val.bin", val)
+    data = module(mix, max_tokens=8 * SEQ, val_sets=[], val_files={name: str(path)})
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in data.val_dataloader()]), val)
+    path.write_bytes(path.read_bytes()[:-2])  # a torn file
+    with pytest.raises(MixFileError, match="not whole samples"):
+        module(mix, max_tokens=8 * SEQ, val_sets=[], val_files={name: str(path)})
+    with pytest.raises(MixFileError, match="no held-out sets"):
+        module(mix, max_tokens=8 * SEQ, val_sets=[])
+
+
 def test_sample_length_must_match_the_model(mix):
     data = MixData(mix=mix, max_tokens=8 * SEQ)
     data.connect(batch_size=8, max_seq_length=SEQ * 2)

@@ -46,7 +46,8 @@ class CountJob:
         s = self.spec
         return {"mix": str(s.mix.path), "vocab": s.mix.vocab_size, "steps": s.steps, "global_batch": s.global_batch,
                 "seq_len": s.mix.seq_len, "smoothing": s.lr, "save_interval": s.save_interval,
-                "val_sets": s.val_sets, "patience": s.patience,
+                "val_sets": s.val_sets, "val_files": {k: str(f.path) for k, f in s.val_files.items()},
+                "patience": s.patience,
                 "init_from": str(s.init_from) if s.init_from else None}
 
     def config_text(self) -> str:
@@ -79,7 +80,9 @@ class CountTrainer:
         (run / "count.json").write_text(job.config_text())
         vocab = s.mix.vocab_size
         counts = self._counts(s.init_from).copy() if s.init_from else np.zeros((vocab, vocab), dtype=np.int64)
-        val = np.concatenate([np.asarray(s.mix.eval_samples(n)) for n in (s.val_sets or s.mix.eval_sets)])
+        names = s.mix.eval_sets if s.val_sets is None else s.val_sets
+        val = np.concatenate([np.asarray(s.mix.eval_samples(n)) for n in names]
+                             + [np.asarray(f.read(s.mix)) for f in s.val_files.values()])
         best, bad, log = np.inf, 0, []
         for step in range(1, s.steps + 1):
             batch = np.asarray(s.mix.read((step - 1) * s.global_batch, step * s.global_batch), dtype=np.int64)

@@ -114,16 +114,25 @@ def test_a_second_trainer_runs_pretrain_finetune_and_eval_through_the_protocol(m
     assert rows[-1].tokens == meta["tokens"] and all(r.train_loss is not None and r.lr == 1.0 for r in rows)
     assert rows[-1].general_val_loss < rows[0].general_val_loss  # counting learns the general chain
 
-    # the finetune inherits the trainer from its parent's run.json; early stopping and best come through
+    # the finetune inherits the trainer from its parent's run.json; early stopping and best come through,
+    # chosen on the domain validation split (written into the run, validated on alone) and reported on test
     code, _, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
-                           str(tmp_path / "ft"), "--patience", "1")
+                           str(tmp_path / "ft"), "--patience", "1", "--lr-ratio", "0.5")
     assert code == 0, err
     ft = json.loads((tmp_path / "ft" / "run.json").read_text())
     assert ft["trainer"] == "count" and ft["parent_checkpoint"] == str(pre / "ckpt" / rows[-1].checkpoint)
-    assert ft["pretrain_tokens"] == meta["tokens"]
+    assert ft["pretrain_tokens"] == meta["tokens"] and ft["select_on"] == "val"
+    assert ft["hparams"]["lr"] == 0.5 and ft["hparams"]["reference_lr"] == 1.0  # smoothing 1.0 x 0.5
+    config = json.loads((tmp_path / "ft" / "count.json").read_text())
+    assert config["val_sets"] == [] and list(config["val_files"]) == ["music-val"]
+    assert (tmp_path / "ft" / "heldout" / "music-val.bin").stat().st_size % (33 * 2) == 0
     ft_rows = read_evals(tmp_path / "ft")
-    assert ft["best"]["domain_test_loss"] == best_eval(ft_rows).domain_test_loss < rows[-1].domain_test_loss
-    assert load_run(tmp_path / "ft").best_eval().checkpoint == ft["best"]["checkpoint"]
+    chosen = best_eval(ft_rows, "val")
+    assert all(r.domain_val_loss is not None for r in ft_rows)
+    assert ft["best"] == {"checkpoint": chosen.checkpoint, "selected_on": "val",
+                          "domain_val_loss": chosen.domain_val_loss, "domain_test_loss": chosen.domain_test_loss}
+    assert chosen.domain_test_loss < rows[-1].domain_test_loss
+    assert load_run(tmp_path / "ft").best_eval() == chosen
 
     # mixer eval: nothing new to do, then only the missing checkpoint
     before = (pre / "evals.jsonl").read_text()
@@ -146,16 +155,58 @@ def test_a_grid_of_a_second_trainer_records_the_best_grid_point(mixes, capsys, t
                            str(tmp_path / "g"), "--patience", "0", "--grid", "lr=0.001,0.1,10")
     assert code == 0, err
     root = json.loads((tmp_path / "g" / "run.json").read_text())
-    best = {p.name: best_eval(read_evals(p)) for p in (tmp_path / "g").iterdir() if p.is_dir()}
-    assert len(best) == 3 and len({b.domain_test_loss for b in best.values()}) == 3  # smoothing matters
-    winner = min(best, key=lambda n: best[n].domain_test_loss)
-    assert root["best"] == {"run": winner, "checkpoint": best[winner].checkpoint,
+    best = {p.name: best_eval(read_evals(p), "val") for p in (tmp_path / "g").iterdir() if p.is_dir()}
+    assert sorted(best) == ["lr=0.001,warmup=0", "lr=0.1,warmup=0", "lr=10,warmup=0"]
+    assert len({b.domain_val_loss for b in best.values()}) == 3  # smoothing matters
+    winner = min(best, key=lambda n: best[n].domain_val_loss)
+    assert root["best"] == {"run": winner, "checkpoint": best[winner].checkpoint, "selected_on": "val",
+                            "domain_val_loss": best[winner].domain_val_loss,
                             "domain_test_loss": best[winner].domain_test_loss}
-    assert root["trainer"] == "count" and root["hparams"] == {"grid": {"lr": [0.001, 0.1, 10.0]}}
+    assert root["trainer"] == "count" and root["select_on"] == "val"
+    assert root["hparams"]["grid"] == {"lr": [0.001, 0.1, 10.0], "warmup": [0]}
+    assert [(p["run"], p["lr"]) for p in root["hparams"]["points"]] == [
+        ("lr=0.001,warmup=0", 0.001), ("lr=0.1,warmup=0", 0.1), ("lr=10,warmup=0", 10.0)]
     assert load_run(tmp_path / "g").best_eval() == best[winner]
     # `mixer eval` of the grid folder evaluates its grid points (all done already)
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "g"), "--json")
     assert code == 0 and sorted(json.loads(out)) == sorted(str(tmp_path / "g" / n) for n in best)
+
+
+def test_finetune_defaults_to_the_papers_rate_grid_relative_to_the_parent(mixes, capsys, tmp_path, count):
+    """No flags: three grid points at 0.0256, 0.102 and 0.256 times the parent's final rate (1.0
+    for the count trainer, whose rate is constant), chosen on val."""
+    from mixer.training.schedules import PAPER_LR_RATIOS
+
+    pre = _train_count_pretrain(mixes, capsys, tmp_path / "pre")
+    code, out, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
+                             str(tmp_path / "g"), "--patience", "1")
+    assert code == 0, err
+    root = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert root["hparams"]["grid"] == {"lr_ratio": list(PAPER_LR_RATIOS), "warmup": [0]}
+    assert [p["run"] for p in root["hparams"]["points"]] == [
+        "lr_ratio=0.025563,warmup=0", "lr_ratio=0.102252,warmup=0", "lr_ratio=0.25563,warmup=0"]
+    assert [p["lr"] for p in root["hparams"]["points"]] == list(PAPER_LR_RATIOS)
+    assert root["best"]["selected_on"] == "val" and "chosen on domain val loss" in out
+
+
+def test_selecting_on_test_is_the_papers_protocol_and_a_store_without_val_needs_it(capsys, tmp_path, count):
+    stores = make_stores(tmp_path / "stores", general_docs=300, domain_docs=30, domain_val=False)
+    spt = build(stores, tmp_path / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", "32")
+    ft = build(stores, tmp_path / "ft", "--epochs", "4", "--seq-len", "32")
+    pre = _train_count_pretrain({"spt": spt}, capsys, tmp_path / "pre")
+    code, _, err = run_cli(capsys, "train", "finetune", str(ft), "--from", str(pre), "--out", str(tmp_path / "a"),
+                           "--lr-ratio", "0.5")
+    assert code == 1 and "no domain validation split" in one_line(err) and "--select-on test" in err
+    assert not (tmp_path / "a").exists()
+    code, _, err = run_cli(capsys, "train", "finetune", str(ft), "--from", str(pre), "--out", str(tmp_path / "b"),
+                           "--lr-ratio", "0.5", "--select-on", "test")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert meta["select_on"] == "test" and meta["best"]["selected_on"] == "test"
+    assert json.loads((tmp_path / "b" / "count.json").read_text())["val_sets"] == ["music-test"]
+    rows = read_evals(tmp_path / "b")
+    assert all(r.domain_val_loss is None for r in rows)
+    assert meta["best"]["domain_test_loss"] == best_eval(rows, "test").domain_test_loss
 
 
 def test_eval_of_a_run_whose_mix_moved_names_the_mix(mixes, capsys, tmp_path, count):

@@ -48,18 +48,23 @@ def test_dry_run_prints_a_complete_litgpt_config_with_absolute_paths(mixes, caps
 
 
 def test_the_yaml_is_what_litgpt_parses(mixes, capsys, tmp_path):
-    """jsonargparse (LitGPT's CLI parser) accepts the file and instantiates the DataModule by class_path."""
+    """jsonargparse (LitGPT's CLI parser) accepts the file and instantiates the DataModule by class_path,
+    for a pretraining run and for a finetune validated on a held-out file outside the mix."""
     from jsonargparse import ArgumentParser
     from litgpt.pretrain import setup
 
     _, out, _ = cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(tmp_path / "r"),
                     "--dry-run")
-    (tmp_path / "c.yaml").write_text(out)
+    parent = _fake_parent(mixes, tmp_path)
+    ft = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, lr_ratio=0.1).config_text()
     parser = ArgumentParser()
     parser.add_function_arguments(setup)
     parser.add_argument("--config", action="config")
-    init = parser.instantiate_classes(parser.parse_args(["--config", str(tmp_path / "c.yaml")]))
-    assert type(init.data).__name__ == "MixData" and init.data.max_tokens == init.train.max_tokens
+    for name, text in (("c.yaml", out), ("f.yaml", ft)):
+        (tmp_path / name).write_text(text)
+        init = parser.instantiate_classes(parser.parse_args(["--config", str(tmp_path / name)]))
+        assert type(init.data).__name__ == "MixData" and init.data.max_tokens == init.train.max_tokens
+    assert init.data.val_files == {"music-val": str(tmp_path / "ft" / "heldout" / "music-val.bin")}
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -107,11 +112,14 @@ def _fake_checkpoint(plan, run: Path) -> None:
 def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch(mixes, tmp_path, capsys):
     parent = _fake_parent(mixes, tmp_path)
     code, out, err = cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(parent), "--out",
-                         str(tmp_path / "ft"), "--dry-run")
+                         str(tmp_path / "ft"), "--lr-ratio", "0.1", "--dry-run")
     assert code == 0, err
     cfg = yaml.safe_load(out)
     assert cfg["initial_checkpoint_dir"] == str(parent / "converted" / "final")
-    assert cfg["data"]["init_args"]["val_sets"] == ["music-test"]
+    # early stopping on the domain validation split alone, written into the run before launch
+    assert cfg["data"]["init_args"]["val_sets"] == []
+    assert cfg["data"]["init_args"]["val_files"] == {"music-val": str(tmp_path / "ft" / "heldout" / "music-val.bin")}
+    assert not (tmp_path / "ft").exists()
     assert cfg["train"]["min_lr"] == cfg["optimizer"]["init_args"]["lr"]  # constant after warmup
     assert cfg["train"]["tie_embeddings"] is False and cfg["eval"]["initial_validation"] is True
     from mixer.formats.mix import MixFiles
@@ -120,6 +128,11 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     per_epoch = src["epoch_start_samples"][1] - src["epoch_start_samples"][0]
     assert cfg["train"]["save_interval"] == cfg["eval"]["interval"] == max(1, round(per_epoch / 16))
     plan = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent)
+    assert list(plan.heldout) == [tmp_path / "ft" / "heldout" / "music-val.bin"]
+    assert cfg["eval"]["max_iters"] == -(-len(next(iter(plan.heldout.values()))) // 16)  # the whole split once
+    test_cfg = yaml.safe_load(train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent,
+                                                      select_on="test").config_text())
+    assert test_cfg["data"]["init_args"]["val_sets"] == ["music-test"] and test_cfg["data"]["init_args"]["val_files"] is None
     assert plan.meta["parent_checkpoint"] == str(parent / "out" / "final")
     assert plan.meta["pretrain_tokens"] == 7 * 16 * 32
     assert plan.job.hooks == {"early_stopping": {"patience": 2}}

@@ -69,6 +69,7 @@ class TrainSettings:
     save_interval: int
     val_sets: list[str] | None
     val_max_samples: int | None
+    val_files: dict[str, str]  # name -> held-out samples file outside the mix (MixData.val_files)
     eval_max_iters: int
     initial_validation: bool
     initial_checkpoint_dir: Path | None
@@ -89,7 +90,7 @@ def litgpt_config(s: TrainSettings) -> dict:
         "data": {
             "class_path": "trainer_adapters.litgpt.MixData",
             "init_args": {"mix": str(s.mix.resolve()), "max_tokens": s.max_tokens, "val_sets": s.val_sets,
-                          "val_max_samples": s.val_max_samples},
+                          "val_max_samples": s.val_max_samples, "val_files": s.val_files or None},
         },
         "train": {
             "save_interval": s.save_interval,

@@ -105,6 +105,9 @@ class MixData(DataModule):
     """Held-out sets for LitGPT's validation, e.g. ["music-test"]; default: all of the mix's."""
     val_max_samples: int | None = None
     """Use at most this many samples of each held-out set (the first ones: a fixed subset)."""
+    val_files: dict[str, str] | None = None
+    """Held-out sets outside the mix, name -> file of (n, seq_len + 1) ids in the mix's dtype
+    (mixer writes the domain validation split into the run folder); validated on besides val_sets."""
 
     batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int = field(default=-1, init=False, repr=False)
@@ -135,9 +138,17 @@ class MixData(DataModule):
             )
         self.stream = MixStream(self.files, self.batch_size, needed, rank, world)
         names = list(self.files.eval_sets) if self.val_sets is None else list(self.val_sets)
-        if not names:
+        files = dict(self.val_files or {})
+        if not names and not files:
             raise MixFileError(f"{self.files.path}: the mix has no held-out sets; LitGPT needs one to validate on")
         parts = [self.files.eval_samples(n)[: self.val_max_samples] for n in names]
+        width = self.files.seq_len + 1
+        for name, f in files.items():
+            size = Path(f).stat().st_size if Path(f).is_file() else -1
+            if size < 0 or size % (width * self.files.dtype.itemsize):
+                raise MixFileError(f"{f}: held-out set {name} is missing or not whole samples of {width} tokens")
+            parts.append(np.memmap(f, dtype=self.files.dtype, mode="r").reshape(-1, width)[: self.val_max_samples])
+        names += list(files)
         self.val_samples = np.concatenate([np.asarray(p) for p in parts])
         if len(self.val_samples) == 0:
             raise MixFileError(f"{self.files.path}: held-out sets {', '.join(names)} are empty")

@@ -24,26 +24,11 @@ class EarlyStop(Exception):
 
 def schedule_lr(kind: str, lr: float, it: int, warmup: int, max_iters: int, min_lr: float,
                 horizon: int | None = None, decay_fraction: float = 0.2) -> float:
-    """Learning rate at micro-batch iteration `it` (LitGPT counts warmup and length in iterations).
+    """Learning rate at micro-batch iteration `it` (LitGPT counts warmup and length in
+    iterations): mixer's one definition of the schedules, `mixer.training.schedules.lr_at`."""
+    from mixer.training.schedules import lr_at
 
-    cosine: LitGPT's warmup + cosine to min_lr, over `horizon` iterations when given (the paper
-    decays over 2T tokens and stops at 200B). wsd: warmup, constant, then linear decay to min_lr
-    over the last `decay_fraction` of the run. constant: warmup, then lr.
-    """
-    if it < warmup:
-        return lr * it / warmup
-    if kind == "constant":
-        return lr
-    if kind == "wsd":
-        decay_start = max_iters - int(decay_fraction * max_iters)
-        if it < decay_start:
-            return lr
-        return lr + (min_lr - lr) * min(1.0, (it - decay_start) / max(1, max_iters - decay_start))
-    total = horizon or max_iters
-    if it >= total:
-        return min_lr
-    ratio = (it - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+    return lr_at(it, lr, min_lr, warmup, max_iters, kind, horizon, decay_fraction)
 
 
 def install(hooks: dict, log_file: Path) -> None:

@@ -6,6 +6,10 @@ mix). The `olmo-*` presets are the paper's OLMo-1B shape (2048 wide, 16 heads, S
 50304) with depth varied for the 300M/600M/3B sizes, and the paper's settings: AdamW
 (0.9, 0.95), eps 1e-5, clip 1.0, pretraining cosine 4e-4 -> 4e-5 with weight decay 0.1
 and tied embeddings, finetuning batch 512 with weight decay 1e-7 and untied embeddings.
+
+No preset sets a finetuning learning rate: mixer finetunes at multiples of the rate the
+parent's pretraining had reached (`mixer.training.schedules`), the paper's regime whatever
+the model's own pretraining rate.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mixer.errors import MixerError, UsageError
+from mixer.training.schedules import PAPER_WARMUPS
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,7 @@ class Preset:
     name: str
     model: dict  # litgpt.Config fields; vocab_size None = the mix's
     pretrain: dict = field(default_factory=dict)  # lr, min_lr, warmup_fraction, batch, micro_batch, weight_decay
-    finetune: dict = field(default_factory=dict)  # lr, warmup, batch, micro_batch, weight_decay
+    finetune: dict = field(default_factory=dict)  # warmup (steps, or a grid of them), batch, micro_batch, weight_decay
 
     def model_config(self, vocab_size: int, seq_len: int) -> dict:
         """The LitGPT model_config for a mix with this vocabulary and sample length."""
@@ -53,10 +58,11 @@ def _cpu(name: str, n_layer: int, n_embd: int, n_head: int, block: int) -> Prese
                  vocab_size=None, padding_multiple=64, rotary_percentage=1.0, parallel_residual=False, bias=False,
                  norm_class_name="LayerNorm", mlp_class_name="GptNeoxMLP", intermediate_size=4 * n_embd)
     # Small models want larger learning rates than the paper's 1B; the 10x cosine floor is the paper's.
+    # One finetuning warmup, not the paper's grid of 50-200 steps: a CPU finetune is tens of steps.
     return Preset(name, model,
                   pretrain=dict(lr=3e-3, min_lr=3e-4, warmup_fraction=0.05, batch=16, micro_batch=16, weight_decay=0.1,
                                 tie_embeddings=True),
-                  finetune=dict(lr=1e-3, warmup=5, batch=16, micro_batch=16, weight_decay=1e-7, tie_embeddings=False))
+                  finetune=dict(warmup=5, batch=16, micro_batch=16, weight_decay=1e-7, tie_embeddings=False))
 
 
 def _olmo(name: str, n_layer: int) -> Preset:
@@ -67,7 +73,7 @@ def _olmo(name: str, n_layer: int) -> Preset:
     return Preset(f"olmo-{name.lower()}", model,
                   pretrain=dict(lr=4e-4, min_lr=4e-5, warmup_fraction=0.01, batch=2048, micro_batch=8,
                                 weight_decay=0.1, tie_embeddings=True),
-                  finetune=dict(lr=4e-5, warmup=100, batch=512, micro_batch=8, weight_decay=1e-7,
+                  finetune=dict(warmup=PAPER_WARMUPS, batch=512, micro_batch=8, weight_decay=1e-7,
                                 tie_embeddings=False))
 
 

@@ -49,10 +49,12 @@ class LitGPTJob:
         return n - (model.lm_head.weight.numel() if self.settings.tie_embeddings else 0)
 
 
-def _eval_iters(mix: MixFiles, names: list[str] | None, cap: int | None, micro: int) -> int:
+def _eval_iters(mix: MixFiles, names: list[str] | None, cap: int | None, micro: int, files: dict) -> int:
     """LitGPT's eval.max_iters that covers the chosen held-out sets exactly once."""
     sets = mix.eval_sets
-    n = sum(min(int(sets[k]["samples"]), cap or 10**12) for k in (names if names is not None else sets))
+    counts = [int(sets[k]["samples"]) for k in (names if names is not None else sets)]
+    counts += [f.samples for f in files.values()]
+    n = sum(min(c, cap or 10**12) for c in counts)
     return max(1, math.ceil(n / micro))
 
 
@@ -104,7 +106,8 @@ class LitGPT:
             min_lr=spec.lr if spec.schedule == "constant" else spec.min_lr,  # cosine from lr to lr: constant
             warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay, tie_embeddings=tie,
             save_interval=spec.save_interval, val_sets=spec.val_sets, val_max_samples=spec.val_max_samples,
-            eval_max_iters=_eval_iters(mix, spec.val_sets, spec.val_max_samples, spec.micro_batch),
+            val_files={k: str(f.path) for k, f in spec.val_files.items()},
+            eval_max_iters=_eval_iters(mix, spec.val_sets, spec.val_max_samples, spec.micro_batch, spec.val_files),
             initial_validation=spec.init_from is not None, initial_checkpoint_dir=converted,
             resume=ckpts.resume_point(spec.run_dir) if spec.resume else None, seed=spec.seed, machine=spec.machine)
         return LitGPTJob(spec.run_dir, s, hooks, convert=(spec.init_from, converted) if converted else None)
