@@ -351,8 +351,8 @@ def resolve(spec: MixSpec) -> MixPlan:
         if epochs > spec.max_epochs:
             raise MixerError(
                 f"{domain_store.path}: {format_count(domain_tokens)} domain tokens would repeat {epochs:.1f} epochs "
-                f"(> --max-epochs {spec.max_epochs:g}); lower --fraction, or introduce the domain late with "
-                "--window 0.9:1.0 (SCPT), as the paper advises for small corpora"
+                f"(> --max-epochs {spec.max_epochs:g}, mixer's own limit); lower --fraction, or introduce the domain "
+                "late with --window 0.9:1.0 (SCPT)"
             )
     sources: list[SourcePlan] = []
     if "general" in streams:
