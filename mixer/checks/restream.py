@@ -53,20 +53,26 @@ class Stream:
 
     def __init__(self, store: Store, seed: int, seq_len: int, documents: np.ndarray | None = None) -> None:
         self.name, self.seed, self.seq_len = store.name, seed, seq_len
-        ends = np.asarray(store.doc_ends("train")).astype(np.int64)
-        starts = np.concatenate([np.zeros(1, np.int64), ends[:-1]])
+        ends = np.asarray(store.doc_ends("train"))  # a view of the memmap: the index stays on disk
         self.documents = None if documents is None else np.asarray(documents, dtype=np.int64)
         if self.documents is not None:
-            ends, starts = ends[self.documents], starts[self.documents]
-        self.store_starts = starts
-        self.lengths = ends - starts
+            ends = np.asarray(ends[self.documents]).astype(np.int64)
+            starts = np.where(self.documents > 0, store.doc_ends("train")[np.maximum(self.documents - 1, 0)], 0)
+            self.lengths = (ends - starts.astype(np.int64)).astype(np.uint32)
+        else:
+            self.lengths = _lengths(ends)
+        self._ends = ends
         self.n_docs = len(self.lengths)
-        self.epoch_tokens = int(self.lengths.sum())
+        self.epoch_tokens = int(self.lengths.sum(dtype=np.int64))
         self.tokens = np.asarray(store.tokens("train")) if store.n_tokens("train") else np.zeros(0, store.dtype)
         self._epochs = 0
-        self._seg_doc = np.zeros(0, np.int64)
+        self._seg_doc = np.zeros(0, np.int32)
         self._seg_start = np.zeros(0, np.int64)
         self._seg_of = np.zeros(0, np.int64)
+
+    def store_starts(self, docs: np.ndarray) -> np.ndarray:
+        """Store offsets of stream documents `docs`."""
+        return np.asarray(self._ends[docs]).astype(np.int64) - self.lengths[docs]
 
     # -- where every document lands ---------------------------------------------------
 
@@ -79,8 +85,8 @@ class Stream:
             docs, starts = [self._seg_doc], [self._seg_start]
             for e in range(self._epochs, need):
                 order = epoch_order(self.seed, self.name, e, self.n_docs)
-                lens = self.lengths[order]
-                docs.append(order.astype(np.int64))
+                lens = self.lengths[order].astype(np.int64)
+                docs.append(order)
                 starts.append(np.cumsum(lens) - lens + e * self.epoch_tokens)
             self._seg_doc, self._seg_start, self._epochs = np.concatenate(docs), np.concatenate(starts), need
         # One search for all sample starts in order (sequential, cache-friendly), not one per
@@ -100,7 +106,7 @@ class Stream:
         seg_lo, doc = self._seg_start[seg], self._seg_doc[seg]
         lo = np.maximum(seg_lo, s[row])
         hi = np.minimum(seg_lo + self.lengths[doc], s[row] + width)
-        return self.store_starts[doc] + (lo - seg_lo), hi - lo, row, lo - s[row]
+        return self.store_starts(doc) + (lo - seg_lo), hi - lo, row, lo - s[row]
 
     # -- what a prefix of the stream holds --------------------------------------------
 
@@ -110,7 +116,7 @@ class Stream:
         if rem == 0:
             return full, np.zeros(0, np.int64), 0
         order = epoch_order(self.seed, self.name, full, self.n_docs)
-        ends = np.cumsum(self.lengths[order])
+        ends = np.cumsum(self.lengths[order], dtype=np.int64)
         whole = int(np.searchsorted(ends, rem, side="right"))
         return full, order[:whole].astype(np.int64), int(whole < self.n_docs and rem > (ends[whole - 1] if whole else 0))
 
@@ -149,3 +155,14 @@ class Stream:
             return [0]
         epochs = -(-(n_samples * self.seq_len) // self.epoch_tokens)
         return [-(-(e * self.epoch_tokens) // self.seq_len) for e in range(epochs)]
+
+
+def _lengths(ends: np.ndarray) -> np.ndarray:
+    """Document lengths (uint32: a document is below 4G tokens), in chunks of the index."""
+    out = np.empty(len(ends), dtype=np.uint32)
+    prev = 0
+    for i in range(0, len(ends), 1 << 24):
+        chunk = np.asarray(ends[i : i + (1 << 24)], dtype=np.int64)
+        out[i : i + len(chunk)] = np.diff(chunk, prepend=prev)
+        prev = int(chunk[-1])
+    return out
