@@ -224,11 +224,12 @@ def solve(r: dict, domain_tokens: int | None, has_general: bool) -> tuple[int, i
 def _stores_dir(recipe_stores: str, claimed: object, where: str) -> Path:
     if not isinstance(claimed, str):
         raise MixerError(f"{where}: stores is not a path")
-    p = Path(recipe_stores)
+    p = Path(os.path.normpath(recipe_stores))
     if p.is_absolute():
         if str(p.resolve()) != claimed:
             raise MixerError(f"{where}: stores is {claimed}, the recipe's stores {recipe_stores}")
-    elif ".." not in p.parts and Path(claimed).parts[-len(p.parts):] != Path(os.path.normpath(p)).parts:
+    elif p.parts and ".." not in p.parts and Path(claimed).parts[-len(p.parts):] != p.parts:
+        # relative to wherever the build ran: only its tail can be checked
         raise MixerError(f"{where}: stores is {claimed}, which is not the recipe's stores {recipe_stores}")
     return Path(claimed)
 
@@ -242,6 +243,14 @@ def _open(stores: Path, name: str, where: str) -> Store:
 
 def expected_mix(manifest: dict, mix: Path, visiting: frozenset[str] = frozenset()) -> Expected:
     """Re-derive the mix a manifest's recipe describes, from the stores."""
+    try:
+        return _expected_mix(manifest, mix, visiting)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError) as e:
+        # a recipe no build could have run (the checks above name the usual ones)
+        raise MixerError(f"{mix / 'manifest.json'}: the recipe does not describe a mix ({type(e).__name__}: {e})") from None
+
+
+def _expected_mix(manifest: dict, mix: Path, visiting: frozenset[str]) -> Expected:
     where = f"{mix / 'manifest.json'}"
     if str(mix.resolve()) in visiting:
         raise MixerError(f"{where}: excludes documents of a mix that depends on it (a cycle)")
@@ -261,6 +270,8 @@ def expected_mix(manifest: dict, mix: Path, visiting: frozenset[str] = frozenset
     if r["extra"] and (r["domain"] is None or r["fraction"] is None or r["replay"] is not None
                        or r["fraction"] + sum(f for _, f in r["extra"]) >= 1):
         raise MixerError(f"{where}: recipe.extra needs a pretraining mix whose fractions add up to less than 1")
+    if kind in ("finetune", "replay") and r["epochs"] is None:
+        raise MixerError(f"{where}: a {kind} recipe needs epochs")
     if r["fraction"] is not None and not 0 <= r["fraction"] < 1 or r["replay"] is not None and (
             not 0 < r["replay"] < 1 or r["fraction"] is not None) or r["epochs"] is not None and r["epochs"] <= 0:
         raise MixerError(f"{where}: recipe fraction, replay or epochs out of range")
