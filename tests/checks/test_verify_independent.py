@@ -174,18 +174,3 @@ def test_formats_md_rules_rebuild_the_mix(stores, tmp_path):
             assert [int(o) // L for o in prov["offset"][rows]] == list(range(count))  # stream order
     assert verify(tmp_path / "mix", progress=False)["ok"]
 
-
-def test_a_worker_process_rederives_the_mix_itself(stores, tmp_path):
-    """What --workers runs in each worker process: the same checks, from the files alone."""
-    from mixer.checks.expect import expected_mix
-    from mixer.formats.mix import load_manifest
-
-    build(spec(stores), tmp_path / "mix", progress=False)
-    m = load_manifest(tmp_path / "mix")
-    exp = expected_mix(m, tmp_path / "mix")
-    for s in exp.sources:
-        s.stream.prepare(s.samples)
-    for k in range(len(m["shards"])):
-        mine = verify_mod._check_shard(tmp_path / "mix", m, exp, k, False)
-        theirs = verify_mod._shard_task(str(tmp_path / "mix"), k, False)
-        assert all(np.array_equal(a, b) for a, b in zip(mine[:2], theirs[:2])) and mine[2] == theirs[2]
