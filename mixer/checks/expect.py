@@ -128,17 +128,13 @@ class Expected:
         return [(s, HELDOUT_SPLIT[s.store.role]) for s in self.sources if HELDOUT_SPLIT.get(s.store.role) in s.store.splits]
 
 
-class RecipeError(MixerError):
-    pass
-
-
 def _recipe(raw: object, where: str) -> dict:
     """The recipe's fields, type-checked (defaults for keys older mixes do not write)."""
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: recipe is not an object")
+        raise MixerError(f"{where}: recipe is not an object")
     unknown = set(raw) - set(_RECIPE)
     if unknown:
-        raise RecipeError(f"{where}: recipe has unknown fields {sorted(unknown)}")
+        raise MixerError(f"{where}: recipe has unknown fields {sorted(unknown)}")
     out = {}
     for key, (default, kind) in _RECIPE.items():
         v = raw.get(key, default)
@@ -163,10 +159,10 @@ def _recipe(raw: object, where: str) -> dict:
                 isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], (int, float))
                 and not isinstance(x[1], bool) and 0 < x[1] < 1 for x in v)
         if bad:
-            raise RecipeError(f"{where}: recipe.{key} = {v!r} is not a valid value")
+            raise MixerError(f"{where}: recipe.{key} = {v!r} is not a valid value")
         out[key] = v
-    if out["seq_len"] < 1:
-        raise RecipeError(f"{where}: recipe.seq_len must be at least 1")
+    if out["seq_len"] < 1 or not out["max_epochs"] > 0:
+        raise MixerError(f"{where}: recipe.seq_len must be at least 1 and max_epochs positive")
     return out
 
 
@@ -234,7 +230,7 @@ def _stores_dir(recipe_stores: str, claimed: object, where: str) -> Path:
     return Path(claimed)
 
 
-def _open(stores: Path, name: str, where: str) -> Store:
+def _open(stores: Path, name: str) -> Store:
     store = open_store(stores, name)
     if "train" not in store.meta.get("splits", {}):
         raise MixerError(f"{store.path}: store has no train split")
@@ -278,16 +274,16 @@ def _expected_mix(manifest: dict, mix: Path, visiting: frozenset[str]) -> Expect
 
     opened: list[tuple[str, Store]] = []
     if general is not None:
-        g = _open(stores, general, where)
+        g = _open(stores, general)
         if g.role != "general":
             raise MixerError(f"{g.path}: store {general!r} has role {g.role!r}, not general")
         opened.append(("general", g))
     if r["domain"] is not None:
-        d = _open(stores, r["domain"], where)
+        d = _open(stores, r["domain"])
         if d.role != "domain":
             raise MixerError(f"{d.path}: store {r['domain']!r} has role {d.role!r}, not domain")
         opened.append(("domain", d))
-    opened += [(None, _open(stores, n, where)) for n, _ in r["extra"]]
+    opened += [(None, _open(stores, n)) for n, _ in r["extra"]]
     first = opened[0][1]
     for _, s in opened[1:]:
         if s.tokenizer.get("sha256") != first.tokenizer.get("sha256") or s.dtype != first.dtype:

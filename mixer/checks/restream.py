@@ -91,8 +91,10 @@ class Stream:
             self._seg_doc, self._seg_start, self._epochs = np.concatenate(docs), np.concatenate(starts), need
         # One search for all sample starts in order (sequential, cache-friendly), not one per
         # sample later: samples of a shard are scattered over the stream.
-        at = np.searchsorted(self._seg_start, np.arange(n_samples + 1, dtype=np.int64) * self.seq_len, side="right") - 1
-        self._seg_of = at.astype(np.int32 if len(self._seg_start) < 2**31 else np.int64)
+        self._seg_of = np.empty(n_samples + 1, dtype=np.int32 if len(self._seg_start) < 2**31 else np.int64)
+        for a in range(0, n_samples + 1, 1 << 24):  # chunks: a 200B mix has ~100M samples
+            starts = np.arange(a, min(n_samples + 1, a + (1 << 24)), dtype=np.int64) * self.seq_len
+            self._seg_of[a : a + len(starts)] = np.searchsorted(self._seg_start, starts, side="right") - 1
 
     def runs(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Contiguous store runs spelling each sample k, stream[k L : k L + L + 1], in order:

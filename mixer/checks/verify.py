@@ -145,8 +145,7 @@ _BUFFERS = _Buffers()
 
 def _expected_rows(exp: Expected, src: np.ndarray, ks: np.ndarray) -> np.ndarray:
     """The rows a shard must hold for samples (source id, stream sample) in this order."""
-    width, L = exp.seq_len + 1, exp.seq_len
-    out = _BUFFERS.get(len(src) * width, exp.dtype)
+    width = exp.seq_len + 1
     parts = []
     for sid in np.unique(src).tolist():
         rows = np.flatnonzero(src == sid)
@@ -154,7 +153,7 @@ def _expected_rows(exp: Expected, src: np.ndarray, ks: np.ndarray) -> np.ndarray
         store_at, length, row, col = stream.runs(ks[rows])
         parts.append((stream.tokens, rows, store_at, length, rows[row] * width + col))
     n_runs = sum(len(p[2]) for p in parts)
-    if n_runs * SLICE_MIN_RUN < len(out):
+    if n_runs * SLICE_MIN_RUN < len(src) * width:
         # Long documents: join each contiguous store run (a Python step per run, not per token).
         # Memoryview slices and bytes.join cost 3/4 of numpy views and np.concatenate.
         size = exp.dtype.itemsize
@@ -164,7 +163,7 @@ def _expected_rows(exp: Expected, src: np.ndarray, ks: np.ndarray) -> np.ndarray
             order = np.argsort(np.concatenate([p[4] for p in parts]), kind="stable").tolist()
             views = [views[i] for i in order]
         return np.frombuffer(b"".join(views), dtype=exp.dtype).reshape(-1, width)
-    rows2d = out.reshape(-1, width)
+    rows2d = _BUFFERS.get(len(src) * width, exp.dtype).reshape(-1, width)
     for tok, rows, at, ln, _ in parts:
         # Short documents: one per-token index (a cumsum of steps) and one take per source.
         step = np.ones(len(rows) * width, dtype=np.int64)
