@@ -19,10 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mixer.formats.store import seal_store
+
 
 def make_store(root: Path, name: str, role: str, tokens: int, mean_doc: int, seed: int) -> None:
     d = root / name
     if (d / "store.json").exists():
+        if "checksums" not in json.loads((d / "store.json").read_text()):
+            seal_store(d)  # a store this script wrote before stores carried checksums
         return
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -43,6 +47,7 @@ def make_store(root: Path, name: str, role: str, tokens: int, mean_doc: int, see
     meta = {"format": "mixer-store/1", "source": name, "role": role, "dtype": "<u2", "splits": splits,
             "tokenizer": {"name": "synthetic", "sha256": "bench", "vocab_size": 50257, "eos_id": 50256}}
     (d / "store.json").write_text(json.dumps(meta))
+    seal_store(d)  # checksums, as mixer tokenize writes them (build refuses a store without)
 
 
 def drop_caches() -> bool:

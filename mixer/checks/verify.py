@@ -1,192 +1,454 @@
-"""`mixer verify`: re-derive a mix from the stores and compare; trust only the manifest's claims.
+"""`mixer verify MIX`: re-derive a mix from its recipe and its stores and compare every claim.
+
+Independent of the build: what is right is decided by mixer/checks/expect.py and
+restream.py, written from docs/formats.md ("Streams and counts") without importing
+mixer/mixing/, so a logic error of the schedule or the streams is caught, not repeated.
 
 What is checked, and against what:
-  * every shard and provenance file: size (truncation) and checksum, against the manifest;
-  * provenance coverage: the offsets of each source, over all shards, are exactly
-    0, L, 2L, ... (every stream token a target exactly once; none skipped, none twice);
-  * per-document epochs: recounted from that coverage and the stores' document lengths,
-    against the manifest's histogram;
-  * the fraction in every window of W samples (W = 1, 2, 4, ... up to the window), from
-    the provenance source ids alone, against the achieved fraction;
-  * bytes (not with --quick): every sample re-read from the store via its provenance.
+  * the stores: every file against the checksums the manifest recorded (verify_store.py);
+  * every field of the manifest a consumer reads (name, kind, dtype, tokenizer, stores,
+    domain, general, fraction, window, samples, tokens, sources with their passes and
+    epoch starts, placed fractions and bounds, shard and eval records), against the
+    value re-derived from the recipe and the stores;
+  * every shard and provenance file: name, size, checksum, per-source counts;
+  * provenance: each source's samples are exactly its stream's samples 0..n-1, in the
+    documented order (domain-role sources in stream order, general-role sources within
+    blocks of one epoch), each source's count as the recipe gives it, placed sources only
+    inside the window, and each within its bound B of W times its fraction in *every*
+    window of W samples (exactly, for all W at once: max - min of C(q) - q f over the window);
+  * tokens (not with --quick): every sample against its stream, built from the store;
+  * eval sets against the stores' held-out splits; a stage's exposure against its stages.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import io
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import xxhash
 from tqdm import tqdm
 
-from mixer.errors import MixerError
-from mixer.formats.mix import load_manifest
-from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
-from mixer.mixing.spec import plan_from_manifest
-from mixer.mixing.shards import PROV_DTYPE
+from mixer.checks.expect import Expected, document_passes, expected_mix
 from mixer.checks.verify_store import verify_mix_stores
+from mixer.errors import MixerError, UsageError
+from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
+from mixer.formats.mix import load_manifest
+
+PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])  # docs/formats.md: provenance
+CHUNK_TOKENS = 1 << 20  # tokens compared per step: 2 MiB stay in cache between building and comparing
+SLICE_MIN_RUN = 64  # mean store run (tokens) above which copying runs beats a per-token index
+_TOP = ("name", "kind", "seed", "seq_len", "dtype", "tokenizer", "stores", "domain", "general", "fraction",
+        "samples", "tokens", "samples_per_shard", "bytes", "sources", "placed")
+_HASHER = {"xxh3_128": xxhash.xxh3_128}[CHECKSUM]  # streaming form of the recorded checksum
+_WORDS = {"achieved": "achieved fraction", "requested": "requested fraction"}
+_ABSENT = object()
 
 
 def _fail(msg: str) -> None:
     raise MixerError(msg)
 
 
-def _load_shard(mix: Path, rec: dict, seq_len: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Read a shard once (its checksum and the byte comparison share the buffer)."""
+# -- manifest fields ------------------------------------------------------------------
+
+
+def _diff(claimed: object, expected: object, path: str) -> tuple[str, object, object] | None:
+    """The first place where `claimed` differs from `expected` (numbers by value, the rest exactly)."""
+    if isinstance(expected, dict):
+        if not isinstance(claimed, dict):
+            return path, claimed, expected
+        for k, v in expected.items():
+            d = _diff(claimed.get(k, _ABSENT), v, f"{path}.{k}" if path else k)
+            if d:
+                return d
+        extra = sorted(set(claimed) - set(expected))
+        return (f"{path}.{extra[0]}", claimed[extra[0]], _ABSENT) if extra else None
+    if isinstance(expected, list):
+        if not isinstance(claimed, list) or len(claimed) != len(expected):
+            return path, claimed, expected
+        for i, (c, e) in enumerate(zip(claimed, expected)):
+            d = _diff(c, e, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    number = (int, float)
+    same_kind = (isinstance(claimed, number) and not isinstance(claimed, bool)) if isinstance(expected, number) \
+        else type(claimed) is type(expected)
+    return None if same_kind and claimed == expected else (path, claimed, expected)
+
+
+def _show(v: object) -> str:
+    return "absent" if v is _ABSENT else repr(v)
+
+
+def _compare(file: Path, claimed: dict, expected: dict, label: str = "") -> None:
+    d = _diff(claimed, expected, "")
+    if d is None:
+        return
+    path, got, want = d
+    entity, field = "", path
+    head, _, rest = path.partition("].")
+    if rest and "[" in head:  # name a list entry by its source: "proofs: achieved fraction"
+        lst, i = head.split("[")
+        entry = claimed.get(lst, [])[int(i)] if isinstance(claimed.get(lst), list) else {}
+        name = entry.get("name", entry.get("source", entry.get("file"))) if isinstance(entry, dict) else None
+        entity, field = (f"{name}: " if isinstance(name, str) else ""), rest
+    _fail(f"{file}: {label}{entity}{_WORDS.get(field, field)} {_show(got)} claimed, {_show(want)} re-derived ({label}{path})")
+
+
+def _check_fields(mix: Path, m: dict, exp: Expected) -> None:
+    file = mix / "manifest.json"
+    # The counts first: everything else is sized by them (an edited recipe may ask for a huge mix).
+    _compare(file, {"samples": m.get("samples", _ABSENT)}, {"samples": exp.samples})
+    claimed = m.get("sources")
+    _compare(file, {"sources": [{"samples": c.get("samples", _ABSENT), "name": c.get("name")} if isinstance(c, dict) else c
+                                for c in claimed] if isinstance(claimed, list) else claimed},
+             {"sources": [{"samples": s.samples, "name": s.name} for s in exp.sources]})
+    fields = exp.fields()
+    _compare(file, {k: m.get(k, _ABSENT) for k in _TOP if k in m or k in fields}, fields)
+    shards = m.get("shards")
+    if not isinstance(shards, list) or len(shards) != exp.shards:
+        _fail(f"{file}: shards lists {len(shards) if isinstance(shards, list) else shards!r} shards, "
+              f"re-derived {exp.shards} ({exp.samples} samples of {exp.samples_per_shard})")
+    recorded = m.get("store_checksums")
+    if recorded is not None:  # the stores verify_store checks are the ones re-derived from
+        paths = {k: v.get("path") if isinstance(v, dict) else v for k, v in recorded.items()} \
+            if isinstance(recorded, dict) else recorded
+        _compare(file, {"store_checksums": paths},
+                 {"store_checksums": {s.name: str(Path(exp.stores) / s.store.path.name) for s in exp.sources}})
+    warnings = m.get("warnings", [])
+    ok = isinstance(warnings, list) and len(warnings) == len(exp.warnings) and all(
+        isinstance(w, str) and name in w and what in w for w, (name, what) in zip(warnings, exp.warnings))
+    if not ok:
+        _fail(f"{file}: warnings {warnings!r} claimed; re-derived: "
+              + ("; ".join(f"{n} repeats {w}" for n, w in exp.warnings) or "none"))
+
+
+# -- shards ---------------------------------------------------------------------------
+
+
+class _Buffers(threading.local):
+    """One comparison buffer per thread, allocated once (page faults cost more than copies)."""
+
+    def get(self, n: int, dtype: np.dtype) -> np.ndarray:
+        buf = getattr(self, "buf", None)
+        if buf is None or len(buf) < n or buf.dtype != dtype:
+            self.buf = buf = np.empty(n, dtype=dtype)
+        return buf[:n]
+
+
+_BUFFERS = _Buffers()
+
+
+def _expected_rows(exp: Expected, src: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """The rows a shard must hold for samples (source id, stream sample) in this order."""
+    width = exp.seq_len + 1
+    parts = []
+    for sid in np.unique(src).tolist():
+        rows = np.flatnonzero(src == sid)
+        stream = exp.sources[sid].stream
+        store_at, length, row, col = stream.runs(ks[rows])
+        parts.append((stream.tokens, rows, store_at, length, rows[row] * width + col))
+    n_runs = sum(len(p[2]) for p in parts)
+    if n_runs * SLICE_MIN_RUN < len(src) * width:
+        # Long documents: join each contiguous store run (a Python step per run, not per token).
+        # Memoryview slices and bytes.join cost 3/4 of numpy views and np.concatenate.
+        size = exp.dtype.itemsize
+        views = [mv[a:b] for tok, _, at, ln, _ in parts
+                 for mv in (memoryview(tok).cast("B"),) for a, b in zip((at * size).tolist(), ((at + ln) * size).tolist())]
+        if len(parts) > 1:
+            order = np.argsort(np.concatenate([p[4] for p in parts]), kind="stable").tolist()
+            views = [views[i] for i in order]
+        return np.frombuffer(b"".join(views), dtype=exp.dtype).reshape(-1, width)
+    rows2d = _BUFFERS.get(len(src) * width, exp.dtype).reshape(-1, width)
+    for tok, rows, at, ln, _ in parts:
+        # Short documents: one per-token index (a cumsum of steps) and one take per source.
+        step = np.ones(len(rows) * width, dtype=np.int64)
+        first = np.cumsum(ln) - ln
+        step[first[1:]] = at[1:] - (at[:-1] + ln[:-1] - 1)
+        step[0] = at[0]
+        rows2d[rows] = np.take(tok, np.cumsum(step, out=step)).reshape(-1, width)
+    return rows2d
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte equality of two C-contiguous arrays, compared as uint64 words."""
+    x, y = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    if len(x) != len(y):
+        return False
+    n = len(x) // 8 * 8
+    return bool(np.array_equal(x[:n].view(np.uint64), y[:n].view(np.uint64)) and np.array_equal(x[n:], y[n:]))
+
+
+def _read_provenance(pf: Path, claimed: str) -> np.ndarray:
+    if not pf.is_file():
+        _fail(f"{pf}: provenance missing")
+    data = pf.read_bytes()
+    if checksum_bytes(data) != claimed:
+        _fail(f"{pf}: provenance checksum does not match the manifest; the file was modified or corrupted")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # a damaged header: numpy raises ValueError, EOFError, SyntaxError, ...
+        raise MixerError(f"{pf}: not a readable provenance file ({type(e).__name__})") from None
+
+
+def _check_shard(mix: Path, m: dict, exp: Expected, k: int, quick: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """One shard's files against its record and the stores; returns its (source ids, stream samples)."""
+    rec, name, n = m["shards"][k], f"shard-{k:05d}", exp.shard_samples(k)
+    sources = exp.sources
+    want = {"file": f"{name}.bin", "samples": n, CHECKSUM: _ABSENT, "provenance": f"{name}.prov.npy",
+            f"provenance_{CHECKSUM}": _ABSENT, "source_samples": _ABSENT}
+    if not isinstance(rec, dict):
+        _fail(f"{mix / 'manifest.json'}: shards[{k}] is not a record")
+    for key in (CHECKSUM, f"provenance_{CHECKSUM}"):
+        if not isinstance(rec.get(key), str):
+            _fail(f"{mix / 'manifest.json'}: shards[{k}].{key} is not a checksum")
+    want.update({key: rec[key] for key in (CHECKSUM, f"provenance_{CHECKSUM}")}, source_samples=rec.get("source_samples"))
+    _compare(mix / "manifest.json", rec, want, label=f"shards[{k}].")
+    width, L = exp.seq_len + 1, exp.seq_len
     f = mix / rec["file"]
-    if not f.exists():
+    if not f.is_file():
         _fail(f"{f}: missing shard")
-    expected = rec["samples"] * (seq_len + 1) * dtype.itemsize
-    if f.stat().st_size != expected:
-        _fail(f"{f}: {f.stat().st_size} bytes, manifest says {rec['samples']} samples = {expected} bytes (truncated or padded)")
-    data = np.fromfile(f, dtype=dtype)
-    if checksum_bytes(data.data) != rec[CHECKSUM]:
-        _fail(f"{f}: checksum mismatch ({CHECKSUM}); the shard was modified or corrupted")
+    size = f.stat().st_size
+    if size != n * width * exp.dtype.itemsize:
+        _fail(f"{f}: {size} bytes, manifest says {n} samples = {n * width * exp.dtype.itemsize} bytes (truncated or padded)")
+    x = np.asarray(np.memmap(f, dtype=exp.dtype, mode="r", shape=(n, width)))  # plain view: memmap slicing is slow
+    corrupt = f"{f}: checksum mismatch ({CHECKSUM}); the shard was modified or corrupted"
+    if quick and checksum_bytes(x.data) != rec[CHECKSUM]:
+        _fail(corrupt)
     pf = mix / rec["provenance"]
-    if not pf.exists() or checksum_file(pf) != rec[f"provenance_{CHECKSUM}"]:
-        _fail(f"{pf}: provenance missing or its checksum does not match the manifest")
-    prov = np.load(pf, allow_pickle=False)
-    if prov.dtype != PROV_DTYPE or len(prov) != rec["samples"]:
-        _fail(f"{pf}: expected {rec['samples']} rows of {PROV_DTYPE}, found {len(prov)} of {prov.dtype}")
-    return data.reshape(rec["samples"], seq_len + 1), prov
-
-
-def window_deviation(is_domain: np.ndarray, fraction: float, sizes: list[int]) -> dict[int, float]:
-    """max over all windows of W consecutive samples of |domain count - W * fraction|."""
-    c = np.concatenate([[0], np.cumsum(is_domain, dtype=np.int64)])
-    return {w: float(np.max(np.abs((c[w:] - c[:-w]) - w * fraction))) for w in sizes if w <= len(is_domain)}
-
-
-_PLANS: dict[str, tuple[dict, object]] = {}
-
-
-def _check_shard(arg: tuple[str, int, bool]) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
-    """Check one shard's bytes; return its source sequence and per-source offsets for the
-    global checks. Runs in a worker process, so it reloads (and caches) the plan."""
-    mix_s, i, quick = arg
-    if mix_s not in _PLANS:
-        manifest = load_manifest(mix_s)
-        _PLANS[mix_s] = (manifest, plan_from_manifest(manifest))
-    m, plan = _PLANS[mix_s]
-    mix, rec = Path(mix_s), m["shards"][i]
-    seq_len = m["seq_len"]
-    samples, prov = _load_shard(mix, rec, seq_len, np.dtype(m["dtype"]))
-    per_source = {}
-    expected = None if quick else np.empty_like(samples)
-    for src in plan.sources:
-        sel = np.flatnonzero(prov["source"] == src.id)
-        if not len(sel):
-            continue
-        off = prov["offset"][sel].astype(np.int64)
-        per_source[src.id] = off
-        if quick:
-            continue
-        if np.any(off % seq_len):
-            _fail(f"{mix / rec['provenance']}: sample {int(sel[0])} has an offset off the sample grid")
-        src.stream.gather(off // seq_len, out=expected, rows=sel)
-    if expected is not None and not np.array_equal(expected, samples):  # rows located only on failure
-        bad = np.flatnonzero(np.any(expected != samples, axis=1))
+    prov = _read_provenance(pf, rec[f"provenance_{CHECKSUM}"])
+    if prov.dtype != PROV_DTYPE or prov.shape != (n,):
+        _fail(f"{pf}: expected {n} rows of {PROV_DTYPE}, found {prov.shape} of {prov.dtype}")
+    src, off = prov["source"].astype(np.int64), prov["offset"]
+    counts = np.bincount(src, minlength=len(sources))
+    if len(counts) > len(sources):
+        _fail(f"{pf}: names source id {int(src.max())}; the mix has {len(sources)} sources")
+    recount = {str(i): int(c) for i, c in enumerate(counts)}
+    _compare(mix / "manifest.json", {"source_samples": rec["source_samples"]}, {"source_samples": recount}, f"shards[{k}].")
+    limit = np.array([s.samples for s in sources], dtype=np.uint64)[src] * np.uint64(L)
+    bad = np.flatnonzero((off % np.uint64(L) != 0) | (off >= limit))
+    if len(bad):
         j = int(bad[0])
-        name = next((s.stream.name for s in plan.sources if s.id == prov["source"][j]), f"id {prov['source'][j]}")
-        _fail(f"{mix / rec['file']}: sample {j} (source {name}, stream offset {int(prov['offset'][j])}) "
-              f"differs from the store ({len(bad)} samples differ in this shard)")
-    return prov["source"].copy(), per_source, samples.nbytes
+        _fail(f"{pf}: sample {j} (source {sources[src[j]].name}) has stream offset {int(off[j])}, not one of its "
+              f"{sources[src[j]].samples} samples (multiples of {L})")
+    ks = (off // np.uint64(L)).astype(np.int64)
+    if not quick:
+        # One pass: each chunk is hashed right after it is compared, while it is still in cache.
+        h, differs = _HASHER(), None
+        step = max(8, CHUNK_TOKENS // width // 8 * 8)  # a multiple of 8 rows keeps uint64 words aligned
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            if differs is None:
+                want_rows = _expected_rows(exp, src[r0:r1], ks[r0:r1])
+                if not _same(x[r0:r1], want_rows):
+                    diff = np.flatnonzero(np.any(x[r0:r1] != want_rows, axis=1))
+                    j = r0 + int(diff[0])
+                    differs = (f"{f}: sample {j} (source {sources[src[j]].name}, stream offset {int(off[j])}) differs "
+                               f"from the store ({len(diff)} samples differ in rows {r0}..{r1 - 1})")
+            h.update(x[r0:r1].data)
+        if h.hexdigest() != rec[CHECKSUM]:
+            _fail(corrupt)  # a corrupted file, not a forged one: say so, whatever the first sample that differs
+        if differs:
+            _fail(differs)
+    # compact for the whole-mix checks: 98M samples of a 200B mix hold 0.6 GB, not 1.6
+    return prov["source"].copy(), ks.astype(np.int32 if len(sources) and max(s.samples for s in sources) < 2**31 else np.int64), \
+        n * width * exp.dtype.itemsize
+
+
+# -- what the provenance says about the whole mix -------------------------------------
+
+
+def window_deviation(is_src: np.ndarray, fraction: float, sizes: list[int]) -> dict[int, float]:
+    """max over all windows of W consecutive samples of |count - W * fraction|, per W."""
+    c = np.concatenate([[0], np.cumsum(is_src, dtype=np.int64)])
+    return {w: float(np.max(np.abs((c[w:] - c[:-w]) - w * fraction))) for w in sizes if w <= len(is_src)}
+
+
+def _where(exp: Expected, p: int) -> str:
+    return f"shard-{p // exp.samples_per_shard:05d} row {p % exp.samples_per_shard}"
+
+
+def _check_provenance(mix: Path, exp: Expected, src: np.ndarray, ks: np.ndarray) -> tuple[dict, dict]:
+    """Counts, coverage, order and windows of every source, from provenance alone."""
+    L = exp.seq_len
+    for s in exp.sources:
+        pos = np.flatnonzero(src == s.id)
+        if len(pos) != s.samples:
+            _fail(f"{mix}: source {s.name}: {len(pos)} samples in the shards, the recipe gives {s.samples}")
+        mine = ks[pos]
+        if s.role == "general":  # shuffled within blocks of one epoch's worth of samples, blocks in order
+            block = max(1, min(s.samples, s.stream.epoch_tokens // L))
+            wrong = np.flatnonzero(mine // block != np.arange(len(mine)) // block)
+            rule = f"the {s.role} source's i-th sample must come from block i // {block} of its stream"
+        else:
+            wrong = np.flatnonzero(mine != np.arange(len(mine)))
+            rule = f"a {s.role} source's samples are in stream order"
+        if len(wrong):
+            i = int(wrong[0])
+            _fail(f"{mix}: source {s.name}: {_where(exp, int(pos[i]))}, its sample {i}, is stream sample "
+                  f"{int(mine[i])} ({rule})")
+        if s.role == "general" and len(mine) and np.any(np.bincount(mine, minlength=s.samples) != 1):
+            _fail(f"{mix}: source {s.name}: provenance does not cover its stream exactly once (samples repeated or missing)")
+    windows, per_source = {}, {}
+    w0, w1 = exp.w0, exp.w1
+    width = w1 - w0
+    sizes = [2**k for k in range(0, int(np.log2(max(1, width))) + 1)]
+    for p in exp.placed:
+        s = p.source
+        if not s.train:
+            continue
+        is_s = src == s.id
+        outside = np.flatnonzero(is_s[:w0]).tolist()[:1] + (w1 + np.flatnonzero(is_s[w1:])).tolist()[:1]
+        if outside:
+            _fail(f"{mix}: source {s.name}: {_where(exp, outside[0])} lies outside the window {exp.recipe['window']}")
+        # Every window at once: a window [a, b) deviates by D(b) - D(a), D(q) = C(q) W - q n (integers).
+        c = np.concatenate([[0], np.cumsum(is_s[w0:w1], dtype=np.int64)])
+        d = c * width - np.arange(width + 1, dtype=np.int64) * s.samples
+        worst = int(d.max() - d.min()) / width
+        if not worst < p.bound:
+            _fail(f"{mix}: source {s.name}: a window of the mix deviates by {worst:.4f} samples from fraction "
+                  f"{s.samples / width:.6g} (must be < {p.bound:.4g})")
+        dev = window_deviation(is_s[w0:w1], s.samples / width, sizes)
+        if p is exp.placed[0] and s is exp.domain:
+            windows = dev
+        else:
+            per_source[s.name] = {str(k): round(v, 4) for k, v in dev.items()}
+    return windows, per_source
+
+
+# -- eval sets and stages ---------------------------------------------------------------
+
+
+def _check_eval(mix: Path, m: dict, exp: Expected) -> None:
+    L = exp.seq_len
+    wanted = []
+    for s, split in exp.eval_sets():
+        tokens = np.asarray(s.store.tokens(split)) if s.store.n_tokens(split) else np.zeros(0, exp.dtype)
+        n = max(0, (len(tokens) - 1) // L)
+        rows = np.lib.stride_tricks.as_strided(tokens, shape=(n, L + 1), strides=(L * tokens.itemsize, tokens.itemsize))
+        wanted.append({"file": f"eval/{s.name}-{split}.bin", "source": s.name, "role": s.role, "split": split,
+                       "samples": n, "documents": s.store.n_docs(split),
+                       "tokens_dropped": len(tokens) - (n * L + 1 if n else 0),
+                       CHECKSUM: checksum_bytes(np.ascontiguousarray(rows).data)})
+    claimed = m.get("eval", [])
+    _compare(mix / "manifest.json", {"eval": claimed}, {"eval": wanted})
+    for rec in wanted:
+        f = mix / rec["file"]
+        if not f.is_file() or checksum_file(f) != rec[CHECKSUM]:
+            _fail(f"{f}: eval set missing or its bytes are not the store's held-out split")
+
+
+def _check_stage(mix: Path, m: dict, exp: Expected) -> None:
+    """A recipe stage: its name is its folder's, and its exposure sums its stages' passes."""
+    if "stage" not in m and "exposure" not in m:
+        return
+    file = mix / "manifest.json"
+    stage = m.get("stage")
+    if not isinstance(stage, dict) or stage.get("name") != mix.name:
+        _fail(f"{file}: stage {stage!r} is not the stage built into {mix.name}")
+    if "exposure" not in m:
+        return
+    e = m["exposure"]
+    if not isinstance(e, dict) or not isinstance(e.get("stages"), list) or not e["stages"] or e["stages"][-1] != mix.name \
+            or not all(isinstance(x, str) for x in e["stages"]) or not isinstance(e.get("source"), str):
+        _fail(f"{file}: exposure {e!r} does not end with this stage")
+    total = None
+    for name in e["stages"]:
+        other = exp if name == mix.name else expected_mix(load_manifest(mix.parent / name), mix.parent / name)
+        passes = document_passes(other, e["source"])
+        if passes is not None:
+            total = passes if total is None else total + passes
+    if total is None:
+        _fail(f"{file}: exposure names source {e['source']!r}, a domain source of none of its stages")
+    hist = {str(k): int(v) for k, v in enumerate(np.bincount(total)) if v}
+    _compare(file, {"exposure": e}, {"exposure": {"source": e["source"], "stages": e["stages"],
+                                                   "documents_total_full_passes": hist}})
+
+
+# -- the whole mix --------------------------------------------------------------------
+
+
+def _check_shards(mix: Path, m: dict, exp: Expected, quick: bool, workers: int, bar: tqdm) -> list:
+    """Every shard, `workers` at a time.
+
+    Threads, not processes: the bulk of the work runs in C with the GIL released (bytes.join
+    of a chunk's store runs, numpy's comparison, xxhash), and threads share the laid-out
+    streams, where a spawned process would re-derive them (~0.25 s and their memory each).
+    np.concatenate of the runs had released the GIL once per run: two threads ran slower
+    than one; bytes.join releases it once per chunk."""
+    if workers == 1:
+        out = []
+        for k in range(exp.shards):
+            out.append(_check_shard(mix, m, exp, k, quick))
+            bar.update()
+        return out
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_check_shard, mix, m, exp, k, quick) for k in range(exp.shards)]
+        try:
+            out = []
+            for f in futures:
+                out.append(f.result())
+                bar.update()
+            return out
+        finally:
+            for f in futures:
+                f.cancel()  # after a fault: shards not started are not read
+
+
+def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) -> dict:
+    exp = expected_mix(m, mix)
+    _check_fields(mix, m, exp)
+    if not quick:
+        for s in exp.sources:
+            s.stream.prepare(s.samples)
+    bar = tqdm(total=exp.shards, desc=f"verify {mix.name}", unit="shard", disable=not progress)
+    try:
+        results = _check_shards(mix, m, exp, quick, workers, bar)
+    finally:
+        bar.close()
+    src_all, ks_all, sizes = zip(*results)
+    n_bytes = sum(sizes)
+    windows, per_source = _check_provenance(mix, exp, np.concatenate(src_all), np.concatenate(ks_all))
+    _check_eval(mix, m, exp)
+    _check_stage(mix, m, exp)
+    sources = []
+    for s, claim in zip(exp.sources, m["sources"]):
+        row = {"name": s.name, "role": s.role, "samples": s.samples, "epochs": round(claim["epochs"], 4),
+               "passes": claim["documents_full_passes"], "partial_documents": claim["partial_documents"]}
+        if s.name in per_source:
+            row["max_window_deviation"] = per_source[s.name]
+        sources.append(row)
+    return {"mix": str(mix), "ok": True, "quick": quick, "shards": exp.shards, "samples": exp.samples,
+            "tokens": m["tokens"], "fraction": m["fraction"], "sources": sources,
+            "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()}, "bytes": n_bytes}
 
 
 def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int = 1) -> dict:
+    """Check a mix against its recipe and stores; raises MixerError naming the first difference.
+
+    workers: threads checking shards at once (the stores are read by one more)."""
+    if not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
     mix = Path(mix_dir)
     t0 = time.perf_counter()
     m = load_manifest(mix)
-    stores_checked = verify_mix_stores(mix, m, quick)  # first: a corrupted store is named, not blamed on a shard
-    plan = plan_from_manifest(m)
-    _PLANS[str(mix)] = (m, plan)
-    seq_len = m["seq_len"]
-    if plan.counts.samples != m["samples"] or sum(s["samples"] for s in m["shards"]) != m["samples"]:
-        _fail(f"{mix}/manifest.json: sample counts disagree with the recipe ({plan.counts.samples} derived, {m['samples']} claimed)")
-
-    offsets: dict[int, list[np.ndarray]] = {s.id: [] for s in plan.sources}
-    source_seq = []
-    n_bytes = 0
-    args = [(str(mix), i, quick) for i in range(len(m["shards"]))]
-    if workers > 1:
-        # ProcessPoolExecutor, not multiprocessing.Pool: Pool.terminate() can deadlock after a
-        # worker raises (seen here); the executor cancels pending shards and shuts down cleanly.
-        ctx = multiprocessing.get_context("spawn")  # no fork: numpy/tokenizers threads
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_check_shard, a) for a in args]
-            try:
-                results = [f.result() for f in tqdm(futures, desc=f"verify {mix.name}", unit="shard", disable=not progress)]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    if workers == 1:
+        stores_checked = verify_mix_stores(mix, m, quick)  # first: a corrupted store is named, not blamed on a shard
+        report = _check_mix(mix, m, quick, progress, 1)
     else:
-        results = (_check_shard(a) for a in tqdm(args, desc=f"verify {mix.name}", unit="shard", disable=not progress))
-    for seq, per_source, nb in results:
-        source_seq.append(seq)
-        n_bytes += nb
-        for sid, off in per_source.items():
-            offsets.setdefault(sid, []).append(off)
-    unknown = set(np.unique(np.concatenate(source_seq)).tolist()) - {s.id for s in plan.sources}
-    if unknown:
-        _fail(f"{mix}: provenance names unknown source ids {sorted(unknown)}")
-
-    sources = []
-    claimed = {s["id"]: s for s in m["sources"]}
-    for src in plan.sources:
-        off = np.sort(np.concatenate(offsets[src.id])) if offsets[src.id] else np.zeros(0, np.int64)
-        if len(off) != src.samples or np.any(off != np.arange(src.samples, dtype=np.int64) * seq_len):
-            _fail(f"{mix}: source {src.stream.name}: provenance does not cover its stream exactly once "
-                  f"({len(off)} samples, {src.samples} expected, or offsets duplicated/skipped)")
-        hist, partial = src.stream.pass_histogram(src.stream_tokens)
-        claim = claimed.get(src.id, {})
-        if src.train and (hist != claim.get("documents_full_passes") or partial != claim.get("partial_documents")):
-            _fail(f"{mix}/manifest.json: source {src.stream.name}: per-document passes {hist} (+{partial} partial) "
-                  f"recounted, manifest claims {claim.get('documents_full_passes')}")
-        sources.append({"name": src.stream.name, "role": src.role, "samples": src.samples, "epochs": round(src.epochs, 4),
-                        "passes": hist, "partial_documents": partial})
-
-    seq = np.concatenate(source_seq)
-    windows = {}
-    if plan.general is not None and plan.general.train:
-        w0, w1 = plan.placement.w0, plan.placement.w1
-        sizes = [2**k for k in range(0, int(np.log2(max(1, w1 - w0))) + 1)]
-        claims = {c["id"]: c for c in m.get("placed", [])}
-        for src, pl, bound in zip(plan.level_sources(), plan.layout.levels, plan.layout.bounds()):
-            if src is None or not src.train:
-                continue
-            is_src = seq == src.id
-            if is_src[:w0].any() or is_src[w1:].any():
-                _fail(f"{mix}: {src.stream.name} samples outside the window {m['fraction']['window']}")
-            # The share is recounted from the provenance; only the claim is read from the manifest.
-            f = int(is_src.sum()) / max(1, w1 - w0)
-            claimed = m["fraction"]["achieved"] if src.id == getattr(plan.domain, "id", None) else claims.get(src.id, {}).get("achieved")
-            if claimed is None or abs(f - claimed) > 1e-12:
-                _fail(f"{mix}/manifest.json: {src.stream.name}: achieved fraction {f:.9g} recounted, manifest claims {claimed}")
-            dev = window_deviation(is_src[w0:w1], f, sizes)
-            worst = max(dev.values(), default=0.0)
-            if worst >= bound:
-                w = max(dev, key=dev.get)
-                _fail(f"{mix}: {src.stream.name}: a window of {w} samples deviates by {worst:.2f} samples from "
-                      f"fraction {f:.6g} (must be < {bound:.4g})")
-            if src.id == getattr(plan.domain, "id", None):
-                windows = dev
-            else:
-                sources[[s["name"] for s in sources].index(src.stream.name)]["max_window_deviation"] = {
-                    str(k): round(v, 4) for k, v in dev.items()}
-
-    for ev in m.get("eval", []):
-        f = mix / ev["file"]
-        if not f.exists() or checksum_file(f) != ev[CHECKSUM]:
-            _fail(f"{f}: eval set missing or its checksum does not match the manifest")
-
+        with ThreadPoolExecutor(1) as side:  # xxhash releases the GIL while it reads the stores
+            stores: Future = side.submit(verify_mix_stores, mix, m, quick)
+            try:
+                report = _check_mix(mix, m, quick, progress, workers)
+            except BaseException:
+                if stores.exception() is not None:  # waits: a store fault explains any shard fault
+                    raise stores.exception() from None
+                raise
+            stores_checked = stores.result()
     seconds = time.perf_counter() - t0
-    return {
-        "mix": str(mix), "ok": True, "quick": quick, "shards": len(m["shards"]), "samples": m["samples"],
-        "tokens": m["tokens"], "fraction": m["fraction"], "sources": sources,
-        "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()},
-        "bytes": n_bytes, "seconds": round(seconds, 3), "mb_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 1),
-        "stores_checked": stores_checked,
-    }
+    return {**report, "seconds": round(seconds, 3), "mb_per_s": round(report["bytes"] / 1e6 / max(seconds, 1e-9), 1),
+            "stores_checked": stores_checked}

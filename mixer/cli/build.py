@@ -207,8 +207,8 @@ def format_build(r: dict) -> str:
 
 @click.command()
 @click.argument("mix", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--quick", is_flag=True, help="Checksums and provenance statistics only; no byte re-read.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes checking shards in parallel.")
+@click.option("--quick", is_flag=True, help="Checksums, manifest fields and provenance only; samples are not compared with the stores.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Threads checking shards in parallel.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def verify(mix, quick, workers, quiet, as_json) -> None:

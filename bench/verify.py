@@ -1,0 +1,68 @@
+"""Benchmark: full `mixer verify` next to a sequential read of the same shards, warm stores.
+
+    .venv/bin/python bench/verify.py [--dir /tmp/mixer-bench-build] [--tokens 500M] [--repeat 5]
+
+The set-up of bench/build.py (same stores and mix, built if absent): a 600M-token general
+store of 1,500-token documents, a 30M-token domain, a 2% mix at seq-len 2048. Each
+measurement is a fresh `mixer verify` process, timed from outside; stores and shards are
+read once first, so every figure is warm. A shared machine makes wall times noisy: the
+best of --repeat runs is reported, with the child's CPU time (user + sys), which other
+processes do not inflate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build import make_store  # noqa: E402  (bench/build.py: the same stores)
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + sys) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode:
+        sys.exit(p.stderr[-2000:])
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default="/tmp/mixer-bench-build")
+    ap.add_argument("--tokens", default="500M")
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    root = Path(a.dir)
+    stores = root / "stores"
+    make_store(stores, "web", "general", 600_000_000, 1500, 1)
+    make_store(stores, "domain", "domain", 30_000_000, 300, 2)
+    mixer = [sys.executable, "-m", "mixer"]
+    out = root / f"mix-{a.tokens}"
+    if not (out / "manifest.json").exists():
+        run([*mixer, "build", "--stores", str(stores), "--domain", "domain", "--fraction", "0.02", "--tokens", a.tokens,
+             "--seq-len", "2048", "--out", str(out), "--quiet"])
+    size = sum(f.stat().st_size for f in out.glob("shard-*.bin"))
+    run(["sh", "-c", f"cat {stores}/*/* {out}/shard-* > /dev/null"])  # warm: stores and shards in page cache
+    rows = [("sequential read (cat)", ["sh", "-c", f"cat {out}/shard-*.bin > /dev/null"])]
+    rows += [(f"verify --workers {w}", [*mixer, "verify", str(out), "--quiet", "--workers", str(w)]) for w in (1, 2)]
+    rows += [("verify --quick", [*mixer, "verify", str(out), "--quiet", "--quick"])]
+    print(f"{size / 1e6:,.0f} MB of shards ({a.tokens} tokens); best of {a.repeat} warm runs")
+    read = None
+    for label, cmd in rows:
+        wall, cpu = min(run(cmd) for _ in range(a.repeat))
+        read = read or wall
+        print(f"{label:<22} {wall:6.2f} s wall = {size / 1e6 / wall:6,.0f} MB/s ({read / wall:.2f}x of cat), "
+              f"CPU {cpu:5.2f} s = {size / 1e6 / cpu:6,.0f} MB/s per CPU second")
+
+
+if __name__ == "__main__":
+    main()
