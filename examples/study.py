@@ -6,7 +6,7 @@ Driven only by `mixer` commands, so every step is one a user can type:
     -> verify + audit -> train pretrain -> train finetune (early stopping), each evaluating
     every checkpoint as `mixer eval` does -> report (table + plots) -> fit -> plan --fit
 
-    python examples/study.py --size demo               # 5.5 min on 2 CPU cores
+    python examples/study.py --size demo               # ~10-15 min on 2 CPU cores
     python examples/study.py --size study              # 3 seeds, 2 domains, replay: 42 min
     python examples/study.py --size demo --model olmo-300m --tokens 2B --seq-len 2048 \
         --tokenizer gpt2 --jobs 1 --train-args "--devices 1 --precision bf16-true"   # on a GPU
