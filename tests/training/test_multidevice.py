@@ -40,7 +40,8 @@ def mixes(tmp_path_factory):
     stores = make_stores(root / "stores", general_docs=600, domain_docs=30)
     return {"root": root,
             "spt": build(stores, root / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", SEQ),
-            "ft": build(stores, root / "ft", "--epochs", "12", "--seq-len", SEQ)}
+            "ft": build(stores, root / "ft", "--epochs", "12", "--seq-len", SEQ),
+            "replay": build(stores, root / "replay", "--epochs", "2", "--replay", "0.3", "--seq-len", SEQ)}
 
 
 def mixer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -384,6 +385,16 @@ def test_a_finetune_on_two_ranks_stops_early_once_on_every_rank(mixes, pretraine
     assert log.count("mixer: early stop at") == 1 and judged[-1]["without_improvement"] == 1
     assert stop < json.loads((run / "run.json").read_text())["hparams"]["steps"]
     assert_stored_order(trace(traced), ranks=2, micro=8, start=0, end=stop)
+
+
+@pytest.mark.slow
+def test_a_replay_on_two_ranks_trains_its_mix_once_in_order(mixes, pretrained, tmp_path):
+    run, traced = tmp_path / "replay", tmp_path / "trace"
+    mixer("train", "replay", str(mixes["replay"]), "--from", str(pretrained[0]), "--out", str(run), "--devices", "2",
+          "--lr-ratio", "0.25", "--patience", "0", "--eval-samples", "16", env={"MIXER_SAMPLE_TRACE": str(traced)})
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["kind"] == "replay" and meta["status"] == "done"
+    assert_stored_order(trace(traced), ranks=2, micro=8, start=0, end=meta["hparams"]["steps"])
 
 
 @pytest.mark.slow
