@@ -1,5 +1,8 @@
 """A stand-in Slurm on PATH (sbatch, srun, squeue) for tests on a machine without one.
 
+`srun` runs its command once, or, given --ntasks-per-node (and --nodes), as a job step of
+that many tasks per node, all on this machine, each with SLURM_PROCID/LOCALID/NODEID/NTASKS.
+
 `sbatch` (with `srun`, `squeue` and `scontrol show hostnames`) saves every job script it is given (so tests can read them) and either runs the
 job's array tasks at once, in submission order (mode "run": datatrove submits a job's
 dependencies first, so order is enough), or holds them (mode "hold": `squeue` then lists
@@ -36,12 +39,28 @@ print(f"Submitted batch job {n}")
 '''
 
 SRUN = r'''
-import os, sys
-args = sys.argv[1:]
-i = 0
+import os, subprocess, sys
+args, opts, i = sys.argv[1:], {}, 0
 while i < len(args) and args[i].startswith("-"):
-    i += 2 if args[i] in ("-n", "-N") else 1
-os.execvp(args[i], args[i:])
+    key, sep, value = args[i].partition("=")
+    if not sep and key in ("-n", "-N", "--nodes", "--ntasks-per-node"):
+        value, i = args[i + 1], i + 1
+    opts[key] = value
+    i += 1
+if "--ntasks-per-node" not in opts:
+    os.execvp(args[i], args[i:])
+# A job step of nodes x ntasks-per-node tasks, all on this machine, each with the variables
+# srun gives a task; the step fails when a task fails.
+nodes, per_node = int(opts.get("--nodes", opts.get("-N", 1))), int(opts["--ntasks-per-node"])
+procs = []
+for node in range(nodes):
+    for local in range(per_node):
+        env = {**os.environ, "SLURM_NTASKS": str(nodes * per_node), "SLURM_NTASKS_PER_NODE": str(per_node),
+               "SLURM_NNODES": str(nodes), "SLURM_NODEID": str(node), "SLURM_LOCALID": str(local),
+               "SLURM_PROCID": str(node * per_node + local), "SLURM_STEP_NODELIST": "localhost"}
+        procs.append(subprocess.Popen(args[i:], env=env))
+codes = [p.wait() for p in procs]
+sys.exit(next((c for c in codes if c), 0))
 '''
 
 SQUEUE = r'''

@@ -27,7 +27,11 @@ def _common(f):
         click.option("--micro-batch-size", type=int, help="Samples per device per forward pass."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--precision", help="Trainer precision (LitGPT: 32-true on CPU, bf16-mixed on GPU by default)."),
-        click.option("--devices", type=int, help="Devices (default: 1 on CPU, all GPUs)."),
+        click.option("--devices", type=int,
+                     help="Devices per node (default: 1 on CPU, all GPUs); on CPU, N ranks train with DDP over gloo."),
+        click.option("--num-nodes", type=int,
+                     help="Nodes (default 1); above 1, mixer train runs inside a Slurm allocation of that many nodes "
+                          "and starts one srun task per device (docs/trainers.md)."),
         click.option("--threads", type=int, help="CPU threads for torch (default: half the cores on CPU)."),
         click.option("--dry-run", is_flag=True, help="Print the trainer's config (LitGPT: its YAML) and stop."),
         click.option("--verbose", is_flag=True, help="Echo the trainer's output (always in RUN/train.log)."),
@@ -67,7 +71,8 @@ def train() -> None:
 @click.option("--trainer", default="litgpt", show_default=True,
               help="Training framework, by name (docs/trainers.md); recorded in run.json.")
 def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
-             micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None, threads: int | None,
+             micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None,
+             num_nodes: int | None, threads: int | None,
              dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
              min_lr: float | None, warmup: int | None,
              horizon: float | None, schedule_tokens: str | None, anneal: bool, checkpoints: int,
@@ -80,7 +85,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
                          horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
                          anneal=anneal, seed=seed, trainer=trainer,
-                         precision=precision, devices=devices, threads=threads, dry_run=dry_run)
+                         precision=precision, devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run)
     if dry_run:
         click.echo(plan.config_text(), nl=False)
         return
@@ -116,7 +121,8 @@ def _finetune_command(kind: str):
                   help="More grid axes: --grid weight_decay=0,1e-7 (keys lr, lr_ratio, warmup, weight_decay, min_lr).")
     @click.option("--trainer", help="Training framework (default: the parent run's).")
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
-                seed: int, precision: str | None, devices: int | None, threads: int | None, dry_run: bool,
+                seed: int, precision: str | None, devices: int | None, num_nodes: int | None, threads: int | None,
+                dry_run: bool,
                 verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path,
                 checkpoint: str | None, lr: str | None, lr_ratio: str | None, warmup: str | None, schedule: str,
                 min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
@@ -132,7 +138,7 @@ def _finetune_command(kind: str):
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
                       tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
                       select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer, precision=precision,
-                      devices=devices, threads=threads, dry_run=dry_run)
+                      devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run)
         pmeta = read_run_meta(parent)
         defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
         axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),

@@ -10,6 +10,7 @@ It hands a `RunSpec` to the trainer (`mixer.training.trainer`), found by name th
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,28 @@ def _steps(mix: MixFiles, global_batch: int, tokens: int | None) -> int:
     return steps
 
 
-def _batches(batch: int, micro: int, devices: int) -> tuple[int, int]:
-    micro = min(micro, batch // devices) or 1
-    if batch % devices or (batch // devices) % micro:
-        raise UsageError(f"--batch-size {batch} must split evenly over {devices} devices and micro-batches of {micro}")
+def _machine(tr: Trainer, name: str, precision: str | None, devices: int | None, threads: int | None,
+             nodes: int | None):
+    """The trainer's machine. Several nodes only for a trainer whose `machine` takes `nodes`."""
+    if nodes is not None and nodes < 1:
+        raise UsageError(f"--num-nodes {nodes}: must be at least 1")
+    if nodes is None or nodes == 1:
+        return tr.machine(precision, devices, threads)
+    if "nodes" not in inspect.signature(tr.machine).parameters:
+        raise UsageError(f"--num-nodes {nodes}: trainer {name} trains on one node")
+    return tr.machine(precision, devices, threads, nodes=nodes)
+
+
+def _ranks(machine) -> int:
+    """Data-parallel ranks: devices per node times nodes."""
+    return machine.devices * getattr(machine, "nodes", 1)
+
+
+def _batches(batch: int, micro: int, ranks: int) -> tuple[int, int]:
+    micro = min(micro, batch // ranks) or 1
+    if batch % ranks or (batch // ranks) % micro:
+        raise UsageError(f"--batch-size {batch} must split evenly over {ranks} devices (all nodes) and "
+                         f"micro-batches of {micro}")
     return batch, micro
 
 
@@ -87,6 +106,15 @@ def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
     if out.exists() and any(out.iterdir()) and not dry_run:
         raise MixerError(f"{out}: exists and is not a run; choose another --out")
     return out, False
+
+
+def _check_resume(run_dir: Path, batch: int) -> None:
+    """An unfinished run resumes on any devices and nodes that split its global batch, never
+    with another batch: its steps, schedule and the samples of each step are fixed."""
+    started = (read_run_meta(run_dir).get("hparams") or {}).get("batch_size")
+    if started is not None and int(started) != batch:
+        raise UsageError(f"--batch-size {batch}: {run_dir} was started with a global batch of {started} samples; "
+                         f"resume it with --batch-size {started} (any --devices and --num-nodes that split it)")
 
 
 def _mix_meta(mix: MixFiles) -> dict:
@@ -127,15 +155,17 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
                   horizon: float | None = None, schedule_tokens: int | None = None, anneal: bool = False,
                   seed: int = 0, trainer: str | None = None, precision: str | None = None,
                   devices: int | None = None, threads: int | None = None, val_samples: int = 128,
-                  dry_run: bool = False) -> RunPlan:
+                  nodes: int | None = None, dry_run: bool = False) -> RunPlan:
     name = trainer or DEFAULT
     tr = get_trainer(name)
     p = tr.defaults(model, "pretrain")
     mix = MixFiles.open(mix_path)
-    machine = tr.machine(precision, devices, threads)
-    batch, micro = _batches(batch or p["batch"], micro or p["micro_batch"], machine.devices)
+    machine = _machine(tr, name, precision, devices, threads, nodes)
+    batch, micro = _batches(batch or p["batch"], micro or p["micro_batch"], _ranks(machine))
     steps = _steps(mix, batch, tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
+    if resume:
+        _check_resume(run_dir, batch)
     lr = lr if lr is not None else p["lr"]
     min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
     warmup = warmup if warmup is not None else max(1, round(p["warmup_fraction"] * steps))
@@ -200,7 +230,7 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
                   batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
                   eval_every: int | None = None, select_on: str = "val", seed: int = 0, trainer: str | None = None,
                   precision: str | None = None, devices: int | None = None, threads: int | None = None,
-                  dry_run: bool = False) -> RunPlan:
+                  nodes: int | None = None, dry_run: bool = False) -> RunPlan:
     """A finetune (or replay) of `parent` on MIX; the trainer is the parent's. Early stopping
     (and, in a grid, the choice of configuration) uses the domain validation split
     (`select_on="val"`), or the test split (`"test"`, the paper's protocol)."""
@@ -216,13 +246,15 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         raise UsageError(f"--trainer {trainer}: {parent} was trained with {name}; a finetune continues with it")
     tr = trainer_of(pmeta, parent)
     mix = MixFiles.open(mix_path)
-    machine = tr.machine(precision, devices, threads)
+    machine = _machine(tr, name, precision, devices, threads, nodes)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
     ckpt = _parent_checkpoint(tr, parent, checkpoint, pmeta)
     _check_tokenizer(mix, pmeta)
-    batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], machine.devices)
+    batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], _ranks(machine))
     steps = _steps(mix, batch, tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
+    if resume:
+        _check_resume(run_dir, batch)
     ref = reference_lr(tr, parent, pmeta, ckpt)
     if lr is not None and lr_ratio is not None:
         raise UsageError("--lr and --lr-ratio: give the rate or its ratio to the parent's, not both")

@@ -27,8 +27,9 @@ from mixer.formats.mix import MixFiles
 class Machine(Protocol):
     """The hardware a run trains on, as far as mixer needs to know it."""
 
-    devices: int  # data-parallel ranks: the global batch must split evenly over them
+    devices: int  # data-parallel ranks per node: the global batch must split evenly over all of them
     threads: int | None  # CPU threads for evaluation (None: the framework's default)
+    # A machine of several nodes also has `nodes` (ranks in all: devices x nodes).
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Trainer(Protocol):
     """A training framework. It is known by the name it is registered under (registry.py)."""
 
     def machine(self, precision: str | None, devices: int | None, threads: int | None) -> Machine:
-        """The hardware to train on: what was asked, else what is there."""
+        """The hardware to train on: what was asked, else what is there. A trainer that trains
+        on several nodes takes `nodes` too (`--num-nodes`; mixer passes it only when above 1)."""
         ...
 
     def defaults(self, model: str, kind: str) -> dict[str, Any]:

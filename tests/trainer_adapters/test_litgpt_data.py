@@ -65,8 +65,28 @@ def test_state_dict_resumes_at_the_next_unseen_sample(mix):
     again.load_state_dict(state)
     np.testing.assert_array_equal(next(iter(again)).numpy(), stored(mix)[40:48])
     np.testing.assert_array_equal(np.concatenate(first), stored(mix)[:40])
-    with pytest.raises(MixFileError, match="same batch size"):
-        module(mix, max_tokens=40 * 8 * SEQ, batch=4).train_dataloader().load_state_dict(state)
+    # another micro-batch, the global batch unchanged: the same next sample
+    smaller = module(mix, max_tokens=40 * 8 * SEQ, batch=4).train_dataloader()
+    smaller.load_state_dict(state)
+    np.testing.assert_array_equal(next(iter(smaller)).numpy(), stored(mix)[40:44])
+    with pytest.raises(MixFileError, match="inside a micro-batch step of this run"):
+        module(mix, max_tokens=40 * 8 * SEQ, batch=16).train_dataloader().load_state_dict(state)
+
+
+def test_ranks_split_each_global_micro_batch_and_resume_on_another_count(mix):
+    """2 ranks of 4 read the halves of each block of 8; a checkpoint of theirs resumes on 1 device of 8."""
+    from trainer_adapters.litgpt.data import MixLoader, MixStream
+
+    files = MixFiles.open(mix)
+    ranks = [MixLoader(MixStream(files, 4, 80, rank=r, world=2)) for r in range(2)]
+    its = [iter(r) for r in ranks]
+    got = [[next(it).numpy() for _ in range(3)] for it in its]
+    for i in range(3):
+        np.testing.assert_array_equal(np.concatenate([got[0][i], got[1][i]]), stored(mix)[8 * i: 8 * i + 8])
+    one = MixLoader(MixStream(files, 8, 80))
+    one.load_state_dict(ranks[0].state_dict())
+    assert one.stream.iteration == 3
+    np.testing.assert_array_equal(next(iter(one)).numpy(), stored(mix)[24:32])
 
 
 def test_a_run_longer_than_the_mix_is_refused_not_wrapped(mix):
@@ -85,12 +105,11 @@ def test_litgpt_look_ahead_past_the_last_step_ends_quietly(mix):
     np.testing.assert_array_equal(np.concatenate(batches), stored(mix)[: steps * 8])
 
 
-def test_asking_past_the_budget_raises(mix):
+def test_the_loader_ends_at_the_budget_and_raises_when_the_mix_is_short(mix):
     files = MixFiles.open(mix)
-    data = module(mix, max_tokens=8 * SEQ)  # one step's worth, but the loop keeps pulling
-    data.stream.needed = 8
-    batches = list(data.train_dataloader())  # the mix's whole first pass is still served in order
-    assert len(batches) == files.samples // 8
+    data = module(mix, max_tokens=3 * 8 * SEQ)
+    batches = list(data.train_dataloader())  # exactly the budget: nothing read past it
+    np.testing.assert_array_equal(np.concatenate(batches), stored(mix)[:24])
     data.stream.needed = files.samples + 8
     with pytest.raises(MixFileError, match="exhausted"):
         list(data.train_dataloader())

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from mixer.errors import UsageError
+
 from .presets import ADAM
 
 
@@ -21,28 +23,46 @@ def cpu_threads(threads: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class Machine:
-    """What LitGPT must be told about the hardware."""
+    """What LitGPT must be told about the hardware: `devices` per node (LitGPT's `devices`) on
+    `nodes` nodes, so `ranks` data-parallel processes in all."""
 
     precision: str
     devices: int
     compile: bool
     threads: int | None = None  # CPU threads for torch; None leaves torch's default
+    nodes: int = 1
+    cuda: bool = False
 
     @classmethod
     def detect(cls, precision: str | None = None, devices: int | None = None,
-               threads: int | None = None) -> "Machine":
+               threads: int | None = None, nodes: int | None = None) -> "Machine":
         import torch
 
+        for flag, n in (("--devices", devices), ("--num-nodes", nodes)):
+            if n is not None and n < 1:
+                raise UsageError(f"{flag} {n}: must be at least 1")
         cuda = torch.cuda.is_available()
         if not cuda:
             # CPU: bf16 is slow or unsupported and torch.compile costs more than it saves on tiny models.
-            return cls(precision or "32-true", devices or 1, compile=False, threads=cpu_threads(threads))
+            return cls(precision or "32-true", devices or 1, compile=False, threads=cpu_threads(threads),
+                       nodes=nodes or 1)
         bf16 = torch.cuda.is_bf16_supported()  # litgpt pretrain offers bf16-true, bf16-mixed or 32-true
         return cls(precision or ("bf16-mixed" if bf16 else "32-true"), devices or torch.cuda.device_count(),
-                   compile=True, threads=threads)
+                   compile=True, threads=threads, nodes=nodes or 1, cuda=True)
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    @property
+    def ranks(self) -> int:
+        return self.devices * self.nodes
+
+    @property
+    def strategy(self) -> str | None:
+        """None: LitGPT's own choice (FSDP on more than one rank). FSDP runs on GPUs only, so
+        several CPU ranks train with DDP over gloo."""
+        return "ddp" if self.ranks > 1 and not self.cuda else None
+
+    def exports(self) -> dict[str, str]:
+        """The environment the training processes need besides the caller's (launch.sh sets it)."""
+        env = {}
         if not self.compile:
             env["TORCH_COMPILE_DISABLE"] = "1"
         if self.threads:
@@ -114,7 +134,7 @@ def litgpt_config(s: TrainSettings) -> dict:
         "optimizer": {"class_path": "torch.optim.AdamW",
                       "init_args": {"lr": s.lr, "weight_decay": s.weight_decay, **ADAM}},
         "devices": s.machine.devices,
-        "num_nodes": 1,
+        "num_nodes": s.machine.nodes,
         "tokenizer_dir": None,  # samples are token ids already; LitGPT needs no tokenizer to pretrain
         "logger_name": "csv",
         "seed": s.seed,

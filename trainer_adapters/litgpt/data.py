@@ -6,14 +6,18 @@ so the loader reads samples sequentially. Global micro-batch i covers samples
 an optimizer step consumes one contiguous block of the stored order, whatever W is.
 
 LitGPT's training loop wraps the loader in a CycleIterator and fetches one batch past the
-last step before it checks the step count. So at the end of the mix the loader ends
-quietly when exactly the run's budget was served (that look-ahead batch is never trained
-on), and raises when the run wants more than the mix holds; `setup` refuses such a run
-before it starts.
+last step before it checks the step count. So the loader ends quietly when exactly the
+run's budget was served (it reads no look-ahead batch), and raises when the run wants more
+than the mix holds; `setup` refuses such a run before it starts.
+
+With MIXER_SAMPLE_TRACE=DIR in the environment each rank appends one line per micro-batch it
+reads to DIR/rank-<r>.txt: `iteration first_sample end_sample` (end exclusive), so a test (or
+a user) can check that the ranks together read every sample once, in order.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +37,14 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _trace_file(rank: int):
+    folder = os.environ.get("MIXER_SAMPLE_TRACE")
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return open(Path(folder) / f"rank-{rank}.txt", "a")
+
+
 class MixStream(IterableDataset):
     """Yields (B, seq_len + 1) int64 batches of the mix in stored order, from `iteration` on."""
 
@@ -40,6 +52,7 @@ class MixStream(IterableDataset):
         self.mix, self.batch_size, self.needed = mix, batch_size, needed_samples
         self.rank, self.world = rank, world
         self.iteration = 0  # global micro-batches served; the whole resumable state
+        self.trace = _trace_file(rank)
 
     @property
     def per_iteration(self) -> int:
@@ -48,15 +61,18 @@ class MixStream(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
             start = self.iteration * self.per_iteration
+            if start >= self.needed:
+                return  # LitGPT's look-ahead past the run's last step: end, never wrap, read nothing
             if start + self.per_iteration > self.mix.samples:
-                if start >= self.needed:
-                    return  # LitGPT's look-ahead past the run's last step: end, do not wrap
                 raise MixFileError(
                     f"{self.mix.path}: the mix is exhausted after {start} of the {self.needed} samples the run "
                     f"needs; build a bigger mix or train on fewer tokens"
                 )
             lo = start + self.rank * self.batch_size
             batch = self.mix.read(lo, lo + self.batch_size)
+            if self.trace is not None:
+                self.trace.write(f"{self.iteration} {lo} {lo + self.batch_size}\n")
+                self.trace.flush()
             self.iteration += 1
             yield torch.from_numpy(batch.astype(np.int64))
 
@@ -73,12 +89,18 @@ class MixLoader(DataLoader):
                 "samples_per_iteration": self.stream.per_iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["samples_per_iteration"]) != self.stream.per_iteration:
+        """Continue at the first sample the checkpoint had not read, whatever the ranks and
+        micro-batch of the run that saved it: a checkpoint follows an optimizer step, so that
+        sample starts a global batch, and with the global batch unchanged it starts a
+        micro-batch of this run too."""
+        done = int(state["iteration"]) * int(state["samples_per_iteration"])
+        if done % self.stream.per_iteration:
             raise MixFileError(
-                f"resume: the checkpoint read {state['samples_per_iteration']} samples per micro-batch step, this run "
-                f"{self.stream.per_iteration}; resume with the same batch size and device count"
+                f"resume: the checkpoint stopped after sample {done}, inside a micro-batch step of this run "
+                f"({self.stream.batch_size} samples x {self.stream.world} ranks); resume with the run's global "
+                "batch size"
             )
-        self.stream.iteration = int(state["iteration"])
+        self.stream.iteration = done // self.stream.per_iteration
 
 
 class _EvalStream(IterableDataset):

@@ -1,13 +1,19 @@
-"""`litgpt pretrain --config`, plus the two things LitGPT's loop lacks: WSD / long-horizon
-cosine schedules, and early stopping on the validation loss of each saved checkpoint.
+"""`litgpt pretrain --config`, plus what LitGPT's loop lacks: WSD / long-horizon cosine
+schedules, early stopping on the validation loss of each saved checkpoint, DDP where FSDP
+cannot run (CPU ranks), and resuming on another device count.
 
-    python -m trainer_adapters.litgpt.launch RUN/config.yaml RUN/launch.json
+    python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml
 
-Both hook module-level functions of litgpt.pretrain (pinned 0.5.13): `get_lr` is replaced;
-`validate` is wrapped to remember the last loss, and `save_checkpoint` to judge it right
-after the checkpoint is complete on disk, so the stop never leaves a half-written file.
+takes the same arguments as `litgpt pretrain`, so that Lightning, which starts ranks 1..N-1
+by re-running this process's command line, starts each of them the same way; the hooks are
+read from launch.json beside the config (none when it is missing).
+
+The hooks replace or wrap module-level functions of litgpt.pretrain (pinned 0.5.13): `get_lr`
+is replaced; `validate` is wrapped to remember the last loss, and `save_checkpoint` to judge it
+right after the checkpoint is complete on disk, so the stop never leaves a half-written file.
 Each judgement is appended to RUN/early_stopping.jsonl, which also restores the state on
---resume. Without hooks this is exactly `litgpt pretrain --config RUN/config.yaml`.
+--resume. Without hooks this is exactly `litgpt pretrain --config RUN/config.yaml`, except
+that a resumed run may have another number of ranks (`resume_on_any_ranks`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+HOOKS = "launch.json"
 
 
 class EarlyStop(Exception):
@@ -31,12 +39,60 @@ def schedule_lr(kind: str, lr: float, it: int, warmup: int, max_iters: int, min_
     return lr_at(it, lr, min_lr, warmup, max_iters, kind, horizon, decay_fraction)
 
 
+def _require(pretrain, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not hasattr(pretrain, name):
+            raise RuntimeError(f"litgpt.pretrain has no {name}; this launcher supports litgpt 0.5.13")
+
+
+def use_strategy(name: str) -> None:
+    """Train with Lightning's strategy `name` where LitGPT would pick FSDP (more than one rank).
+
+    LitGPT builds `FSDPStrategy(...)` itself; its stand-in returns the strategy's name, which
+    Fabric resolves with the cluster environment (gloo on CPU, Slurm's ranks under srun). It
+    is no instance of the stand-in, so LitGPT's `isinstance(strategy, FSDPStrategy)` is false
+    and it initializes the weights as on one device, which DDP then broadcasts from rank 0.
+    """
+    from litgpt import pretrain
+
+    _require(pretrain, ("FSDPStrategy",))
+
+    class Chosen:
+        def __new__(cls, *args, **kwargs):  # noqa: ARG003 - FSDP's arguments mean nothing to DDP
+            return name
+
+    pretrain.FSDPStrategy = Chosen
+
+
+def resume_on_any_ranks() -> None:
+    """Let a run resume on another number of ranks when the global batch is unchanged.
+
+    A checkpoint is saved right after an optimizer step, so the micro-batch iterations it
+    counts are its steps times the accumulation of the run that saved it; on another device
+    count (or micro-batch) the same point of training is its steps times this run's
+    accumulation. LitGPT restores the saved count as is; `fit` starts from the translated one.
+    The loader translates its own position (`data.MixLoader.load_state_dict`).
+    """
+    from litgpt import pretrain
+
+    _require(pretrain, ("fit",))
+    orig_fit = pretrain.fit
+
+    def fit(**kwargs):
+        state, train = kwargs["state"], kwargs["train"]
+        accumulation = train.gradient_accumulation_iters(kwargs["devices"], kwargs.get("num_nodes", 1))
+        state["iter_num"] = state["step_count"] * accumulation
+        return orig_fit(**kwargs)
+
+    pretrain.fit = fit
+
+
 def install(hooks: dict, log_file: Path) -> None:
     from litgpt import pretrain
 
-    for name in ("get_lr", "validate", "save_checkpoint"):
-        if not hasattr(pretrain, name):
-            raise RuntimeError(f"litgpt.pretrain has no {name}(); this launcher supports litgpt 0.5.13")
+    _require(pretrain, ("get_lr", "validate", "save_checkpoint"))
+    if hooks.get("strategy"):
+        use_strategy(hooks["strategy"])
 
     sched = hooks.get("schedule")
     if sched:
@@ -70,6 +126,8 @@ def install(hooks: dict, log_file: Path) -> None:
         loss, state["last"] = state["last"], None
         if not name.startswith("step-") or loss is None:
             return
+        # Every rank evaluates the whole held-out set on the same weights, so every rank
+        # reaches the same judgement and stops at the same checkpoint.
         if loss < state["best"] - min_delta:
             state["best"], state["bad"] = loss, 0
         else:
@@ -85,18 +143,38 @@ def install(hooks: dict, log_file: Path) -> None:
     pretrain.validate, pretrain.save_checkpoint = validate, save_checkpoint
 
 
+def config_path(argv: list[str]) -> Path:
+    """RUN/config.yaml from `pretrain --config RUN/config.yaml` (or `--config=...`)."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if a.startswith("--config="):
+            return Path(a.split("=", 1)[1])
+    raise SystemExit("usage: python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml")
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def main(argv: list[str]) -> int:
-    config, hooks_file = Path(argv[0]), Path(argv[1])
-    hooks = json.loads(hooks_file.read_text())
+    if argv[:1] != ["pretrain"]:
+        raise SystemExit("usage: python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml")
+    hooks_file = config_path(argv).parent / HOOKS
+    hooks = json.loads(hooks_file.read_text()) if hooks_file.is_file() else {}
     install(hooks, hooks_file.parent / "early_stopping.jsonl")
+    resume_on_any_ranks()
     from litgpt.__main__ import main as litgpt_main
 
-    # litgpt saves hyperparameters.yaml by re-parsing sys.argv as `litgpt pretrain ...`.
-    sys.argv = ["litgpt", "pretrain", "--config", str(config)]
+    # LitGPT parses sys.argv, and re-parses it as `litgpt pretrain ...` to save
+    # hyperparameters.yaml; Lightning re-runs it to start the other ranks. It is left as is.
     try:
         litgpt_main()
     except EarlyStop as e:
-        print(f"mixer: {e}", flush=True)
+        if _rank() == 0:
+            print(f"mixer: {e}", flush=True)
     return 0
 
 

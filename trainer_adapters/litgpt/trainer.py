@@ -1,17 +1,17 @@
 """LitGPT as a mixer trainer (`mixer.training.trainer.Trainer`), registered as `litgpt`.
 
-A RunSpec becomes one complete `litgpt pretrain` YAML (RUN/config.yaml; config.py). Runs
-without hooks run `litgpt pretrain --config RUN/config.yaml` as is; finetune, replay, WSD and
-long-horizon cosine runs go through launch.py, which adds the schedule and early stopping to
-the same config. Finetunes start from the parent's checkpoint converted with LitGPT's
-convert_pretrained_checkpoint, and validate (and save) at every save_interval.
+A RunSpec becomes one complete `litgpt pretrain` YAML (RUN/config.yaml; config.py) and the
+hooks launch.py adds to LitGPT's loop (RUN/launch.json: schedule, early stopping, DDP on CPU
+ranks). RUN/launch.sh starts the training processes (cluster.py): launch.py once on one
+node, one srun task per device on several. Finetunes start from the parent's checkpoint
+converted with LitGPT's convert_pretrained_checkpoint, and validate (and save) at every
+save_interval.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import sys
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,9 @@ from mixer.formats.mix import MixFiles
 from mixer.training.trainer import EvalModel, RunSpec
 
 from . import checkpoints as ckpts
+from .cluster import SCRIPT, check_allocation, launch_script
 from .config import Machine, TrainSettings, cpu_threads, dump, litgpt_config
+from .launch import HOOKS
 from .logs import last_error_line, merge_metrics, run_logged, train_table
 from .presets import get_preset
 
@@ -58,17 +60,10 @@ def _eval_iters(mix: MixFiles, names: list[str] | None, cap: int | None, micro: 
     return max(1, math.ceil(n / micro))
 
 
-def _litgpt() -> str:
-    exe = Path(sys.executable).parent / "litgpt"
-    found = str(exe) if exe.exists() else shutil.which("litgpt")
-    if not found:
-        raise MixerError("litgpt is not installed (pip install 'mixer[litgpt]')")
-    return found
-
-
 class LitGPT:
-    def machine(self, precision: str | None, devices: int | None, threads: int | None) -> Machine:
-        return Machine.detect(precision, devices, threads)
+    def machine(self, precision: str | None, devices: int | None, threads: int | None,
+                nodes: int | None = None) -> Machine:
+        return Machine.detect(precision, devices, threads, nodes)
 
     def defaults(self, model: str, kind: str) -> dict:
         preset = get_preset(model)
@@ -91,15 +86,17 @@ class LitGPT:
             parent = spec.parent or spec.init_from.parent.parent
             converted = parent / "converted" / spec.init_from.name
         hooks: dict = {}
+        if spec.machine.strategy:
+            hooks["strategy"] = spec.machine.strategy
         if spec.patience > 0:
             hooks["early_stopping"] = {"patience": spec.patience}
         if spec.schedule == "wsd":
             hooks["schedule"] = {"kind": "wsd", "decay_fraction": spec.decay_fraction}
         elif spec.schedule == "cosine" and spec.schedule_tokens:
-            # LitGPT counts its schedule in micro-batch iterations per device.
+            # LitGPT counts its schedule in micro-batch iterations per rank.
             iter_tokens = spec.micro_batch * mix.seq_len
             hooks["schedule"] = {"kind": "cosine",
-                                 "horizon_iters": (spec.schedule_tokens // spec.machine.devices) // iter_tokens}
+                                 "horizon_iters": (spec.schedule_tokens // spec.machine.ranks) // iter_tokens}
         s = TrainSettings(
             out_dir=spec.run_dir / "out", mix=mix.path, model_name=cfg["name"], model_config=cfg, seq_len=mix.seq_len,
             max_tokens=spec.tokens, global_batch=spec.global_batch, micro_batch=spec.micro_batch, lr=spec.lr,
@@ -113,18 +110,17 @@ class LitGPT:
         return LitGPTJob(spec.run_dir, s, hooks, convert=(spec.init_from, converted) if converted else None)
 
     def launch(self, job: LitGPTJob, echo: bool = False) -> None:
-        run_dir = job.run_dir
+        run_dir, machine = job.run_dir, job.settings.machine
+        check_allocation(machine)
         if job.convert:
             ckpts.convert_checkpoint(*job.convert)
         config = run_dir / CONFIG
         config.write_text(job.config_text())
-        if job.hooks:
-            write_json(run_dir / "launch.json", job.hooks)
-            cmd = [sys.executable, "-m", "trainer_adapters.litgpt.launch", str(config), str(run_dir / "launch.json")]
-        else:
-            cmd = [_litgpt(), "pretrain", "--config", str(config)]
+        write_json(run_dir / HOOKS, job.hooks)
+        script = run_dir / SCRIPT
+        script.write_text(launch_script(config, machine))
         log = run_dir / "train.log"
-        if run_logged(cmd, log, job.settings.machine.env(), echo=echo) != 0:
+        if run_logged(["bash", str(script)], log, dict(os.environ), echo=echo) != 0:
             raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
         merge_metrics(run_dir / "out", run_dir / "metrics.csv")
 
