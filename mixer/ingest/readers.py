@@ -36,6 +36,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+import contextlib
 from typing import Any, Iterator
 
 from datatrove.data import Document, DocumentsPipeline
@@ -268,6 +269,21 @@ def _unreadable(f: InputFile, e: BaseException) -> MixerError:
     return MixerError(f"{f.path}: cannot read ({type(e).__name__}: {e}); is the file truncated?")
 
 
+@contextlib.contextmanager
+def _reading(f: InputFile) -> Iterator[None]:
+    """A damaged input file (truncated, corrupt gzip or zstd) is one line naming it."""
+    try:
+        yield
+    except MixerError:
+        raise
+    except (OSError, EOFError, ValueError) as e:
+        raise _unreadable(f, e) from None
+    except Exception as e:  # zstandard.ZstdError has no common base with OSError
+        if type(e).__name__ == "ZstdError":
+            raise _unreadable(f, e) from None
+        raise
+
+
 class SourceReader(PipelineStep):
     """Read this rank's share of the input files (every world_size-th, in sorted order).
 
@@ -343,29 +359,20 @@ class SourceReader(PipelineStep):
         return text, default_id if doc_id is None else str(doc_id)
 
     def _jsonl(self, f: InputFile) -> Iterator[tuple[str, str] | BadRecord]:
-        try:
-            with _open_binary(f.path, f.codec) as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if lineno == 1:
-                        line = line.removeprefix(BOM)
-                    if not line.strip():
-                        continue
-                    where = f"{f.path}:{lineno}"
-                    try:
-                        obj = _loads(line)  # orjson rejects invalid UTF-8 too
-                    except _JSONError as e:
-                        # name bad bytes precisely; check only on failure, the hot path parses once
-                        yield _bad_utf8(line, where) or BadRecord(f"{where}: malformed JSON ({str(e).splitlines()[0]})")
-                        continue
-                    yield self._record(obj, where, f"{f.label}:{lineno}")
-        except MixerError:
-            raise
-        except (OSError, EOFError, ValueError) as e:
-            raise _unreadable(f, e) from None
-        except Exception as e:  # zstandard.ZstdError has no common base with OSError
-            if type(e).__name__ == "ZstdError":
-                raise _unreadable(f, e) from None
-            raise
+        with _reading(f), _open_binary(f.path, f.codec) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if lineno == 1:
+                    line = line.removeprefix(BOM)
+                if not line.strip():
+                    continue
+                where = f"{f.path}:{lineno}"
+                try:
+                    obj = _loads(line)  # orjson rejects invalid UTF-8 too
+                except _JSONError as e:
+                    # name bad bytes precisely; check only on failure, the hot path parses once
+                    yield _bad_utf8(line, where) or BadRecord(f"{where}: malformed JSON ({str(e).splitlines()[0]})")
+                    continue
+                yield self._record(obj, where, f"{f.label}:{lineno}")
 
     def _columns(self, f: InputFile, names: list[str]) -> list[str]:
         if self.text_key not in names:
@@ -421,13 +428,6 @@ class SourceReader(PipelineStep):
                     row += 1
 
     def _text(self, f: InputFile) -> Iterator[tuple[str, str] | BadRecord]:
-        try:
-            with _open_binary(f.path, f.codec) as fh:
-                data = fh.read()
-        except (OSError, EOFError, ValueError) as e:
-            raise _unreadable(f, e) from None
-        except Exception as e:  # zstandard.ZstdError has no common base with OSError
-            if type(e).__name__ == "ZstdError":
-                raise _unreadable(f, e) from None
-            raise
+        with _reading(f), _open_binary(f.path, f.codec) as fh:
+            data = fh.read()
         yield _bad_utf8(data, f.path) or (data.decode("utf-8"), f.label)

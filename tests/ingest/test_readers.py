@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tokutil import word_tokenizer
 from mixer.cli import main
 from mixer.errors import MixerError, UsageError
 from mixer.formats.store import open_store
@@ -216,14 +217,8 @@ def test_symlinks_broken_or_doubled_are_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "<|endoftext|>": 1} | {w: i + 2 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
+    """A word-level tokenizer over WORDS (+ [UNK], <|endoftext|>), trained in memory (no network)."""
+    return word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", WORDS)
 
 
 def cli(capsys, *argv) -> tuple[int, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tokutil import word_tokenizer
 from mixer.checks.verify_store import verify_store
 from mixer.formats.checksum import checksum_file
 from mixer.formats.store import meta_digest
@@ -24,14 +25,7 @@ WORDS = [f"w{i}" for i in range(400)]
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
     """A word-level tokenizer over WORDS (+ [UNK], <|endoftext|>), trained in memory (no network)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<|endoftext|>"]))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
+    return word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", WORDS)
 
 
 def write_corpus(folder: Path, files: int, docs: int, repeat: int = 1) -> Path:

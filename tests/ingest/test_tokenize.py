@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tokutil import word_tokenizer
 from mixer.executors import Executor
 from mixer.cli import main
 from mixer.formats.store import open_store
@@ -20,15 +21,7 @@ WORDS = [f"w{i}" for i in range(400)]
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
     """A word-level tokenizer over WORDS (+ [UNK], <|endoftext|>), trained in memory (no network)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<|endoftext|>"]))
-    path = tmp_path_factory.mktemp("tok") / "tiny" / "tokenizer.json"
-    path.parent.mkdir()
-    tok.save(str(path))
-    return path
+    return word_tokenizer(tmp_path_factory.mktemp("tok") / "tiny/tokenizer.json", WORDS)
 
 
 def docs(seed: int, n: int) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tokutil import word_tokenizer
 from mixer.cli import main
 from mixer.formats.store import open_store
 from mixer.ingest.split import TWO64, heldout_mask, val_mask
@@ -30,14 +31,8 @@ def test_the_validation_band_by_hand():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<|endoftext|>"]))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
+    """A word-level tokenizer over WORDS (+ [UNK], <|endoftext|>), trained in memory (no network)."""
+    return word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", WORDS)
 
 
 def _tokenize(capsys, tokenizer: Path, data: Path, stores: Path, name: str, role: str, *more: str) -> int:
