@@ -103,7 +103,7 @@ def run_one(tmp: Path, tasks: int) -> dict:
 def throughput(args: argparse.Namespace, tmp: Path) -> list[dict]:
     results = []
     for tasks in args.tasks:
-        p = subprocess.run([sys.executable, __file__, "--one", str(tmp), str(tasks)], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-P", __file__, "--one", str(tmp), str(tasks)], capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(p.stderr[-2000:])
         r = json.loads(p.stdout.splitlines()[-1])

@@ -79,6 +79,20 @@ class NgramHasher:
         h *= pw[starts]
         return h
 
+    def hash_spans(self, tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hash of each tokens[start:end] without a prefix over all of `tokens` when the spans
+        cover little of it (the hash does not depend on where a span is, so the spans can be
+        gathered into one short array first)."""
+        starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total * 4 >= len(tokens):
+            return self.spans(self.prefix(tokens), starts, ends)
+        offs = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offs[1:])
+        idx = np.repeat(starts - offs[:-1], lengths) + np.arange(total)
+        return self.spans(self.prefix(tokens[idx]), offs[:-1], offs[1:])
+
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
     """np.unique by sorting: numpy 2.x's hash-based np.unique is ~50x slower on 10M int64s."""
@@ -89,6 +103,31 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
         np.not_equal(s[1:], s[:-1], out=keep[1:])
         s = s[keep]
     return s
+
+
+def distinct_at_least(tokens: np.ndarray, pos: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Whether each window tokens[p:p+n] holds at least k distinct token ids.
+
+    Position j of a window starting at p is the first of its id in the window when the
+    previous occurrence of that id is before p; counting those over the first m = min(n,
+    PREFIX) positions takes m vectorized passes. A window whose first m tokens already hold
+    k ids passes; the few that do not (runs of spaces, table borders) and are longer than m
+    are counted exactly by sorting their tokens."""
+    m = min(n, 32)
+    order = np.argsort(tokens, kind="stable")
+    prev = np.full(len(tokens), -1, dtype=np.int64)
+    same = tokens[order[1:]] == tokens[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    count = np.zeros(len(pos), dtype=np.int32)
+    for j in range(m):
+        count += prev[pos + j] < pos
+    ok = count >= k
+    rest = np.flatnonzero(~ok) if n > m else np.zeros(0, dtype=np.int64)
+    for b in range(0, len(rest), 1 << 16):
+        r = rest[b : b + (1 << 16)]
+        w = np.sort(tokens[pos[r, None] + np.arange(n)], axis=1)
+        ok[r] = 1 + np.count_nonzero(np.diff(w, axis=1), axis=1) >= k
+    return ok
 
 
 def valid_windows(size: int, n: int, eos: np.ndarray, row_len: int | None = None) -> np.ndarray:
@@ -123,15 +162,27 @@ def segments(size: int, eos: np.ndarray, row_len: int | None = None) -> tuple[np
     return starts[keep].astype(np.int64), ends[keep].astype(np.int64)
 
 
-class KeySet:
-    """A sorted set of uint64 keys with a bit filter in front; `lookup` returns, for a batch
-    of hashes, which of them are members and their index in `keys`."""
+_MASK_BITS = 12  # low hash bits that pick the filter's two bits inside a word
+_MASKS = (np.left_shift(np.uint64(1), np.arange(1 << _MASK_BITS, dtype=np.uint64) & np.uint64(63))
+          | np.left_shift(np.uint64(1), (np.arange(1 << _MASK_BITS, dtype=np.uint64) >> np.uint64(6)) & np.uint64(63)))
 
-    def __init__(self, keys: np.ndarray, bits: np.ndarray, directory: np.ndarray) -> None:
+
+class KeySet:
+    """A sorted set of uint64 keys with a filter in front; `lookup` returns, for a batch of
+    hashes, which of them are members and their index in `keys`.
+
+    The filter is a blocked Bloom filter: the top hash bits pick a 64-bit word (~16 bits per
+    key), the low 12 bits pick two bits inside it (a table of 4,096 masks, in L1 cache). One
+    random read per window, like a one-bit filter, with ~4x fewer false candidates (2.3%
+    against 5.9% at 16 bits per key); candidates cost ~100 ns each (a bucketed binary search
+    over the sorted keys), so the filter's precision is most of the lookup's speed.
+    """
+
+    def __init__(self, keys: np.ndarray, words: np.ndarray, directory: np.ndarray) -> None:
         self.keys = keys
-        self.bits = bits
+        self.words = words
         self.directory = directory
-        self.filter_shift = np.uint64(64 - int(np.log2(len(bits) * 8)))
+        self.word_shift = np.uint64(64 - int(np.log2(len(words))))
         self.dir_shift = np.uint64(64 - int(np.log2(len(directory) - 1)))
         widest = int(np.diff(directory).max()) if len(keys) else 0
         self.search_steps = max(1, int(widest).bit_length())
@@ -140,25 +191,25 @@ class KeySet:
     def build(cls, keys: np.ndarray) -> "KeySet":
         """`keys`: sorted, unique uint64."""
         n = max(len(keys), 1)
-        filter_bits = int(np.clip(int(n - 1).bit_length() + 4, 16, 34))  # ~16 bits per key
+        word_bits = int(np.clip(int(n - 1).bit_length() - 2, 4, 32))  # 2**word_bits words of 64 bits: ~16 bits per key
         dir_bits = int(np.clip(int(n - 1).bit_length() - 2, 4, 30))  # ~4 keys per bucket
-        bits = np.zeros(2 ** (filter_bits - 3), dtype=np.uint8)
+        words = np.zeros(2**word_bits, dtype=np.uint64)
         if len(keys):
-            idx = keys >> np.uint64(64 - filter_bits)
-            byte = idx >> np.uint64(3)
-            flag = np.left_shift(np.uint8(1), (idx & np.uint64(7)).astype(np.uint8))
-            first = np.flatnonzero(np.diff(byte, prepend=~byte[:1]))  # keys are sorted, so bytes are grouped
-            bits[byte[first].astype(np.int64)] = np.bitwise_or.reduceat(flag, first)
+            idx = (keys >> np.uint64(64 - word_bits)).astype(np.int64)
+            masks = _MASKS[(keys & np.uint64((1 << _MASK_BITS) - 1)).astype(np.int64)]
+            first = np.flatnonzero(np.diff(idx, prepend=-1))  # keys are sorted, so words are grouped
+            words[idx[first]] = np.bitwise_or.reduceat(masks, first)
         bucket = (keys >> np.uint64(64 - dir_bits)).astype(np.int64)
         directory = np.zeros(2**dir_bits + 1, dtype=np.int64)
         np.cumsum(np.bincount(bucket, minlength=2**dir_bits), out=directory[1:])
-        return cls(keys, bits, directory)
+        return cls(keys, words, directory)
 
     def lookup(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in h that are members, their indices in keys)."""
-        i = (h >> self.filter_shift).view(np.int64)
-        byte = np.take(self.bits, i >> 3)
-        cand = np.flatnonzero((byte >> (i & 7).astype(np.uint8)) & 1)
+        w = np.take(self.words, (h >> self.word_shift).view(np.int64))
+        m = np.take(_MASKS, (h & np.uint64((1 << _MASK_BITS) - 1)).view(np.int64))
+        w &= m
+        cand = np.flatnonzero(w == m)
         if not len(cand):
             return cand, cand
         hc = h[cand]
