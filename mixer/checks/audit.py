@@ -358,7 +358,7 @@ class Scanner:
         e = c + a["anchor_len"][entry]
         sg = seg[hit]
         ok = (c >= seg_starts[sg]) & (e <= seg_ends[sg])
-        last = c + a["anchor_last_off"][entry]
+        last = pos[hit] + a["anchor_last_off"][entry]  # the offset is from the anchor
         j = np.minimum(np.searchsorted(pos, last), len(pos) - 1)
         ok &= (pos[j] == last) & (key[j] == a["anchor_last_key"][entry])
         if not ok.any():
