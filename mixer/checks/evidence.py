@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.checks.streams import MAX_SOURCES, Stream, TrainFile, describe
+from mixer.checks.streams import MAX_SOURCES, Locator, Stream, TrainFile
 from mixer.errors import UsageError
 
 NO_LOC = np.int64(np.iinfo(np.int64).max)
@@ -68,8 +68,19 @@ def _cover(starts: np.ndarray, width: int, size: int) -> np.ndarray:
     return np.cumsum(d[:size]) > 0
 
 
-def _per_doc(mask_prefix: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    return mask_prefix[ends] - mask_prefix[starts]
+def _union_per_doc(pos: np.ndarray, doc: np.ndarray, n: int, nd: int) -> np.ndarray:
+    """Per document, the tokens covered by the windows [p, p + n) of sorted positions."""
+    out = np.zeros(nd, dtype=np.int64)
+    if not len(pos):
+        return out
+    step = np.empty(len(pos), dtype=np.int64)
+    np.subtract(pos[1:], pos[:-1], out=step[:-1])
+    np.minimum(step, n, out=step)
+    first = np.flatnonzero(np.concatenate([[True], doc[1:] != doc[:-1]]))
+    step[first[1:] - 1] = n  # a document's last window ends the document's coverage
+    step[-1] = n
+    out[doc[first]] = np.add.reduceat(step, first)
+    return out
 
 
 def _runs(pos: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,27 +96,27 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
     """Per held-out document: exact, near-copy share, longest quote, and what was discounted."""
     nd, size = len(held.ids), len(held.tokens)
     k = held.key
-    sig = m["sig"][k]
-    matched = sig != 0
-    tdocs_key = train_docs(m["sig"])
-    boiler_key = (m["sig"] != 0) & (tdocs_key >= rule.boilerplate_train_docs) & (held.df >= rule.boilerplate_heldout_docs)
+    mi = np.flatnonzero((m["sig"] != 0)[k])  # matched occurrences (a byte per key to gather, not 8)
+    sig = m["sig"][k[mi]]
+    tdocs = train_docs(sig)
+    boiler = (tdocs >= rule.boilerplate_train_docs) & (held.df[k[mi]] >= rule.boilerplate_heldout_docs)
     if not rule.boilerplate:
-        boiler_key[:] = False
-    boiler = boiler_key[k]
-    rare = matched & ~boiler
-    prefix = lambda mask: np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])  # noqa: E731
-    cov_b = _cover(held.pos[boiler], n, size)
-    pb = prefix(cov_b)
-    audited_tokens = _cover(held.pos, n, size) & ~cov_b
-    den = _per_doc(prefix(audited_tokens), held.starts, held.ends)
+        boiler[:] = False
+    bi, ri = mi[boiler], mi[~boiler]
+    if len(bi):  # tokens that matched boilerplate covers, as a prefix count over the held-out tokens
+        pb = np.concatenate([[0], np.cumsum(_cover(held.pos[bi], n, size), dtype=np.int64)])
+    else:
+        pb = np.zeros(size + 1, dtype=np.int64)
+    # the near-copy share is over audited tokens (inside some audited n-gram) not covered by boilerplate
+    den = _union_per_doc(held.pos, held.doc, n, nd) - _union_per_doc(held.pos[bi], held.doc[bi], n, nd)
 
     # near copy: a training document's share of the document's tokens. A key's training
     # documents are the buckets of its signature, so a copy's bucket collects every n-gram
     # of the copy, including those it shares with other training documents.
     near, near_key = np.zeros(nd), np.full(nd, -1, dtype=np.int64)
-    r = np.flatnonzero(rare)
+    r = ri
     if len(r):
-        rs = sig[r]
+        rs = sig[~boiler]
         parts = [(r[(rs >> np.uint64(b)) & np.uint64(1) == 1], b) for b in range(64)]
         rr = np.concatenate([q for q, _ in parts])
         g = np.concatenate([np.full(len(q), b, dtype=np.int64) for q, b in parts])
@@ -134,12 +145,11 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
         near_key[d[gfirst][top]] = k[rr[gfirst][top]]
     near_loc = np.where(near_key >= 0, m["loc"][np.maximum(near_key, 0)], NO_LOC)
 
-    def longest(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per document: longest run of positions in `sel`, as tokens not covered by
-        boilerplate, with the run's token span [at, end) and its first key."""
+    def longest(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per document: longest run of consecutive occurrences among `q` (sorted indices), as
+        tokens not covered by boilerplate, with the run's token span [at, end) and first key."""
         best, at = np.zeros(nd, dtype=np.int64), np.full(nd, -1, dtype=np.int64)
         end, key = np.full(nd, -1, dtype=np.int64), np.full(nd, -1, dtype=np.int64)
-        q = np.flatnonzero(sel)
         f, last = _runs(held.pos[q], held.doc[q])
         if len(f):
             a, b = held.pos[q[f]], held.pos[q[last]] + n
@@ -150,19 +160,18 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
             best[dd[top]], at[dd[top]], end[dd[top]], key[dd[top]] = t[top], a[top], b[top], k[q[f[top]]]
         return best, at, end, key
 
-    foreign = (m["src"][k] & ~own_bits[held.doc]) != 0
-    quote, quote_at, quote_end, quote_key = longest(rare & (foreign | rule.strict))
-    span, span_at, span_end, span_key = longest(rare)
+    foreign = (m["src"][k[ri]] & ~own_bits[held.doc[ri]]) != 0
+    quote, quote_at, quote_end, quote_key = longest(ri[foreign | rule.strict])
+    span, span_at, span_end, span_key = longest(ri)
     ngrams = np.bincount(held.doc, minlength=nd)
-    hits = np.bincount(held.doc[matched], minlength=nd)
+    hits = np.bincount(held.doc[mi], minlength=nd)
     exact = m["exact"] != NO_LOC
     flags = {"exact": exact, "near_copy": near >= rule.near_copy, "quote": quote >= rule.min_quote}
     return {"flags": flags, "flagged": flags["exact"] | flags["near_copy"] | flags["quote"], "exact": exact,
             "near": near, "near_loc": near_loc, "quote": quote, "quote_at": quote_at, "quote_end": quote_end,
             "quote_key": quote_key, "span": span, "span_at": span_at, "span_end": span_end, "span_key": span_key, "ngrams": ngrams, "hits": hits,
             "share": np.divide(hits, ngrams, out=np.zeros(nd), where=ngrams > 0),
-            "discounted": np.bincount(held.doc[matched & boiler], minlength=nd), "boiler_key": boiler_key,
-            "train_docs": tdocs_key}
+            "discounted": np.bincount(held.doc[bi], minlength=nd), "boiler_keys": np.unique(k[bi])}
 
 
 def own_source_bits(held, source_ids: dict[str, int]) -> np.ndarray:
@@ -180,7 +189,8 @@ def report(held, m: dict, files: list[TrainFile], streams: list[Stream], folder:
            source_ids: dict[str, int]) -> dict:
     ev = evidence(held, m, n, rule, own_source_bits(held, source_ids))
     text = _Decoder(held)
-    where = lambda loc: describe(files, streams, folder, int(loc)) if loc != NO_LOC else None  # noqa: E731
+    locate = Locator(files, streams, folder)
+    where = lambda loc: locate(int(loc)) if loc != NO_LOC else None  # noqa: E731
     sources = []
     for s in held.sources:
         d = np.arange(s["first"], s["first"] + s["documents"])
@@ -204,8 +214,7 @@ def report(held, m: dict, files: list[TrainFile], streams: list[Stream], folder:
             "histogram": {label: int(np.count_nonzero(bins == j)) for j, (label, _) in enumerate(HIST)},
             "worst": [_offender(held, ev, m, text, where, int(i), n) for i in worst],
         })
-    matched_boiler = ev["boiler_key"]
-    examples = _examples(held, ev, text, n) if matched_boiler.any() else []
+    examples = _examples(held, ev, m, text, n)
     flagged = int(np.count_nonzero(ev["flagged"]))
     return {
         "format": "mixer-audit/2", "ngram": n, "rule": rule.describe(),
@@ -213,27 +222,31 @@ def report(held, m: dict, files: list[TrainFile], streams: list[Stream], folder:
         "training": {**m["stats"], "files": len(files), "streams": len(streams),
                      "stitched_sources": sorted(s.source for s in streams if s.kind == "stitched"),
                      "files_list": [f.path for f in files]},
-        "boilerplate": {"enabled": rule.boilerplate, "ngrams": int(matched_boiler.sum()),
+        "boilerplate": {"enabled": rule.boilerplate, "ngrams": int(len(ev["boiler_keys"])),
                         "occurrences": int(ev["discounted"].sum()), "rule": rule.describe()["boilerplate"],
                         "examples": examples},
         "sources": sources, "flagged": flagged, "clean": flagged == 0,
     }
 
 
-def _examples(held, ev: dict, text: "_Decoder", n: int) -> list[dict]:
+def _examples(held, ev: dict, m: dict, text: "_Decoder", n: int) -> list[dict]:
     """The boilerplate n-grams most held-out documents share, one per stretch of text."""
-    q = np.flatnonzero(ev["boiler_key"][held.key])
-    keys, first = np.unique(held.key[q], return_index=True)
-    top = np.argsort(-held.df[keys], kind="stable")[:200]
+    keys = ev["boiler_keys"]
+    if not len(keys):
+        return []
+    top = keys[np.argsort(-held.df[keys], kind="stable")[:200]]
+    first = np.full(len(held.keys), -1, dtype=np.int64)  # an occurrence of each key, for its text
+    first[held.key[::-1]] = np.arange(len(held.key))[::-1]
     shown: list[int] = []
     out = []
-    for kk, i in zip(keys[top].tolist(), first[top].tolist()):
-        p = int(held.pos[q[i]])
+    for kk in top.tolist():
+        i = int(first[kk])
+        p = int(held.pos[i])
         if any(abs(p - o) < n for o in shown):  # an overlapping window of an example already shown
             continue
         shown.append(p)
-        out.append({"text": text(int(held.doc[q[i]]), p, p + n), "heldout_docs": int(held.df[kk]),
-                    "train_docs": int(ev["train_docs"][kk])})
+        out.append({"text": text(int(held.doc[i]), p, p + n), "heldout_docs": int(held.df[kk]),
+                    "train_docs": int(train_docs(m["sig"][kk : kk + 1])[0])})
         if len(out) == EXAMPLES:
             break
     return out

@@ -108,20 +108,24 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
 def distinct_at_least(tokens: np.ndarray, pos: np.ndarray, n: int, k: int) -> np.ndarray:
     """Whether each window tokens[p:p+n] holds at least k distinct token ids.
 
-    Position j of a window starting at p is the first of its id in the window when the
-    previous occurrence of that id is before p; counting those over the first m = min(n,
-    PREFIX) positions takes m vectorized passes. A window whose first m tokens already hold
+    Token i is the first of its id in the window starting at p when the previous occurrence
+    of its id is before p. Counting those over the first m = min(n, 32) tokens of every
+    window takes m passes over contiguous slices. A window whose first m tokens already hold
     k ids passes; the few that do not (runs of spaces, table borders) and are longer than m
     are counted exactly by sorting their tokens."""
+    size = len(tokens)
     m = min(n, 32)
-    order = np.argsort(tokens, kind="stable")
-    prev = np.full(len(tokens), -1, dtype=np.int64)
-    same = tokens[order[1:]] == tokens[order[:-1]]
-    prev[order[1:][same]] = order[:-1][same]
-    count = np.zeros(len(pos), dtype=np.int32)
-    for j in range(m):
-        count += prev[pos + j] < pos
-    ok = count >= k
+    count = np.zeros(max(size - n + 1, 0), dtype=np.int8)
+    if len(count):
+        order = np.argsort(tokens, kind="stable")  # radix sort for 16-bit ids
+        prev = np.full(size, -1, dtype=np.int32 if size < 2**31 else np.int64)
+        same = tokens[order[1:]] == tokens[order[:-1]]
+        prev[order[1:][same]] = order[:-1][same]
+        del order, same
+        start = np.arange(len(count), dtype=prev.dtype)
+        for j in range(m):
+            count += prev[j : j + len(count)] < start
+    ok = count[pos] >= k
     rest = np.flatnonzero(~ok) if n > m else np.zeros(0, dtype=np.int64)
     for b in range(0, len(rest), 1 << 16):
         r = rest[b : b + (1 << 16)]
@@ -206,13 +210,19 @@ class KeySet:
 
     def lookup(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in h that are members, their indices in keys)."""
-        w = np.take(self.words, (h >> self.word_shift).view(np.int64))
-        m = np.take(_MASKS, (h & np.uint64((1 << _MASK_BITS) - 1)).view(np.int64))
+        # mode="wrap": the indices are in range by construction, and numpy skips its checks
+        w = np.take(self.words, (h >> self.word_shift).view(np.int64), mode="wrap")
+        m = np.take(_MASKS, (h & np.uint64((1 << _MASK_BITS) - 1)).view(np.int64), mode="wrap")
         w &= m
         cand = np.flatnonzero(w == m)
-        if not len(cand):
-            return cand, cand
-        hc = h[cand]
+        pos, idx = self.members(h[cand])
+        return cand[pos], idx
+
+    def members(self, hc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in hc that are keys, their indices in keys), by binary search; for the
+        few hashes that pass the filter."""
+        if not len(hc):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         b = (hc >> self.dir_shift).view(np.int64)
         lo, hi = self.directory[b], self.directory[b + 1]
         for _ in range(self.search_steps):  # branch-free binary search inside each bucket
@@ -222,4 +232,50 @@ class KeySet:
             hi = np.where(go, hi, mid)
         found = lo < self.directory[b + 1]
         found[found] = self.keys[lo[found]] == hc[found]
-        return cand[found], lo[found]
+        return np.flatnonzero(found), lo[found]
+
+
+class WindowLookup:
+    """`keyset.lookup(hasher.windows(tokens))` for blocks of up to `block` windows, with every
+    temporary preallocated: the scan's hot path, where numpy's allocations and the
+    round trips of fresh arrays through the cache cost ~20% of the time."""
+
+    def __init__(self, hasher: NgramHasher, keyset: KeySet, block: int) -> None:
+        n = hasher.n
+        self.hasher, self.keyset, self.block = hasher, keyset, block
+        pw, pwi = hasher._powers(block + n + 1)
+        self.pw, self.pwi = pw[: block + n], pwi[: block + n]
+        self.x = np.empty(block + n, dtype=np.uint64)
+        self.prefix = np.zeros(block + n + 1, dtype=np.uint64)
+        self.w = np.empty(block, dtype=np.uint64)
+        self.i = np.empty(block, dtype=np.uint64)
+        self.bits = np.empty(block, dtype=np.uint64)
+        self.mask = np.empty(block, dtype=np.uint64)
+        self.hit = np.empty(block, dtype=bool)
+        self.low = np.uint64((1 << _MASK_BITS) - 1)
+
+    def __call__(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(window starts, key indices) of the windows of `tokens` that are keys."""
+        n, t = self.hasher.n, len(tokens)
+        m = t - n + 1
+        if m <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if m > self.block:
+            raise ValueError(f"{m} windows in a block of {self.block}")
+        x, p, w = self.x[:t], self.prefix[: t + 1], self.w[:m]
+        np.take(self.hasher.table, tokens, out=x, mode="wrap")  # ids < vocab_size: checked by the caller
+        np.multiply(x, self.pwi[:t], out=x)
+        np.cumsum(x, out=p[1:])
+        np.subtract(p[n:], p[:-n], out=w)
+        np.multiply(w, self.pw[:m], out=w)
+        ks = self.keyset
+        i, bits, mask, hit = self.i[:m], self.bits[:m], self.mask[:m], self.hit[:m]
+        np.right_shift(w, ks.word_shift, out=i)
+        np.take(ks.words, i.view(np.int64), out=bits, mode="wrap")
+        np.bitwise_and(w, self.low, out=i)
+        np.take(_MASKS, i.view(np.int64), out=mask, mode="wrap")
+        np.bitwise_and(bits, mask, out=bits)
+        np.equal(bits, mask, out=hit)
+        cand = np.flatnonzero(hit)
+        pos, idx = ks.members(w[cand])
+        return cand[pos], idx

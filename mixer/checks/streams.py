@@ -179,6 +179,8 @@ def make_units(streams: list[Stream], world_size: int, chunk: int) -> list[list[
             continue
         for a, b in s.stretches:
             n = max(1, -(-(b - a) // size))
+            if n > 1:  # a multiple of the task count, so one long stream is dealt evenly
+                n = -(-n // world_size) * world_size
             cuts = [a + (b - a) * j // n for j in range(n + 1)]
             units += [(hi - lo, Unit(i, lo, hi)) for lo, hi in zip(cuts[:-1], cuts[1:])]
     load = [0] * world_size
@@ -220,7 +222,7 @@ class Reader:
             if got != width:
                 raise MixerError(f"{self.files[fi].path}: sample {r} is cut short; the file changed during the audit?")
         flat = np.empty(len(rows) * seq + 1, dtype=dtype)
-        flat[:-1] = buf[:, :seq].reshape(-1)
+        flat[:-1].reshape(len(rows), seq)[...] = buf[:, :seq]  # one copy: consecutive samples share a token
         flat[-1] = buf[-1, seq]
         return flat[start - k0 * seq : stop - k0 * seq]
 
@@ -238,19 +240,31 @@ class Reader:
         self.fds.clear()
 
 
+class Locator:
+    """Where a location is, as file, sample and token (stitched orders loaded once)."""
+
+    def __init__(self, files: list[TrainFile], streams: list[Stream], folder: Path) -> None:
+        self.files, self.streams, self.folder = files, streams, folder
+        self.orders: dict[int, np.ndarray] = {}
+
+    def __call__(self, loc: int) -> str:
+        s = self.streams[loc >> LOC_BITS]
+        pos = loc & ((1 << LOC_BITS) - 1)
+        if s.kind == "flat":
+            return f"{Path(self.files[s.file].path).name} token {pos}"
+        if s.kind == "rows":
+            return f"{Path(self.files[s.file].path).name} sample {pos // s.row_len} token {pos % s.row_len}"
+        seq = s.row_len - 1
+        if s.source not in self.orders:
+            self.orders[s.source] = np.load(order_file(self.folder, s.source), mmap_mode="r")
+        order = self.orders[s.source]
+        k = min(pos // seq, len(order) - 1)
+        if order[k] < 0 and k and pos % seq == 0:  # the last token of a stretch lies in the previous sample only
+            k -= 1
+        g = int(order[k])
+        return (f"{Path(self.files[g >> 32].path).name} sample {g & 0xFFFFFFFF} token {pos - k * seq} "
+                f"(source {s.source} stream token {pos})")
+
+
 def describe(files: list[TrainFile], streams: list[Stream], folder: Path, loc: int) -> str:
-    """Where a location is, as file, sample and token."""
-    s = streams[loc >> LOC_BITS]
-    pos = loc & ((1 << LOC_BITS) - 1)
-    if s.kind == "flat":
-        return f"{Path(files[s.file].path).name} token {pos}"
-    if s.kind == "rows":
-        return f"{Path(files[s.file].path).name} sample {pos // s.row_len} token {pos % s.row_len}"
-    seq = s.row_len - 1
-    order = np.load(order_file(folder, s.source), mmap_mode="r")
-    k = min(pos // seq, len(order) - 1)
-    if order[k] < 0 and k and pos % seq == 0:  # the last token of a stretch lies in the previous sample only
-        k -= 1
-    g = int(order[k])
-    return (f"{Path(files[g >> 32].path).name} sample {g & 0xFFFFFFFF} token {pos - k * seq} "
-            f"(source {s.source} stream token {pos})")
+    return Locator(files, streams, folder)(loc)
