@@ -19,17 +19,22 @@ merge and report).
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import shutil
-import subprocess
+import os
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
+# bench/tokenize.py would shadow the standard library's tokenize (numpy and loguru import it)
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the store writer the tests use
 from storeutil import EOS_ID, Encoder, read_docs, write_flat, write_store  # noqa: E402
@@ -123,8 +128,7 @@ def run_one(tmp: Path, tasks: int, layout: str) -> dict:
 def throughput(args: argparse.Namespace, tmp: Path) -> list[dict]:
     results = []
     for tasks in args.tasks:
-        # -P: the script's folder must not shadow the standard library (bench/tokenize.py)
-        p = subprocess.run([sys.executable, "-P", __file__, "--one", str(tmp), str(tasks), args.layout],
+        p = subprocess.run([sys.executable, __file__, "--one", str(tmp), str(tasks), args.layout],
                            capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(p.stderr[-2000:])

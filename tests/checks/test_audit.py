@@ -19,6 +19,7 @@ from mixer.checks.audit import MIN_DISTINCT, TrainFile, audit
 from mixer.cli import main
 from mixer.formats.store import open_store
 
+pytestmark = pytest.mark.slow  # real sample corpora; tests/checks/test_audit_rule.py has the fast synthetic ones
 N = 13
 SEQ_LEN = 512
 

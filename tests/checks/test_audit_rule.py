@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from audit_synth import build_mix, cli, random_docs, stream_of, write_store
+from audit_synth import build_mix, cli, random_docs, stream_of, write_stitched, write_store
 
 from mixer.checks.audit import audit
 from mixer.checks.streams import TrainFile, build_streams
@@ -187,7 +187,8 @@ def test_short_documents_are_exact_when_a_whole_training_document_equals_them(tm
 @pytest.mark.parametrize("chunk", [1 << 21, 300])
 def test_documents_longer_than_a_chunk_keep_their_ngrams_and_copies(tmp_path, monkeypatch, chunk):
     """A training document longer than a chunk is read in overlapping chunks: a held-out
-    document copied at its very end is still exact, and a flat file is scanned once."""
+    document copied at its very end is still exact, and every token is scanned once, from
+    a flat file or from shards stitched back together, by one task or several."""
     monkeypatch.setattr("mixer.checks.audit.CHUNK_TOKENS", chunk)
     c = corpus(10)
     long_doc = np.concatenate(c["gen_train"][:20])
@@ -195,8 +196,11 @@ def test_documents_longer_than_a_chunk_keep_their_ngrams_and_copies(tmp_path, mo
     stores_of(tmp_path, c)
     s = stream_of(c["gen_train"])
     s.tofile(tmp_path / "flat.bin")
-    for tasks in (1, 2):
-        rep = audit([open_store(tmp_path, "dom")], [TrainFile(str(tmp_path / "flat.bin"), "<u2", None)],
-                    tmp_path / f"w{tasks}", tasks=tasks)
-        assert rep["training"]["tokens"] == len(s)
-        assert set(flagged(rep)) == {"test/2", "test/3"} and rep["sources"][0]["exact"] == 2
+    layouts = {"flat": [TrainFile(str(tmp_path / "flat.bin"), "<u2", None)],
+               "stitched": [TrainFile(str(b), "<u2", 65, str(p)) for b, p in write_stitched(tmp_path / "mix", {0: s}, 64, 5)]}
+    for layout, files in layouts.items():
+        for tasks in (1, 3):
+            rep = audit([open_store(tmp_path, "dom")], files, tmp_path / f"w{layout}{tasks}", tasks=tasks)
+            padded = -(-(len(s) - 1) // 64) * 64 + 1 if layout == "stitched" else len(s)  # the last sample's EOS padding
+            assert rep["training"]["tokens"] == padded, (layout, tasks)
+            assert set(flagged(rep)) == {"test/2", "test/3"} and rep["sources"][0]["exact"] == 2, (layout, tasks)
