@@ -233,7 +233,8 @@ def prepare(work: Path, held: Heldout, files: list[TrainFile], n: int, vocab_siz
         arrays = {"keys": held.keys, "words": ks.words, "directory": ks.directory,
                   "anchor_key": held.key[a][o], "anchor_doc": d[o], "anchor_off": (held.pos[a] - held.starts[d])[o],
                   "anchor_len": lens[d][o], "anchor_hash": held.doc_hash[d][o],
-                  "anchor_last_off": (held.pos[held.last[d]] - held.pos[a])[o], "anchor_last_key": held.key[held.last[d]][o],
+                  "anchor_last_off": (held.pos[held.last[d]] - held.pos[a])[o],
+                  "anchor_last_key": held.key[held.last[d]][o],
                   "short_hash": held.doc_hash[short][so], "short_doc": short[so], "short_len": lens[short][so]}
         for name, arr in arrays.items():
             with atomic_open(folder / f"{name}.npy") as f:
@@ -430,7 +431,8 @@ class Scanner:
     def save(self, path: Path) -> None:
         seen = np.flatnonzero(self.sig)
         with atomic_open(path) as fh:
-            np.savez(fh, seen=seen, sig=self.sig[seen], src=self.src[seen], loc=self.loc[seen], exact_doc=np.array(list(self.exact), dtype=np.int64),
+            np.savez(fh, seen=seen, sig=self.sig[seen], src=self.src[seen], loc=self.loc[seen],
+                     exact_doc=np.array(list(self.exact), dtype=np.int64),
                      exact_loc=np.array(list(self.exact.values()), dtype=np.int64),
                      stats=np.array([self.stats[k] for k in ("files", "tokens", "ngrams", "hits")], dtype=np.int64))
 

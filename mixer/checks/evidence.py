@@ -68,21 +68,6 @@ def _cover(starts: np.ndarray, width: int, size: int) -> np.ndarray:
     return np.cumsum(d[:size]) > 0
 
 
-def _union_per_doc(pos: np.ndarray, doc: np.ndarray, n: int, nd: int) -> np.ndarray:
-    """Per document, the tokens covered by the windows [p, p + n) of sorted positions."""
-    out = np.zeros(nd, dtype=np.int64)
-    if not len(pos):
-        return out
-    step = np.empty(len(pos), dtype=np.int64)
-    np.subtract(pos[1:], pos[:-1], out=step[:-1])
-    np.minimum(step, n, out=step)
-    first = np.flatnonzero(np.concatenate([[True], doc[1:] != doc[:-1]]))
-    step[first[1:] - 1] = n  # a document's last window ends the document's coverage
-    step[-1] = n
-    out[doc[first]] = np.add.reduceat(step, first)
-    return out
-
-
 def _runs(pos: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Maximal runs of consecutive positions (same document): (first index, last index)."""
     if not len(pos):
@@ -103,21 +88,22 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
     if not rule.boilerplate:
         boiler[:] = False
     bi, ri = mi[boiler], mi[~boiler]
-    if len(bi):  # tokens that matched boilerplate covers, as a prefix count over the held-out tokens
-        pb = np.concatenate([[0], np.cumsum(_cover(held.pos[bi], n, size), dtype=np.int64)])
-    else:
-        pb = np.zeros(size + 1, dtype=np.int64)
-    # the near-copy share is over audited tokens (inside some audited n-gram) not covered by boilerplate
-    den = _union_per_doc(held.pos, held.doc, n, nd) - _union_per_doc(held.pos[bi], held.doc[bi], n, nd)
+    # the tokens that count: audited (inside some audited n-gram) and not covered by matched
+    # boilerplate; as a prefix count over the held-out tokens
+    counted = _cover(held.pos, n, size)
+    if len(bi):
+        counted &= ~_cover(held.pos[bi], n, size)
+    pc = np.concatenate([[0], np.cumsum(counted, dtype=np.int64)])
+    del counted
+    den = pc[held.ends] - pc[held.starts]
 
     # near copy: a training document's share of the document's tokens. A key's training
     # documents are the buckets of its signature, so a copy's bucket collects every n-gram
     # of the copy, including those it shares with other training documents.
     near, near_key = np.zeros(nd), np.full(nd, -1, dtype=np.int64)
-    r = ri
-    if len(r):
+    if len(ri):
         rs = sig[~boiler]
-        parts = [(r[(rs >> np.uint64(b)) & np.uint64(1) == 1], b) for b in range(64)]
+        parts = [(ri[(rs >> np.uint64(b)) & np.uint64(1) == 1], b) for b in range(64)]
         rr = np.concatenate([q for q, _ in parts])
         g = np.concatenate([np.full(len(q), b, dtype=np.int64) for q, b in parts])
         d, p = held.doc[rr], held.pos[rr]
@@ -134,7 +120,7 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
         ds, de = held.starts[d[first]], held.ends[d[first]]
         a = np.where(a - ds < n, ds, a)
         b = np.where(de - b < n, de, b)
-        tokens = (b - a) - (pb[b] - pb[a])
+        tokens = pc[b] - pc[a]
         gid = np.cumsum(group)[first] - 1
         per_group = np.bincount(gid, weights=tokens)
         gfirst = np.flatnonzero(group)
@@ -153,7 +139,7 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
         f, last = _runs(held.pos[q], held.doc[q])
         if len(f):
             a, b = held.pos[q[f]], held.pos[q[last]] + n
-            t = (b - a) - (pb[b] - pb[a])
+            t = pc[b] - pc[a]
             dd = held.doc[q[f]]
             o = np.lexsort((-t, dd))
             top = o[np.concatenate([[True], dd[o][1:] != dd[o][:-1]])]
@@ -169,7 +155,8 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
     flags = {"exact": exact, "near_copy": near >= rule.near_copy, "quote": quote >= rule.min_quote}
     return {"flags": flags, "flagged": flags["exact"] | flags["near_copy"] | flags["quote"], "exact": exact,
             "near": near, "near_loc": near_loc, "quote": quote, "quote_at": quote_at, "quote_end": quote_end,
-            "quote_key": quote_key, "span": span, "span_at": span_at, "span_end": span_end, "span_key": span_key, "ngrams": ngrams, "hits": hits,
+            "quote_key": quote_key, "span": span, "span_at": span_at, "span_end": span_end, "span_key": span_key,
+            "ngrams": ngrams, "hits": hits,
             "share": np.divide(hits, ngrams, out=np.zeros(nd), where=ngrams > 0),
             "discounted": np.bincount(held.doc[bi], minlength=nd), "boiler_keys": np.unique(k[bi])}
 

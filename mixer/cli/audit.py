@@ -155,6 +155,8 @@ def _show(text: str, width: int = 100) -> str:
 
 
 def format_audit(r: dict) -> str:
+    from mixer.checks.evidence import SATURATED  # a full signature: at least this many documents
+
     t, b = r["training"], r["boilerplate"]
     stitched = f", {len(t['stitched_sources'])} source(s) stitched from provenance" if t["stitched_sources"] else ""
     lines = [
@@ -166,8 +168,8 @@ def format_audit(r: dict) -> str:
     if b["enabled"]:
         lines.append(f"boilerplate discounted: {b['ngrams']:,} n-grams ({b['rule']}), {b['occurrences']:,} held-out "
                      "occurrences" + (":" if b["examples"] else ""))
-        lines += [f"  \"{_show(e['text'], 70)}\"  held-out docs {e['heldout_docs']}, training docs {e['train_docs']}"
-                  for e in b["examples"]]
+        lines += [f"  \"{_show(e['text'], 70)}\"  held-out docs {e['heldout_docs']}, training docs "
+                  f"{e['train_docs']}{'+' if e['train_docs'] >= SATURATED else ''}" for e in b["examples"]]
     else:
         lines.append("boilerplate: not discounted (--no-boilerplate)")
     rows = [[s["source"], s["split"], f"{s['documents']:,}", f"{s['checked']:,}", f"{s['with_overlap']:,}", s["exact"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixer.checks.evidence import _cover, _runs, _union_per_doc, train_docs
+from mixer.checks.evidence import _cover, _runs, train_docs
 
 
 def test_train_docs_counts_exactly_up_to_one_and_closely_beyond():
@@ -36,7 +36,6 @@ def test_coverage_and_runs_equal_brute_force():
     for p in pos:
         brute[p : p + n] = True
     assert np.array_equal(cov, brute)
-    assert np.array_equal(_union_per_doc(pos, doc, n, 4), np.bincount(doc_of[brute], minlength=4))
     first, last = _runs(pos, doc)
     runs = [(int(pos[a]), int(pos[b])) for a, b in zip(first, last)]
     want, cur = [], None

@@ -197,7 +197,8 @@ def test_documents_longer_than_a_chunk_keep_their_ngrams_and_copies(tmp_path, mo
     s = stream_of(c["gen_train"])
     s.tofile(tmp_path / "flat.bin")
     layouts = {"flat": [TrainFile(str(tmp_path / "flat.bin"), "<u2", None)],
-               "stitched": [TrainFile(str(b), "<u2", 65, str(p)) for b, p in write_stitched(tmp_path / "mix", {0: s}, 64, 5)]}
+               "stitched": [TrainFile(str(b), "<u2", 65, str(p))
+                            for b, p in write_stitched(tmp_path / "mix", {0: s}, 64, 5)]}
     for layout, files in layouts.items():
         for tasks in (1, 3):
             rep = audit([open_store(tmp_path, "dom")], files, tmp_path / f"w{layout}{tasks}", tasks=tasks)
