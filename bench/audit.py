@@ -118,6 +118,7 @@ def run_one(tmp: Path, tasks: int, layout: str) -> dict:
     wall = time.perf_counter() - t0
     tr = rep["training"]
     return {"tasks": tasks, "layout": layout, "train_tokens": tr["tokens"], "scan_seconds": tr["seconds"],
+            "scan_cpu_seconds": tr["cpu_ms"] / 1000, "tokens_per_cpu_s": tr["tokens"] / max(tr["cpu_ms"] / 1000, 1e-9),
             "tokens_per_s": tr["tokens"] / tr["seconds"], "wall_seconds": wall, "whole_tokens_per_s": tr["tokens"] / wall,
             "heldout_tokens": int(len(store.tokens("test"))), "heldout_ngrams": rep["heldout"]["distinct_ngrams"],
             "index_seconds": rep["heldout"]["seconds"], "report_seconds": rep["report_seconds"],
@@ -134,7 +135,8 @@ def throughput(args: argparse.Namespace, tmp: Path) -> list[dict]:
             raise SystemExit(p.stderr[-2000:])
         r = json.loads(p.stdout.splitlines()[-1])
         print(f"tasks={tasks} ({r['layout']}): {format_count(r['train_tokens'])} tokens, scan {r['scan_seconds']:.2f} s = "
-              f"{r['tokens_per_s'] / 1e6:.1f}M tokens/s; whole process {r['wall_seconds']:.2f} s = "
+              f"{r['tokens_per_s'] / 1e6:.1f}M tokens/s ({r['scan_cpu_seconds']:.2f} CPU s in the tasks = "
+              f"{r['tokens_per_cpu_s'] / 1e6:.1f}M tokens per CPU second); whole process {r['wall_seconds']:.2f} s = "
               f"{r['whole_tokens_per_s'] / 1e6:.1f}M tokens/s (held-out index of {format_count(r['heldout_tokens'])} "
               f"tokens, {format_count(r['heldout_ngrams'])} distinct n-grams: {r['index_seconds']:.1f} s; report "
               f"{r['report_seconds']:.1f} s); peak RSS {r['peak_mb_process']:.0f} MB (audit process), "

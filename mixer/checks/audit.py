@@ -93,6 +93,7 @@ CHUNK_TOKENS = 1 << 21  # ~100 MB of temporaries per task, whatever the training
 BLOCK_TOKENS = 1 << 16  # hashing and lookup in blocks whose temporaries stay in the CPU cache
 NO_LOC = np.int64(np.iinfo(np.int64).max)
 WORK_FORMAT = "mixer-audit-work/2"
+STATS = ("tokens", "ngrams", "hits", "cpu_ms")  # per task, summed by merge
 
 
 @dataclass
@@ -266,12 +267,13 @@ class Scanner:
         self.src = np.zeros(nk, dtype=np.uint64)  # bit per source the key was found in
         self.loc = np.full(nk, NO_LOC, dtype=np.int64)  # first location
         self.exact: dict[int, int] = {}
-        self.stats = {"files": 0, "tokens": 0, "ngrams": 0, "hits": 0}
+        self.stats = {"tokens": 0, "ngrams": 0, "hits": 0, "cpu_ms": 0}  # cpu_ms: this task's CPU time
 
     # -- units ------------------------------------------------------------------------
 
     def scan(self, units: list) -> None:
         reader = Reader(self.files, self.streams, self.folder)
+        cpu = time.process_time()
         try:
             for u in units:
                 s = self.streams[u.stream]
@@ -281,7 +283,7 @@ class Scanner:
                     self._documents(reader, u, s)
         finally:
             reader.close()
-        self.stats["files"] = len({self.streams[u.stream].file for u in units if self.streams[u.stream].file >= 0})
+        self.stats["cpu_ms"] += round(1000 * (time.process_time() - cpu))
 
     def _rows(self, reader: Reader, u, s: Stream) -> None:
         per = max(1, self.plan["chunk"] // s.row_len)
@@ -434,7 +436,7 @@ class Scanner:
             np.savez(fh, seen=seen, sig=self.sig[seen], src=self.src[seen], loc=self.loc[seen],
                      exact_doc=np.array(list(self.exact), dtype=np.int64),
                      exact_loc=np.array(list(self.exact.values()), dtype=np.int64),
-                     stats=np.array([self.stats[k] for k in ("files", "tokens", "ngrams", "hits")], dtype=np.int64))
+                     stats=np.array([self.stats[k] for k in STATS], dtype=np.int64))
 
 
 class ScanFiles(PipelineStep):
@@ -472,7 +474,7 @@ def merge(folder: Path, out: Path, tasks: int, n_docs: int) -> dict:
     sig, src = np.zeros(n_keys, dtype=np.uint64), np.zeros(n_keys, dtype=np.uint64)
     loc = np.full(n_keys, NO_LOC, dtype=np.int64)
     exact = np.full(n_docs, NO_LOC, dtype=np.int64)
-    stats = np.zeros(4, dtype=np.int64)
+    stats = np.zeros(len(STATS), dtype=np.int64)
     for rank in range(tasks):
         err, part = out / "errors" / f"{rank:05d}.txt", out / "partials" / f"{rank:05d}.npz"
         if err.exists():
@@ -486,7 +488,7 @@ def merge(folder: Path, out: Path, tasks: int, n_docs: int) -> dict:
             loc[k] = np.minimum(loc[k], p["loc"])
             np.minimum.at(exact, p["exact_doc"], p["exact_loc"])
             stats += p["stats"]
-    stats_d = dict(zip(("files", "tokens", "ngrams", "hits"), stats.tolist()))
+    stats_d = dict(zip(STATS, stats.tolist()))
     return {"sig": sig, "src": src, "loc": loc, "exact": exact, "stats": stats_d}
 
 

@@ -117,14 +117,16 @@ def distinct_at_least(tokens: np.ndarray, pos: np.ndarray, n: int, k: int) -> np
     m = min(n, 32)
     count = np.zeros(max(size - n + 1, 0), dtype=np.int8)
     if len(count):
+        # gap[i]: distance back to the previous token with the same id (255: none that close);
+        # the token at i + j is new in the window starting at i when gap[i + j] > j
         order = np.argsort(tokens, kind="stable")  # radix sort for 16-bit ids
-        prev = np.full(size, -1, dtype=np.int32 if size < 2**31 else np.int64)
+        gap = np.full(size, 255, dtype=np.uint8)
         same = tokens[order[1:]] == tokens[order[:-1]]
-        prev[order[1:][same]] = order[:-1][same]
-        del order, same
-        start = np.arange(len(count), dtype=prev.dtype)
+        at = order[1:][same]
+        gap[at] = np.minimum(at - order[:-1][same], 255)
+        del order, same, at
         for j in range(m):
-            count += prev[j : j + len(count)] < start
+            count += gap[j : j + len(count)] > j
     ok = count[pos] >= k
     rest = np.flatnonzero(~ok) if n > m else np.zeros(0, dtype=np.int64)
     for b in range(0, len(rest), 1 << 16):
