@@ -67,7 +67,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,8 @@ class Heldout:
     keys: np.ndarray  # sorted unique n-gram hashes
     df: np.ndarray  # per key: number of held-out documents holding it
     doc_hash: np.ndarray  # per document: hash of its whole content
-    anchor: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per doc: occurrence index or -1
-    last: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per doc: its last occurrence
+    anchor: np.ndarray  # per document: its occurrence with the fewest held-out documents, or -1
+    last: np.ndarray  # per document: its last occurrence, or -1
 
 
 def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldout:

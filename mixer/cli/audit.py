@@ -45,7 +45,9 @@ class ListOptionsCommand(click.Command):
 @click.argument("mix", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--heldout", "heldout", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Token store folder(s) whose held-out split (test/val) is audited (instead of MIX).")
-@click.option("--train", "train", multiple=True, help="Training token files or globs (instead of MIX).")
+@click.option("--train", "train", multiple=True,
+              help="Training token files or globs (instead of MIX); with --seq-len, a NAME.prov.npy next to "
+                   "NAME.bin stitches its samples into source streams.")
 @click.option("--seq-len", type=int, help="--train files are samples of seq_len+1 tokens (default: flat token files).")
 @click.option("--dtype", type=click.Choice(["uint16", "uint32"]), help="Token type of --train files (default: the stores').")
 @click.option("--ngram", type=int, default=13, show_default=True, help="n-gram length in tokens.")

@@ -205,3 +205,12 @@ def test_documents_longer_than_a_chunk_keep_their_ngrams_and_copies(tmp_path, mo
             padded = -(-(len(s) - 1) // 64) * 64 + 1 if layout == "stitched" else len(s)  # the last sample's EOS padding
             assert rep["training"]["tokens"] == padded, (layout, tasks)
             assert set(flagged(rep)) == {"test/2", "test/3"} and rep["sources"][0]["exact"] == 2, (layout, tasks)
+
+
+def test_the_flags_state_the_rules_defaults(capsys):
+    from mixer.checks.audit import BOILERPLATE_HELDOUT_DOCS, BOILERPLATE_TRAIN_DOCS, MIN_QUOTE, NEAR_COPY
+
+    code, out, _ = cli(capsys, "audit", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and f"(default {NEAR_COPY:g})" in text and f"(default {MIN_QUOTE})" in text
+    assert f"(default {BOILERPLATE_TRAIN_DOCS})" in text and f"(default {BOILERPLATE_HELDOUT_DOCS})" in text
