@@ -198,9 +198,9 @@ class Study:
         for src in r["sources"]:
             print(f"         audit {src['source']}/{src['split']}: {src['documents']} held-out docs, "
                   f"{src['exact']} exact copies in training, max n-gram share {src['max_share']:.1%} "
-                  f"(shared metadata lines and templates; see {self.log.name})", flush=True)
-        if any(src["exact"] for src in r["sources"]):
-            sys.exit("study: a held-out document appears verbatim in training data")
+                  f"(boilerplate discounted; see {self.log.name})", flush=True)
+        if p.returncode == 1:  # the audit's verdict: exact copies, near copies or quotes
+            sys.exit(f"study: held-out documents found in training data: {p.stderr.strip()}")
 
     # -- runs -----------------------------------------------------------------------
 

@@ -93,11 +93,10 @@ def audit(mix: PathLike, *, ngram: int = 13, work: PathLike | None = None, execu
     from mixer.checks.audit import audit as run_audit
     from mixer.checks.audit_inputs import mix_inputs
 
-    ex = (executor or Executor()).validate()
-    stores, files = mix_inputs(Path(mix))
+    stores, files, source_ids = mix_inputs(Path(mix))
     with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
-        return run_audit(stores, files, Path(work or tmp), n=ngram, executor=ex.kind, tasks=ex.tasks,
-                         workers=ex.workers or -1, **options) | {"audited": str(mix)}
+        return run_audit(stores, files, Path(work or tmp), n=ngram, source_ids=source_ids,
+                         executor=executor, **options) | {"audited": str(mix)}
 
 
 def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:

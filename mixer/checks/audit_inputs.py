@@ -12,9 +12,10 @@ from mixer.formats.mix import load_manifest
 from mixer.formats.store import Store, open_store
 
 
-def mix_inputs(mix: Path) -> tuple[list[Store], list[TrainFile]]:
+def mix_inputs(mix: Path) -> tuple[list[Store], list[TrainFile], dict[str, int]]:
     """Every source of the mix (domain, general and the extra sources of an N-source mix),
-    and the mix's shards as training files."""
+    the mix's shards as training files (with their provenance, so samples are stitched back
+    into streams), and each store's source id in that provenance."""
     manifest = Path(mix) / "manifest.json"
     m = load_manifest(mix)
     try:
@@ -22,7 +23,9 @@ def mix_inputs(mix: Path) -> tuple[list[Store], list[TrainFile]]:
         # domains first (the report lists them in this order)
         names = [s["name"] for s in sorted(m["sources"], key=lambda s: s.get("role") != "domain")] if "sources" in m else [m[r] for r in ("domain", "general") if m.get(r)]
         stores = [open_store(m["stores"], name) for name in names]
-        files = [TrainFile(str(Path(mix) / s["file"]), m["dtype"], int(m["seq_len"]) + 1) for s in m["shards"]]
+        files = [TrainFile(str(Path(mix) / s["file"]), m["dtype"], int(m["seq_len"]) + 1,
+                           str(Path(mix) / s["provenance"]) if s.get("provenance") else None) for s in m["shards"]]
+        source_ids = {s["name"]: int(s["id"]) for s in m.get("sources", [])}
         sha = m["tokenizer"]["sha256"]
     except (KeyError, TypeError) as e:
         raise MixerError(f"{manifest}: missing field {e} (not a mixer-mix/1 manifest?)") from None
@@ -31,13 +34,13 @@ def mix_inputs(mix: Path) -> tuple[list[Store], list[TrainFile]]:
     for s in stores:
         if s.tokenizer["sha256"] != sha:
             raise MixerError(f"{s.path}: tokenizer differs from the one {manifest} was built with; stores were re-tokenized?")
-    return stores, files
+    return stores, files, source_ids
 
 
 def file_inputs(heldout: list[Path], train: list[str], seq_len: int | None, dtype: str | None
-                ) -> tuple[list[Store], list[TrainFile]]:
+                ) -> tuple[list[Store], list[TrainFile], dict[str, int]]:
     """Held-out store folders and training file globs (flat token files, or samples of
-    seq_len + 1 tokens) from outside mixer."""
+    seq_len + 1 tokens, with a NAME.prov.npy beside NAME.bin picked up) from outside mixer."""
     stores = [open_store(p.parent, p.name) for p in heldout]
     paths = []
     for pattern in train:
@@ -48,4 +51,12 @@ def file_inputs(heldout: list[Path], train: list[str], seq_len: int | None, dtyp
     if seq_len is not None and seq_len < 1:
         raise UsageError(f"--seq-len {seq_len}: must be positive")
     dt = {"uint16": "<u2", "uint32": "<u4"}[dtype] if dtype else str(stores[0].dtype.str)
-    return stores, [TrainFile(p, dt, seq_len + 1 if seq_len else None) for p in paths]
+    return stores, [TrainFile(p, dt, seq_len + 1 if seq_len else None, _sidecar(p) if seq_len else None)
+                    for p in paths], {}
+
+
+def _sidecar(path: str) -> str | None:
+    """A mix shard's provenance next to it (shard-00000.bin -> shard-00000.prov.npy)."""
+    p = Path(path)
+    prov = p.with_name(p.name.removesuffix(".bin") + ".prov.npy")
+    return str(prov) if prov.is_file() else None

@@ -10,7 +10,7 @@ import click
 
 from mixer.errors import MixerError, UsageError
 from mixer.units import format_count
-from mixer.cli.common import emit, json_option, table
+from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, table
 
 LIST_OPTIONS = ("--heldout", "--train")
 
@@ -44,44 +44,52 @@ class ListOptionsCommand(click.Command):
 @click.argument("mix", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--heldout", "heldout", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Token store folder(s) whose held-out split (test/val) is audited (instead of MIX).")
-@click.option("--train", "train", multiple=True, help="Training token files or globs (instead of MIX).")
+@click.option("--train", "train", multiple=True,
+              help="Training token files or globs (instead of MIX); with --seq-len, a NAME.prov.npy next to "
+                   "NAME.bin stitches its samples into source streams.")
 @click.option("--seq-len", type=int, help="--train files are samples of seq_len+1 tokens (default: flat token files).")
 @click.option("--dtype", type=click.Choice(["uint16", "uint32"]), help="Token type of --train files (default: the stores').")
 @click.option("--ngram", type=int, default=13, show_default=True, help="n-gram length in tokens.")
-@click.option("--max-overlap", type=float, default=0.0, show_default=True,
-              help="Exit 1 when a held-out document's n-gram share found in training exceeds this.")
-@click.option("--no-allowlist", is_flag=True, help="Count boilerplate n-grams too (see mixer.checks.audit).")
-@click.option("--allowlist-min-docs", type=int,
-              help="Boilerplate: n-grams in at least this many held-out and training documents (default 5).")
-@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
-@click.option("--tasks", type=int, default=1, show_default=True, help="Tasks the training files are spread over.")
-@click.option("--workers", type=int, default=-1, help="Concurrent local tasks (default: min(tasks, cores)).")
+@click.option("--near-copy", type=float, default=None,
+              help="Flag a held-out document when one training document holds this share of its tokens (default 0.9).")
+@click.option("--min-quote", type=int, default=None,
+              help="Flag a passage of this many tokens found in another source's training data (default 20).")
+@click.option("--strict", is_flag=True, help="Flag quotes found in the document's own source too.")
+@click.option("--no-boilerplate", is_flag=True, help="Discount nothing as boilerplate (see mixer.checks.audit).")
+@click.option("--boilerplate-train-docs", type=int, default=None,
+              help="Boilerplate: n-grams in at least this many training documents (default 5) ...")
+@click.option("--boilerplate-heldout-docs", type=int, default=None,
+              help="... and at least this many held-out documents (default 2).")
+@executor_options
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for partial results; a rerun resumes (required for slurm/ray; default: a temp folder).")
 @json_option
-def audit(mix, heldout, train, seq_len, dtype, ngram, max_overlap, no_allowlist, allowlist_min_docs, executor,
-          tasks, workers, work, as_json) -> None:
-    """Share of each held-out document's n-grams found in training data; exit 1 on leaks.
+def audit(mix, heldout, train, seq_len, dtype, ngram, near_copy, min_quote, strict, no_boilerplate,
+          boilerplate_train_docs, boilerplate_heldout_docs, work, as_json, **kw) -> None:
+    """Held-out documents found in training data, exact, nearly whole or quoted; exit 1 on leaks.
 
     \b
     mixer audit mixes/spt-2pct
     mixer audit --heldout stores/music stores/prose --train shards/*.bin --seq-len 2048
     """
-    from mixer.checks.audit import audit as run_audit
+    from mixer.checks import audit as A
 
-    stores, files, label = _inputs(mix, heldout, train, seq_len, dtype)
-    if tasks < 1:
-        raise UsageError(f"--tasks {tasks}: must be at least 1")
-    if executor != "local" and work is None:
-        raise UsageError(f"--executor {executor}: needs --work DIR on a filesystem every task can reach")
+    stores, files, source_ids, label = _inputs(mix, heldout, train, seq_len, dtype)
+    if kw["executor"] != "local" and work is None:
+        raise UsageError(f"--executor {kw['executor']}: needs --work DIR on a filesystem every task can reach")
+    executor = executor_from_flags(kw)
+    pick = lambda v, default: default if v is None else v  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
-        rep = run_audit(stores, files, Path(work or tmp), n=ngram, max_overlap=max_overlap,
-                        allowlist=not no_allowlist, min_docs=allowlist_min_docs, executor=executor, tasks=tasks,
-                        workers=workers)
+        rep = A.audit(stores, files, Path(work or tmp), n=ngram, near_copy=pick(near_copy, A.NEAR_COPY),
+                      min_quote=pick(min_quote, A.MIN_QUOTE), strict=strict, boilerplate=not no_boilerplate,
+                      boilerplate_train_docs=pick(boilerplate_train_docs, A.BOILERPLATE_TRAIN_DOCS),
+                      boilerplate_heldout_docs=pick(boilerplate_heldout_docs, A.BOILERPLATE_HELDOUT_DOCS),
+                      source_ids=source_ids, executor=executor)
     rep["audited"] = label
     emit(rep, as_json, format_audit)
     if not rep["clean"]:
-        raise MixerError(f"{label}: {rep['exceeding']} held-out document(s) exceed --max-overlap {max_overlap:g}")
+        raise MixerError(f"{label}: {rep['flagged']} held-out document(s) found in training data "
+                         "(exact, near copy or quote; see the report)")
 
 
 def _inputs(mix, heldout, train, seq_len, dtype):
@@ -108,33 +116,42 @@ def _show(text: str, width: int = 100) -> str:
 
 
 def format_audit(r: dict) -> str:
-    t, a = r["training"], r["allowlist"]
+    from mixer.checks.evidence import SATURATED  # a full signature: at least this many documents
+
+    t, b = r["training"], r["boilerplate"]
+    stitched = f", {len(t['stitched_sources'])} source(s) stitched from provenance" if t["stitched_sources"] else ""
     lines = [
         f"audit {r['audited']}: {r['ngram']}-grams of {r['heldout']['documents']:,} held-out documents against "
         f"{t['files']} training file{'s' if t['files'] != 1 else ''} ({format_count(t['tokens'])} tokens, "
-        f"{format_count(t['ngrams'])} n-grams) "
+        f"{format_count(t['ngrams'])} n-grams{stitched}) "
         f"in {t['seconds']} s ({t['executor']}, {t['tasks']} task{'s' if t['tasks'] > 1 else ''})",
     ]
-    if a["enabled"]:
-        lines.append(f"allowlist: {a['ngrams']:,} boilerplate n-grams ({a['rule']}), {a['occurrences']:,} held-out "
-                     "occurrences not counted" + (":" if a["examples"] else ""))
-        lines += [f"  \"{_show(e['text'], 70)}\"  held-out docs {e['heldout_docs']}, training docs {e['train_docs']}"
-                  for e in a["examples"]]
+    if b["enabled"]:
+        lines.append(f"boilerplate discounted: {b['ngrams']:,} n-grams ({b['rule']}), {b['occurrences']:,} held-out "
+                     "occurrences" + (":" if b["examples"] else ""))
+        lines += [f"  \"{_show(e['text'], 70)}\"  held-out docs {e['heldout_docs']}, training docs "
+                  f"{e['train_docs']}{'+' if e['train_docs'] >= SATURATED else ''}" for e in b["examples"]]
     else:
-        lines.append("allowlist: off (--no-allowlist)")
-    hist = [label for label in r["sources"][0]["histogram"]] if r["sources"] else []
+        lines.append("boilerplate: not discounted (--no-boilerplate)")
     rows = [[s["source"], s["split"], f"{s['documents']:,}", f"{s['checked']:,}", f"{s['with_overlap']:,}", s["exact"],
-             s["exceeding"], _pct(s["max_share"])] + [s["histogram"][h] for h in hist] for s in r["sources"]]
-    lines.append(table(rows, ["source", "split", "docs", "checked", "overlapping", "exact", "exceeding", "max share"]
-                       + [f"share {h}" for h in hist]))
+             s["near_copies"], s["quotes"], s["flagged"], _pct(s["max_share"]), _pct(s["max_near_copy"]),
+             s["longest_quote"]] for s in r["sources"]]
+    lines.append(table(rows, ["source", "split", "docs", "checked", "overlapping", "exact", "near copies", "quotes",
+                              "flagged", "max share", "max near copy", "longest quote"]))
     for s in r["sources"]:
         if s["worst"]:
-            lines.append(f"worst offenders in {s['source']}/{s['split']}:")
-        for w in s["worst"][:5]:
-            lines.append(f"  {w['id']}  {_pct(w['share'])} of {w['ngrams']} n-grams{'  EXACT COPY' if w['exact'] else ''}"
-                         f"  at {w['found_in']}")
+            lines.append(f"strongest evidence in {s['source']}/{s['split']}:")
+        shown = max(5, s["flagged"]) if s["flagged"] <= 20 else 20
+        for w in s["worst"][:shown]:
+            why = "FLAGGED " + "+".join(w["flagged"]) if w["flagged"] else "not flagged"
+            lines.append(f"  {w['id']}  {why}: near copy {_pct(w['near_copy'])}, quote {w['quote_tokens']} tokens, "
+                         f"longest shared run {w['span_tokens']} tokens, {_pct(w['share'])} of {w['ngrams']} n-grams "
+                         f"({w['discounted_ngrams']} boilerplate)" + (f"  at {w['found_in']}" if w["found_in"] else ""))
             lines.append(f"      \"{_show(w['snippet'])}\"")
-    verdict = (f"clean: no held-out document exceeds --max-overlap {r['max_overlap']:g}" if r["clean"] else
-               f"LEAK: {r['exceeding']} held-out document(s) exceed --max-overlap {r['max_overlap']:g}")
-    lines.append(verdict)
+        if s["flagged"] > shown:
+            lines.append(f"  ... and {s['flagged'] - shown} more flagged (--json lists them all)")
+    rule = r["rule"]["thresholds"]
+    lines.append(f"clean: no held-out document is in the training data (exact, near copy >= {rule['near_copy']:g}, "
+                 f"quote >= {rule['min_quote']} tokens)" if r["clean"] else
+                 f"LEAK: {r['flagged']} held-out document(s) found in training data")
     return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The audit's evidence arithmetic against brute force: training-document counts from
+signatures, per-document token coverage, runs of consecutive n-gram positions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixer.checks.evidence import _cover, _runs, train_docs
+
+
+def test_train_docs_counts_exactly_up_to_one_and_closely_beyond():
+    rng = np.random.default_rng(0)
+    sig = np.zeros(400, dtype=np.uint64)
+    truth = rng.integers(0, 120, len(sig))
+    for i, t in enumerate(truth):  # t documents with random hashes, one bit each
+        for h in rng.integers(0, 2**64, t, dtype=np.uint64):
+            sig[i] |= np.uint64(1) << (h >> np.uint64(58))
+    est = train_docs(sig)
+    assert np.array_equal(est[truth <= 1], truth[truth <= 1])
+    mid = (truth >= 5) & (truth <= 60)
+    assert np.median(np.abs(est[mid] - truth[mid]) / truth[mid]) < 0.15
+    assert train_docs(np.array([2**64 - 1], dtype=np.uint64))[0] == 266
+
+
+def test_coverage_and_runs_equal_brute_force():
+    rng = np.random.default_rng(1)
+    n, size = 5, 400
+    starts = np.array([0, 100, 130, 300])
+    ends = np.array([100, 130, 300, 400])
+    doc_of = np.searchsorted(starts, np.arange(size), side="right") - 1
+    pos = np.sort(rng.choice(size, 120, replace=False))
+    pos = pos[pos + n <= ends[doc_of[pos]]]  # windows inside their document
+    doc = doc_of[pos]
+    cov = _cover(pos, n, size)
+    brute = np.zeros(size, dtype=bool)
+    for p in pos:
+        brute[p : p + n] = True
+    assert np.array_equal(cov, brute)
+    first, last = _runs(pos, doc)
+    runs = [(int(pos[a]), int(pos[b])) for a, b in zip(first, last)]
+    want, cur = [], None
+    for p, d in zip(pos.tolist(), doc.tolist()):
+        if cur and p == cur[1] + 1 and d == cur[2]:
+            cur[1] = p
+        else:
+            if cur:
+                want.append((cur[0], cur[1]))
+            cur = [p, p, d]
+    want.append((cur[0], cur[1]))
+    assert runs == want
