@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -39,6 +40,7 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MIX_FORMAT
 from mixer.formats.checksum import checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
+from mixer.mixing.plan_cache import PLAN_FORMAT
 from mixer.mixing.spec import MixPlan, MixSpec, resolve, spec_digest
 from mixer.mixing.shards import persist_shard, read_sidecar, shard_samples, write_eval, write_shard
 
@@ -57,8 +59,8 @@ class WriteShards(PipelineStep):
         self.spec, self.out_dir, self.shard_ids = spec, out_dir, shard_ids
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        plan = resolve(MixSpec.from_json(self.spec))
         out = Path(self.out_dir)
+        plan = resolve(MixSpec.from_json(self.spec), plan_dir(out))  # maps the arrays the build computed
         for k in self.shard_ids[rank::world_size]:
             if read_sidecar(out, k) is None:
                 with self.track_time():
@@ -135,7 +137,7 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-_BUILD_FILES = re.compile(r"^(lock|spec\.json|stores-checked\.json|logs-.+|\..+\.tmp-.+)$")
+_BUILD_FILES = re.compile(r"^(lock|spec\.json|stores-checked\.json|plan|logs-.+|\..+\.tmp-.+)$")
 
 
 def is_build_folder(out: Path) -> bool:
@@ -250,7 +252,8 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove temporary files (atomic_open's `.NAME.tmp-HOST-PID`) of processes that died
     on this host; a file of a live process, or of another host, is never touched."""
     host, removed = socket.gethostname(), []
-    for folder in (out, out / "eval", out / ".build"):
+    plans = sorted(p for p in (out / ".build" / "plan").glob("*") if p.is_dir())
+    for folder in (out, out / "eval", out / ".build", out / ".build" / "plan", *plans):
         for f in folder.glob(".*.tmp-*") if folder.is_dir() else []:
             m = _TEMP.match(f.name)
             if m and m["host"] == host and not _alive(int(m["pid"])):
@@ -258,6 +261,33 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
                     f.unlink()
                     removed.append(f)
     return removed
+
+
+def plan_dir(out: Path) -> Path:
+    return out / ".build" / "plan"
+
+
+def identity_digest(identity: dict) -> str:
+    return checksum_bytes(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode())
+
+
+def prepare_plan(spec: MixSpec, out: Path, identity: dict) -> MixPlan:
+    """Compute the per-document arrays of every stream once, into OUT/.build/plan/, for all
+    tasks to map. Under the lock: a second process started at once waits and finds them.
+    `plan.json` ties them to the build's identity; arrays of another identity are removed."""
+    folder = plan_dir(out)
+    with locked(out / ".build" / "lock"):
+        record = folder / "plan.json"
+        try:
+            previous = read_json(record) if record.is_file() else None
+        except MixerError:
+            previous = {}
+        if previous is not None and (not isinstance(previous, dict) or previous.get("build") != identity_digest(identity)):
+            shutil.rmtree(folder)
+        plan = resolve(spec, folder)
+        streams = plan.materialize()
+        write_json(record, {"format": PLAN_FORMAT, "build": identity_digest(identity), "streams": streams})
+    return plan
 
 
 def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> None:
@@ -285,10 +315,11 @@ def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
     return out / ".build" / f"logs-{executor}-{tasks}-{digest}"
 
 
-def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: Executor, progress: bool) -> str:
+def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: Executor, progress: bool,
+              plan: MixPlan | None = None) -> str:
     """Write shards `todo`: in this process for one local task, else as executor tasks."""
     if executor.inline:
-        run_inline(resolve(spec), out, todo, progress)
+        run_inline(plan or resolve(spec, plan_dir(out)), out, todo, progress)
         return "done"
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
     # jobs recorded per mix, not per attempt: a rerun while some are queued must see them
@@ -318,7 +349,10 @@ def build(
     todo = [k for k in wanted if read_sidecar(out, k) is None]
     t0 = time.perf_counter()
     if todo:
-        run_tasks(spec, out, todo, executor, progress)
+        plan = prepare_plan(spec, out, identity)
+        run_tasks(spec, out, todo, executor, progress, plan)
+    else:
+        plan = resolve(spec, plan_dir(out))
     written = sum(read_sidecar(out, k) is not None for k in todo)
     missing = [k for k in range(plan.n_shards) if read_sidecar(out, k) is None]
     status = {

@@ -18,6 +18,7 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import load_manifest
 from mixer.mixing.schedule import Counts, Layout, Placement, epoch_start_samples, solve_counts
 from mixer.formats.store import Store, check_same_tokenizer, list_stores, open_store
+from mixer.mixing.plan_cache import PlanDir
 from mixer.mixing.streams import SourceStream, source_key
 from mixer.units import format_count
 
@@ -223,6 +224,17 @@ class MixPlan:
         start = k * self.samples_per_shard
         return start, min(self.counts.samples, start + self.samples_per_shard)
 
+    def materialize(self) -> list[dict]:
+        """Compute every per-document array the build's shards read (each stream's epochs), so
+        tasks only map them; returns what was computed, per stream."""
+        out = []
+        for src in self.sources:
+            if src.train and src.samples:
+                epochs = src.stream.materialize(src.stream_tokens)
+                out.append({"source": src.stream.name, "dir": src.stream.files.name, "key": src.stream.files.key,
+                            "epochs": epochs})
+        return out
+
     def summary(self) -> dict:
         c = self.counts
         return {
@@ -289,9 +301,12 @@ def seen_documents(mix_dir: Path, source: str) -> np.ndarray:
     return src.stream.documents[idx] if src.stream.documents is not None else idx
 
 
-def resolve(spec: MixSpec) -> MixPlan:
-    """Open the stores and compute counts, placement and per-source streams."""
+def resolve(spec: MixSpec, plan_dir: Path | None = None) -> MixPlan:
+    """Open the stores and compute counts, placement and per-source streams. The streams'
+    per-document arrays are computed when first needed, into `plan_dir` (a build's
+    `.build/plan/`, where they are kept and reused) or a private temporary folder."""
     spec.validate()
+    plan_files = PlanDir(plan_dir)
     stores_dir = Path(spec.stores)
     domain_store = open_store(stores_dir, spec.domain) if spec.domain else None
     if domain_store is not None and domain_store.role != "domain":
@@ -315,11 +330,11 @@ def resolve(spec: MixSpec) -> MixPlan:
 
     streams: dict[str, SourceStream] = {}
     if domain_store is not None:
-        streams["domain"] = SourceStream(domain_store, spec.seed, spec.seq_len, _domain_documents(spec, domain_store))
+        streams["domain"] = SourceStream(domain_store, spec.seed, spec.seq_len, _domain_documents(spec, domain_store), plan_files)
         if streams["domain"].epoch_tokens == 0:
             raise MixerError(f"{domain_store.path}: the domain train split is empty")
     if general_store is not None:
-        streams["general"] = SourceStream(general_store, spec.seed, spec.seq_len)
+        streams["general"] = SourceStream(general_store, spec.seed, spec.seq_len, plan=plan_files)
 
     domain_tokens = streams["domain"].epoch_tokens if "domain" in streams and fraction != 0 else None
     try:
@@ -365,7 +380,7 @@ def resolve(spec: MixSpec) -> MixPlan:
     for store, (name, f), k in zip(extra_stores, spec.extra, counts.extra_samples):
         if k == 0:
             raise UsageError(f"--mix {name}={f:g} of {counts.window_width} samples rounds to no sample; raise the fraction or the budget")
-        src = SourcePlan(len(sources), store.role, SourceStream(store, spec.seed, spec.seq_len), k, True)
+        src = SourcePlan(len(sources), store.role, SourceStream(store, spec.seed, spec.seq_len, plan=plan_files), k, True)
         if src.stream.epoch_tokens == 0:
             raise MixerError(f"{store.path}: the train split is empty")
         if src.epochs > spec.max_epochs:
