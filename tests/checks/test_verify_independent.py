@@ -49,8 +49,16 @@ def test_verify_imports_nothing_of_the_build(stores, tmp_path):
 
 
 def _same_order_every_epoch(monkeypatch):
-    real = SourceStream.permutation
-    monkeypatch.setattr(SourceStream, "permutation", lambda self, epoch: real(self, 0))
+    # the build draws each epoch's order once, into its plan files (mixer/mixing/plan_cache.py)
+    from mixer.mixing.streams import source_key
+
+    def same(self, epoch):
+        dtype = self._perm_dtype()
+        perm = np.random.default_rng([self.seed, source_key(self.name), 0]).permutation(self.n_docs).astype(dtype)
+        with self.files.create(f"e{epoch:05d}.perm", dtype, (self.n_docs,)) as w:
+            w.append(perm)
+            w.close()
+    monkeypatch.setattr(SourceStream, "_make_permutation", same)
 
 
 def _shuffle_across_epochs(monkeypatch):
