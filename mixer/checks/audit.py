@@ -116,11 +116,8 @@ class Heldout:
 
 def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldout:
     sources, parts, starts, ends, ids, base, first = [], [], [], [], [], 0, 0
-    # every held-out split: test (domain) or val (general), and a domain store's val split,
-    # which selects finetuning checkpoints and so must not leak either
-    pairs = [(s, split) for s in stores for split in [s.heldout] + (["val"] if s.role == "domain" and "val" in s.splits
-                                                                     else [])]
-    for s, split in pairs:
+    for s in stores:
+        split = s.heldout
         toks, doc_ends = np.asarray(s.tokens(split)), s.doc_ends(split).astype(np.int64)
         doc_starts = np.concatenate([[0], doc_ends[:-1]]).astype(np.int64)
         content_end = doc_ends - (toks[np.maximum(doc_ends - 1, 0)] == eos_id) * (doc_ends > doc_starts)

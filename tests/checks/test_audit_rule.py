@@ -215,22 +215,3 @@ def test_the_flags_state_the_rules_defaults(capsys):
     text = " ".join(out.split())
     assert code == 0 and f"(default {NEAR_COPY:g})" in text and f"(default {MIN_QUOTE})" in text
     assert f"(default {BOILERPLATE_TRAIN_DOCS})" in text and f"(default {BOILERPLATE_HELDOUT_DOCS})" in text
-
-
-def test_a_domain_validation_document_in_training_is_named(capsys, tmp_path):
-    """Domain stores have a validation split (it selects finetuning checkpoints): the audit
-    checks it as it checks the test split."""
-    c = corpus(4)
-    doc = np.random.default_rng(11).integers(0, 50_000, 300).astype("<u2")
-    c["gen_train"][5] = doc.copy()
-    root = tmp_path / "stores-val"
-    write_store(root, "dom", "domain", {"train": [(f"dom/{i}", t) for i, t in enumerate(c["dom_train"])],
-                                        "test": [(f"test/{i}", t) for i, t in enumerate(c["dom_test"])],
-                                        "val": [("val/0", doc)] + [(f"val/{i}", t) for i, t in enumerate(c["dom_test"][:3], 1)]})
-    write_store(root, "gen", "general", {"train": [(f"gen/{i}", t) for i, t in enumerate(c["gen_train"])],
-                                         "val": [(f"gval/{i}", t) for i, t in enumerate(c["gen_val"])]})
-    mix = build_mix(capsys, root, tmp_path / "mix", "--domain", "dom", "--general", "gen", "--fraction", "0.3",
-                    "--tokens", "60K", "--seq-len", str(SEQ), "--samples-per-shard", "64")
-    code, rep, err = audit_json(capsys, str(mix))
-    assert code == 1 and {(s["source"], s["split"]) for s in rep["sources"]} >= {("dom", "test"), ("dom", "val")}
-    assert "val/0" in flagged(rep) and "exact" in flagged(rep)["val/0"]
