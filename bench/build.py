@@ -43,6 +43,9 @@ def make_store(root: Path, name: str, role: str, tokens: int, mean_doc: int, see
     meta = {"format": "mixer-store/1", "source": name, "role": role, "dtype": "<u2", "splits": splits,
             "tokenizer": {"name": "synthetic", "sha256": "bench", "vocab_size": 50257, "eos_id": 50256}}
     (d / "store.json").write_text(json.dumps(meta))
+    from mixer.formats.store import seal_store
+
+    seal_store(d)  # checksums, as mixer tokenize writes them: a build refuses a store without
 
 
 def drop_caches() -> bool:
