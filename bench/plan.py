@@ -6,7 +6,7 @@ sees a 200B-token general store and a 300M-token domain without 400 GB on disk.
     .venv/bin/python bench/plan.py [--dir /tmp/mixer-bench-plan] [--general-docs 100000000]
 
 `--memory 16M 64M 256M`: for each general store size (sealed, so a build accepts it;
-`--mean-doc` tokens per document, default 32, keeps the sparse token file small), the
+`--mean-doc` tokens per document, default 64, keeps the sparse token file small), the
 peak memory of `mixer plan`, of a first build task (`mixer build --shards 0:1`, which
 computes the plan once into `.build/plan/`) and of a second task (`--shards K:K+1`, which
 reads it). The mix takes ~0.98 epochs of the general store, 2% domain. Each process is
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--domain-docs", type=int, default=1_000_000)
     ap.add_argument("--domain-tokens", type=float, default=300e6)
     ap.add_argument("--memory", nargs="+", metavar="DOCS", help="general store sizes for the memory table (16M 64M 256M)")
-    ap.add_argument("--mean-doc", type=int, default=32, help="mean tokens per general document (--memory)")
+    ap.add_argument("--mean-doc", type=int, default=64, help="mean tokens per general document (--memory)")
     ap.add_argument("--keep", action="store_true", help="keep the --memory stores and mixes")
     a = ap.parse_args()
     if a.memory:

@@ -1,8 +1,11 @@
 """A source's stream: its train documents, re-permuted every epoch, end to end.
 
 The stream is never materialized. Sample k of a source is stream[k*L : k*L + L + 1];
-`gather` turns any set of sample indices into tokens with a handful of vectorized
-numpy passes (no per-sample or per-token Python), reading the store through np.memmap.
+`gather` turns any set of sample indices into the store runs that spell them with a
+handful of vectorized numpy passes (no per-sample or per-token Python), then reads those
+runs: sorted by store offset, by a few threads at once, straight into the shard (a store
+that is not in the page cache is read at random, as fast as the disk serves many requests
+at once); runs of short documents are gathered from a mapping of the store with one take.
 
 Per epoch a stream keeps three arrays on disk (mixer/mixing/plan_cache.py), never on the
 heap: the permutation of its documents, `offsets` (where the i-th document of the epoch's
@@ -14,23 +17,28 @@ a binary search over the mapped file would.
 
 from __future__ import annotations
 
+import os
+import weakref
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Iterator
 
 import numpy as np
 
+from mixer.errors import MixerError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import Store
 from mixer.mixing import plan_cache
 from mixer.mixing.feistel import permute
 from mixer.mixing.plan_cache import PLAN_FORMAT, PlanDir, StreamFiles, read_chunk
 
-_CHUNK_TOKENS = 1 << 22  # bounds gather's index arrays to ~32 MiB whatever the shard size
-_SLICE_MIN_PIECE = 48  # mean piece length above which slice copies beat a per-token index
+_CHUNK_TOKENS = 1 << 22  # bounds gather's index arrays to ~32 MiB a chunk (two in flight) whatever the shard size
+_SLICE_MIN_PIECE = 48  # mean piece length above which a read per piece beats a per-token index
+READ_THREADS = 8  # reading threads of a stream; with two chunks in flight, up to 16 requests wait on the disk
+_MIN_GROUP = 256  # pieces per reading thread, at least: fewer are not worth a thread
 COARSE = 512  # offsets per coarse-index entry: 4 KiB of int64, one page
-_LOCATE_ROWS = 1024  # positions located at once: a (1024, COARSE) int64 block is 4 MiB
 
 
 def source_key(name: str) -> int:
@@ -184,16 +192,19 @@ class SourceStream:
 
     def _locate(self, ep: _Epoch, pos: np.ndarray) -> np.ndarray:
         """Index i of the epoch's order with offsets[i] <= pos < offsets[i + 1], for each
-        position 0 <= pos < epoch_tokens (as searchsorted(offsets, pos, "right") - 1)."""
-        block = np.searchsorted(ep.coarse, pos, side="right") - 1
-        out = np.empty(len(pos), dtype=np.int64)
-        last = len(ep.offsets) - 1
-        step = np.arange(COARSE, dtype=np.int64)
-        for a in range(0, len(pos), _LOCATE_ROWS):
-            b = block[a : a + _LOCATE_ROWS] * COARSE
-            vals = ep.offsets[np.minimum(b[:, None] + step, last)]
-            out[a : a + _LOCATE_ROWS] = b + (vals <= pos[a : a + _LOCATE_ROWS, None]).sum(axis=1) - 1
-        return out
+        position 0 <= pos < epoch_tokens (as searchsorted(offsets, pos, "right") - 1): the
+        coarse index narrows each to COARSE entries of `offsets`, a vectorized binary search
+        does the rest (log2(COARSE) reads per position, all in one page)."""
+        lo = (np.searchsorted(ep.coarse, pos, side="right") - 1) * COARSE  # offsets[lo] <= pos
+        hi = np.minimum(lo + COARSE, len(ep.offsets) - 1)  # offsets[hi] > pos (or hi is the end)
+        while True:
+            open_ = hi - lo > 1
+            if not open_.any():
+                return lo
+            mid = (lo + hi) // 2
+            below = (ep.offsets[mid] <= pos) & open_
+            lo = np.where(below, mid, lo)
+            hi = np.where(open_ & ~below, mid, hi)
 
     def general_order(self, index: np.ndarray, n_samples: int) -> np.ndarray:
         """Shuffle sample indices within blocks of one epoch's worth of samples (see schedule.py)."""
@@ -217,26 +228,85 @@ class SourceStream:
         if out is None:
             out = np.empty((len(samples), width), dtype=self.store.dtype)
         rows = np.arange(len(samples), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        if not out.flags.c_contiguous:
+            raise ValueError("gather writes into a C-contiguous array")
         flat = out.reshape(-1)
         chunk = max(1, _CHUNK_TOKENS // width)
-        tokens = np.asarray(self.store.tokens("train"))  # plain ndarray view: memmap slicing is slow
-        for i in range(0, len(samples), chunk):
-            starts = samples[i : i + chunk] * self.seq_len
-            piece_store, piece_len, piece_row, piece_col = self._pieces(starts, width)
-            if len(piece_len) * _SLICE_MIN_PIECE < len(starts) * width:
-                # Long pieces: one memcpy-speed slice copy per contiguous store run. A loop per
-                # document piece, not per token; it beats building a per-token index ~4x.
-                dest = rows[i : i + chunk][piece_row] * width + piece_col
-                for d, a, n in zip(dest.tolist(), piece_store.tolist(), piece_len.tolist()):
-                    flat[d : d + n] = tokens[a : a + n]
-            else:
+        tokens = None
+        reads: list[list[Future]] = []  # a chunk's reads run while the next chunk is computed
+        try:
+            for i in range(0, len(samples), chunk):
+                starts = samples[i : i + chunk] * self.seq_len
+                piece_store, piece_len, piece_row, piece_col = self._pieces(starts, width)
+                if len(piece_len) * _SLICE_MIN_PIECE < len(starts) * width:
+                    # Long pieces: one read per contiguous store run, straight into its row.
+                    if len(reads) == 2:  # two chunks in flight at most: bounded memory
+                        for f in reads.pop(0):
+                            f.result()
+                    dest = rows[i : i + chunk][piece_row] * width + piece_col
+                    reads.append(self._read_pieces(flat, dest, piece_store, piece_len))
+                    continue
+                if tokens is None:
+                    tokens = np.asarray(self.store.tokens("train"))  # plain ndarray view: memmap slicing is slow
+                    if len(tokens) < self.store.n_tokens("train"):  # one line, not an IndexError
+                        raise _truncated(self.store.path / "train.ds", self.store.n_tokens("train"))
                 # Short documents (e.g. SMILES): a per-token index built by one cumsum, then take.
                 step = np.ones(len(starts) * width, dtype=np.int64)
                 offsets = np.cumsum(piece_len) - piece_len
                 step[offsets[1:]] = piece_store[1:] - (piece_store[:-1] + piece_len[:-1] - 1)
                 step[0] = piece_store[0]
                 out[rows[i : i + chunk]] = np.take(tokens, np.cumsum(step, out=step)).reshape(-1, width)
+        finally:  # never return (or raise) while a thread still writes into `out`
+            errors = [f.exception() for chunk_reads in reads for f in chunk_reads]
+        if any(errors):
+            raise next(e for e in errors if e)
         return out
+
+    @cached_property
+    def _fd(self) -> int:
+        path = self.store.path / "train.ds"
+        fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, fd)
+        if os.fstat(fd).st_size < self.store.n_tokens("train") * self.store.dtype.itemsize:
+            raise _truncated(path, self.store.n_tokens("train"))
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # read at random: readahead would only evict
+        return fd
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The reading threads, started once per process (a forked child starts its own)."""
+        if getattr(self, "_pool_pid", None) != os.getpid():
+            self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix=f"read-{self.name}")
+            self._pool_pid = os.getpid()
+            weakref.finalize(self, self._reader.shutdown, wait=False)
+        return self._reader
+
+    def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray) -> list[Future]:
+        """Start flat[dest[j] : dest[j] + length[j]] = train tokens[src[j] : src[j] + length[j]]
+        for every j; returns the futures to wait for.
+
+        Reads, not a mapping of the store, so that a store that is not in the page cache
+        sees many requests at once: pieces sorted by store offset and split into a few
+        contiguous groups, one thread each (os.preadv releases the GIL), each group's in
+        ascending order, exactly the pages needed (no readahead: the store is read at random).
+        Through a mapping, one thread faulted one page at a time, in shard order, with the
+        kernel reading around each fault. Nothing of the store counts in this process's RSS."""
+        size = flat.itemsize
+        view = memoryview(flat.view(np.uint8))
+        order = np.argsort(src, kind="stable")
+        fd, path = self._fd, self.store.path / "train.ds"
+
+        def read(idx: np.ndarray) -> None:
+            for d, a, n in zip((dest[idx] * size).tolist(), (src[idx] * size).tolist(), (length[idx] * size).tolist()):
+                got = os.preadv(fd, [view[d : d + n]], a)
+                while got < n:  # a read may return less (a signal); zero means the file ended
+                    more = os.preadv(fd, [view[d + got : d + n]], a + got)
+                    if more == 0:
+                        raise _truncated(path, (a + n) // size)
+                    got += more
+
+        groups = np.array_split(order, max(1, min(READ_THREADS, len(order) // _MIN_GROUP)))
+        pool = self._pool()
+        return [pool.submit(read, g) for g in groups if len(g)]
 
     def _pieces(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
         """Contiguous store runs that spell stream[s : s + length] for each s, in order:
@@ -297,6 +367,11 @@ class SourceStream:
         full, m, partial, _ = self.prefix(stream_tokens)
         hist = {str(full): self.n_docs - m, str(full + 1): m}
         return {k: v for k, v in hist.items() if v}, partial
+
+
+def _truncated(path, token: int) -> MixerError:
+    return MixerError(f"{path}: ends before token {token} that its index names (truncated since it was written); "
+                      "re-run mixer tokenize --force for this source")
 
 
 def _bounds(ends: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from mixer.mixing.build import WriteShards, build
 from mixer.mixing.shards import shard_samples
 from mixer.mixing.spec import MixSpec, resolve
 from mixer.mixing.streams import SourceStream
+from mixer.errors import MixerError
 from mixer.formats.store import open_store
 from tests.synth import make_store
 
@@ -175,3 +176,37 @@ def test_heap_does_not_grow_with_general_documents(tmp_path, monkeypatch):
         tracemalloc.stop()
         assert (root / "mix/shard-00003.bin").stat().st_size == 256 * 65 * 2
     assert peaks[1] < 1.3 * peaks[0], peaks
+
+
+@pytest.mark.parametrize("min_len,max_len,seq_len", [(200, 900, 64), (1, 3000, 128), (60, 70, 40)])
+def test_concurrent_sorted_reads_match_a_naive_stream(tmp_path, monkeypatch, min_len, max_len, seq_len):
+    """Long pieces are read by several threads, sorted by store offset, two chunks in flight:
+    the tokens are those of a stream materialized naively, in any order of samples."""
+    monkeypatch.setattr(streams_module, "_MIN_GROUP", 4)
+    monkeypatch.setattr(streams_module, "_CHUNK_TOKENS", 40 * (seq_len + 1))
+    make_store(tmp_path, "s", "general", n_docs=300, base=1, min_len=min_len, max_len=max_len)
+    store = open_store(tmp_path, "s")
+    stream = SourceStream(store, seed=5, seq_len=seq_len)
+    tokens, ends = np.asarray(store.tokens()), store.doc_ends()
+    docs = [tokens[(ends[i - 1] if i else 0):ends[i]] for i in range(len(ends))]
+    naive = np.concatenate([docs[j] for e in range(3) for j in stream.permutation(e)])
+    n = (len(naive) - 1) // seq_len
+    samples = np.random.default_rng(1).permutation(n)[:700]
+    out = np.full((900, seq_len + 1), 7, dtype=store.dtype)
+    rows = np.sort(np.random.default_rng(2).choice(900, 700, replace=False))
+    stream.gather(samples, out=out, rows=rows)
+    for row, k in zip(rows, samples):
+        assert np.array_equal(out[row], naive[k * seq_len : k * seq_len + seq_len + 1])
+    assert (out[np.setdiff1d(np.arange(900), rows)] == 7).all()
+
+
+@pytest.mark.parametrize("max_len", [80, 3000])  # a per-token index, and reads
+def test_a_store_shorter_than_its_index_is_one_line(tmp_path, max_len):
+    make_store(tmp_path, "prose", "general", n_docs=300, base=1, min_len=max_len // 2, max_len=max_len)
+    plan = resolve(MixSpec(stores=str(tmp_path), general="prose", tokens=20_000, seq_len=128))
+    shard_samples(plan, 0)  # the store is open (reads: a descriptor), then it shrinks
+    with open(tmp_path / "prose/train.ds", "r+b") as f:
+        f.truncate(100)
+    for p in (plan, resolve(plan.spec)):  # while open, and opened afterwards
+        with pytest.raises(MixerError, match=r"prose/train.ds: ends before token \d+ that its index names .* --force"):
+            shard_samples(p, 0)
