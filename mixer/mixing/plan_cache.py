@@ -7,7 +7,7 @@ once into `.build/plan/` and every task maps them (`np.load(mmap_mode="r")`): th
 are file-backed, shared by the tasks of one machine, and the kernel drops them under
 pressure instead of failing, while the heap of a task stays the same whatever the size of
 the store. Without a build folder (`mixer plan`, `verify`) the arrays go to a private
-temporary folder (TMPDIR), removed when the process ends.
+temporary folder in TMPDIR, removed when the process ends (or, after a kill, by the next one).
 
 Each stream has a folder named by a digest of what determines its arrays (store, index
 checksum, seed, document subset; `stream.json` holds the key, as Megatron's index cache
@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-import weakref
 from functools import cached_property
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Iterator
 
@@ -42,14 +44,40 @@ def key_digest(key: dict) -> str:
     return checksum_bytes(json.dumps(key, sort_keys=True, separators=(",", ":")).encode())[:16]
 
 
+_TRANSIENT = re.compile(r"^mixer-plan-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+
+
 def _remove(path: Path, owner: int) -> None:
     if os.getpid() == owner:  # a forked child must not remove its parent's folder
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove private plan folders (`mixer-plan-<host>-<pid>-*`) whose process died on this
+    host without removing its own (killed, or a worker that left with os._exit)."""
+    host, removed = socket.gethostname(), []
+    for d in Path(folder).glob("mixer-plan-*"):
+        m = _TRANSIENT.match(d.name)
+        if m and m["host"] == host and not _alive(int(m["pid"])):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 class PlanDir:
     """Where streams keep their arrays: a build's `.build/plan/`, or (path None) a private
-    temporary folder made on first use and removed with this object or at exit."""
+    temporary folder made on first use and removed with this object or when the process
+    ends (multiprocessing's finalizers also run in pool workers, which skip atexit)."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self._path = Path(path) if path is not None else None
@@ -58,8 +86,9 @@ class PlanDir:
     @property
     def path(self) -> Path:
         if self._path is None:
-            self._path = Path(tempfile.mkdtemp(prefix="mixer-plan-"))
-            weakref.finalize(self, _remove, self._path, os.getpid())
+            remove_orphans(Path(tempfile.gettempdir()))
+            self._path = Path(tempfile.mkdtemp(prefix=f"mixer-plan-{socket.gethostname()}-{os.getpid()}-"))
+            Finalize(self, _remove, args=(self._path, os.getpid()), exitpriority=10)
         return self._path
 
     def stream(self, key: dict) -> "StreamFiles":

@@ -1,6 +1,7 @@
 """The plan on disk (.build/plan/): computed once, mapped by every task, never a wrong byte."""
 
 import gc
+import os
 import json
 import tracemalloc
 from pathlib import Path
@@ -210,3 +211,44 @@ def test_a_store_shorter_than_its_index_is_one_line(tmp_path, max_len):
     for p in (plan, resolve(plan.spec)):  # while open, and opened afterwards
         with pytest.raises(MixerError, match=r"prose/train.ds: ends before token \d+ that its index names .* --force"):
             shard_samples(p, 0)
+
+
+_KEPT = []  # a worker keeps its plan until it exits, as verify's workers cache theirs
+
+
+def _plan_in_worker(stores: str) -> str:
+    plan = resolve(spec(Path(stores)))
+    plan.summary()
+    _KEPT.append(plan)
+    return str(plan.sources[0].stream.plan.path)
+
+
+def test_private_plan_folders_do_not_outlive_their_process(stores, tmp_path, monkeypatch):
+    """Forked pool workers leave with os._exit (no atexit): their folders go all the same; a folder
+    of a process that was killed is removed by the next process that makes one."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
+        made = list(pool.map(_plan_in_worker, [str(stores)] * 4))
+    assert all(Path(p).parent == scratch for p in made) and not list(scratch.iterdir())
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = scratch / f"mixer-plan-{host}-{int(dead.stdout)}-abc123"
+    alive = scratch / f"mixer-plan-{host}-{os.getpid()}-def456"
+    elsewhere = scratch / f"mixer-plan-another-host-{int(dead.stdout)}-ghi789"
+    for d in (orphan, alive, elsewhere):
+        (d / "prose-0").mkdir(parents=True)
+    plan = resolve(spec(stores))
+    plan.summary()
+    assert not orphan.exists() and alive.exists() and elsewhere.exists()
+    assert plan.sources[0].stream.plan.path.name.startswith(f"mixer-plan-{host}-{os.getpid()}-")
