@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from mixer.formats.store import Store
+from mixer.formats.store import Store, lengths_u32
 
 
 def source_key(name: str) -> int:
@@ -60,7 +60,7 @@ class Stream:
             starts = np.where(self.documents > 0, store.doc_ends("train")[np.maximum(self.documents - 1, 0)], 0)
             self.lengths = (ends - starts.astype(np.int64)).astype(np.uint32)
         else:
-            self.lengths = _lengths(ends)
+            self.lengths = lengths_u32(ends)
         self._ends = ends
         self.n_docs = len(self.lengths)
         self.epoch_tokens = int(self.lengths.sum(dtype=np.int64))
@@ -157,14 +157,3 @@ class Stream:
             return [0]
         epochs = -(-(n_samples * self.seq_len) // self.epoch_tokens)
         return [-(-(e * self.epoch_tokens) // self.seq_len) for e in range(epochs)]
-
-
-def _lengths(ends: np.ndarray) -> np.ndarray:
-    """Document lengths (uint32: a document is below 4G tokens), in chunks of the index."""
-    out = np.empty(len(ends), dtype=np.uint32)
-    prev = 0
-    for i in range(0, len(ends), 1 << 24):
-        chunk = np.asarray(ends[i : i + (1 << 24)], dtype=np.int64)
-        out[i : i + len(chunk)] = np.diff(chunk, prepend=prev)
-        prev = int(chunk[-1])
-    return out

@@ -37,6 +37,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
+
+def lengths_u32(ends: np.ndarray) -> np.ndarray:
+    """Document lengths from an index of document ends, as uint32 (documents < 4G tokens),
+    in chunks: a billion-document index is never widened to int64 whole."""
+    out = np.empty(len(ends), dtype=np.uint32)
+    prev = 0
+    for i in range(0, len(ends), 1 << 24):
+        chunk = np.asarray(ends[i : i + (1 << 24)], dtype=np.int64)
+        out[i : i + len(chunk)] = np.diff(chunk, prepend=prev)
+        prev = int(chunk[-1])
+    return out
+
 @dataclass
 class Store:
     path: Path

@@ -29,7 +29,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
-from mixer.formats.store import Store
+from mixer.formats.store import Store, lengths_u32
 from mixer.mixing import plan_cache
 from mixer.mixing.feistel import permute
 from mixer.mixing.plan_cache import PLAN_FORMAT, PlanDir, StreamFiles, read_chunk
@@ -100,7 +100,7 @@ class SourceStream:
         """Document lengths (uint32), one per stream document: for tests and small streams;
         nothing on a build's path builds this array."""
         if self.documents is None:
-            return _lengths(self._ends)
+            return lengths_u32(self._ends)
         return np.concatenate([hi - lo for lo, hi in self._bounds_chunks(self.documents)]).astype(np.uint32)
 
     def _bounds_chunks(self, docs: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -381,14 +381,3 @@ def _bounds(ends: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     nz = docs > 0
     lo[nz] = ends[docs[nz] - 1]
     return lo, hi
-
-
-def _lengths(ends: np.ndarray) -> np.ndarray:
-    """Document lengths as uint32 (documents < 4G tokens), computed in chunks of the index."""
-    out = np.empty(len(ends), dtype=np.uint32)
-    prev = 0
-    for i in range(0, len(ends), 1 << 24):
-        chunk = np.asarray(ends[i : i + (1 << 24)], dtype=np.int64)
-        out[i : i + len(chunk)] = np.diff(chunk, prepend=prev)
-        prev = int(chunk[-1])
-    return out
