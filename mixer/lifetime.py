@@ -103,3 +103,14 @@ def _in_fork_server() -> None:
 
 
 _in_fork_server()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

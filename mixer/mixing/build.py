@@ -37,6 +37,7 @@ from mixer import __version__
 from mixer.executors import Executor
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
+from mixer.lifetime import pid_alive
 from mixer.formats.mix import MIX_FORMAT
 from mixer.formats.checksum import checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
@@ -238,16 +239,6 @@ def claim_directory(out: Path, plan: MixPlan, recheck_stores: bool = False) -> d
 _TEMP = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove temporary files (atomic_open's `.NAME.tmp-HOST-PID`) of processes that died
     on this host; a file of a live process, or of another host, is never touched."""
@@ -256,7 +247,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     for folder in (out, out / "eval", out / ".build", out / ".build" / "plan", *plans):
         for f in folder.glob(".*.tmp-*") if folder.is_dir() else []:
             m = _TEMP.match(f.name)
-            if m and m["host"] == host and not _alive(int(m["pid"])):
+            if m and m["host"] == host and not pid_alive(int(m["pid"])):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
                     removed.append(f)

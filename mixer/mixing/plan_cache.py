@@ -35,6 +35,7 @@ import numpy as np
 from mixer.formats.atomic import atomic_open, read_json, write_json
 from mixer.formats.checksum import checksum_bytes
 from mixer.errors import MixerError
+from mixer.lifetime import pid_alive
 
 PLAN_FORMAT = "mixer-plan/1"
 CHUNK = 1 << 21  # entries per step of a sequential pass: bounds the heap (~16 MiB per int64 array)
@@ -52,23 +53,13 @@ def _remove(path: Path, owner: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_orphans(folder: Path) -> list[Path]:
     """Remove private plan folders (`mixer-plan-<host>-<pid>-*`) whose process died on this
     host without removing its own (killed, or a worker that left with os._exit)."""
     host, removed = socket.gethostname(), []
     for d in Path(folder).glob("mixer-plan-*"):
         m = _TRANSIENT.match(d.name)
-        if m and m["host"] == host and not _alive(int(m["pid"])):
+        if m and m["host"] == host and not pid_alive(int(m["pid"])):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
