@@ -3,7 +3,7 @@
 Three kinds of training file:
 - flat token files (nanoGPT's train.bin): the file is one stream;
 - sample files `(n, seq_len + 1)` with a provenance sidecar (a mix shard and its
-  `shard-XXXXX.prov.npy`, PROV_DTYPE (source, offset) per sample): the samples of one
+  `shard-*.prov.npy`, PROV_DTYPE (source, offset) per sample): the samples of one
   source are stitched back into that source's stream. Sample k of a source starts at
   stream offset k * seq_len and holds `stream[offset : offset + seq_len + 1]`, so
   consecutive samples share one token; the stream is the source's documents, each ending
