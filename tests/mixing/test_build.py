@@ -19,13 +19,6 @@ L = 16
 DOMAIN_BASE = 40_000  # domain tokens are >= this; general tokens below
 
 
-@pytest.fixture
-def stores(tmp_path):
-    make_store(tmp_path / "stores", "prose", "general", n_docs=300, base=1, seed=1, max_len=80)
-    make_store(tmp_path / "stores", "music", "domain", n_docs=40, base=DOMAIN_BASE, seed=2)
-    return tmp_path / "stores"
-
-
 def spec(stores, **kw):
     base = dict(stores=str(stores), domain="music", fraction=0.1, tokens=48_000, seq_len=L, seed=0, samples_per_shard=700)
     base.update(kw)

@@ -26,13 +26,6 @@ L = 16
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def stores(tmp_path):
-    make_store(tmp_path / "stores", "prose", "general", n_docs=300, base=1, seed=1, max_len=80)
-    make_store(tmp_path / "stores", "music", "domain", n_docs=40, base=40_000, seed=2)
-    return tmp_path / "stores"
-
-
 def spec(stores, **kw):
     base = dict(stores=str(stores), domain="music", fraction=0.1, tokens=48_000, seq_len=L, seed=0, samples_per_shard=300)
     base.update(kw)
