@@ -226,7 +226,7 @@ def build_report(runs: list[Run]) -> dict:
                 [relative_gain(by_seed.get(r["seed"], base_mean), r["post_ft_loss"]) for r in g]).to_dict()
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
-            "table": table, "compute_multiplier": _multipliers(table), "gap_closed": _gaps(table),
+            "table": table, "compute_multiplier": _multipliers(table, rows), "gap_closed": _gaps(table, rows),
             "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
             "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
 
@@ -243,9 +243,10 @@ def _spread(values: list) -> dict | None:
     return mean_spread(have).to_dict() if have else None
 
 
-def _multipliers(table: list[dict]) -> list[dict]:
+def _multipliers(table: list[dict], rows: list[dict]) -> list[dict]:
     """T_NPT / T_SPT against NPT's largest pretraining budget, over the SPT post-FT loss curve
-    (finetunes from several pretraining checkpoints; with one, only a bound is known)."""
+    (finetunes from several pretraining checkpoints; with one, only a bound is known): once on
+    the seed means, and once per seed that has both curves, so the spread over seeds is known."""
     out = []
     cells = defaultdict(list)
     for e in table:
@@ -258,14 +259,28 @@ def _multipliers(table: list[dict]) -> list[dict]:
         es = sorted(es, key=lambda e: e["pretrain_tokens"])
         m = compute_multiplier(top["pretrain_tokens"], top["post_ft_loss"]["mean"],
                                [e["pretrain_tokens"] for e in es], [e["post_ft_loss"]["mean"] for e in es])
+        per_seed = []
+        for seed in sorted(set(top["seeds"]) & {s for e in es for s in e["seeds"]}):
+            mine = [(r["pretrain_tokens"], r["post_ft_loss"]) for r in rows if r["seed"] == seed
+                    and (r["model"], r["domain"], r["setup"], r["finetune"]) == (model, domain, setup, ft)]
+            target = [r["post_ft_loss"] for r in rows if r["seed"] == seed and r["pretrain_tokens"] ==
+                      top["pretrain_tokens"] and (r["model"], r["domain"], r["setup"], r["finetune"]) ==
+                      (model, domain, "NPT", ft)]
+            if mine and target:
+                t, losses = zip(*sorted(mine))
+                ms = compute_multiplier(top["pretrain_tokens"], target[0], t, losses)
+                per_seed.append({"seed": seed, "value": ms.value, "bound": ms.bound, "spt_points": len(t)})
         out.append({"model": model, "domain": domain, "setup": setup, "finetune": ft, "value": m.value,
-                    "bound": m.bound, "text": str(m), "npt_tokens": top["pretrain_tokens"], "spt_points": len(es)})
+                    "bound": m.bound, "text": str(m), "npt_tokens": top["pretrain_tokens"], "spt_points": len(es),
+                    "per_seed": per_seed, "over_seeds": _spread([x["value"] for x in per_seed]),
+                    "bounds_over_seeds": sorted({x["bound"] for x in per_seed})})
     return out
 
 
-def _gaps(table: list[dict]) -> list[dict]:
+def _gaps(table: list[dict], rows: list[dict]) -> list[dict]:
     """Gap closed by each small-model SPT row towards every larger NPT model (same domain,
-    finetuning and tokens). Larger means more parameters (run.json model_params)."""
+    finetuning and tokens). Larger means more parameters (run.json model_params). Per seed:
+    the small model's SPT and NPT runs of one seed against the larger model's mean."""
     out = []
     npt = {(e["model"], e["domain"], e["finetune"], e["pretrain_tokens"]): e for e in table if e["setup"] == "NPT"}
     for small in (e for e in table if e["setup"] != "NPT"):
@@ -279,10 +294,17 @@ def _gaps(table: list[dict]) -> list[dict]:
                 continue
             if big["post_ft_loss"]["mean"] == mine["post_ft_loss"]["mean"]:
                 continue  # no gap to close
+            large = big["post_ft_loss"]["mean"]
+            cell = (small["model"], domain, ft, tokens)
+            by_seed = {(r["setup"], r["seed"]): r["post_ft_loss"] for r in rows
+                       if (r["model"], r["domain"], r["finetune"], r["pretrain_tokens"]) == cell}
+            per_seed = [{"seed": s, "gap_closed_pct": gap_closed(by_seed[("NPT", s)], by_seed[(small["setup"], s)], large)}
+                        for s in small["seeds"] if ("NPT", s) in by_seed and (small["setup"], s) in by_seed
+                        and by_seed[("NPT", s)] != large]
             out.append({"small": small["model"], "large": model, "domain": domain, "setup": small["setup"],
                         "finetune": ft, "pretrain_tokens": tokens,
-                        "gap_closed_pct": gap_closed(mine["post_ft_loss"]["mean"], small["post_ft_loss"]["mean"],
-                                                     big["post_ft_loss"]["mean"])})
+                        "gap_closed_pct": gap_closed(mine["post_ft_loss"]["mean"], small["post_ft_loss"]["mean"], large),
+                        "per_seed": per_seed, "over_seeds": _spread([x["gap_closed_pct"] for x in per_seed])})
     return out
 
 
@@ -324,10 +346,18 @@ def format_report(report: dict) -> str:
         parts.append(format_early_exposure(report))
     parts += [describe_protocol(p) for p in report.get("finetuning", [])]
     for m in report["compute_multiplier"]:
+        seeds = ""
+        if len(m.get("per_seed") or []) > 1:
+            loose = [b for b in m["bounds_over_seeds"] if b != "="]
+            seeds = (f"; per seed {_fmt(m['over_seeds'])}x over {len(m['per_seed'])} seeds"
+                     + (f" (some only bounds: {', '.join(loose)})" if loose else ""))
         parts.append(f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']}): {m['text']} "
-                     f"vs NPT at {format_count(m['npt_tokens'])} tokens ({m['spt_points']} SPT checkpoint(s))")
+                     f"vs NPT at {format_count(m['npt_tokens'])} tokens ({m['spt_points']} SPT checkpoint(s)){seeds}")
     for g in report["gap_closed"]:
-        parts.append(f"gap closed {g['small']} {g['setup']} vs {g['large']} NPT ({g['domain']}): {g['gap_closed_pct']:.1f}%")
+        seeds = (f"; per seed {_fmt(g['over_seeds'])}% over {len(g['per_seed'])} seeds"
+                 if len(g.get("per_seed") or []) > 1 else "")
+        parts.append(f"gap closed {g['small']} {g['setup']} vs {g['large']} NPT ({g['domain']}, "
+                     f"{format_count(g['pretrain_tokens'])} tokens): {g['gap_closed_pct']:.1f}%{seeds}")
     parts += [f"note: {n}" for n in report["notes"]]
     return "\n".join(parts)
 

@@ -166,9 +166,12 @@ def load_runs(paths: list[Path | str]) -> list[Run]:
 
 
 def find_parent(run: Run, runs: list[Run]) -> Run | None:
-    """The pretraining run a finetune started from: among `runs` by path, then by name, then on disk.
+    """The run a finetune started from: among `runs` by path, then by the longest shared tail
+    of its recorded path, then on disk.
 
-    Matching by folder name as a fallback lets a study folder be moved or copied whole.
+    Matching by the path's tail lets a study folder be moved or copied whole (published
+    results): `runs/music/s1/npt` finds the copy of `/old/place/runs/music/s1/npt`, not
+    another seed's `npt`. A tie between runs is ambiguous and matches none of them.
     """
     if not run.parent:
         return None
@@ -176,12 +179,23 @@ def find_parent(run: Run, runs: list[Run]) -> Run | None:
     for r in runs:
         if r.path.resolve() == want.resolve():
             return r
-    for r in runs:
-        if r.path.name == want.name and r.kind == "pretrain":
-            return r
+    scored = [(_shared_tail(r.path.resolve().parts, want.parts), r) for r in runs if r is not run]
+    top = max((n for n, _ in scored), default=0)
+    tied = [r for n, r in scored if n == top and top > 0]
+    if len(tied) > 1:  # e.g. only the folder name is shared: a pretraining run is the usual parent
+        tied = [r for r in tied if r.kind == "pretrain"]
+    if len(tied) == 1:
+        return tied[0]
     if (want / "run.json").is_file():
         return load_run(want)
     return None
+
+
+def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 def read_run_meta(path: Path | str) -> dict:

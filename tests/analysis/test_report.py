@@ -76,6 +76,16 @@ def test_metrics_from_hand_built_runs(study):
     g = next(x for x in rep["gap_closed"] if x["setup"] == "SPT 2%")
     assert (g["small"], g["large"]) == ("tiny", "base")
     assert g["gap_closed_pct"] == pytest.approx(100 * (2.1 - 2.025) / (2.1 - 1.9))
+    # Per seed: only seed 0 has an SPT curve of two points (2.15 at 100, 1.96 at 200) against its
+    # own NPT 2.0: crossing at 100 * 2**(0.15 / 0.19). Seed 1 has one SPT point (2.09 <= 2.2): a bound.
+    per = {x["seed"]: x for x in m["per_seed"]}
+    assert per[0]["bound"] == "=" and per[0]["value"] == pytest.approx(200 / (100 * 2 ** (0.15 / 0.19)))
+    assert per[1]["bound"] == ">=" and per[1]["value"] == pytest.approx(1.0)
+    assert m["over_seeds"]["n"] == 2 and m["bounds_over_seeds"] == ["=", ">="]
+    # Gap per seed against the large model's 1.9: (2.0 - 1.96) / 0.1 and (2.2 - 2.09) / 0.3.
+    gaps = {x["seed"]: x["gap_closed_pct"] for x in g["per_seed"]}
+    assert gaps == pytest.approx({0: 40.0, 1: 100 * 0.11 / 0.3})
+    assert "per seed" in format_report(rep)
 
 
 def test_report_writes_markdown_json_and_plots(study, tmp_path, capsys):

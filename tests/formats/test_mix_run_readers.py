@@ -77,3 +77,31 @@ def test_run_meta_is_checked_where_it_is_read(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "finetune", str(tmp_path), "--from", str(tmp_path / "nowhere"),
                            "--out", str(tmp_path / "ft"), "--dry-run")
     assert code == 1 and "not a run folder (no such directory)" in err
+
+
+def _run(path, kind, parent=None, seed=0):
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"format": "mixer-run/1", "kind": kind, "model": "tiny", "seed": seed,
+                                              "fraction": 0.0, "parent": parent}))
+    (path / "evals.jsonl").write_text(json.dumps({"checkpoint": "final", "step": 1, "tokens": 128,
+                                                  "domain_test_loss": 3.0}) + "\n")
+    return path
+
+
+def test_find_parent_in_a_moved_study_folder_matches_the_longest_path_tail(tmp_path):
+    """Published results are a copy of the study's runs: each finetune's recorded parent path
+    no longer exists, and every seed has a run named `npt`; the tail of the path decides."""
+    from mixer.formats.run import find_parent, load_runs
+
+    old = "/gone/study/runs/music"
+    paths = []
+    for s in (0, 1):
+        paths.append(_run(tmp_path / "runs" / "music" / f"s{s}" / "npt", "pretrain", seed=s))
+        paths.append(_run(tmp_path / "runs" / "music" / f"s{s}" / "npt-ft", "finetune", f"{old}/s{s}/npt", seed=s))
+    runs = load_runs(paths)
+    for s in (0, 1):
+        ft = next(r for r in runs if r.path == tmp_path / "runs" / "music" / f"s{s}" / "npt-ft")
+        assert find_parent(ft, runs).path == tmp_path / "runs" / "music" / f"s{s}" / "npt"
+    # Only the folder name in common with two pretraining runs: ambiguous, no parent.
+    lone = load_runs([_run(tmp_path / "other" / "ft", "finetune", "/gone/npt")])[0]
+    assert find_parent(lone, runs) is None
