@@ -125,6 +125,13 @@ def format_fit(fit: dict) -> str:
         lines.append(f"held-out fraction {fit['holdout']['fraction']:g}: test loss predicted within "
                      f"{h['mean_abs_rel_error_pct']:.2f}% mean, {h['max_abs_rel_error_pct']:.2f}% max over its "
                      f"{fit['holdout']['points']} checkpoints")
+        on = fit["holdout"].get("onset")
+        if on:
+            seen = f"{format_count(on['observed_tokens'])} tokens" if on["observed_tokens"] else \
+                f"none up to {format_count(on['last_checkpoint_tokens'])} tokens"
+            want = f"{format_count(on['predicted_tokens'])} tokens" if on["predicted_tokens"] else \
+                f"none up to {format_count(10 * on['last_checkpoint_tokens'])} tokens"
+            lines.append(f"  onset of overfitting: observed {seen}, predicted {want}")
         for pt in fit["holdout"].get("curve") or []:
             if pt["test_observed"] is not None:
                 lines.append(f"    {format_count(pt['tokens']):>8} tokens: test {pt['test_observed']:.4f} observed, "

@@ -419,6 +419,24 @@ def curve_errors(p: dict, c: Curve, points: bool = False) -> dict:
     return out
 
 
+def holdout_onset(p: dict, c: Curve) -> dict:
+    """Onset of overfitting (tokens where the test loss stops falling) on a held-out curve: observed,
+    the checkpoint with the lowest measured test loss unless it is the last one (then none seen
+    yet); predicted, the minimum of the law's test loss on a fine grid up to 10x the curve's last
+    checkpoint (none if it still falls there). Checkpoints are coarse, so the observed onset is
+    known to within one checkpoint interval."""
+    ok = np.isfinite(c.test)
+    T, y = c.tokens[ok], c.test[ok]
+    observed = None
+    if len(y) > 1 and int(np.argmin(y)) < len(y) - 1:
+        observed = float(T[int(np.argmin(y))])
+    grid = np.geomspace(float(T.min()), 10 * float(T.max()), 2000)
+    pred = law(p, grid, c.fraction)["test"]
+    i = int(np.argmin(pred))
+    predicted = None if i == len(grid) - 1 else float(grid[i])
+    return {"observed_tokens": observed, "predicted_tokens": predicted, "last_checkpoint_tokens": float(T.max())}
+
+
 def law_checks(p: dict) -> list[dict]:
     """The sign and size constraints the paper's fits showed; a failure is a warning, not an error."""
     b_gap_10 = 0.1 * p["b_gap_s"] + 0.9 * p["b_gap_g"]
@@ -478,7 +496,8 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
         out["checks"] = law_checks(joint["params"]) if joint else []
         if joint and holdout is not None:
             c = next(c for c in curves if _is(c.fraction, holdout))
-            out["holdout"] = curve_errors(joint["params"], c, points=True) | {"points": int(np.isfinite(c.test).sum())}
+            out["holdout"] = (curve_errors(joint["params"], c, points=True)
+                              | {"points": int(np.isfinite(c.test).sum()), "onset": holdout_onset(joint["params"], c)})
     for p in per_fraction:
         if p["train"] is None:
             out["not_fitted"].append({"what": f"curve at fraction {p['fraction']:g}", "why": "; ".join(p["notes"])})

@@ -274,3 +274,24 @@ def test_fit_says_when_runs_measured_train_loss_on_different_samples(tmp_path):
     c = write_run(tmp_path, "c", rows("8 docs/8192 tokens/bbbb"), fraction=0.1)
     notes = fit_inputs(load_runs([a, b, c]))["notes"]
     assert any("on 2 different samples" in n and "bbbb" in n for n in notes)
+
+
+def test_holdout_onset_observed_and_predicted_by_hand():
+    """At d = 0.2 the law's test loss A T^b + c + a T^g turns at T* = (A |b| / (a g))^(1 / (g - b))
+    (b = -0.36, g = 0.32; a = 12.8 * 0.2^0.75 * e^-11): the prediction finds it on its grid, and the
+    observed onset is the lowest measured checkpoint unless that is the last one."""
+    from mixer.analysis.scaling import holdout_onset
+
+    d = 0.2
+    b, g = d * -0.6 + (1 - d) * -0.3, d * 2.0 + (1 - d) * -0.1
+    a = 12.8 * d**0.75 * math.exp(-55 * d)
+    t_star = (400.0 * -b / (a * g)) ** (1 / (g - b))
+    tokens = np.geomspace(t_star / 30, t_star * 30, 9)  # the middle checkpoint sits on T*
+    train, test = written_out(tokens, d)
+    on = holdout_onset(P, Curve(d, tokens, train, test))
+    assert on["predicted_tokens"] == pytest.approx(t_star, rel=0.01)
+    assert on["observed_tokens"] == pytest.approx(tokens[4])
+    early = tokens[:4]  # every checkpoint before T*: none observed; predicted still found (grid to 10x)
+    tr, te = written_out(early, d)
+    on = holdout_onset(P, Curve(d, early, tr, te))
+    assert on["observed_tokens"] is None and on["predicted_tokens"] == pytest.approx(t_star, rel=0.01)
