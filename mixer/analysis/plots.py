@@ -103,6 +103,35 @@ def plot_post_ft(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_post_ft_vs_tokens(report: dict, path: Path) -> Path | None:
+    """Post-FT loss against the pretraining tokens of the checkpoint finetuned (mean ± std over
+    seeds), per domain, for every setup finetuned at more than one checkpoint: the compute
+    multiplier is where an SPT curve reaches NPT's last point (dotted line)."""
+    rows = [e for e in report["table"] if e["finetune"] == "FT"]
+    curves = defaultdict(list)
+    for e in rows:
+        curves[(str(e["domain"]), e["model"], e["setup"])].append(e)
+    curves = {k: sorted(v, key=lambda e: e["pretrain_tokens"]) for k, v in curves.items() if len(v) > 1}
+    if not curves:
+        return None
+    fig, panels = _panels(sorted({k[0] for k in curves}), "after finetuning, by pretraining checkpoint")
+    many = len({k[1] for k in curves}) > 1
+    for domain, ax in panels.items():
+        mine = sorted((k for k in curves if k[0] == domain), key=lambda k: (k[1], _setup_rank(
+            curves[k][0]["fraction"], curves[k][0]["window"])))
+        for i, key in enumerate(mine):
+            es = curves[key]
+            ax.errorbar([e["pretrain_tokens"] for e in es], [e["post_ft_loss"]["mean"] for e in es],
+                        yerr=[e["post_ft_loss"]["std"] or 0 for e in es], fmt="o-", capsize=3, color=f"C{i % 10}",
+                        label=(f"{key[1]} " if many else "") + key[2])
+            if key[2] == "NPT":
+                ax.axhline(es[-1]["post_ft_loss"]["mean"], color=f"C{i % 10}", ls=":", lw=1)
+        ax.set(xscale="log", xlabel="pretraining tokens at the finetuned checkpoint",
+               ylabel="best post-FT domain test loss")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_frontier(report: dict, path: Path) -> Path | None:
     """General val loss against domain test loss after finetuning, per domain: lower-left is better."""
     pts = [r for r in report["finetune_runs"] if r["general_after"] is not None]

@@ -23,7 +23,8 @@ from pathlib import Path
 from mixer import __version__
 from mixer.analysis.metrics import (compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain,
                                     stage_losses)
-from mixer.analysis.plots import plot_domain_curves, plot_frontier, plot_post_ft, plot_stage_frontier
+from mixer.analysis.plots import (plot_domain_curves, plot_frontier, plot_post_ft, plot_post_ft_vs_tokens,
+                                  plot_stage_frontier)
 from mixer.analysis.setups import finetune_of, setup_of
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.run import Run, find_parent
@@ -367,6 +368,7 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in (plot_domain_curves(runs, out / "domain_loss_vs_tokens.png"),
                          plot_post_ft(report, out / "post_ft_vs_fraction.png"),
+                         plot_post_ft_vs_tokens(report, out / "post_ft_vs_tokens.png"),
                          plot_frontier(report, out / "frontier.png"),
                          plot_stage_frontier(report, out / "frontier_ret_ft.png", "L_ft", "L_ret"),
                          plot_stage_frontier(report, out / "frontier_pre_ret.png", "L_pre", "L_ret")) if p]

@@ -93,7 +93,7 @@ def test_report_writes_markdown_json_and_plots(study, tmp_path, capsys):
     code, stdout, err = cli(["report", *map(str, sorted(study.iterdir())), "--out", str(out)], capsys)
     assert code == 0, err
     assert "SPT 2%" in stdout and "compute multiplier" in stdout and "gap closed" in stdout
-    for f in ("domain_loss_vs_tokens.png", "post_ft_vs_fraction.png", "frontier.png"):
+    for f in ("domain_loss_vs_tokens.png", "post_ft_vs_fraction.png", "frontier.png", "post_ft_vs_tokens.png"):
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
     md = (out / "report.md").read_text()
     assert "![frontier](frontier.png)" in md and "rel. gain" in md
