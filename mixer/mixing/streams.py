@@ -40,9 +40,9 @@ _CHUNK_TOKENS = 1 << 22  # bounds gather's index arrays to ~32 MiB a chunk (two 
 _SLICE_MIN_PIECE = 48  # mean piece length above which a read per piece beats a per-token index
 READ_THREADS = 8  # reading threads of a stream: up to 8 requests wait on the disk
 _MIN_GROUP = 256  # pieces per reading thread, at least: fewer are not worth a thread
-# Reading 64 KiB in order costs about what one more random request does (~10 us, ~6 GB/s
-# on the disk measured in docs/benchmarks/build.md): denser pieces are read as a stream.
-_DENSE_GAP = 64 << 10
+# Reading 32 KiB more in order costs about what one more random request does (~10-12 us
+# at ~3-4 GB/s of readahead, on the disk measured in docs/benchmarks/build.md).
+_DENSE_GAP = 32 << 10
 _WINDOW = 1 << 20  # bytes a readahead request: the kernel reads at most its readahead size or a device request a call
 _AHEAD = 32 << 20  # bytes a reading thread keeps requested ahead of its reads
 _MAX_PENDING = 1 << 22  # pieces read in one sorted batch, at most: ~100 MB of index arrays
@@ -228,9 +228,12 @@ class SourceStream:
 
     # -- tokens ------------------------------------------------------------------------
 
-    def gather(self, samples: np.ndarray, out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    def gather(self, samples: np.ndarray, out: np.ndarray | None = None, rows: np.ndarray | None = None,
+               reuse: int = 1) -> np.ndarray:
         """Tokens of the given source sample indices: into `out[rows]` when given (no extra
-        copy for a shard that interleaves sources), else a new (len(samples), seq_len + 1) array."""
+        copy for a shard that interleaves sources), else a new (len(samples), seq_len + 1) array.
+        `reuse`: how many calls like this one (this one included) the process will make, e.g.
+        the shards a task has left: pages read ahead of one may serve the next (_read_pieces)."""
         samples = np.asarray(samples, dtype=np.int64)
         width = self.seq_len + 1
         if out is None:
@@ -253,7 +256,7 @@ class SourceStream:
                     # Long pieces: one read per contiguous store run, straight into its row.
                     pending.append((rows[i : i + chunk][piece_row] * width + piece_col, piece_store, piece_len))
                     if sum(len(p[0]) for p in pending) >= _MAX_PENDING:  # a huge shard: read a batch
-                        reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)))
+                        reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)), reuse)
                         pending = []
                         for f in reads:
                             f.result()
@@ -269,7 +272,7 @@ class SourceStream:
                 step[0] = piece_store[0]
                 out[rows[i : i + chunk]] = np.take(tokens, np.cumsum(step, out=step)).reshape(-1, width)
             if pending:
-                reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)))
+                reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)), reuse)
         finally:  # never return (or raise) while a thread still writes into `out`
             errors = [f.exception() for f in reads]
         if any(errors):
@@ -294,38 +297,43 @@ class SourceStream:
             weakref.finalize(self, self._reader.shutdown, wait=False)
         return self._reader
 
-    def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray) -> list[Future]:
+    def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray,
+                     reuse: int = 1) -> list[Future]:
         """Start flat[dest[j] : dest[j] + length[j]] = train tokens[src[j] : src[j] + length[j]]
         for every j; returns the futures to wait for.
 
         Reads, not a mapping of the store, so that a store that is not in the page cache
         sees many requests at once: pieces sorted by store offset and split into a few
         contiguous groups, one thread each (os.preadv releases the GIL), each group's in
-        ascending order, exactly the bytes needed. A piece in the page cache is copied with
-        RWF_NOWAIT (the read fails rather than wait on the disk), so a warm store costs one
-        copy per piece and nothing more. Where the pieces are dense (a mean gap under
-        _DENSE_GAP: reading the gap costs about what one more random request does) and one
-        is not cached, the thread asks the kernel to read its whole range in order, _AHEAD
-        bytes ahead of it (POSIX_FADV_WILLNEED, _WINDOW bytes a call): the disk streams
-        instead of serving ~2 small reads a sample, and the pages between pieces stay cached
-        for the next shard (docs/benchmarks/build.md, "build from a cold store"). Sparse
-        pieces (a store much larger than the shard) are read alone: no readahead, which
-        would only evict. Nothing of the store counts in this process's RSS."""
+        ascending order, exactly the bytes needed. Where the pieces are dense, a piece in the
+        page cache is copied with RWF_NOWAIT (the read fails rather than wait on the disk),
+        so a warm store costs one copy per piece and nothing more; where one is not cached,
+        the thread asks the kernel to read its whole range in order, _AHEAD bytes ahead of it
+        (POSIX_FADV_WILLNEED, _WINDOW bytes a call), then reads its pieces: the disk streams
+        instead of serving ~2 small reads a sample, and the pages between pieces stay cached.
+        Dense: a mean gap under _DENSE_GAP (reading it costs about what one more random
+        request does) times `reuse`, the calls that may find those pages cached (while the
+        range fits in half the machine's memory): a task with 6 shards left reads a range
+        ahead whose pieces are 6x further apart than one shard alone would (docs/benchmarks/
+        build.md, "build from a cold store"). Sparse pieces are read alone: no readahead,
+        which would only evict. Nothing of the store counts in this process's RSS."""
         size = flat.itemsize
         view = memoryview(flat.view(np.uint8))
         order = np.argsort(src, kind="stable")
         fd, path = self._fd, self.store.path / "train.ds"
         span = int((src + length).max() - src[order[0]]) * size
-        dense = span < _DENSE_GAP * len(order)
+        if span > _memory() // 2:
+            reuse = 1  # the pages read ahead would be evicted before a later call needs them
+        dense = span < _DENSE_GAP * len(order) * max(1, reuse)
 
         def read(idx: np.ndarray) -> None:
             D, A, N = (dest[idx] * size).tolist(), (src[idx] * size).tolist(), (length[idx] * size).tolist()
             last = A[-1] + N[-1]
             ahead = -1  # where the next readahead request starts, once a piece was not cached
             for d, a, n in zip(D, A, N):
-                if _read_cached(fd, view[d : d + n], a) == n:
-                    continue
                 if dense:
+                    if _read_cached(fd, view[d : d + n], a) == n:
+                        continue
                     ahead = max(ahead, a - a % _WINDOW)
                     while ahead < min(a + _AHEAD, last):
                         os.posix_fadvise(fd, ahead, _WINDOW, os.POSIX_FADV_WILLNEED)
@@ -416,6 +424,12 @@ def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
 
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+@lru_cache(maxsize=1)
+def _memory() -> int:
+    """Bytes of physical memory."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _truncated(path, token: int) -> MixerError:

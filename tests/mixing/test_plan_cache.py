@@ -331,3 +331,39 @@ def test_private_plan_folders_do_not_outlive_their_process(stores, tmp_path, mon
     plan.summary()
     assert not orphan.exists() and alive.exists() and elsewhere.exists()
     assert plan.sources[0].stream.plan.path.name.startswith(f"mixer-plan-{host}-{os.getpid()}-")
+
+
+def test_pages_read_ahead_for_later_shards_only_while_they_fit_in_memory(tmp_path, monkeypatch):
+    """Pieces twice too sparse to read their range ahead for one call are dense enough for
+    a call that 3 more will follow (`reuse`), unless the range exceeds half the memory."""
+    seq_len = 64
+    monkeypatch.setattr(streams_module, "_WINDOW", 4096)
+    stream, naive = _stream_and_naive(tmp_path, 200, 900, seq_len)
+    samples = np.random.default_rng(5).permutation((len(naive) - 1) // seq_len)[:700]
+    seen = []
+    read_pieces = SourceStream._read_pieces
+    monkeypatch.setattr(SourceStream, "_read_pieces", lambda self, flat, d, s, n, reuse=1:
+                        seen.append((int((s + n).max() - s.min()) * flat.itemsize, len(s))) or read_pieces(self, flat, d, s, n, reuse))
+    stream.gather(samples)
+    span, pieces = seen[0]
+    monkeypatch.setattr(streams_module, "_DENSE_GAP", span // pieces // 2 + 1)  # mean gap ~2x the limit
+    requests = _cold(monkeypatch)
+    asked = {}
+    for reuse, memory in ((1, 1 << 40), (4, 1 << 40), (4, span)):
+        monkeypatch.setattr(streams_module, "_memory", lambda memory=memory: memory)
+        requests.clear()
+        got = stream.gather(samples, reuse=reuse)
+        for row, k in zip(got, samples):
+            assert np.array_equal(row, naive[k * seq_len : k * seq_len + seq_len + 1])
+        asked[reuse, memory] = len(requests)
+    assert asked == {(1, 1 << 40): 0, (4, 1 << 40): asked[4, 1 << 40], (4, span): 0} and asked[4, 1 << 40] > 0
+
+
+def test_a_build_tells_each_shard_how_many_the_task_has_left(stores, tmp_path, monkeypatch):
+    from mixer.mixing import build as build_module
+
+    calls = []
+    samples = build_module.shard_samples
+    monkeypatch.setattr(build_module, "shard_samples", lambda plan, k, reuse=1: calls.append((k, reuse)) or samples(plan, k, reuse))
+    build(spec(stores, samples_per_shard=100), tmp_path / "mix", shards="1:6", progress=False)
+    assert calls == [(1, 5), (2, 4), (3, 3), (4, 2), (5, 1)]
