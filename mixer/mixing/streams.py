@@ -36,7 +36,7 @@ from mixer.mixing import plan_cache
 from mixer.mixing.feistel import permute
 from mixer.mixing.plan_cache import PLAN_FORMAT, PlanDir, StreamFiles, read_chunk
 
-_CHUNK_TOKENS = 1 << 22  # bounds gather's index arrays to ~32 MiB a chunk (two in flight) whatever the shard size
+_CHUNK_TOKENS = 1 << 22  # bounds the per-token index of short documents to ~32 MiB a chunk whatever the shard size
 _SLICE_MIN_PIECE = 48  # mean piece length above which a read per piece beats a per-token index
 READ_THREADS = 8  # reading threads of a stream: up to 8 requests wait on the disk
 _MIN_GROUP = 256  # pieces per reading thread, at least: fewer are not worth a thread
