@@ -62,10 +62,11 @@ class WriteShards(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         out = Path(self.out_dir)
         plan = resolve(MixSpec.from_json(self.spec), plan_dir(out))  # maps the arrays the build computed
-        for k in self.shard_ids[rank::world_size]:
+        mine = [k for k in self.shard_ids[rank::world_size] if read_sidecar(out, k) is None]
+        for i, k in enumerate(mine):
             if read_sidecar(out, k) is None:
                 with self.track_time():
-                    rec = write_shard(plan, k, out)
+                    rec = write_shard(plan, k, out, reuse=len(mine) - i)
                 self.stat_update("shards")
                 self.stat_update("samples", value=rec["samples"])
         yield from ()
@@ -286,8 +287,8 @@ def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> Non
     (fsync was 28% of a single-threaded build). At most two shards are held in memory."""
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
-        for k in tqdm(todo, desc=f"build {out.name}", unit="shard", disable=not progress):
-            samples, prov = shard_samples(plan, k)
+        for i, k in enumerate(tqdm(todo, desc=f"build {out.name}", unit="shard", disable=not progress)):
+            samples, prov = shard_samples(plan, k, reuse=len(todo) - i)
             if pending is not None:
                 pending.result()
             pending = writer.submit(persist_shard, plan, k, out, samples, prov)

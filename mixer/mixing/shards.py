@@ -23,8 +23,9 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def shard_samples(plan: MixPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and provenance of shard k."""
+def shard_samples(plan: MixPlan, k: int, reuse: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and provenance of shard k. `reuse`: the shards this process has left to
+    compute, this one included (how far gather may read ahead of a cold store)."""
     start, stop = plan.shard_range(k)
     level, index = plan.layout.positions(start, stop)
     out = np.empty((stop - start, plan.spec.seq_len + 1), dtype=plan.dtype)
@@ -36,14 +37,14 @@ def shard_samples(plan: MixPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = index[mask]
         if src.role == "general":
             idx = src.stream.general_order(idx, src.samples)
-        src.stream.gather(idx, out=out, rows=np.flatnonzero(mask))
+        src.stream.gather(idx, out=out, rows=np.flatnonzero(mask), reuse=reuse)
         prov["source"][mask] = src.id
         prov["offset"][mask] = idx * plan.spec.seq_len
     return out, prov
 
 
-def write_shard(plan: MixPlan, k: int, out_dir: Path) -> dict:
-    return persist_shard(plan, k, out_dir, *shard_samples(plan, k))
+def write_shard(plan: MixPlan, k: int, out_dir: Path, reuse: int = 1) -> dict:
+    return persist_shard(plan, k, out_dir, *shard_samples(plan, k, reuse))
 
 
 def persist_shard(plan: MixPlan, k: int, out_dir: Path, samples: np.ndarray, prov: np.ndarray) -> dict:

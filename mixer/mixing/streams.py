@@ -3,9 +3,10 @@
 The stream is never materialized. Sample k of a source is stream[k*L : k*L + L + 1];
 `gather` turns any set of sample indices into the store runs that spell them with a
 handful of vectorized numpy passes (no per-sample or per-token Python), then reads those
-runs: sorted by store offset, by a few threads at once, straight into the shard (a store
-that is not in the page cache is read at random, as fast as the disk serves many requests
-at once); runs of short documents are gathered from a mapping of the store with one take.
+runs: sorted by store offset over a whole shard, by a few threads at once, straight into
+the shard (a store that is not in the page cache is read at random, many requests at once,
+or, where the runs are dense, streamed in order by the kernel's readahead); runs of short
+documents are gathered from a mapping of the store with one take.
 
 Per epoch a stream keeps three arrays on disk (mixer/mixing/plan_cache.py), never on the
 heap: the permutation of its documents, `offsets` (where the i-th document of the epoch's
@@ -17,6 +18,7 @@ a binary search over the mapped file would.
 
 from __future__ import annotations
 
+import errno
 import os
 import weakref
 import zlib
@@ -34,10 +36,16 @@ from mixer.mixing import plan_cache
 from mixer.mixing.feistel import permute
 from mixer.mixing.plan_cache import PLAN_FORMAT, PlanDir, StreamFiles, read_chunk
 
-_CHUNK_TOKENS = 1 << 22  # bounds gather's index arrays to ~32 MiB a chunk (two in flight) whatever the shard size
+_CHUNK_TOKENS = 1 << 22  # bounds the per-token index of short documents to ~32 MiB a chunk whatever the shard size
 _SLICE_MIN_PIECE = 48  # mean piece length above which a read per piece beats a per-token index
-READ_THREADS = 8  # reading threads of a stream; with two chunks in flight, up to 16 requests wait on the disk
+READ_THREADS = 8  # reading threads of a stream: up to 8 requests wait on the disk
 _MIN_GROUP = 256  # pieces per reading thread, at least: fewer are not worth a thread
+# Reading 32 KiB more in order costs about what one more random request does (~10-12 us
+# at ~3-4 GB/s of readahead, on the disk measured in docs/benchmarks/build.md).
+_DENSE_GAP = 32 << 10
+_WINDOW = 1 << 20  # bytes a readahead request: the kernel reads at most its readahead size or a device request a call
+_AHEAD = 32 << 20  # bytes a reading thread keeps requested ahead of its reads
+_MAX_PENDING = 1 << 22  # pieces read in one sorted batch, at most: ~100 MB of index arrays
 COARSE = 512  # offsets per coarse-index entry: 4 KiB of int64, one page
 
 
@@ -220,9 +228,12 @@ class SourceStream:
 
     # -- tokens ------------------------------------------------------------------------
 
-    def gather(self, samples: np.ndarray, out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    def gather(self, samples: np.ndarray, out: np.ndarray | None = None, rows: np.ndarray | None = None,
+               reuse: int = 1) -> np.ndarray:
         """Tokens of the given source sample indices: into `out[rows]` when given (no extra
-        copy for a shard that interleaves sources), else a new (len(samples), seq_len + 1) array."""
+        copy for a shard that interleaves sources), else a new (len(samples), seq_len + 1) array.
+        `reuse`: how many calls like this one (this one included) the process will make, e.g.
+        the shards a task has left: pages read ahead of one may serve the next (_read_pieces)."""
         samples = np.asarray(samples, dtype=np.int64)
         width = self.seq_len + 1
         if out is None:
@@ -233,18 +244,22 @@ class SourceStream:
         flat = out.reshape(-1)
         chunk = max(1, _CHUNK_TOKENS // width)
         tokens = None
-        reads: list[list[Future]] = []  # a chunk's reads run while the next chunk is computed
+        # Long pieces of every chunk are read together, sorted over the whole call (a shard):
+        # ~1/48 as many pieces as tokens at most, a few MB for most shards (_MAX_PENDING).
+        pending: list[tuple[np.ndarray, ...]] = []
+        reads: list[Future] = []
         try:
             for i in range(0, len(samples), chunk):
                 starts = samples[i : i + chunk] * self.seq_len
                 piece_store, piece_len, piece_row, piece_col = self._pieces(starts, width)
                 if len(piece_len) * _SLICE_MIN_PIECE < len(starts) * width:
                     # Long pieces: one read per contiguous store run, straight into its row.
-                    if len(reads) == 2:  # two chunks in flight at most: bounded memory
-                        for f in reads.pop(0):
+                    pending.append((rows[i : i + chunk][piece_row] * width + piece_col, piece_store, piece_len))
+                    if sum(len(p[0]) for p in pending) >= _MAX_PENDING:  # a huge shard: read a batch
+                        reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)), reuse)
+                        pending = []
+                        for f in reads:
                             f.result()
-                    dest = rows[i : i + chunk][piece_row] * width + piece_col
-                    reads.append(self._read_pieces(flat, dest, piece_store, piece_len))
                     continue
                 if tokens is None:
                     tokens = np.asarray(self.store.tokens("train"))  # plain ndarray view: memmap slicing is slow
@@ -256,8 +271,10 @@ class SourceStream:
                 step[offsets[1:]] = piece_store[1:] - (piece_store[:-1] + piece_len[:-1] - 1)
                 step[0] = piece_store[0]
                 out[rows[i : i + chunk]] = np.take(tokens, np.cumsum(step, out=step)).reshape(-1, width)
+            if pending:
+                reads = self._read_pieces(flat, *(np.concatenate(x) for x in zip(*pending)), reuse)
         finally:  # never return (or raise) while a thread still writes into `out`
-            errors = [f.exception() for chunk_reads in reads for f in chunk_reads]
+            errors = [f.exception() for f in reads]
         if any(errors):
             raise next(e for e in errors if e)
         return out
@@ -280,23 +297,47 @@ class SourceStream:
             weakref.finalize(self, self._reader.shutdown, wait=False)
         return self._reader
 
-    def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray) -> list[Future]:
+    def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray,
+                     reuse: int = 1) -> list[Future]:
         """Start flat[dest[j] : dest[j] + length[j]] = train tokens[src[j] : src[j] + length[j]]
         for every j; returns the futures to wait for.
 
         Reads, not a mapping of the store, so that a store that is not in the page cache
         sees many requests at once: pieces sorted by store offset and split into a few
         contiguous groups, one thread each (os.preadv releases the GIL), each group's in
-        ascending order, exactly the pages needed (no readahead: the store is read at random).
-        Through a mapping, one thread faulted one page at a time, in shard order, with the
-        kernel reading around each fault. Nothing of the store counts in this process's RSS."""
+        ascending order, exactly the bytes needed. Where the pieces are dense, a piece in the
+        page cache is copied with RWF_NOWAIT (the read fails rather than wait on the disk),
+        so a warm store costs one copy per piece and nothing more; where one is not cached,
+        the thread asks the kernel to read its whole range in order, _AHEAD bytes ahead of it
+        (POSIX_FADV_WILLNEED, _WINDOW bytes a call), then reads its pieces: the disk streams
+        instead of serving ~2 small reads a sample, and the pages between pieces stay cached.
+        Dense: a mean gap under _DENSE_GAP (reading it costs about what one more random
+        request does) times `reuse`, the calls that may find those pages cached (while the
+        range fits in half the machine's memory): a task with 6 shards left reads a range
+        ahead whose pieces are 6x further apart than one shard alone would (docs/benchmarks/
+        build.md, "build from a cold store"). Sparse pieces are read alone: no readahead,
+        which would only evict. Nothing of the store counts in this process's RSS."""
         size = flat.itemsize
         view = memoryview(flat.view(np.uint8))
         order = np.argsort(src, kind="stable")
         fd, path = self._fd, self.store.path / "train.ds"
+        span = int((src + length).max() - src[order[0]]) * size
+        if span > _memory() // 2:
+            reuse = 1  # the pages read ahead would be evicted before a later call needs them
+        dense = span < _DENSE_GAP * len(order) * max(1, reuse)
 
         def read(idx: np.ndarray) -> None:
-            for d, a, n in zip((dest[idx] * size).tolist(), (src[idx] * size).tolist(), (length[idx] * size).tolist()):
+            D, A, N = (dest[idx] * size).tolist(), (src[idx] * size).tolist(), (length[idx] * size).tolist()
+            last = A[-1] + N[-1]
+            ahead = -1  # where the next readahead request starts, once a piece was not cached
+            for d, a, n in zip(D, A, N):
+                if dense:
+                    if _read_cached(fd, view[d : d + n], a) == n:
+                        continue
+                    ahead = max(ahead, a - a % _WINDOW)
+                    while ahead < min(a + _AHEAD, last):
+                        os.posix_fadvise(fd, ahead, _WINDOW, os.POSIX_FADV_WILLNEED)
+                        ahead += _WINDOW
                 got = os.preadv(fd, [view[d : d + n]], a)
                 while got < n:  # a read may return less (a signal); zero means the file ended
                     more = os.preadv(fd, [view[d + got : d + n]], a + got)
@@ -367,6 +408,28 @@ class SourceStream:
         full, m, partial, _ = self.prefix(stream_tokens)
         hist = {str(full): self.n_docs - m, str(full + 1): m}
         return {k: v for k, v in hist.items() if v}, partial
+
+
+def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
+    """Bytes of the file at `offset` copied into `buf` from the page cache alone: 0 where
+    its first page is not cached, or where the file system cannot tell (no RWF_NOWAIT)."""
+    try:
+        return os.preadv(fd, [buf], offset, _NOWAIT)
+    except BlockingIOError:
+        return 0
+    except OSError as e:  # EOPNOTSUPP: this file system does not read without waiting
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return 0
+        raise
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+@lru_cache(maxsize=1)
+def _memory() -> int:
+    """Bytes of physical memory."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _truncated(path, token: int) -> MixerError:

@@ -92,8 +92,8 @@ def _epoch_starts_off_by_one(monkeypatch):
 def _gather_drops_a_token(monkeypatch):
     real = SourceStream.gather
 
-    def gather(self, samples, out=None, rows=None):
-        out = real(self, samples, out=out, rows=rows)
+    def gather(self, samples, out=None, rows=None, reuse=1):
+        out = real(self, samples, out=out, rows=rows, reuse=reuse)
         if rows is not None and len(rows):
             out[rows[0], 3] = out[rows[0], 4]
         return out

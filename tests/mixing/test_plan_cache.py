@@ -172,26 +172,112 @@ def test_heap_does_not_grow_with_general_documents(tmp_path, monkeypatch):
     assert peaks[1] < 1.3 * peaks[0], peaks
 
 
-@pytest.mark.parametrize("min_len,max_len,seq_len", [(200, 900, 64), (1, 3000, 128), (60, 70, 40)])
-def test_concurrent_sorted_reads_match_a_naive_stream(tmp_path, monkeypatch, min_len, max_len, seq_len):
-    """Long pieces are read by several threads, sorted by store offset, two chunks in flight:
-    the tokens are those of a stream materialized naively, in any order of samples."""
-    monkeypatch.setattr(streams_module, "_MIN_GROUP", 4)
-    monkeypatch.setattr(streams_module, "_CHUNK_TOKENS", 40 * (seq_len + 1))
+def _stream_and_naive(tmp_path, min_len, max_len, seq_len):
     make_store(tmp_path, "s", "general", n_docs=300, base=1, min_len=min_len, max_len=max_len)
     store = open_store(tmp_path, "s")
     stream = SourceStream(store, seed=5, seq_len=seq_len)
     tokens, ends = np.asarray(store.tokens()), store.doc_ends()
     docs = [tokens[(ends[i - 1] if i else 0):ends[i]] for i in range(len(ends))]
-    naive = np.concatenate([docs[j] for e in range(3) for j in stream.permutation(e)])
+    return stream, np.concatenate([docs[j] for e in range(3) for j in stream.permutation(e)])
+
+
+def _cold(monkeypatch) -> list[tuple]:
+    """Every page reads as not cached (RWF_NOWAIT fails); returns the readahead requests made."""
+    requests = []
+    fadvise = os.posix_fadvise
+    monkeypatch.setattr(streams_module, "_read_cached", lambda fd, buf, offset: 0)
+
+    def record(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            requests.append((offset, length))
+        return fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    return requests
+
+
+@pytest.mark.parametrize("cache", ["warm", "cold", "cold sparse"])
+@pytest.mark.parametrize("min_len,max_len,seq_len", [(200, 900, 64), (1, 3000, 128), (60, 70, 40)])
+def test_concurrent_sorted_reads_match_a_naive_stream(tmp_path, monkeypatch, min_len, max_len, seq_len, cache):
+    """Long pieces are read by several threads, sorted by store offset over the whole call,
+    copied from the page cache where it holds them, else read (with readahead of the
+    whole range where the pieces are dense): the tokens are those of a stream materialized
+    naively, in any order of samples."""
+    monkeypatch.setattr(streams_module, "_MIN_GROUP", 4)
+    monkeypatch.setattr(streams_module, "_CHUNK_TOKENS", 40 * (seq_len + 1))
+    monkeypatch.setattr(streams_module, "_WINDOW", 4096)
+    monkeypatch.setattr(streams_module, "_DENSE_GAP", 1 if cache == "cold sparse" else 1 << 30)
+    requests = _cold(monkeypatch) if cache.startswith("cold") else []
+    stream, naive = _stream_and_naive(tmp_path, min_len, max_len, seq_len)
     n = (len(naive) - 1) // seq_len
     samples = np.random.default_rng(1).permutation(n)[:700]
-    out = np.full((900, seq_len + 1), 7, dtype=store.dtype)
+    out = np.full((900, seq_len + 1), 7, dtype=stream.store.dtype)
     rows = np.sort(np.random.default_rng(2).choice(900, 700, replace=False))
     stream.gather(samples, out=out, rows=rows)
     for row, k in zip(rows, samples):
         assert np.array_equal(out[row], naive[k * seq_len : k * seq_len + seq_len + 1])
     assert (out[np.setdiff1d(np.arange(900), rows)] == 7).all()
+    assert bool(requests) == (cache == "cold") or max_len < 100  # short documents: a per-token index
+
+
+def test_a_cold_dense_range_is_requested_in_order_ahead_of_its_reads(tmp_path, monkeypatch):
+    """One reading thread, cold pages, dense pieces: the kernel is asked for the range from
+    the first piece to the last in ascending windows, each piece's bytes requested before it
+    is read, at most _AHEAD past it; the reads ascend over the whole call, not per chunk."""
+    seq_len = 64
+    monkeypatch.setattr(streams_module, "READ_THREADS", 1)
+    monkeypatch.setattr(streams_module, "_CHUNK_TOKENS", 40 * (seq_len + 1))  # ~18 chunks
+    monkeypatch.setattr(streams_module, "_WINDOW", 4096)
+    monkeypatch.setattr(streams_module, "_AHEAD", 4 * 4096)
+    monkeypatch.setattr(streams_module, "_DENSE_GAP", 1 << 30)
+    requests = _cold(monkeypatch)
+    reads = []
+    preadv = os.preadv
+
+    def record(fd, buffers, offset, *flags):
+        reads.append((offset, sum(len(b) for b in buffers), len(requests)))
+        return preadv(fd, buffers, offset, *flags)
+
+    monkeypatch.setattr(os, "preadv", record)
+    stream, naive = _stream_and_naive(tmp_path, 200, 900, seq_len)
+    samples = np.random.default_rng(3).permutation((len(naive) - 1) // seq_len)[:700]
+    got = stream.gather(samples)
+    for row, k in zip(got, samples):
+        assert np.array_equal(row, naive[k * seq_len : k * seq_len + seq_len + 1])
+    offsets = [r[0] for r in reads]
+    assert offsets == sorted(offsets) and len(reads) > 700
+    starts = [o for o, _ in requests]
+    assert starts == sorted(starts) and all(n == 4096 for _, n in requests)
+    assert starts == list(range(starts[0], starts[-1] + 1, 4096))  # no window skipped, none twice
+    for offset, n, asked in reads:
+        done = requests[:asked]
+        assert done[-1][0] + 4096 >= offset + n  # requested before it was read
+        assert done[-1][0] < offset + n + 4 * 4096 + 4096  # and not far past it
+
+
+def test_cached_pieces_are_copied_without_readahead(tmp_path, monkeypatch):
+    """A store in the page cache (just written): every piece comes from one RWF_NOWAIT copy,
+    no readahead is requested and no piece is read twice."""
+    seq_len = 64
+    monkeypatch.setattr(streams_module, "_DENSE_GAP", 1 << 30)
+    stream, naive = _stream_and_naive(tmp_path, 200, 900, seq_len)
+    try:
+        os.preadv(stream._fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except (AttributeError, OSError):
+        pytest.skip("this platform or file system cannot read without waiting (RWF_NOWAIT)")
+    requests = []
+    fadvise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, o, n, a: requests.append(a) or fadvise(fd, o, n, a))
+    calls = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, b, o, *f: calls.append(f) or preadv(fd, b, o, *f))
+    samples = np.random.default_rng(4).permutation((len(naive) - 1) // seq_len)[:700]
+    got = stream.gather(samples)
+    for row, k in zip(got, samples):
+        assert np.array_equal(row, naive[k * seq_len : k * seq_len + seq_len + 1])
+    assert os.POSIX_FADV_WILLNEED not in requests
+    assert calls and all(f == (os.RWF_NOWAIT,) for f in calls)
 
 
 @pytest.mark.parametrize("max_len", [80, 3000])  # a per-token index, and reads
@@ -245,3 +331,39 @@ def test_private_plan_folders_do_not_outlive_their_process(stores, tmp_path, mon
     plan.summary()
     assert not orphan.exists() and alive.exists() and elsewhere.exists()
     assert plan.sources[0].stream.plan.path.name.startswith(f"mixer-plan-{host}-{os.getpid()}-")
+
+
+def test_pages_read_ahead_for_later_shards_only_while_they_fit_in_memory(tmp_path, monkeypatch):
+    """Pieces twice too sparse to read their range ahead for one call are dense enough for
+    a call that 3 more will follow (`reuse`), unless the range exceeds half the memory."""
+    seq_len = 64
+    monkeypatch.setattr(streams_module, "_WINDOW", 4096)
+    stream, naive = _stream_and_naive(tmp_path, 200, 900, seq_len)
+    samples = np.random.default_rng(5).permutation((len(naive) - 1) // seq_len)[:700]
+    seen = []
+    read_pieces = SourceStream._read_pieces
+    monkeypatch.setattr(SourceStream, "_read_pieces", lambda self, flat, d, s, n, reuse=1:
+                        seen.append((int((s + n).max() - s.min()) * flat.itemsize, len(s))) or read_pieces(self, flat, d, s, n, reuse))
+    stream.gather(samples)
+    span, pieces = seen[0]
+    monkeypatch.setattr(streams_module, "_DENSE_GAP", span // pieces // 2 + 1)  # mean gap ~2x the limit
+    requests = _cold(monkeypatch)
+    asked = {}
+    for reuse, memory in ((1, 1 << 40), (4, 1 << 40), (4, span)):
+        monkeypatch.setattr(streams_module, "_memory", lambda memory=memory: memory)
+        requests.clear()
+        got = stream.gather(samples, reuse=reuse)
+        for row, k in zip(got, samples):
+            assert np.array_equal(row, naive[k * seq_len : k * seq_len + seq_len + 1])
+        asked[reuse, memory] = len(requests)
+    assert asked == {(1, 1 << 40): 0, (4, 1 << 40): asked[4, 1 << 40], (4, span): 0} and asked[4, 1 << 40] > 0
+
+
+def test_a_build_tells_each_shard_how_many_the_task_has_left(stores, tmp_path, monkeypatch):
+    from mixer.mixing import build as build_module
+
+    calls = []
+    samples = build_module.shard_samples
+    monkeypatch.setattr(build_module, "shard_samples", lambda plan, k, reuse=1: calls.append((k, reuse)) or samples(plan, k, reuse))
+    build(spec(stores, samples_per_shard=100), tmp_path / "mix", shards="1:6", progress=False)
+    assert calls == [(1, 5), (2, 4), (3, 3), (4, 2), (5, 1)]
