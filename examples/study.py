@@ -7,7 +7,7 @@ Driven only by `mixer` commands, so every step is one a user can type:
     every checkpoint as `mixer eval` does -> report (table + plots) -> fit -> plan --fit
 
     python examples/study.py --size demo               # ~10-15 min on 2 CPU cores
-    python examples/study.py --size study              # 3 seeds, 2 domains, replay: 42 min
+    python examples/study.py --size study              # the papers' headline results (examples/headline.py)
     python examples/study.py --size demo --model olmo-300m --tokens 2B --seq-len 2048 \
         --tokenizer gpt2 --jobs 1 --train-args "--devices 1 --precision bf16-true"   # on a GPU
 
@@ -54,18 +54,27 @@ class Size:
     save_interval: int  # checkpoints per pretraining run, for the loss-vs-tokens curves
     vocab: int = 1024  # the study's own BPE; 0 = GPT-2's (the paper's scale of vocabulary, GPU)
     eval_samples: int = 256  # per held-out set and checkpoint
+    ft_eval_samples: int | None = None  # the same for finetunes (default eval_samples)
     train_args: tuple[str, ...] = field(default_factory=tuple)
+    # The tiny CPU models take ~10 optimizer steps per epoch of a 20K-100K-token domain set: at
+    # the paper's finetuning rates (2.6-26% of the pretraining peak) their domain loss was still
+    # falling after 16 epochs and every grid's winner sat at its top rate. 25%-200% brackets the
+    # optimum (measured: NPT picks 1x, SPT 0.5x).
+    ft_args: tuple[str, ...] = ("--lr-ratio", "0.25,0.5,1,2")
 
 
 SIZES = {
-    # 5.5 min on 2 cores (2 chains at a time, 1 thread each; see --jobs).
+    # Two finetuning rates, not the study's four: the two the study's NPT and SPT runs picked,
+    # at half the finetuning time, so that `make demo` stays well under 10 minutes.
     "demo": Size(domains=("music",), seeds=(0,), fractions=(0.05, 0.2), scpt=(0.2, "0.75:1.0"), replay=None,
-                 tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1, save_interval=4),
-    # 2 domains x 3 seeds x (4 pretrains + 4 finetunes + 1 replay): 41.9 min on 2 cores, against
-    # 61.5 min as one chain at a time with 2 threads.
-    "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.05, 0.2), scpt=(0.2, "0.75:1.0"),
-                  replay=0.1, tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1,
-                  save_interval=4),
+                 tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1, save_interval=4,
+                 ft_args=("--lr-ratio", "0.5,1")),
+    # The papers' headline results (examples/headline.py): fractions 0-20% of a 20K-token domain
+    # subset in 4.2M tokens (2-41 epochs), 16 checkpoints per run, finetunes along the runs, 3
+    # seeds, a larger model and paper 2's lambda sweep (proofs is its D_ft).
+    "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.01, 0.02, 0.05, 0.1, 0.2), scpt=None,
+                  replay=None, tokens="4194304", seq_len=128, domain_subset="20K", model="tiny", ft_epochs=16,
+                  patience=2, save_interval=16, ft_eval_samples=128),
 }
 
 
@@ -210,18 +219,20 @@ class Study:
         --eval-samples), so a done run needs no separate `mixer eval`."""
         return (run / "run.json").exists() and json.loads((run / "run.json").read_text()).get("status") == "done"
 
-    def pretrain(self, mix: Path, run: Path) -> Path:
+    def pretrain(self, mix: Path, run: Path, *flags: str, model: str | None = None,
+                 checkpoints: int | None = None) -> Path:
         if not self.done(run):
-            self.run("train", "pretrain", str(mix), "--model", self.size.model, "--out", str(run),
-                     "--checkpoints", str(self.size.save_interval), "--eval-samples", str(self.size.eval_samples),
-                     *self.size.train_args)
+            self.run("train", "pretrain", str(mix), "--model", model or self.size.model, "--out", str(run),
+                     "--checkpoints", str(checkpoints or self.size.save_interval),
+                     "--eval-samples", str(self.size.eval_samples), *flags, *self.size.train_args)
         return run
 
-    def finetune(self, mix: Path, parent: Path, run: Path, kind: str = "finetune") -> Path:
+    def finetune(self, mix: Path, parent: Path, run: Path, kind: str = "finetune", *flags: str) -> Path:
         if not self.done(run):
             self.run("train", kind, str(mix), "--from", str(parent), "--out", str(run),
-                     "--patience", str(self.size.patience), "--eval-samples", str(self.size.eval_samples),
-                     *self.size.train_args)
+                     "--patience", str(self.size.patience),
+                     "--eval-samples", str(self.size.ft_eval_samples or self.size.eval_samples),
+                     *self.size.ft_args, *flags, *self.size.train_args)
         return run
 
     def chains(self, domain: str, seed: int, mixes: dict[str, Path]) -> list[Callable[[], list[Path]]]:
@@ -296,6 +307,11 @@ def main() -> None:
                          "Use 1 on a GPU.")
     ap.add_argument("--train-args", default="",
                     help="Extra flags for every `mixer train` (e.g. --devices 1 --precision bf16-true).")
+    ap.add_argument("--ft-grid", help="Finetuning rates as multiples of the parent's, comma-separated "
+                                      "(default 0.25,0.5,1,2).")
+    ap.add_argument("--large", default="small", help="study: the larger model of the gap-closed comparison "
+                                                     "(a preset; e.g. olmo-3b beside --model olmo-1b on GPUs).")
+    ap.add_argument("--eval-samples", type=int, help="Samples per held-out set and evaluated checkpoint.")
     ap.add_argument("--publish", action="store_true", help="Copy the report and plots to docs/results/<size>/.")
     a = ap.parse_args()
     if a.jobs < 1:
@@ -303,13 +319,24 @@ def main() -> None:
     size = SIZES[a.size]
     size = replace(size, model=a.model or size.model, tokens=a.tokens or size.tokens, seq_len=a.seq_len or size.seq_len,
                    seeds=tuple(int(x) for x in a.seeds.split(",")) if a.seeds else size.seeds,
-                   train_args=threads(shlex.split(a.train_args)), vocab=size.vocab if a.tokenizer == "bpe" else 0)
+                   train_args=threads(shlex.split(a.train_args)), vocab=size.vocab if a.tokenizer == "bpe" else 0,
+                   ft_args=("--lr-ratio", a.ft_grid) if a.ft_grid else size.ft_args,
+                   eval_samples=a.eval_samples or size.eval_samples,
+                   ft_eval_samples=a.eval_samples or size.ft_eval_samples)
     out = (a.out or ROOT / "examples" / "out" / a.size).resolve()
     out.mkdir(parents=True, exist_ok=True)
     study = Study(size, out, out / "study.log")
     print(f"study '{a.size}': domains {', '.join(size.domains)}, seeds {size.seeds}, fractions 0 + {size.fractions}, "
           f"{size.tokens} tokens per pretraining run, model {size.model}; log: {study.log}", flush=True)
     study.data()
+    if a.size == "study":
+        from headline import Design, Headline  # examples/headline.py, beside this script
+
+        h = Headline(study, a.jobs, Design(large=a.large))
+        h.run()
+        h.answers(ROOT / "docs" / "results" / "study" if a.publish else None)
+        print(f"study '{a.size}' done in {time.perf_counter() - study.t0:.0f} s")
+        return
     chains = []
     for domain in size.domains:
         for seed in size.seeds:

@@ -275,7 +275,9 @@ def _pick_general(stores_dir: Path, name: str | None, taken: set[str] = frozense
     return None
 
 
-def _domain_documents(spec: MixSpec, store: Store) -> np.ndarray | None:
+def domain_documents(spec: MixSpec, store: Store) -> np.ndarray | None:
+    """The domain train documents a mix draws from: its seeded subset, less those seen by the
+    mixes in `exclude_seen_in`; None for the whole train split."""
     docs = None
     if spec.domain_subset_tokens:
         lengths = store.doc_lengths("train")
@@ -330,7 +332,7 @@ def resolve(spec: MixSpec, plan_dir: Path | None = None) -> MixPlan:
 
     streams: dict[str, SourceStream] = {}
     if domain_store is not None:
-        streams["domain"] = SourceStream(domain_store, spec.seed, spec.seq_len, _domain_documents(spec, domain_store), plan_files)
+        streams["domain"] = SourceStream(domain_store, spec.seed, spec.seq_len, domain_documents(spec, domain_store), plan_files)
         if streams["domain"].epoch_tokens == 0:
             raise MixerError(f"{domain_store.path}: the domain train split is empty")
     if general_store is not None:

@@ -37,7 +37,7 @@ import numpy as np
 from mixer.formats.atomic import read_json, write_json
 from mixer.mixing.build import build, check_name, check_settings
 from mixer.errors import MixerError, UsageError
-from mixer.mixing.spec import MixSpec, resolve, seen_documents
+from mixer.mixing.spec import MixSpec, domain_documents, resolve
 from mixer.units import parse_count
 if TYPE_CHECKING:
     from mixer.executors import Executor
@@ -129,6 +129,8 @@ def load_stages(recipe: Path, stores: Path, overrides: dict | None = None) -> tu
             if key not in _FIELDS:
                 raise MixerError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_FIELDS))})")
             v = _value(raw, env, where)
+            if key == "domain_subset_tokens" and str(v).strip() in ("", "0", "0.0", "all"):
+                v = None  # a recipe var's default: no subset, the whole train split
             if key in _COUNTS and v is not None:
                 v = parse_count(v, f"{where} {key}")
             if key in _INTS:
@@ -171,12 +173,14 @@ def _whole(v, where: str) -> int:
     return int(f)
 
 
-def _unseen(spec: MixSpec, root: Path, excludes: list[str]) -> int:
+def _unseen(spec: MixSpec) -> int:
+    """Domain documents left to this stage: of its own set (a subset when it has one), those no
+    stage it excludes touched."""
     from mixer.formats.store import open_store
 
-    n = open_store(spec.stores, spec.domain).n_docs("train")
-    seen = np.unique(np.concatenate([seen_documents(root / x, spec.domain) for x in excludes]))
-    return n - len(seen)
+    store = open_store(spec.stores, spec.domain)
+    docs = domain_documents(spec, store)
+    return store.n_docs("train") if docs is None else len(docs)
 
 
 def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict | None = None,
@@ -191,7 +195,7 @@ def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict |
             results.append({"stage": name, "status": "skipped", "reason": "no domain epochs left for this stage"})
             continue
         spec.exclude_seen_in = [str(root / x) for x in excludes]
-        if excludes and spec.domain and _unseen(spec, root, excludes) == 0:
+        if excludes and spec.domain and _unseen(spec) == 0:
             results.append({"stage": name, "status": "skipped", "reason": f"earlier stages {excludes} touched every domain document"})
             continue
         plan = resolve(spec)

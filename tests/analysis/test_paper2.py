@@ -143,3 +143,23 @@ def test_a_stage3_run_not_started_from_the_post_training_winner_is_noted(tmp_pat
     ft = _stage3(r, "ft", post, [(10, 1.5, 2.4, 3.3, 1.0)], parent_checkpoint="step-00000002")
     rep = build_report(load_runs([p, post, ft]))
     assert any("not the post-training winner step-00000001" in n for n in rep["notes"])
+
+
+def test_lambda_one_with_a_subset_skips_post_training(tmp_path):
+    """lambda = 1 puts every document of a D_post subset into pretraining: post-training has
+    nothing left, even though most of the store's documents were never in the subset."""
+    stores = make_stores(tmp_path / "stores", general_docs=400, domain_docs=80)
+    write_store(stores, "proofs", "domain", {"train": markov_docs(60, 7, table_seed=300),
+                                             "val": markov_docs(20, 8, table_seed=300),
+                                             "test": markov_docs(20, 9, table_seed=300)})
+    from mixer.mixing.stages import build_recipe
+
+    built = build_recipe(RECIPE, stores, tmp_path / "mixes", {"tokens": "20K", "seq_len": 32, "lam": 1,
+                                                             "ft_epochs": 3, "post_subset": "2K"}, progress=False)
+    assert [(s["stage"], s["status"]) for s in built["stages"]] == [
+        ("pretrain", "done"), ("posttrain", "skipped"), ("finetune", "done")]
+    half = build_recipe(RECIPE, stores, tmp_path / "half", {"tokens": "20K", "seq_len": 32, "lam": 0.5,
+                                                            "ft_epochs": 3, "post_subset": "2K"}, progress=False)
+    post = json.loads((tmp_path / "half" / "posttrain" / "manifest.json").read_text())
+    pre = json.loads((tmp_path / "half" / "pretrain" / "manifest.json").read_text())
+    assert half["stages"][1]["status"] == "done" and post["samples"] > 0 and pre["samples"] > 0

@@ -1,0 +1,303 @@
+"""`make study`: the papers' headline results, measured at laptop scale (examples/study.py --size study).
+
+What it measures (docs/results/study/, the README's results table):
+
+1. Scaling law: pretraining runs at domain fractions 0, 1, 2, 5, 10 and 20% (2 to 41 epochs
+   of a 20K-token domain subset in 4.2M tokens); `mixer fit --holdout 0.2` fits the joint law
+   on 0-10% and predicts the 20% curve, with the onset of overfitting observed and predicted.
+2. Compute multiplier: NPT and the two best SPT fractions finetuned from several checkpoints
+   along the run (1/16 .. 1 of it) over the learning-rate grid; `mixer report` interpolates
+   the first crossing in log tokens. A pilot comes first: if NPT's post-finetuning loss does
+   not fall with pretraining tokens, no multiplier is defined and the study stops there.
+3. Seeds: NPT and the best SPT fraction at 3 seeds (mixes, subsets and training all reseeded);
+   every headline number is a mean ± std over them.
+4. Gap closed: NPT of the next larger preset (`small`, ~6x the parameters) over the first half
+   of the run, on the same cosine, finetuned the same way, against the tiny model's SPT and NPT
+   at the same tokens.
+5. Paper 2: a compute-matched pipeline (music as D_post, proofs as D_ft) at lambda 0, 0.25,
+   0.5, 0.75 and 1 (shipped recipe early-exposure, subset vars set here): L_ret, L_ft, L_pre
+   and both frontiers.
+
+The best and second-best SPT fractions are chosen on the domain validation split of the
+seed-0 finetunes; every reported loss is on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mixer.formats.run import load_run
+
+CHECKPOINTS = 16  # evenly spaced, every one evaluated: the law's curves
+NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT (1/2: the gap against the larger model)
+SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the two best SPT fractions: where SPT crosses NPT's final loss
+
+
+@dataclass(frozen=True)
+class Design:
+    domain: str = "music"
+    holdout: float = 0.2
+    large: str = "small"  # the larger model of the gap-closed comparison
+    lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    post_subset: str = "100K"  # D_post for paper 2 (music)
+    ft_domain: str = "proofs"  # D_ft for paper 2
+    ft_subset: str = "50K"  # proofs documents are ~7K tokens: 50K is ~7 of them
+    ft_epochs: int = 8
+
+
+class Headline:
+    def __init__(self, study, jobs: int, design: Design = Design()) -> None:
+        self.s, self.jobs, self.d = study, jobs, design
+        self.runs = study.out / "runs"
+        self.pool = ThreadPoolExecutor(max_workers=jobs)
+        self.futures: list = []
+
+    # -- building blocks ------------------------------------------------------------------
+
+    def checkpoint_at(self, run: Path, share: float) -> str:
+        """The run's checkpoint nearest to `share` of its tokens (read from its evaluations)."""
+        evals = load_run(run).evals
+        top = max(e.tokens for e in evals)
+        best = min(evals, key=lambda e: (abs(e.tokens - share * top), e.checkpoint != "final"))
+        return best.checkpoint
+
+    def ft_runs(self, pre: Path, shares: tuple[float, ...], ft_mix: Path) -> list[Path]:
+        out = []
+        for share in shares:
+            ckpt = self.checkpoint_at(pre, share)
+            out.append(self.s.finetune(ft_mix, pre, pre.parent / f"{pre.name}-ft-{ckpt}", "finetune",
+                                       "--checkpoint", ckpt))
+        return out
+
+    def mixes(self, seed: int, fractions: tuple[float, ...]) -> dict[str, Path]:
+        sz = self.s.size
+        common = ("--domain", self.d.domain, "--seed", str(seed), "--tokens", sz.tokens)
+        out = {"npt": self.s.mix(f"s{seed}/npt", *common, "--fraction", "0")}
+        for f in fractions:
+            out[f"spt{f:g}"] = self.s.mix(f"s{seed}/spt{f:g}", *common, "--fraction", str(f))
+        out["ft"] = self.s.mix(f"s{seed}/ft", "--domain", self.d.domain, "--seed", str(seed),
+                               "--epochs", str(sz.ft_epochs))
+        return out
+
+    def submit(self, *chains: Callable[[], object]) -> list:
+        fs = [self.pool.submit(c) for c in chains]
+        self.futures += fs
+        return fs
+
+    def wait(self, fs: list) -> None:
+        wait(fs, return_when=FIRST_EXCEPTION)
+        for f in fs:
+            if f.done() and f.exception() is not None:
+                self.s.stop()
+                raise f.exception()
+        wait(fs)
+        for f in fs:
+            f.result()
+
+    # -- chains ---------------------------------------------------------------------------
+
+    def npt_chain(self, seed: int, mix: Path, ft: Path, pilot: bool) -> None:
+        pre = self.s.pretrain(mix, self.runs / f"s{seed}" / "npt", checkpoints=CHECKPOINTS)
+        fts = self.ft_runs(pre, NPT_AT, ft)
+        if pilot:
+            self.pilot(fts)
+
+    def pilot(self, fts: list[Path]) -> None:
+        """No multiplier is defined unless NPT gets better after finetuning with more pretraining."""
+        pts = []
+        for r in fts:
+            run = load_run(r)
+            pts.append((run.pretrain_tokens, run.best_eval().domain_test_loss))
+        pts.sort()
+        line = ", ".join(f"{t / 1e6:.2f}M: {loss:.4f}" for t, loss in pts)
+        print(f"         pilot: NPT post-FT test loss by pretraining tokens: {line}", flush=True)
+        if not pts[-1][1] < pts[0][1]:
+            self.s.stop()
+            raise SystemExit("study: pilot failed: NPT's post-finetuning loss does not fall with pretraining tokens, "
+                             "so no compute multiplier is defined in this design; change it (more tokens per run, "
+                             "a larger domain subset) and run again")
+
+    def spt_chain(self, seed: int, f: float, mix: Path, ft: Path, shares: tuple[float, ...]) -> None:
+        pre = self.s.pretrain(mix, self.runs / f"s{seed}" / f"spt{f:g}", checkpoints=CHECKPOINTS)
+        self.ft_runs(pre, shares, ft)
+
+    def large_chain(self, mix: Path, ft: Path) -> None:
+        """The larger model's NPT over the first half of the run, on the same cosine (the same
+        horizon in tokens), so it is compared with the tiny model's checkpoint at half the run."""
+        sz = self.s.size
+        from mixer.units import parse_count
+
+        total = parse_count(sz.tokens)
+        pre = self.s.pretrain(mix, self.runs / "s0" / f"{self.d.large}-npt", "--tokens", str(total // 2),
+                              "--schedule-tokens", str(10 * total), model=self.d.large, checkpoints=4)
+        self.s.finetune(ft, pre, self.runs / "s0" / f"{self.d.large}-npt-ft-final")
+
+    def early_exposure_chain(self, lam: float) -> None:
+        sz, d = self.s.size, self.d
+        mixes = self.s.out / "mixes" / "ee" / f"lam{lam:g}"
+        if not (mixes / "finetune" / "manifest.json").exists():  # a rerun resumes an interrupted build
+            self.s.run("build", "--recipe", "early-exposure", "--stores", str(self.s.stores), "--out", str(mixes),
+                       "--set", f"lam={lam:g}", "--set", f"domain={d.domain}", "--set", f"ft_domain={d.ft_domain}",
+                       "--set", f"tokens={sz.tokens}", "--set", f"seq_len={sz.seq_len}",
+                       "--set", f"ft_epochs={d.ft_epochs}", "--set", f"post_subset={d.post_subset}",
+                       "--set", f"ft_subset={d.ft_subset}", "--quiet")
+        runs = self.runs / "ee" / f"lam{lam:g}"
+        pre = self.s.pretrain(mixes / "pretrain", runs / "pretrain", checkpoints=4)
+        start = pre
+        if (mixes / "posttrain" / "manifest.json").exists():  # lambda = 1 leaves nothing to post-train
+            start = self.s.finetune(mixes / "posttrain", pre, runs / "posttrain")
+        self.s.finetune(mixes / "finetune", start, runs / "finetune")
+
+    # -- the study ------------------------------------------------------------------------
+
+    def best_fractions(self, fractions: tuple[float, ...]) -> list[float]:
+        """SPT fractions by seed 0's post-FT loss on the domain validation split, best first."""
+        def val(f: float) -> float:
+            r = load_run(self.runs / f"s{self.s.size.seeds[0]}" / f"spt{f:g}-ft-final")
+            return r.best_eval().domain_val_loss
+        ranked = sorted(fractions, key=val)
+        print("         SPT fractions by post-FT validation loss (seed 0): "
+              + ", ".join(f"{f:g} ({val(f):.4f})" for f in ranked), flush=True)
+        return ranked
+
+    def run(self) -> None:
+        sz, d = self.s.size, self.d
+        seeds = sz.seeds
+        m0 = self.mixes(seeds[0], sz.fractions)
+        self.s.audit(m0[f"spt{sz.fractions[-1]:g}"])
+        others = {s: self.mixes(s, ()) for s in seeds[1:]}
+        first = self.submit(
+            lambda: self.npt_chain(seeds[0], m0["npt"], m0["ft"], pilot=True),
+            *[(lambda f=f: self.spt_chain(seeds[0], f, m0[f"spt{f:g}"], m0["ft"], (1.0,))) for f in sz.fractions])
+        self.submit(*[(lambda s=s: self.npt_chain(s, others[s]["npt"], others[s]["ft"], pilot=False)) for s in seeds[1:]],
+                    lambda: self.large_chain(m0["npt"], m0["ft"]),
+                    *[(lambda lam=lam: self.early_exposure_chain(lam)) for lam in d.lams])
+        self.wait(first)
+        best, second = self.best_fractions(sz.fractions)[:2]
+        extra = tuple(x for x in SPT_AT if x != 1.0)
+        later = [lambda f=f: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{f:g}", extra, m0["ft"]) for f in (best, second)]
+        for s in seeds[1:]:
+            mix = self.s.mix(f"s{s}/spt{best:g}", "--domain", d.domain, "--seed", str(s), "--tokens", sz.tokens,
+                             "--fraction", str(best))
+            later.append(lambda s=s, mix=mix: self.spt_chain(s, best, mix, others[s]["ft"], SPT_AT))
+        self.submit(*later)
+        try:
+            self.wait(self.futures)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def answers(self, publish: Path | None) -> None:
+        s, d = self.s, self.d
+        paper1 = [r for r in self.runs.glob("s*/*") if (r / "run.json").exists()]
+        tiny = [r for r in paper1 if not r.name.startswith(d.large)]
+        ee = [r for r in (self.runs / "ee").glob("*/*") if (r / "run.json").exists()]
+        s.run("report", *map(str, sorted(paper1)), "--out", str(s.out / "report"), show=True)
+        s.run("fit", *map(str, sorted(tiny)), "--model", s.size.model, "--domain", d.domain, "--holdout",
+              str(d.holdout), "--out", str(s.out / "fit"), show=True)
+        s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
+        if publish:
+            publish_results(s.out, publish)
+            print(table(publish)[0])
+
+
+# -- publishing and the README's table ------------------------------------------------------
+
+
+def publish_results(out: Path, dest: Path) -> None:
+    """The reports, the fit and every run's run.json and evals.jsonl (grid points included) under
+    `dest`, so every number can be recomputed without the checkpoints."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in ("run.json", "evals.jsonl"):
+        for f in (out / "runs").rglob(name):
+            target = dest / "runs" / f.relative_to(out / "runs")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+    for sub in ("report", "fit", "early-exposure"):
+        for f in sorted((out / sub).glob("*")):
+            if f.suffix in (".md", ".json", ".png"):
+                (dest / sub).mkdir(exist_ok=True)
+                shutil.copyfile(f, dest / sub / f.name)
+    md, _ = table(dest)
+    (dest / "headline.md").write_text(md + "\n")
+
+
+def _pm(x: dict | None, unit: str = "", digits: int = 3) -> str:
+    if not x:
+        return "-"
+    if x.get("std") is None:
+        return f"{x['mean']:.{digits}g}{unit}"
+    return f"{x['mean']:.{digits}g}{unit} ± {x['std']:.2g} (n={x['n']})"
+
+
+def table(results: Path) -> tuple[str, dict]:
+    """The README's results table, recomputed from the published run files and fit.json."""
+    from mixer.analysis.report import build_report
+    from mixer.formats.run import load_runs
+    from mixer.units import format_count
+
+    runs_dir = results / "runs"
+    paper1 = sorted(r.parent for r in runs_dir.glob("s*/*/run.json"))
+    ee = sorted(r.parent for r in runs_dir.glob("ee/*/*/run.json"))
+    rep = build_report(load_runs(paper1))
+    fit = json.loads((results / "fit" / "fit.json").read_text())
+    ee_rep = build_report(load_runs(ee))
+    tiny = [e for e in rep["table"] if e["model"] == "tiny" and e["finetune"] == "FT"]
+    top = max(e["pretrain_tokens"] for e in tiny)
+    final = [e for e in tiny if e["pretrain_tokens"] == top and e["setup"] != "NPT"]
+    best = max(final, key=lambda e: (e["relative_gain_pct"]["n"], e["relative_gain_pct"]["mean"]))
+    mult = sorted((m for m in rep["compute_multiplier"] if m["model"] == "tiny" and m["finetune"] == "FT"
+                   and m["spt_points"] > 1), key=lambda m: -len(m["per_seed"]))
+    gaps = [g for g in rep["gap_closed"] if g["setup"] == best["setup"]]
+    h = fit["holdout"]
+    on = h["onset"]
+    lam_rows = sorted(ee_rep["early_exposure"], key=lambda e: e["lam"])
+    best_ret = min(lam_rows, key=lambda e: e["L_ret"]["mean"]) if lam_rows else None
+    front_ft = _front(lam_rows, "L_ft")
+    front_pre = _front(lam_rows, "L_pre")
+
+    def onset(x):
+        return "none seen" if x is None else f"{format_count(x)} tokens"
+
+    rows = [
+        ("relative gain after FT, best SPT vs NPT (positive = SPT better)", "+2.0% (music, 1B, 200B tokens)",
+         f"{_pm(best['relative_gain_pct'], '%')} ({best['setup']}, {format_count(top)} tokens)"),
+        *[(f"compute multiplier, {m['setup']}", "1.75x (music)",
+           f"{_pm(m['over_seeds'], 'x')} per seed" + (f"; {m['text']} on the seed means" if len(m["per_seed"]) > 1
+                                                      else "") +
+           (f" (bounds: {', '.join(m['bounds_over_seeds'])})" if m["bounds_over_seeds"] != ["="] else ""))
+          for m in mult],
+        *[(f"gap closed, tiny {g['setup']} vs {g['large']} NPT at {format_count(g['pretrain_tokens'])} tokens",
+           "81% (music, 1B SPT vs 3B NPT)", f"{_pm(g['over_seeds'], '%')}") for g in gaps],
+        (f"law fitted on fractions {', '.join(f'{f:g}' for f in fit['law']['fractions'])}, held-out {h['fraction']:g}: "
+         "test-loss error over the curve", "fit on <= 5% predicts the 10% curve",
+         f"mean {h['test']['mean_abs_rel_error_pct']:.2f}%, worst {h['test']['max_abs_rel_error_pct']:.2f}% "
+         f"({h['points']} checkpoints)"),
+        ("onset of overfitting on the held-out curve, observed / predicted", "predicted by the law",
+         f"{onset(on['observed_tokens'])} / {onset(on['predicted_tokens'])}"),
+    ]
+    if best_ret:
+        rows += [
+            ("paper 2: lambda with the lowest L_ret (retention after FT on D_ft)", "neither extreme (0 < lambda < 1)",
+             f"lambda {best_ret['lam']:g} (L_ret {_pm(best_ret['L_ret'], '', 4)}; "
+             + ", ".join(f"{e['lam']:g}: {e['L_ret']['mean']:.4f}" for e in lam_rows) + ")"),
+            ("paper 2: lambdas on the (L_ft, L_ret) / (L_pre, L_ret) Pareto fronts", "intermediate lambdas",
+             f"{front_ft} / {front_pre}"),
+        ]
+    md = ["| result | paper | this study (measured) |", "|---|---|---|"]
+    md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(md), {"report": rep, "fit": fit, "early_exposure": ee_rep}
+
+
+def _front(rows: list[dict], x: str) -> str:
+    from mixer.analysis.metrics import pareto_front
+
+    have = [e for e in rows if e[x] and e["L_ret"]]
+    idx = pareto_front([e[x]["mean"] for e in have], [e["L_ret"]["mean"] for e in have])
+    return "{" + ", ".join(f"{have[i]['lam']:g}" for i in sorted(idx, key=lambda i: have[i]["lam"])) + "}"

@@ -1,0 +1,36 @@
+"""The README's results table is recomputed from the published study (docs/results/study/):
+every run's run.json and evals.jsonl (grid points included) and the fit's fit.json, through
+the same report code `mixer report` runs. A number edited by hand in the README, or a
+published file that no longer gives it, fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results" / "study"
+MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
+
+
+def _headline():
+    spec = importlib.util.spec_from_file_location("headline", ROOT / "examples" / "headline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_table_is_recomputed_from_the_published_runs():
+    md, data = _headline().table(RESULTS)
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(MARK) == 2, f"README.md: the study table sits between two '{MARK}' lines"
+    assert readme.split(MARK)[1].strip() == md.strip()
+    assert (RESULTS / "headline.md").read_text().strip() == md.strip()
+    # The runs behind it are all there: 3 seeds of NPT and of the best SPT fraction, the larger
+    # model, and paper 2's five lambdas.
+    rows = data["report"]["table"]
+    assert max(len(e["seeds"]) for e in rows if e["setup"] == "NPT") >= 3
+    assert max(len(e["seeds"]) for e in rows if e["setup"] != "NPT") >= 3
+    assert {e["model"] for e in rows} >= {"tiny", "small"}
+    assert sorted(e["lam"] for e in data["early_exposure"]["early_exposure"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert data["fit"]["law"] is not None and data["fit"]["holdout"]["points"] > 0
