@@ -232,8 +232,8 @@ def _pm(x: dict | None, unit: str = "", digits: int = 3) -> str:
     if not x:
         return "-"
     if x.get("std") is None:
-        return f"{x['mean']:.{digits}g}{unit}"
-    return f"{x['mean']:.{digits}g}{unit} ± {x['std']:.2g} (n={x['n']})"
+        return f"{x['mean']:.{digits}g}{unit} (1 seed)"
+    return f"{x['mean']:.{digits}g}{unit} ± {x['std']:.2g} ({x['n']} seeds)"
 
 
 def table(results: Path) -> tuple[str, dict]:
@@ -268,10 +268,10 @@ def table(results: Path) -> tuple[str, dict]:
     rows = [
         ("relative gain after FT, best SPT vs NPT (positive = SPT better)", "+2.0% (music, 1B, 200B tokens)",
          f"{_pm(best['relative_gain_pct'], '%')} ({best['setup']}, {format_count(top)} tokens)"),
-        *[(f"compute multiplier, {m['setup']}", "1.75x (music)",
-           f"{_pm(m['over_seeds'], 'x')} per seed" + (f"; {m['text']} on the seed means" if len(m["per_seed"]) > 1
-                                                      else "") +
-           (f" (bounds: {', '.join(m['bounds_over_seeds'])})" if m["bounds_over_seeds"] != ["="] else ""))
+        *[(f"compute multiplier, {m['setup']} ({m['spt_points']} checkpoints finetuned)", "1.75x (music)",
+           f"{_pm(m['over_seeds'], 'x')}" + (f"; {m['text']} from the seed-mean curves" if len(m["per_seed"]) > 1
+                                              else "") +
+           (f" (per-seed bounds: {', '.join(m['bounds_over_seeds'])})" if m["bounds_over_seeds"] != ["="] else ""))
           for m in mult],
         *[(f"gap closed, tiny {g['setup']} vs {g['large']} NPT at {format_count(g['pretrain_tokens'])} tokens",
            "81% (music, 1B SPT vs 3B NPT)", f"{_pm(g['over_seeds'], '%')}") for g in gaps],
