@@ -6,6 +6,7 @@ published file that no longer gives it, fails here."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +17,7 @@ MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
 def _headline():
     spec = importlib.util.spec_from_file_location("headline", ROOT / "examples" / "headline.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["headline"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
