@@ -310,16 +310,18 @@ def _law_rows(fit: dict) -> list[tuple[str, str, str]]:
     on = h["onset"]
     failed = "; ".join(c["check"] for c in fit["checks"] if not c["ok"])
 
-    def onset(x):
-        return "none seen" if x is None else f"{format_count(x)} tokens"
+    def onset(x, none):
+        return none if x is None else f"{format_count(x)} tokens"
 
+    last = format_count(on["last_checkpoint_tokens"])
     return [
         (f"law ({fit['domain']}) fitted on fractions {', '.join(f'{f:g}' for f in fit['law']['fractions'])}, "
          f"held-out {h['fraction']:g}: test-loss error over the curve", "fit on <= 5% predicts the 10% curve",
          f"mean {h['test']['mean_abs_rel_error_pct']:.3g}%, worst {h['test']['max_abs_rel_error_pct']:.3g}% "
          f"({h['points']} checkpoints); shape checks failed: {failed or 'none'}"),
         (f"onset of overfitting on the held-out curve ({fit['domain']}), observed / predicted", "predicted by the law",
-         f"{onset(on['observed_tokens'])} / {onset(on['predicted_tokens'])}"),
+         f"{onset(on['observed_tokens'], f'none up to {last}')} / "
+         f"{onset(on['predicted_tokens'], 'none up to ' + format_count(10 * on['last_checkpoint_tokens']))}"),
     ]
 
 
