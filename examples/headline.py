@@ -14,6 +14,7 @@ What it measures (docs/results/study/, the README's results table):
 4. Gap closed: NPT of the next larger preset (`small`, ~6x the parameters) over the first half
    of the run, on the same cosine, finetuned the same way, against the tiny model's SPT and NPT
    at the same tokens.
+   The same sweep, pretraining only, on proofs (a 50K-token subset) fits a second law.
 5. Paper 2: a compute-matched pipeline (music as D_post, proofs as D_ft) at lambda 0, 0.25,
    0.5, 0.75 and 1 (shipped recipe early-exposure, subset vars set here): L_ret, L_ft, L_pre
    and both frontiers.
