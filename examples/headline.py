@@ -145,12 +145,12 @@ class Headline:
     def early_exposure_chain(self, lam: float) -> None:
         sz, d = self.s.size, self.d
         mixes = self.s.out / "mixes" / "ee" / f"lam{lam:g}"
-        if not (mixes / "finetune" / "manifest.json").exists():  # a rerun resumes an interrupted build
-            self.s.run("build", "--recipe", "early-exposure", "--stores", str(self.s.stores), "--out", str(mixes),
-                       "--set", f"lam={lam:g}", "--set", f"domain={d.domain}", "--set", f"ft_domain={d.ft_domain}",
-                       "--set", f"tokens={sz.tokens}", "--set", f"seq_len={sz.seq_len}",
-                       "--set", f"ft_epochs={d.ft_epochs}", "--set", f"post_subset={d.post_subset}",
-                       "--set", f"ft_subset={d.ft_subset}", "--quiet")
+        # Built on every run: a finished recipe build is a no-op, an interrupted one resumes.
+        self.s.run("build", "--recipe", "early-exposure", "--stores", str(self.s.stores), "--out", str(mixes),
+                   "--set", f"lam={lam:g}", "--set", f"domain={d.domain}", "--set", f"ft_domain={d.ft_domain}",
+                   "--set", f"tokens={sz.tokens}", "--set", f"seq_len={sz.seq_len}",
+                   "--set", f"ft_epochs={d.ft_epochs}", "--set", f"post_subset={d.post_subset}",
+                   "--set", f"ft_subset={d.ft_subset}", "--quiet")
         runs = self.runs / "ee" / f"lam{lam:g}"
         pre = self.s.pretrain(mixes / "pretrain", runs / "pretrain", checkpoints=4)
         start = pre

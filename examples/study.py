@@ -179,9 +179,13 @@ class Study:
 
     def mix(self, name: str, *flags: str) -> Path:
         out = self.out / "mixes" / name
-        if not (out / "manifest.json").exists():
-            self.run("build", "--stores", str(self.stores), "--seq-len", str(self.size.seq_len),
-                     "--domain-subset", self.size.domain_subset, "--out", str(out), "--quiet", *flags)
+        fresh = not (out / "manifest.json").exists()
+        # Built on every run: a finished build with the same settings is a no-op (~0.1 s), and one
+        # made with other settings (an earlier --tokens in the same --out) is refused by `mixer
+        # build` instead of silently reused by the study.
+        self.run("build", "--stores", str(self.stores), "--seq-len", str(self.size.seq_len),
+                 "--domain-subset", self.size.domain_subset, "--out", str(out), "--quiet", *flags)
+        if fresh:
             self.run("verify", str(out), "--quiet")
         return out
 
