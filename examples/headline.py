@@ -9,8 +9,9 @@ What it measures (docs/results/study/, the README's results table):
    along the run (1/16 .. 1 of it) over the learning-rate grid; `mixer report` interpolates
    the first crossing in log tokens. A pilot comes first: if NPT's post-finetuning loss does
    not fall with pretraining tokens, no multiplier is defined and the study stops there.
-3. Seeds: NPT and the best SPT fraction at 3 seeds (mixes, subsets and training all reseeded);
-   every headline number is a mean ± std over them.
+3. Seeds: NPT and the best SPT fraction at 3 mix seeds (the data order of every mix; the
+   domain subset and the trainer's seed stay fixed); every headline number is a mean ± std
+   over them.
 4. Gap closed: NPT of the next larger preset (`small`, ~6x the parameters) over the first half
    of the run, on the same cosine, finetuned the same way, against the tiny model's SPT and NPT
    at the same tokens.
