@@ -8,14 +8,13 @@ Mixes are made by the real `mixer build`.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.store import seal_store
+import storeutil
 
 VOCAB = 128
 EOS = VOCAB - 1
@@ -39,21 +38,10 @@ def markov_docs(n_docs: int, seed: int, table_seed: int, branching: int = 3) -> 
 
 def write_store(root: Path, name: str, role: str, splits: dict[str, list[np.ndarray]],
                 sha: str = "markov-128") -> Path:
-    d = Path(root) / name
-    d.mkdir(parents=True, exist_ok=True)
-    meta_splits = {}
-    for split, docs in splits.items():
-        toks = np.concatenate([np.append(t, EOS) for t in docs]).astype("<u2")
-        toks.tofile(d / f"{split}.ds")
-        np.cumsum([len(t) + 1 for t in docs], dtype=np.uint64).astype("<u8").tofile(d / f"{split}.ds.index")
-        (d / f"{split}.ids").write_text("".join(f"{name}/{split}/{i}\n" for i in range(len(docs))))
-        meta_splits[split] = {"documents": len(docs), "tokens": int(len(toks))}
-    meta = {"format": "mixer-store/1", "source": name, "role": role,
-            "tokenizer": {"name": "markov", "sha256": sha, "vocab_size": VOCAB, "eos_id": EOS},
-            "dtype": "<u2", "splits": meta_splits, "mixer_version": "test"}
-    (d / "store.json").write_text(json.dumps(meta, indent=2))
-    seal_store(d)  # checksums, as mixer tokenize writes them
-    return d
+    """A sealed store of Markov-token splits {split: [tokens without EOS]}, ids name/split/i."""
+    named = {split: [(f"{name}/{split}/{i}", t) for i, t in enumerate(docs)] for split, docs in splits.items()}
+    return storeutil.write_store(root, name, role, named,
+                                 tokenizer={"name": "markov", "sha256": sha, "vocab_size": VOCAB, "eos_id": EOS})
 
 
 def make_stores(root: Path, general_docs: int = 3000, domain_docs: int = 60, sha: str = "markov-128",

@@ -50,21 +50,28 @@ class Encoder:
 
 
 def write_store(root: Path, name: str, role: str, splits: dict[str, list[tuple[str, np.ndarray]]],
-                tokenizer_path: Path) -> Path:
-    """STORES/<name> with the given splits {split: [(doc id, tokens without EOS)]}."""
+                tokenizer_path: Path | None = None, *, tokenizer: dict | None = None) -> Path:
+    """STORES/<name> with the given splits {split: [(doc id, tokens without EOS)]}, sealed.
+    The tokenizer is a real tokenizer.json (`tokenizer_path`: GPT-2's ids, its sha256
+    recorded) or, for synthetic ids, `tokenizer`: the store.json entry as is (name, sha256,
+    vocab_size, eos_id)."""
+    if (tokenizer_path is None) == (tokenizer is None):
+        raise ValueError("write_store: give tokenizer_path or tokenizer, not both or neither")
+    if tokenizer is None:
+        sha = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
+        tokenizer = {"name": "gpt2", "path": str(tokenizer_path), "sha256": sha, "vocab_size": 50257,
+                     "eos_id": EOS_ID}
+    eos = tokenizer["eos_id"]
     d = Path(root) / name
     d.mkdir(parents=True, exist_ok=True)
     meta_splits = {}
     for split, docs in splits.items():
-        toks = np.concatenate([np.append(t, EOS_ID) for _, t in docs]).astype("<u2") if docs else np.zeros(0, "<u2")
+        toks = np.concatenate([np.append(t, eos) for _, t in docs]).astype("<u2") if docs else np.zeros(0, "<u2")
         toks.tofile(d / f"{split}.ds")
         np.cumsum([len(t) + 1 for _, t in docs], dtype=np.uint64).astype("<u8").tofile(d / f"{split}.ds.index")
         (d / f"{split}.ids").write_text("".join(f"{i}\n" for i, _ in docs), encoding="utf-8")
         meta_splits[split] = {"documents": len(docs), "tokens": int(len(toks))}
-    sha = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
-    meta = {"format": "mixer-store/1", "source": name, "role": role,
-            "tokenizer": {"name": "gpt2", "path": str(tokenizer_path), "sha256": sha, "vocab_size": 50257,
-                          "eos_id": EOS_ID},
+    meta = {"format": "mixer-store/1", "source": name, "role": role, "tokenizer": tokenizer,
             "dtype": "<u2", "splits": meta_splits, "mixer_version": "test"}
     (d / "store.json").write_text(json.dumps(meta, indent=2))
     seal_store(d)  # checksums, as mixer tokenize writes them

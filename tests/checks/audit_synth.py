@@ -5,13 +5,12 @@ for the stream tests."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.store import seal_store
 import pytest
+import storeutil
 
 from mixer.cli import main
 
@@ -25,22 +24,10 @@ def random_docs(rng: np.random.Generator, n: int, lo: int = 40, hi: int = 400) -
 
 
 def write_store(root: Path, name: str, role: str, splits: dict[str, list[tuple[str, np.ndarray]]]) -> Path:
-    """STORES/<name> (docs/formats.md) from {split: [(id, tokens without EOS)]}; the
-    tokenizer has no file, so the audit shows snippets as token ids."""
-    d = Path(root) / name
-    d.mkdir(parents=True, exist_ok=True)
-    meta = {}
-    for split, docs in splits.items():
-        toks = np.concatenate([np.append(t, EOS) for _, t in docs]).astype("<u2") if docs else np.zeros(0, "<u2")
-        toks.tofile(d / f"{split}.ds")
-        np.cumsum([len(t) + 1 for _, t in docs], dtype=np.uint64).astype("<u8").tofile(d / f"{split}.ds.index")
-        (d / f"{split}.ids").write_text("".join(f"{i}\n" for i, _ in docs))
-        meta[split] = {"documents": len(docs), "tokens": int(len(toks))}
-    (d / "store.json").write_text(json.dumps({
-        "format": "mixer-store/1", "source": name, "role": role, "dtype": "<u2", "splits": meta,
-        "tokenizer": {"name": "synthetic", "sha256": "synthetic-50257", "vocab_size": VOCAB, "eos_id": EOS}}))
-    seal_store(d)  # checksums, as mixer tokenize writes them
-    return d
+    """STORES/<name> from {split: [(id, tokens without EOS)]}; the tokenizer has no file, so
+    the audit shows snippets as token ids."""
+    return storeutil.write_store(root, name, role, splits, tokenizer={
+        "name": "synthetic", "sha256": "synthetic-50257", "vocab_size": VOCAB, "eos_id": EOS})
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
