@@ -66,6 +66,15 @@ def build(stores: Path, out: Path, *flags: str) -> Path:
     return out
 
 
+def spt_and_ft_mixes(root: Path) -> dict[str, Path]:
+    """Small stores under root and two mixes of them: `spt` (10% domain, 20K tokens) and `ft`
+    (4 domain epochs), both at seq-len 32; for the training tests' module fixtures."""
+    stores = make_stores(root / "stores", general_docs=300, domain_docs=30)
+    return {"root": root,
+            "spt": build(stores, root / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", "32"),
+            "ft": build(stores, root / "ft", "--epochs", "4", "--seq-len", "32")}
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """The CLI in this process (no second torch import): (exit code, stdout, stderr)."""
     from mixer.cli import main

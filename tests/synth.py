@@ -42,3 +42,11 @@ def make_store(root: Path, name: str, role: str, n_docs: int, base: int, seed: i
 
 def doc_lengths(store_dir: Path, split: str = "train") -> np.ndarray:
     return np.diff(np.fromfile(Path(store_dir) / f"{split}.ds.index", dtype="<u8"), prepend=0).astype(np.int64)
+
+
+def naive_stream(store, stream, epochs: int) -> np.ndarray:
+    """A source stream materialized the obvious way, for checking `SourceStream.gather`: the
+    store's train documents in `stream`'s permutation of each epoch, one after another."""
+    tokens, ends = np.asarray(store.tokens()), store.doc_ends()
+    docs = [tokens[(ends[i - 1] if i else 0):ends[i]] for i in range(len(ends))]
+    return np.concatenate([docs[j] for e in range(epochs) for j in stream.permutation(e)])

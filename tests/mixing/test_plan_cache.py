@@ -17,7 +17,7 @@ from mixer.mixing.spec import MixSpec, resolve
 from mixer.mixing.streams import SourceStream
 from mixer.errors import MixerError
 from mixer.formats.store import open_store
-from tests.synth import make_store
+from tests.synth import make_store, naive_stream
 
 L = 16
 
@@ -176,9 +176,7 @@ def _stream_and_naive(tmp_path, min_len, max_len, seq_len):
     make_store(tmp_path, "s", "general", n_docs=300, base=1, min_len=min_len, max_len=max_len)
     store = open_store(tmp_path, "s")
     stream = SourceStream(store, seed=5, seq_len=seq_len)
-    tokens, ends = np.asarray(store.tokens()), store.doc_ends()
-    docs = [tokens[(ends[i - 1] if i else 0):ends[i]] for i in range(len(ends))]
-    return stream, np.concatenate([docs[j] for e in range(3) for j in stream.permutation(e)])
+    return stream, naive_stream(store, stream, epochs=3)
 
 
 def _cold(monkeypatch) -> list[tuple]:

@@ -3,7 +3,7 @@ import pytest
 
 from mixer.formats.store import open_store
 from mixer.mixing.streams import SourceStream
-from tests.synth import make_store
+from tests.synth import make_store, naive_stream
 
 
 @pytest.mark.parametrize("min_len,max_len,seq_len", [(2, 9, 16), (3, 40, 7), (200, 900, 64), (1, 3000, 128)])
@@ -12,10 +12,7 @@ def test_gather_matches_a_naive_materialized_stream(tmp_path, min_len, max_len, 
     make_store(tmp_path, "s", "domain", n_docs=60, base=100, min_len=min_len, max_len=max_len)
     store = open_store(tmp_path, "s")
     stream = SourceStream(store, seed=4, seq_len=seq_len)
-    tokens, ends = np.asarray(store.tokens()), store.doc_ends()
-    docs = [tokens[(ends[i - 1] if i else 0):ends[i]] for i in range(len(ends))]
-    epochs = 4
-    naive = np.concatenate([docs[j] for e in range(epochs) for j in stream.permutation(e)])
+    naive = naive_stream(store, stream, epochs=4)
     n = (len(naive) - 1) // seq_len
     samples = np.random.default_rng(0).permutation(n)[: min(n, 500)]
     got = stream.gather(samples)

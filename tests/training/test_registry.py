@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mixutil import build, make_stores, run_cli
+from mixutil import build, make_stores, run_cli, spt_and_ft_mixes
 
 from mixer.formats.run import best_eval, load_run, read_evals
 from mixer.training import registry
@@ -32,11 +32,7 @@ def count(monkeypatch):
 
 @pytest.fixture(scope="module")
 def mixes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("registry")
-    stores = make_stores(root / "stores", general_docs=300, domain_docs=30)
-    return {"root": root,
-            "spt": build(stores, root / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", "32"),
-            "ft": build(stores, root / "ft", "--epochs", "4", "--seq-len", "32")}
+    return spt_and_ft_mixes(tmp_path_factory.mktemp("registry"))
 
 
 def one_line(err: str) -> str:

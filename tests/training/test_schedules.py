@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mixutil import build, make_stores
+from mixutil import spt_and_ft_mixes
 
 from mixer.errors import UsageError
 from mixer.training import runner
@@ -16,11 +16,7 @@ from mixer.training.schedules import PAPER_LR_RATIOS, lr_at, paper_final_lr, run
 
 @pytest.fixture(scope="module")
 def mixes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sched")
-    stores = make_stores(root / "stores", general_docs=300, domain_docs=30)
-    return {"root": root,
-            "spt": build(stores, root / "spt", "--fraction", "0.1", "--tokens", "20K", "--seq-len", "32"),
-            "ft": build(stores, root / "ft", "--epochs", "4", "--seq-len", "32")}
+    return spt_and_ft_mixes(tmp_path_factory.mktemp("sched"))
 
 
 def test_the_papers_final_pretraining_rate_and_finetuning_ratios():
