@@ -73,6 +73,13 @@ def timed(cmd: list[str], cold: bool = False) -> tuple[float, float]:
     return float(wall), float(rss)
 
 
+def make_stores(stores: Path, general_tokens: int = 600_000_000) -> None:
+    """The build benchmarks' stores: a general `web` store of 1,500-token mean documents and a
+    30M-token `domain` of 300-token ones (each written once, then reused)."""
+    make_store(stores, "web", "general", general_tokens, 1500, 1)
+    make_store(stores, "domain", "domain", 30_000_000, 300, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/mixer-bench-build")
@@ -80,8 +87,7 @@ def main() -> None:
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
-    make_store(stores, "web", "general", 600_000_000, 1500, 1)
-    make_store(stores, "domain", "domain", 30_000_000, 300, 2)
+    make_stores(stores)
     mixer = [sys.executable, "-m", "mixer"]
     timed(["sh", "-c", f"cat {stores}/*/*.ds {stores}/*/*.ds.index > /dev/null"])  # warm stores, as cp's source is
     rows = []

@@ -33,8 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.build import make_store  # noqa: E402
-from mixer.formats.store import seal_store  # noqa: E402
+from bench.build import make_stores  # noqa: E402
 from mixer.units import parse_count  # noqa: E402
 
 
@@ -101,11 +100,7 @@ def main() -> None:
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
-    for name, role, tokens, mean, seed in (("web", "general", parse_count(a.general_tokens), 1500, 1),
-                                           ("domain", "domain", 30_000_000, 300, 2)):
-        if not (stores / name / "store.json").exists():
-            make_store(stores, name, role, tokens, mean, seed)
-            seal_store(stores / name)
+    make_stores(stores, parse_count(a.general_tokens))  # sealed as they are written
     files = store_files(stores)
     size = sum(f.stat().st_size for f in files)
     flags = ["--stores", str(stores), "--domain", "domain", "--fraction", "0.02", "--tokens", a.tokens,

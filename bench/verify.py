@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build import make_store  # noqa: E402  (bench/build.py: the same stores)
+from build import make_stores  # noqa: E402  (bench/build.py: the same stores)
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
@@ -43,8 +43,7 @@ def main() -> None:
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
-    make_store(stores, "web", "general", 600_000_000, 1500, 1)
-    make_store(stores, "domain", "domain", 30_000_000, 300, 2)
+    make_stores(stores)
     mixer = [sys.executable, "-m", "mixer"]
     out = root / f"mix-{a.tokens}"
     if not (out / "manifest.json").exists():
