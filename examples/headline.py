@@ -58,7 +58,7 @@ class Design:
 
 class Headline:
     def __init__(self, study, jobs: int, design: Design = Design()) -> None:
-        self.s, self.jobs, self.d = study, jobs, design
+        self.s, self.d = study, design
         self.runs = study.out / "runs"
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.futures: list = []
@@ -170,12 +170,12 @@ class Headline:
 
     def best_fractions(self, fractions: tuple[float, ...]) -> list[float]:
         """SPT fractions by seed 0's post-FT loss on the domain validation split, best first."""
-        def val(f: float) -> float:
-            r = load_run(self.runs / f"s{self.s.size.seeds[0]}" / f"spt{f:g}-ft-final")
-            return r.best_eval().domain_val_loss
-        ranked = sorted(fractions, key=val)
-        print("         SPT fractions by post-FT validation loss (seed 0): "
-              + ", ".join(f"{f:g} ({val(f):.4f})" for f in ranked), flush=True)
+        seed = self.s.size.seeds[0]
+        val = {f: load_run(self.runs / f"s{seed}" / f"spt{f:g}-ft-final").best_eval().domain_val_loss
+               for f in fractions}
+        ranked = sorted(fractions, key=val.get)
+        print(f"         SPT fractions by post-FT validation loss (seed {seed}): "
+              + ", ".join(f"{f:g} ({val[f]:.4f})" for f in ranked), flush=True)
         return ranked
 
     def run(self) -> None:

@@ -64,11 +64,10 @@ class WriteShards(PipelineStep):
         plan = resolve(MixSpec.from_json(self.spec), plan_dir(out))  # maps the arrays the build computed
         mine = [k for k in self.shard_ids[rank::world_size] if read_sidecar(out, k) is None]
         for i, k in enumerate(mine):
-            if read_sidecar(out, k) is None:
-                with self.track_time():
-                    rec = write_shard(plan, k, out, reuse=len(mine) - i)
-                self.stat_update("shards")
-                self.stat_update("samples", value=rec["samples"])
+            with self.track_time():
+                rec = write_shard(plan, k, out, reuse=len(mine) - i)
+            self.stat_update("shards")
+            self.stat_update("samples", value=rec["samples"])
         yield from ()
 
 
