@@ -314,14 +314,21 @@ class SourceReader(PipelineStep):
                 f = self.files[index]
                 logger.info(f"reading {f.path} ({index + 1}/{len(self.files)})")
                 self.stat_update("input_files")
-                for text, doc_id in self._records(f, report):
-                    if not text.strip():
-                        report["empty"] += 1
-                        self.stat_update("dropped_empty")
-                        continue
-                    report["documents"] += 1
-                    self.stat_update("documents")
-                    yield Document(text=text, id=doc_id, metadata={"file": index})
+                documents = empty = 0  # counted per file: datatrove's stat_update costs ~3 us a call
+                try:
+                    for text, doc_id in self._records(f, report):
+                        if not text or text.isspace():  # as `not text.strip()`, without copying the text
+                            empty += 1
+                            continue
+                        documents += 1
+                        yield Document(text=text, id=doc_id, metadata={"file": index})
+                finally:
+                    report["documents"] += documents
+                    report["empty"] += empty
+                    if documents:
+                        self.stat_update("documents", value=documents)
+                    if empty:
+                        self.stat_update("dropped_empty", value=empty)
                 report["files"] += 1
         except MixerError as e:
             # stop this task cleanly; the parent raises the message (see class doc)

@@ -263,7 +263,8 @@ class TokenizeParts(PipelineStep):
             return None
         from mixer.ingest.tiktoken_backend import TiktokenEncoder, load_spec
 
-        return TiktokenEncoder(load_spec(self.tokenizer_path), self.rayon_threads or len(os.sched_getaffinity(0)))
+        return TiktokenEncoder(load_spec(self.tokenizer_path), self.rayon_threads or len(os.sched_getaffinity(0)),
+                               self.eos_id)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from mixer.ingest.safe_cuts import cuttable
@@ -301,18 +302,25 @@ class TokenizeParts(PipelineStep):
                     table["file"] = [d.metadata["file"] for d in batch]
                     table["hash"] = [d.metadata["hash"] for d in batch]
                     hf = lambda ts: hf_ids(tokenizer, ts)  # noqa: E731
-                    if fast is None:
-                        ids = encode_ids(hf, texts, self._can_cut)
+                    joined = None
+                    if fast is not None and max(map(len, texts)) <= BATCH_CHARS:
+                        joined = fast.encode_with_eos(texts, dtype)
+                    if joined is not None:  # the whole batch in a few Rust calls, EOS in place
+                        tokens, lengths = joined
+                        ends = np.cumsum(lengths) - 1
+                        ids_of = lambda i: tokens[ends[i] - lengths[i] + 1 : ends[i]]  # noqa: E731
                     else:
-                        ids = encode_ids(fast.encode, texts, self._can_cut)
+                        ids = encode_ids(hf if fast is None else fast.encode, texts, self._can_cut)
+                        tokens, lengths = join_with_eos(ids, self.eos_id, dtype)
+                        ids_of = ids.__getitem__
+                    if fast is not None:
                         pick = np.flatnonzero(check_mask(table["hash"], max(0, CHECK_FIRST - documents)))
                         if len(pick):
                             sample = [texts[i] for i in pick]
-                            compare([ids[i] for i in pick], encode_ids(hf, sample, self._can_cut),
+                            compare([ids_of(i) for i in pick], encode_ids(hf, sample, self._can_cut),
                                     [batch[i].id for i in pick], self.tokenizer_path)
                             report["checked_documents"] += len(pick)
-                            report["checked_tokens"] += sum(len(ids[i]) for i in pick)
-                    tokens, lengths = join_with_eos(ids, self.eos_id, dtype)
+                            report["checked_tokens"] += sum(len(ids_of(i)) for i in pick)
                     table["length"] = lengths
                     tokens_out.write(memoryview(tokens))
                     docs_out.write(memoryview(table).cast("B"))
