@@ -437,4 +437,10 @@ class SourceReader(PipelineStep):
     def _text(self, f: InputFile) -> Iterator[tuple[str, str] | BadRecord]:
         with _reading(f), _open_binary(f.path, f.codec) as fh:
             data = fh.read()
-        yield _bad_utf8(data, f.path) or (data.decode("utf-8"), f.label)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield _bad_utf8(data, f.path)
+            return
+        del data  # not held while the document is encoded (a 100 MB .txt)
+        yield text, f.label
