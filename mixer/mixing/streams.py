@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import weakref
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -291,7 +290,12 @@ class SourceStream:
         return fd
 
     def _pool(self) -> ThreadPoolExecutor:
-        return _reader_pool()
+        """The reading threads, started once per process (a forked child starts its own)."""
+        if getattr(self, "_pool_pid", None) != os.getpid():
+            self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix=f"read-{self.name}")
+            self._pool_pid = os.getpid()
+            weakref.finalize(self, self._reader.shutdown, wait=False)
+        return self._reader
 
     def _read_pieces(self, flat: np.ndarray, dest: np.ndarray, src: np.ndarray, length: np.ndarray,
                      reuse: int = 1) -> list[Future]:
@@ -420,19 +424,6 @@ def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
 
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-_READERS: dict[int, ThreadPoolExecutor] = {}
-_READERS_LOCK = threading.Lock()
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    """The reading threads of every stream, started once per process (a forked child starts
-    its own): one pool per stream started 8 more threads per source, ~0.1 s each on a
-    loaded machine (docs/benchmarks/build.md)."""
-    with _READERS_LOCK:
-        pool = _READERS.get(os.getpid())
-        if pool is None:
-            pool = _READERS[os.getpid()] = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="read")
-        return pool
 
 
 @lru_cache(maxsize=1)
