@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
+from mixer.formats.folders import claim_folder
 from mixer.units import format_count, parse_count
 from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
@@ -24,6 +25,7 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     from mixer.analysis.report import build_report, format_report, write_report
     from mixer.formats.run import load_runs
 
+    claim_folder(out, "report", "--out")
     loaded = load_runs(_need(runs))
     data = build_report(loaded)
     files = write_report(data, loaded, out)
@@ -60,6 +62,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, mod
 
     if holdout is not None and not 0 < holdout <= 1:
         raise UsageError(f"--holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
+    claim_folder(out, "fit", "--out")
     inputs = fit_inputs(load_runs(_need(runs)), model, domain)
     result = build_fit(inputs, holdout, loss)
     out.mkdir(parents=True, exist_ok=True)
