@@ -8,7 +8,7 @@ import click
 
 from mixer.errors import UsageError
 from mixer.formats.folders import claim_folder
-from mixer.units import format_count, parse_count
+from mixer.units import SEED_MAX, format_count, parse_count
 from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
@@ -80,7 +80,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, mod
 @click.option("--split-a", default="train", show_default=True, help="Split of A to sample.")
 @click.option("--split-b", default="train", show_default=True, help="Split of B to sample.")
 @click.option("--tokens", "n_tokens", default="1.5M", show_default=True, help="Tokens sampled per side.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)
 @json_option
 def similarity(a: str, b: str, stores: Path | None, split_a: str, split_b: str, n_tokens: str, seed: int,
                as_json: bool) -> None:

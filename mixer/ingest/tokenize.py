@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,13 +172,18 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     spec.validate()
     run.validate()
     files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag)
+    notes = []
+    if run.executor.tasks > len(files):  # a task reads whole files: the others would start for nothing
+        notes.append(f"--tasks {run.executor.tasks}: {len(files)} input file(s), so {len(files)} task(s) "
+                     "(a task reads whole input files)")
+        run = replace(run, executor=run.executor.with_tasks(len(files)))
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
     claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")
     _check_study_tokenizer(stores, spec, tok, run.force)
     key = fingerprint(spec, files, tok)
     if (meta := _existing(stores, spec, key, run.force)) is not None:
-        return meta | {"status": "up to date"}
+        return meta | {"status": "up to date", "notes": notes}
 
     source_work = stores / WORK / spec.name
     refuse_links(stores, WORK)  # the work folder (and the staged store in it) stays inside --stores
@@ -200,7 +205,8 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
         run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
                          tasks=1, depends=tasks_job)
-        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work)}
+        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work),
+                "notes": notes}
     run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
         reports = _reader_reports(work / "parts", tasks, logs)
@@ -217,7 +223,7 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight
         source_work.parent.rmdir()
-    return meta | {"status": "written"}
+    return meta | {"status": "written", "notes": notes}
 
 
 class MergeStep(PipelineStep):
