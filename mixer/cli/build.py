@@ -197,10 +197,12 @@ def build(recipe, overrides, out, shards, recheck_stores, quiet, as_json, **kw) 
 
 
 def format_build(r: dict) -> str:
+    if r["status"] == "submitted":
+        return (f"{r['out']}: {r['shards_submitted']} shards submitted to Slurm, {r['shards_skipped']} already there "
+                f"(of {r['shards_total']}); jobs {', '.join(r['job_ids'])}, logs in {r['logs']}\n"
+                "a job after them writes the manifest (squeue -j to follow; --wait blocks until then)")
     head = (f"{r['out']}: {r['shards_written']} shards written, {r['shards_skipped']} already there, "
             f"{r['shards_missing']} of {r['shards_total']} still missing ({r['seconds']} s)")
-    if r["status"] == "submitted":
-        return head + "\nsubmitted to Slurm: re-run the same command when the jobs finish to write the manifest"
     if r["status"] != "done":
         return head + "\nmanifest pending: build the remaining shards (same command, other --shards) to finish"
     return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),

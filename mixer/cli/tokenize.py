@@ -92,7 +92,8 @@ def _human(data: dict) -> str:
     for m in data["sources"]:
         notes.extend(f"{m['source']}: {n}" for n in m.get("notes", []))
         if m.get("status") == "submitted":
-            notes.append(f"{m['source']}: submitted to Slurm; the store appears at {m['store']} when the jobs finish")
+            notes.append(f"{m['source']}: submitted to Slurm (jobs {', '.join(m['job_ids'])}, logs in {m['logs']}); "
+                         f"the store appears at {m['store']} when they finish")
             continue
         for split, c in m["splits"].items():
             rows.append([m["source"], split, f"{c['documents']:,}", f"{c['tokens']:,}", format_count(c["tokens"])])

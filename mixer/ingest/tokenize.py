@@ -203,10 +203,12 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         # the dependency first); a rerun while either is queued submits nothing
         tasks_job = run.executor.make(pipeline, logs, f"mixer-tokenize-{spec.name}")
         merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
-        run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
-                         tasks=1, depends=tasks_job)
+        sub = run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}",
+                               jobs_file=source_work / "slurm_jobs.json", tasks=1, depends=tasks_job)
+        if sub["status"] == "done" and (stores / spec.name / "store.json").is_file():  # --wait, or jobs all done
+            return open_store(stores, spec.name).meta | {"status": "written", "notes": notes}
         return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work),
-                "notes": notes}
+                "job_ids": sub.get("job_ids", []), "logs": sub.get("logs"), "notes": notes}
     run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
         reports = _reader_reports(work / "parts", tasks, logs)

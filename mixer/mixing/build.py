@@ -343,15 +343,40 @@ def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
 
 
 def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: Executor, progress: bool,
-              plan: MixPlan | None = None) -> str:
-    """Write shards `todo`: in this process for one local task, else as executor tasks."""
+              plan: MixPlan | None = None, finish: dict | None = None) -> dict:
+    """Write shards `todo`: in this process for one local task, else as executor tasks. On
+    Slurm, `finish` ({"shards": the requested range, "extra": manifest fields}) adds a
+    one-task job that depends on the tasks and finishes the mix (FinishMix), so the
+    manifest appears without a re-run."""
     if executor.inline:
         run_inline(plan or resolve(spec, plan_dir(out)), out, todo, progress)
-        return "done"
+        return {"status": "done"}
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
-    # jobs recorded per mix, not per attempt: a rerun while some are queued must see them
-    return executor.run([step], logs_dir(out, executor.kind, executor.tasks, todo), f"mixer-build-{out.name}",
-                        jobs_file=out / ".build" / "slurm_jobs.json")
+    logs = logs_dir(out, executor.kind, executor.tasks, todo)
+    jobs = out / ".build" / "slurm_jobs.json"  # per mix, not per attempt: a rerun while some are queued must see them
+    if executor.kind == "slurm" and finish is not None:
+        shards = executor.make([step], logs, f"mixer-build-{out.name}")
+        last = FinishMix(spec.to_json(), str(out.resolve()), finish["shards"], finish["extra"])
+        return executor.run([last], logs.with_name(logs.name + "-finish"), f"mixer-build-{out.name}-manifest",
+                            jobs_file=jobs, tasks=1, depends=shards)
+    return executor.run([step], logs, f"mixer-build-{out.name}", jobs_file=jobs)
+
+
+class FinishMix(PipelineStep):
+    """The build's last step as a Slurm job after its shard tasks: prove every shard (the
+    tasks ran elsewhere), write any that is missing, then the eval sets and the manifest."""
+
+    name = "🧩 mix manifest"
+    type = "✍️ - WRITER"
+
+    def __init__(self, spec: dict, out_dir: str, shards: str | None, extra: dict | None) -> None:
+        super().__init__()
+        self.spec, self.out_dir, self.shards, self.extra = spec, out_dir, shards, extra
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        # the same range as the submission: the manifest only once every shard of the mix exists
+        build(MixSpec.from_json(self.spec), Path(self.out_dir), shards=self.shards, progress=False, extra=self.extra)
+        yield from ()
 
 
 def build(
@@ -365,8 +390,9 @@ def build(
 ) -> dict:
     """Write the requested shards; when every shard exists, write eval sets and the manifest.
 
-    Raises when shards of the requested range are still missing after a local or Ray run
-    (a Slurm run only submits them: status "submitted").
+    Raises when shards of the requested range are still missing after a local or Ray run.
+    A Slurm run submits them with a job that writes the manifest after them (status
+    "submitted", with the job ids and logs; with --wait it returns once they are done).
     """
     out = Path(out)
     executor = (executor or Executor()).validate()
@@ -377,7 +403,12 @@ def build(
     todo = [k for k in wanted if not keep_leftover(plan, out, k)]
     if todo:
         plan = prepare_plan(spec, out, identity)
-        run_tasks(spec, out, todo, executor, progress, plan)
+        submitted = run_tasks(spec, out, todo, executor, progress, plan, finish={"shards": shards, "extra": extra})
+        if submitted["status"] == "submitted" and not (out / "manifest.json").exists():
+            return {"status": "submitted", "out": str(out), "shards_total": plan.n_shards,
+                    "shards_requested": len(wanted), "shards_submitted": len(todo),
+                    "shards_skipped": len(wanted) - len(todo), "job_ids": submitted["job_ids"],
+                    "logs": submitted["logs"], "seconds": round(time.perf_counter() - t0, 3)}
     else:
         plan = resolve(spec, plan_dir(out))
     written = sum(read_sidecar(out, k) is not None for k in todo)

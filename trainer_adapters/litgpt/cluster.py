@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 
 from mixer.errors import MixerError
+from mixer.executors import check_text
 
 from .config import Machine
 
 SCRIPT = "launch.sh"
+JOB_NAME = "mixer-train"  # what Lightning's Slurm detection sees (it ignores "bash" and "interactive")
 MODULE = "trainer_adapters.litgpt.launch"
 
 
@@ -36,6 +38,7 @@ def _exports(machine: Machine) -> str:
 
 
 def launch_script(config: Path, machine: Machine) -> str:
+    check_text("--precision", machine.precision)  # it is written into a comment line below
     cmd = shlex.join(training_command(config))
     where = f"{machine.nodes} node{'s' if machine.nodes > 1 else ''} x {machine.devices} device" \
             f"{'s' if machine.devices > 1 else ''}, precision {machine.precision}"
@@ -61,7 +64,9 @@ def launch_script(config: Path, machine: Machine) -> str:
         'export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"',
         'export MASTER_PORT="${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 10000))}"',
         _exports(machine),
-        f"exec srun --nodes={n} --ntasks-per-node={d} --kill-on-bad-exit=1 --export=ALL {cmd}",
+        "# A neutral job name: under salloc (job name \"interactive\") Lightning would ignore Slurm and hang.",
+        f"export SLURM_JOB_NAME={JOB_NAME}",
+        f"exec srun --nodes={n} --ntasks-per-node={d} --kill-on-bad-exit=1 --export=ALL --job-name={JOB_NAME} {cmd}",
     ]) + "\n"
 
 
