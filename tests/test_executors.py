@@ -130,6 +130,7 @@ INJECTIONS = [
     ({}, ["--qos", "$(touch INJECTED)"]),
     ({}, ["--sbatch-arg", "--comment=x\ntouch INJECTED"]),
     ({}, ["--sbatch-arg", "--output=/tmp/elsewhere"]),
+    ({}, ["--out", "mix\ntouch INJECTED"]),
 ]
 
 
@@ -141,7 +142,7 @@ def test_values_that_would_inject_commands_are_refused(tmp_path, env_more, flags
               "40K", "--seq-len", "32", "--out", tmp_path / "mix", "--executor", "slurm", "--tasks", "2", *flags)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "mixer: error:" in p.stderr, p.stderr
     assert not list(tmp_path.rglob("INJECTED")) and fake_slurm.job_scripts(env) == []
-    assert not (tmp_path / "mix").exists()
+    assert not (tmp_path / "mix").exists() and [p.name for p in tmp_path.iterdir() if "mix" in p.name] == []
 
 
 def test_an_out_path_with_blanks_and_shell_characters_is_quoted_and_never_run(tmp_path):

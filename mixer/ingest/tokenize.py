@@ -29,7 +29,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from mixer.executors import Executor
+from mixer.executors import Executor, check_text
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
@@ -179,6 +179,8 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         run = replace(run, executor=run.executor.with_tasks(len(files)))
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
+    if run.executor.kind == "slurm":  # its job scripts name the folder: refused before anything is written
+        check_text("--stores", str(stores.resolve() / spec.name))
     claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")
     _check_study_tokenizer(stores, spec, tok, run.force)
     key = fingerprint(spec, files, tok)

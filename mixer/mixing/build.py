@@ -35,7 +35,7 @@ from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
 from mixer import __version__
-from mixer.executors import Executor
+from mixer.executors import Executor, check_text
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.lifetime import pid_alive
@@ -398,6 +398,8 @@ def build(
     executor = (executor or Executor()).validate()
     plan = resolve(spec)
     wanted = parse_shards(shards, plan.n_shards)
+    if executor.kind == "slurm":  # its job scripts name the folder: refused before anything is written
+        check_text("--out", str(out.resolve()))
     identity = claim_directory(out, plan, recheck_stores)
     t0 = time.perf_counter()
     todo = [k for k in wanted if not keep_leftover(plan, out, k)]
