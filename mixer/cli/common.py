@@ -29,10 +29,14 @@ def resolve_stores(stores: Path | None) -> Path:
     return stores if stores is not None else default_stores()
 
 
+EMITTED = {"json": False}  # a command printed its JSON result: an error after it adds no second document
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str] | str) -> None:
     """Print `data` as JSON, or its human summary."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=_jsonable))
+        EMITTED["json"] = True
     else:
         click.echo(human if isinstance(human, str) else human(data))
 
@@ -71,6 +75,8 @@ def executor_options(f):
         click.option("--wait", is_flag=True, help="Slurm: block until the submitted jobs finish, then finish the "
                      "command (a build's manifest, a tokenize's store) instead of returning at once."),
         click.option("--ray-address", help="Ray: join this cluster (e.g. auto, ray://head:10001) instead of starting one."),
+        click.option("--verbose", is_flag=True, help="Show the task logs (datatrove's pipeline and stats) on the "
+                     "console too; they are always in the log files."),
     ]):
         f = opt(f)
     return f
@@ -80,6 +86,9 @@ def executor_from_flags(kw: dict):
     """Pop the executor flags out of a command's keyword arguments."""
     from mixer.executors import Executor
 
+    from mixer.lifetime import quiet_logs, verbose_logs
+
+    verbose_logs() if kw.pop("verbose") else quiet_logs()
     return Executor(kind=kw.pop("executor"), tasks=kw.pop("tasks"), workers=kw.pop("workers"),
                     partition=kw.pop("partition"), cpus_per_task=kw.pop("cpus_per_task"),
                     mem_per_cpu_gb=kw.pop("mem_per_cpu"), time=kw.pop("time_limit"),

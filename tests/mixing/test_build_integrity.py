@@ -376,7 +376,7 @@ def test_killed_multi_task_build_finishes_byte_identical(stores, tmp_path, rerun
 def test_a_build_that_leaves_requested_shards_missing_fails(stores, tmp_path, monkeypatch):
     import mixer.mixing.build as b
 
-    monkeypatch.setattr(b, "run_tasks", lambda *a, **k: None)  # an executor that silently did nothing
+    monkeypatch.setattr(b, "run_tasks", lambda *a, **k: {"status": "done"})  # an executor that silently did nothing
     with pytest.raises(MixerError, match=r"10 of the 10 requested shards are still missing"):
         build(spec(stores), tmp_path / "mix", progress=False)
     with pytest.raises(MixerError, match=r"2 of the 2 requested shards"):
