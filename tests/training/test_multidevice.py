@@ -426,3 +426,26 @@ def test_two_nodes_under_srun_keep_the_runs_bookkeeping(mixes, tmp_path):
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "done" and evals(run)[-1]["tokens"] == meta["tokens"]
     assert_stored_order(trace(tmp_path / "trace"), ranks=2, micro=8, start=0, end=meta["hparams"]["steps"])
+
+
+def test_sbatch_script_is_a_ready_job_for_the_planned_run(tmp_path):
+    """RUN/sbatch.sh allocates the run's nodes and GPUs and runs the same `mixer train`
+    command there; values the user typed are one quoted word each, and a newline is refused."""
+    machine = Machine("bf16-mixed", 8, compile=True, nodes=4, cuda=True)
+    argv = ["train", "pretrain", str(tmp_path / "my mix"), "--model", "olmo-1b", "--out", str(tmp_path / "run"),
+            "--num-nodes", "4", "--devices", "8", "--dry-run"]
+    text = cluster.sbatch_script(argv, machine, tmp_path / "run", {"account": "lab", "qos": "high"}, time="2-00:00:00",
+                                 cwd=tmp_path)
+    lines = text.splitlines()
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=2-00:00:00",
+                 f"#SBATCH --output={tmp_path / 'run'}/slurm-%j.out"):
+        assert line in lines, line
+    assert lines[-1] == "exec " + " ".join([sys.executable, "-m", "mixer", "train", "pretrain",
+                                            f"'{tmp_path / 'my mix'}'", "--model", "olmo-1b", "--out",
+                                            str(tmp_path / "run"), "--num-nodes", "4", "--devices", "8"])
+    assert "--dry-run" not in text
+    p = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(UsageError, match="control character"):
+        cluster.sbatch_script([*argv, "--out", "x\ntouch y"], machine, tmp_path / "run")

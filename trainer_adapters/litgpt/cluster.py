@@ -87,3 +87,38 @@ def check_allocation(machine: Machine, env: dict[str, str] | None = None) -> Non
                          f"submit with --nodes {n}")
     if not shutil.which("srun", path=env.get("PATH")):
         raise MixerError(f"--num-nodes {n}: srun is not on PATH")
+
+
+SBATCH = "sbatch.sh"
+
+
+def sbatch_script(argv: list[str], machine: Machine, run_dir: Path, slurm: dict[str, str] | None = None,
+                  time: str = "24:00:00", cwd: Path | None = None) -> str:
+    """RUN/sbatch.sh: a ready-to-submit job that runs this `mixer train` command (`argv`, its
+    arguments after `mixer`) inside an allocation of the run's nodes and devices. A run that
+    is planned but unfinished resumes, so the job is the same command whether it starts the
+    run or continues it. Every value is checked and quoted (mixer.executors.check_text)."""
+    from mixer.executors import environment_command, job_name_for_slurm
+    from mixer.slurm import sbatch_line
+
+    args = [a for a in argv if a != "--dry-run"]
+    for a in args:
+        check_text("a mixer train argument", a)
+    run_dir = Path(run_dir).resolve()
+    directives = {"job-name": job_name_for_slurm(f"mixer-train-{run_dir.name}"), "nodes": machine.nodes,
+                  "ntasks-per-node": machine.devices if machine.nodes > 1 else 1, "time": time,
+                  "output": str(run_dir / "slurm-%j.out")}
+    if machine.cuda:
+        directives["gpus-per-node"] = machine.devices
+    directives.update(slurm or {})
+    lines = [
+        "#!/bin/bash",
+        "# Written by mixer train: `sbatch " + shlex.quote(str(run_dir / SBATCH)) + "` runs this run's training in",
+        f"# an allocation of {machine.nodes} node(s) x {machine.devices} device(s); an unfinished run resumes.",
+        *(sbatch_line(k, v) for k, v in directives.items()),
+        "set -euo pipefail",
+        environment_command(),
+        f"cd {shlex.quote(str(Path(cwd or Path.cwd()).resolve()))}",
+        f"exec {shlex.join([sys.executable, '-m', 'mixer', *args])}",
+    ]
+    return "\n".join(lines) + "\n"
