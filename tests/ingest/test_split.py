@@ -20,7 +20,11 @@ from mixer.ingest.split import (
 )
 from mixer.ingest.merge import Corpus, decide_split
 
-WORDS = [f"w{i}" for i in range(3000)]
+# 3,000 random words of 2-9 letters: text whose character 5-grams are as varied as prose's
+# (words "w0".."w2999" would make every two long documents share most of their 5-grams)
+_letters = random.Random(42)
+WORDS = sorted({"".join(_letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_letters.randint(2, 9)))
+                for _ in range(3000)})
 
 
 def random_doc(rng: random.Random, n: int = 300) -> str:
