@@ -80,11 +80,13 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.store import Store, check_same_tokenizer
 
-__all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "MIN_QUOTE", "BOILERPLATE_TRAIN_DOCS",
-           "BOILERPLATE_HELDOUT_DOCS"]
+__all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "NEAR_TEXT", "MIN_QUOTE", "QUOTE_EDGE",
+           "BOILERPLATE_TRAIN_DOCS", "BOILERPLATE_HELDOUT_DOCS"]
 
 NEAR_COPY = 0.9
+NEAR_TEXT = 0.8
 MIN_QUOTE = 20
+QUOTE_EDGE = 2
 BOILERPLATE_TRAIN_DOCS = 5
 BOILERPLATE_HELDOUT_DOCS = 2
 MIN_DISTINCT = 4  # all 16,993 matches of 80 Python doc pages in 1,500 tunes had <= 3
@@ -130,7 +132,8 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
         ends.append(content_end + base)
         ids += names
         path = s.tokenizer.get("path")
-        sources.append({"source": s.name, "split": split, "store": str(s.path), "first": first, "documents": len(doc_ends),
+        sources.append({"source": s.name, "role": s.role, "split": split, "store": str(s.path), "first": first,
+                        "documents": len(doc_ends),
                         "tokenizer_path": path if path and Path(path).is_file() else None})
         base += len(toks)
         first += len(doc_ends)
@@ -511,13 +514,15 @@ def run_scan(folder: Path, executor: Executor) -> Path:
 def audit(stores: list[Store], files: list[TrainFile], work: Path, *, n: int = 13, near_copy: float = NEAR_COPY,
           min_quote: int = MIN_QUOTE, boilerplate: bool = True, boilerplate_train_docs: int = BOILERPLATE_TRAIN_DOCS,
           boilerplate_heldout_docs: int = BOILERPLATE_HELDOUT_DOCS, strict: bool = False,
-          source_ids: dict[str, int] | None = None, executor: Executor | None = None) -> dict:
+          source_ids: dict[str, int] | None = None, executor: Executor | None = None, near_text: float = NEAR_TEXT,
+          quote_edge: int = QUOTE_EDGE) -> dict:
     """Audit `files` against the held-out splits of `stores`; returns the report
     (mixer.checks.evidence.report). `source_ids` maps store names to the source ids of
     the files' provenance (a mix's manifest), which tells a document's own source apart."""
     from mixer.checks.evidence import Rule, report
 
-    rule = Rule(near_copy, min_quote, boilerplate, boilerplate_train_docs, boilerplate_heldout_docs, strict)
+    rule = Rule(near_copy, min_quote, boilerplate, boilerplate_train_docs, boilerplate_heldout_docs, strict, near_text,
+                quote_edge)
     rule.check()
     if n < 1:
         raise UsageError(f"--ngram {n}: must be at least 1")
@@ -549,7 +554,8 @@ def audit(stores: list[Store], files: list[TrainFile], work: Path, *, n: int = 1
     t2 = time.perf_counter()
     plan = json.loads((folder / "plan.json").read_text())
     streams = [Stream.from_json(s) for s in plan["streams"]]
-    rep = report(held, merged, files, streams, folder, n=n, rule=rule, source_ids=source_ids or {})
+    rep = report(held, merged, files, streams, folder, n=n, rule=rule, source_ids=source_ids or {},
+                 eos_id=int(tok["eos_id"]))
     rep["training"].update(executor=executor.kind, tasks=tasks, seconds=round(t2 - t1, 3))
     rep["heldout"]["seconds"] = round(t1 - t0, 3)
     rep["report_seconds"] = round(time.perf_counter() - t2, 3)
