@@ -48,7 +48,9 @@ class ListOptionsCommand(click.Command):
               help="Training token files or globs (instead of MIX); with --seq-len, a NAME.prov.npy next to "
                    "NAME.bin stitches its samples into source streams.")
 @click.option("--seq-len", type=int, help="--train files are samples of seq_len+1 tokens (default: flat token files).")
-@click.option("--dtype", type=click.Choice(["uint16", "uint32"]), help="Token type of --train files (default: the stores').")
+@click.option("--dtype", type=click.Choice(["uint16", "uint32"]),
+              help="Token type of --train files (default: a mix shard's manifest, else the stores'); checked against "
+                   "the files' sizes, first tokens and the vocabulary.")
 @click.option("--ngram", type=int, default=13, show_default=True, help="n-gram length in tokens.")
 @click.option("--near-copy", type=float, default=None,
               help="Flag a held-out document when one training document holds this share of its tokens (default 0.9).")

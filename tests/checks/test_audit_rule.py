@@ -246,3 +246,39 @@ def test_a_general_sources_near_copies_are_warnings_and_a_domain_leak_is_an_erro
     code, out, _ = cli(capsys, "audit", "--help")
     out = " ".join(out.split())  # as wrapped for any terminal width
     assert "are warnings, exit 0, unless --strict" in out and "A triage list, not a verdict" in out
+
+
+def test_a_dtype_the_training_files_contradict_is_refused_in_one_line(capsys, tmp_path):
+    """Issue 20 item 6: uint32 tokens audited as uint16 hold valid-looking ids that match
+    nothing, so the audit said "clean" (exit 0) on an exact leak. The dtype is checked against
+    the file (every second uint16 zero; ids past the vocabulary), a mix shard takes its dtype
+    from the manifest, and a shard whose size the manifest contradicts is refused."""
+    c = corpus(7)
+    stores_of(tmp_path / "stores", c)
+    held = tmp_path / "stores" / "dom"
+    flat = stream_of(c["dom_train"][:20] + [c["dom_test"][0]])  # an exact leak
+    wide = tmp_path / "wide.bin"
+    flat.astype("<u4").tofile(wide)
+    code, _, err = cli(capsys, "audit", "--heldout", held, "--train", wide, "--dtype", "uint32")
+    assert code == 1 and "1 held-out document(s)" in err  # read right, the leak is found
+    for args in (["--dtype", "uint16"], []):  # given, or the stores' (uint16) by default
+        code, _, err = cli(capsys, "audit", "--heldout", held, "--train", wide, *args)
+        assert code == 2 and err.count("\n") == 1 and f"{wide}: read as uint16" in err and "use --dtype uint32" in err
+    narrow = tmp_path / "narrow.bin"
+    np.append(flat, flat[-1:])[: len(flat) // 2 * 2 + 2].tofile(narrow)  # an even count: sizes fit uint32
+    code, _, err = cli(capsys, "audit", "--heldout", held, "--train", narrow, "--dtype", "uint32")
+    assert code == 2 and err.count("\n") == 1 and "outside the vocabulary" in err and str(narrow) in err
+    flat[:-1 if len(flat) % 2 == 0 else len(flat)].tofile(narrow)  # an odd count
+    code, _, err = cli(capsys, "audit", "--heldout", held, "--train", narrow, "--dtype", "uint32")
+    assert code == 1 and err.count("\n") == 1 and "wrong --dtype" in err and str(narrow) in err
+
+    mix = mix_of(capsys, tmp_path, c)
+    shard = sorted((tmp_path / "mix").glob("shard-*.bin"))[0]
+    code, _, err = cli(capsys, "audit", "--heldout", held, "--train", shard, "--dtype", "uint32")
+    assert code == 2 and "whose manifest says uint16" in err, err
+    code, rep, err = audit_json(capsys, "--heldout", held, "--train", shard)  # seq_len and sidecar from the manifest
+    assert code == 0 and rep["training"]["stitched_sources"], err
+    with open(shard, "ab") as fh:
+        fh.write(b"\0\0")
+    code, _, err = cli(capsys, "audit", mix)
+    assert code == 1 and err.count("\n") == 1 and f"{shard}: " in err and "run mixer verify" in err
