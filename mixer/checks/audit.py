@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from mixer.checks.ngrams import KeySet, NgramHasher, WindowLookup, distinct_at_least, segments, sorted_unique
+from mixer.checks.ngrams import KeySet, NgramHasher, WindowLookup, distinct_at_least, segments
 from mixer.checks.streams import (LOC_BITS, UNKNOWN_SOURCE_BIT, Reader, Stream, TrainFile, build_streams,
                                   longest_piece, make_units)
 from mixer.executors import Executor
@@ -159,13 +159,16 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
     np.not_equal(h[1:], h[:-1], out=new[1:])
     keys = h[new]
     del h
+    rank = np.cumsum(new) - 1
     key = np.empty(len(order), dtype=np.int64)
-    key[order] = np.cumsum(new) - 1
-    del order, new
-    nd = max(len(ids), 1)
-    pairs = sorted_unique(key * nd + doc)
-    df = np.bincount(pairs // nd, minlength=len(keys))
-    del pairs
+    key[order] = rank
+    # held-out documents per key: the order is stable, so a key's occurrences follow in
+    # position order and so in document order; a document's first occurrence of it is where
+    # the key or the document changes (no second sort of (key, document) pairs)
+    d = doc[order]
+    new[1:] |= d[1:] != d[:-1]
+    df = np.bincount(rank[new], minlength=len(keys))
+    del order, new, rank, d
     # anchor: the occurrence whose n-gram the fewest held-out documents share (the first such)
     anchor = np.full(len(ids), -1, dtype=np.int64)
     last = np.full(len(ids), -1, dtype=np.int64)
@@ -275,7 +278,7 @@ class Scanner:
 
     def scan(self, units: list) -> None:
         reader = Reader(self.files, self.streams, self.folder)
-        cpu = time.process_time()
+        cpu = time.thread_time()  # this task's own CPU, also when tasks are threads of one process
         try:
             for u in units:
                 s = self.streams[u.stream]
@@ -285,7 +288,7 @@ class Scanner:
                     self._documents(reader, u, s)
         finally:
             reader.close()
-        self.stats["cpu_ms"] += round(1000 * (time.process_time() - cpu))
+        self.stats["cpu_ms"] += round(1000 * (time.thread_time() - cpu))
 
     def _rows(self, reader: Reader, u, s: Stream) -> None:
         per = max(1, self.plan["chunk"] // s.row_len)
@@ -502,9 +505,25 @@ def run_scan(folder: Path, executor: Executor) -> Path:
         (out / "logs" / "completions" / err.stem).unlink(missing_ok=True)
         err.unlink()
     step = ScanFiles(str(folder.resolve()), str(out.resolve()))
-    if executor.inline:  # in-process, as `mixer build` does: no executor logs for one task
-        for _ in step.run(None, 0, 1):
-            pass
+    if executor.kind == "local":
+        # in-process, one thread per task: numpy and pread release the GIL for the work of a
+        # block, and a task loads nothing (the key set is mapped); datatrove's local workers
+        # start through a forkserver, and at 200M training tokens their start cost more than
+        # the second core saved (issue 25). A finished task's partial is kept on a rerun.
+        todo = [r for r in range(executor.tasks) if not (out / "partials" / f"{r:05d}.npz").exists()]
+
+        def one(rank: int) -> None:
+            for _ in ScanFiles(step.folder, step.out).run(None, rank, executor.tasks):
+                pass
+
+        if len(todo) == 1 or executor.local_workers == 1:
+            for r in todo:
+                one(r)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(executor.local_workers, len(todo))) as pool:
+                list(pool.map(one, todo))
     else:
         # the report needs every task's partial: on Slurm, wait for the jobs
         executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json", wait=True)
