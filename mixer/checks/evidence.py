@@ -191,7 +191,7 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
             "quote_key": quote_key, "span": span, "span_at": span_at, "span_end": span_end, "span_key": span_key,
             "ngrams": ngrams, "hits": hits,
             "share": np.divide(hits, ngrams, out=np.zeros(nd), where=ngrams > 0),
-            "discounted": np.bincount(held.doc[bi], minlength=nd), "boiler_keys": np.unique(k[bi]),
+            "discounted": np.bincount(held.doc[bi], minlength=nd), "boiler_keys": np.unique(k[bi]), "boiler_at": bi,
             "candidates": candidates}
 
 
@@ -224,7 +224,7 @@ def report(held, m: dict, files: list[TrainFile], streams: list[Stream], folder:
                                                       ev["near_loc"])
     text_check = {"pairs": tc["pairs"], "flagged": int(np.count_nonzero(by_text)), "skipped": tc["skipped"],
                   "seconds": round(time.perf_counter() - t0, 3)}
-    text = _Decoder(held)
+    text = _Decoder(held, tc["tokenizer"])
     locate = Locator(files, streams, folder)
     where = lambda loc: locate(int(loc)) if loc != NO_LOC else None  # noqa: E731
     sources = []
@@ -285,12 +285,12 @@ def _examples(held, ev: dict, m: dict, text: "_Decoder", n: int) -> list[dict]:
     if not len(keys):
         return []
     top = keys[np.argsort(-held.df[keys], kind="stable")[:200]]
-    first = np.full(len(held.keys), -1, dtype=np.int64)  # an occurrence of each key, for its text
-    first[held.key[::-1]] = np.arange(len(held.key))[::-1]
+    at = ev["boiler_at"]  # the matched boilerplate occurrences, in position order
+    o = np.argsort(held.key[at], kind="stable")
+    first = at[o][np.searchsorted(held.key[at][o], top)]  # each top key's first occurrence, for its text
     shown: list[int] = []
     out = []
-    for kk in top.tolist():
-        i = int(first[kk])
+    for kk, i in zip(top.tolist(), first.tolist()):
         p = int(held.pos[i])
         if any(abs(p - o) < n for o in shown):  # an overlapping window of an example already shown
             continue
@@ -328,8 +328,8 @@ class _Decoder:
 
     LIMIT = 48  # tokens shown per snippet
 
-    def __init__(self, held) -> None:
-        self.held, self.cache = held, {}
+    def __init__(self, held, loaded: tuple | None = None) -> None:
+        self.held, self.cache = held, dict([loaded]) if loaded else {}  # (path, tokenizer) the text check loaded
 
     def __call__(self, d: int, start: int, end: int) -> str:
         src = next(s for s in reversed(self.held.sources) if s["first"] <= d)
