@@ -131,18 +131,19 @@ def audit_recall(docs: list[tuple[str, str]], victims: list[int], enc: Encoder, 
 def false_alarms(cache: Path, tmp: Path) -> dict:
     """Flagged held-out documents of clean real mixes, default and --strict, per corpus."""
     env = {**os.environ, "MIXER_CACHE": str(cache)}
-    mixer = [sys.executable, "-m", "mixer"]
+    mixer = [sys.executable, "-m", "mixer"]  # run from `tmp`: -m puts the working folder first on sys.path
     subprocess.run(mixer + ["tokenize", "--recipe", str(ROOT / "recipes" / "samples.toml"), "--stores",
-                            str(tmp / "stores")], env=env, check=True, capture_output=True)
+                            str(tmp / "stores")], env=env, check=True, capture_output=True, cwd=tmp)
     out: dict = {}
     for domain in ("music", "proofs", "chem"):
         mix = tmp / f"mix-{domain}"
         subprocess.run(mixer + ["build", "--stores", str(tmp / "stores"), "--domain", domain, "--general", "prose",
                                 "--fraction", "0.3", "--tokens", "6M", "--seq-len", "512", "--samples-per-shard",
-                                "2000", "--out", str(mix), "--quiet"], env=env, check=True, capture_output=True)
+                                "2000", "--out", str(mix), "--quiet"], env=env, check=True, capture_output=True,
+                       cwd=tmp)
         for strict in (False, True):
             p = subprocess.run(mixer + ["audit", str(mix), "--json"] + (["--strict"] if strict else []), env=env,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, cwd=tmp)
             rep = json.loads(p.stdout)
             for s in rep["sources"]:
                 if s["source"] == "prose" and domain != "music":

@@ -17,7 +17,7 @@ shorter than n (only rule 1 applies to them). For a held-out n-gram found in tra
   tokens it covers are left out of both sides of the near-copy share. The report counts it
   and shows examples. An n-gram of one held-out document is never boilerplate.
 
-A held-out document is FLAGGED (exit 1) when any of:
+A held-out document is FLAGGED when any of:
 1. exact: its whole token content occurs contiguously in one training document (checked
    by hashing the training span, not inferred from n-grams; any length, across sample rows
    of a mix, since a mix's samples are stitched back into their sources' streams);
@@ -29,18 +29,36 @@ A held-out document is FLAGGED (exit 1) when any of:
    audited n-gram) that no matched boilerplate n-gram covers. "That document" is one of
    the 64 buckets of the training-document signature, so two training documents sharing a
    bucket count as one (an over-estimate for 1 pair in 64). A copy with 5% of its words
-   changed scores ~0.93-1.0; tune variants and sibling release notes of the real sample
-   corpora score at most 0.84 (docs/benchmarks/audit.md);
+   changed scores ~0.93-1.0. Or, by the *text check* (mixer.checks.textmatch): one
+   training document holds at least NEAR_TEXT (0.8) of its text in order, by characters.
+   Copies made by editing characters break far more token n-grams than they change
+   characters (10% of the characters substituted leave ~3% of a tune's 13-grams), so the
+   token share misses them; the n-grams that remain say which training documents to read:
+   each held-out document's TEXT_CANDIDATES (3) fullest bucket groups holding at least
+   TEXT_FLOOR (0.1) of its tokens are read back from the training streams, decoded with
+   the stores' tokenizer and compared. Copies with 5% (10%) of their characters
+   substituted score 0.68-0.97 (0.61-0.93), the nearest other document in a clean mix of
+   the real sample corpora at most 0.69 (docs/benchmarks/audit.md);
 3. quote: a passage of at least MIN_QUOTE (20) tokens of it is in the training data of a
    source other than its own (or of unknown source: training files without provenance).
    A passage is a run of consecutive n-gram positions i, i+1, ... whose n-grams are
    matched there and not boilerplate; its length is the tokens it spans, less those that
-   matched boilerplate covers. Within its own source a shared passage is the corpus's own
-   redundancy: variants of a tune share a title line, release notes repeat items of the
-   previous release, parallel developments share proofs; the split decides documents, not
-   passages, so there only copies (1, 2) count. `--strict` applies rule 3 to the document's
-   own source too. The sources of a mix are its provenance's source ids, named by the
-   manifest; training files without provenance are of unknown source.
+   matched boilerplate covers, plus up to QUOTE_EDGE (2) tokens of the document at each
+   end: a quote cut from a document at whitespace and pasted into other text tokenizes
+   differently at its edges (its first token loses or gains a space, its last one merges
+   with what follows), so in token space the matched run is shorter than the quote by
+   0-2 tokens at each end in 85-90% of real cases. Within its own source a shared passage
+   is the corpus's own redundancy: variants of a tune share a title line, release notes
+   repeat items of the previous release, parallel developments share proofs; the split
+   decides documents, not passages, so there only copies (1, 2) count. `--strict` applies
+   rule 3 to the document's own source too: a triage list (in clean real mixes it lists
+   half the held-out documents). The sources of a mix are its provenance's source ids,
+   named by the manifest; training files without provenance are of unknown source.
+
+Severity: a flagged document of a domain source's held-out split is a leak (exit 1); one of
+a general source's val split is a warning (exit 0), since web-like general corpora are
+split without near-duplicate clustering and duplicate themselves; `--strict` makes those
+leaks too (mixer.checks.evidence.severity).
 
 How (engine)
 ------------
