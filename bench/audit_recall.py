@@ -78,16 +78,26 @@ def split_recall(docs: list[tuple[str, str]], victims: list[int], seed: int) -> 
     return out
 
 
-def quote_in(host: str, text: str, enc: Encoder, rng: np.random.Generator) -> str | None:
-    """`host` with 20 tokens of `text` (cut at whitespace) pasted in quotation marks."""
+def quote_in(host: str, text: str, enc: Encoder, rng: np.random.Generator, keep: bool = False):
+    """`host` with 20 tokens of `text` (cut at whitespace) pasted in quotation marks; with
+    `keep`, the tokens of the result and the quote's 20 tokens."""
     ids = enc([text])[0]
-    space = [enc.decode(ids[i : i + 1]).startswith(" ") for i in range(len(ids))]
-    starts = [i for i in range(len(ids) // 3, len(ids) - 21) if space[i] and space[i + 20]]
+    piece = [enc.decode(ids[i : i + 1]) for i in range(len(ids))]
+    # cut at whitespace as a user cuts: before a word (a token " word"), after a word (the
+    # next token starts with whitespace), never inside a run of whitespace
+    word = [len(p) > 1 and p[0] == " " and not p[1].isspace() for p in piece]
+    ends = [bool(p) and not p[-1].isspace() for p in piece]
+    starts = [i for i in range(len(ids) // 3, len(ids) - 21)
+              if word[i] and ends[i + 19] and piece[i + 20][:1].isspace()]
     if not starts:
         return None
     a = starts[int(rng.integers(len(starts)))]
     cut = len(host) // 2
-    return host[:cut] + ' "' + enc.decode(ids[a : a + 20]).strip() + '" ' + host[cut:]
+    pasted = host[:cut] + ' "' + enc.decode(ids[a : a + 20]).strip() + '" ' + host[cut:]
+    if not keep:
+        return pasted
+    at = len(enc([host[:cut]])[0])  # the quote's tokens start about here in the result's
+    return enc([pasted])[0][max(0, at - 8) : at + 40], ids[a : a + 20]
 
 
 def audit_recall(docs: list[tuple[str, str]], victims: list[int], enc: Encoder, tmp: Path, seed: int,
@@ -156,6 +166,27 @@ def false_alarms(cache: Path, tmp: Path) -> dict:
     return out
 
 
+def quote_edges(cache: Path, enc: Encoder, count: int = 300) -> dict:
+    """How many of a quote's 20 tokens its new context changes: for `count` documents per
+    corpus, 20 tokens cut at whitespace, pasted in quotation marks into another corpus's
+    text; 20 minus the longest run of them found in the tokens of the result."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for corpus in CORPORA:
+        hosts = [t for c in CORPORA if c != corpus for _, t in corpus_docs(cache, c)[:100]]
+        lost = []
+        for _, text in corpus_docs(cache, corpus)[:count]:
+            pasted = quote_in(hosts[int(rng.integers(len(hosts)))], text, enc, rng, keep=True)
+            if pasted is None:
+                continue
+            toks, quote = pasted
+            w = {k: {tuple(x) for x in np.lib.stride_tricks.sliding_window_view(toks, k)} for k in range(1, 21)}
+            best = max((k for k in range(1, 21) for s in range(21 - k) if tuple(quote[s : s + k]) in w[k]), default=0)
+            lost.append(20 - best)
+        out[corpus] = np.bincount(lost, minlength=21).tolist()
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict:
     from mixer.demo_corpora.fetch import default_cache
 
@@ -176,6 +207,7 @@ def measure(args: argparse.Namespace) -> dict:
                   f"({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
         if not args.skip_mixes:
             res["false_alarms"] = false_alarms(cache, Path(tmp))
+    res["quote_edges"] = quote_edges(cache, enc)
     return res
 
 
@@ -198,6 +230,11 @@ def table(res: dict, name: str) -> str:
         tot = sum(r["documents"] for r in res["false_alarms"].values())
         lines.append(f"total: {sum(r['default'] for r in res['false_alarms'].values())} of {tot} by default, "
                      f"{sum(r['strict'] for r in res['false_alarms'].values())} of {tot} with --strict")
+    for corpus, hist in res.get("quote_edges", {}).items():
+        n = sum(hist)
+        lines.append(f"quote edges, {corpus}: of {n} pasted 20-token quotes, tokens changed by the paste: "
+                     + ", ".join(f"{k}: {100 * c / n:.0f}%" for k, c in enumerate(hist[:5]))
+                     + f", 5+: {100 * sum(hist[5:]) / n:.0f}%")
     return "\n".join(lines)
 
 

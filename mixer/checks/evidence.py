@@ -34,7 +34,7 @@ class Rule:
     boilerplate_heldout_docs: int
     strict: bool
     near_text: float = 0.8
-    quote_edge: int = 2
+    quote_edge: int = 1
 
     def check(self) -> None:
         if not 0.0 < self.near_copy <= 1.0:

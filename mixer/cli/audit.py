@@ -59,7 +59,7 @@ class ListOptionsCommand(click.Command):
 @click.option("--min-quote", type=int, default=None,
               help="Flag a passage of this many tokens found in another source's training data (default 20) ...")
 @click.option("--quote-edge", type=int, default=None,
-              help="... counting up to this many tokens at each end that tokenize differently in context (default 2).")
+              help="... counting up to this many tokens at each end that tokenize differently in context (default 1).")
 @click.option("--strict", is_flag=True,
               help="Also flag passages shared with the document's own source, and make a general source's findings "
                    "leaks (exit 1). A triage list, not a verdict: clean real mixes share titles, licence headers and "
