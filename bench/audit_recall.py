@@ -121,8 +121,10 @@ def audit_recall(docs: list[tuple[str, str]], victims: list[int], enc: Encoder, 
     out = {}
     for kind in [f"sub{round(100 * f)}" for f in FRACTIONS] + ["quote20"]:
         streams = {0: stream_of(rest_tokens)}
+        planted = {docs[k][0] for k in victims}
         if kind == "quote20":  # another source (1): hosts with one quote each
             quoted = [quote_in(hosts[j % len(hosts)], docs[k][1], enc, rng) for j, k in enumerate(victims)]
+            planted = {docs[k][0] for k, q in zip(victims, quoted) if q}  # a document without a word-cut window: none
             streams[1] = stream_of(enc([q for q in quoted if q]))
         else:
             f = int(kind[3:]) / 100
@@ -133,8 +135,11 @@ def audit_recall(docs: list[tuple[str, str]], victims: list[int], enc: Encoder, 
         files = [TrainFile(str(b), "<u2", SEQ_LEN + 1, str(p)) for b, p in pairs]
         rep = audit([store], files, tmp / f"work-{kind}", source_ids={"held": 0})
         flagged = {w["id"]: w["flagged"] for w in rep["sources"][0]["worst"] if w["flagged"]}
-        out[kind] = len(flagged) / len(victims)
+        out[kind] = len(planted & set(flagged)) / max(len(planted), 1)
+        out[kind + "_planted"] = len(planted)
         out[kind + "_rules"] = sorted({r for v in flagged.values() for r in v})
+        out[kind + "_missed"] = sorted(planted - set(flagged))[:10]
+        out[kind + "_false"] = sorted(set(flagged) - planted)  # flagged, not planted: a false alarm
     return out
 
 
@@ -219,7 +224,7 @@ def table(res: dict, name: str) -> str:
         s = res["split"][c]
         lines.append(f"| {c} | {a['victims']} | {s['sub5']:.2f} | {s['sub10']:.2f} | {s['sub20']:.2f} | "
                      f"{s['clusters']['largest']} | {a['sub5']:.2f} | {a['sub10']:.2f} | {a['sub20']:.2f} | "
-                     f"{a['quote20']:.2f} |")
+                     f"{a['quote20']:.2f} ({a.get('quote20_planted', a['victims'])} planted) |")
     if "false_alarms" in res:
         lines += [f"[{name}] false alarms on clean real mixes (flagged held-out documents):",
                   "| held out | documents | default | --strict | max near copy | max near text | longest quote |",
