@@ -140,7 +140,7 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
     for s in stores:
         split = s.heldout
         toks, doc_ends = np.asarray(s.tokens(split)), s.doc_ends(split).astype(np.int64)
-        doc_starts = np.concatenate([[0], doc_ends[:-1]]).astype(np.int64)
+        doc_starts = np.concatenate([[0], doc_ends[:-1]])[: len(doc_ends)].astype(np.int64)  # none: an empty split
         content_end = doc_ends - (toks[np.maximum(doc_ends - 1, 0)] == eos_id) * (doc_ends > doc_starts)
         names = s.doc_ids(split)
         if len(names) != len(doc_ends):

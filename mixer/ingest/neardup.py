@@ -58,7 +58,8 @@ VERSION = 2  # 1: word 3-grams, 16 bands x 4 rows, 0.5 (stores before this versi
 CONFIG = {"version": VERSION, "shingles": f"character {SHINGLE}-grams of the normalized UTF-8 text",
           "signature": f"one-permutation MinHash, {NUM_PERM} bins, rotation densification", "permutations": NUM_PERM,
           "bands": BANDS, "rows": NUM_PERM // BANDS, "min_similarity": MIN_SIMILARITY,
-          "candidates": "per band bucket: first member with each other, each member with the next"}
+          "candidates": "per band bucket: first member with each other, each member with the next",
+          "largest": "components over max(100, 1% of documents) re-clustered at 0.6, 0.8, 0.95, then left apart"}
 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _BLOCK = 1 << 22  # bytes hashed at a time: ~100 MB of temporaries whatever the documents' lengths
@@ -185,14 +186,13 @@ def candidates(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([star_src, order[:-1][chain]]), np.concatenate([star_dst, order[1:][chain]])
 
 
-def similar(sig: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Whether each pair's signatures agree on at least MIN_SIMILARITY of their bins."""
-    keep = np.zeros(len(src), dtype=bool)
+def similarity(sig: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The share of bins on which each pair's signatures agree (their estimated Jaccard)."""
+    out = np.zeros(len(src))
     for i in range(0, len(src), 1 << 16):  # chunks bound the (pairs x permutations) comparison
         a, b = np.asarray(sig[src[i : i + (1 << 16)]]), np.asarray(sig[dst[i : i + (1 << 16)]])
-        same = (a == b) & (a != _EMPTY)
-        keep[i : i + (1 << 16)] = same.mean(axis=1) >= MIN_SIMILARITY
-    return keep
+        out[i : i + (1 << 16)] = ((a == b) & (a != _EMPTY)).mean(axis=1)
+    return out
 
 
 def clusters(sig: np.ndarray, keys: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
@@ -203,7 +203,7 @@ def clusters(sig: np.ndarray, keys: Callable[[int], np.ndarray] | None = None) -
     time is in memory and its candidates are verified before the next band's are made, so
     the peak is ~100 bytes per document (the band's keys, their sort order, the bucket
     pairs) plus the verified pairs, not the (documents x BANDS) keys or every band's
-    unverified pairs.
+    unverified pairs. Components larger than `max_cluster(n)` are cut (`_cut`).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -211,16 +211,51 @@ def clusters(sig: np.ndarray, keys: Callable[[int], np.ndarray] | None = None) -
     n = len(sig)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    edges = np.zeros(0, dtype=np.int64)
+    edges, sims = np.zeros(0, dtype=np.int64), np.zeros(0)
     for b in range(BANDS):  # a loop over bands; each band is one vectorized sort
         src, dst = candidates(band_key(sig, b) if keys is None else keys(b))
         pairs = np.unique(np.minimum(src, dst).astype(np.int64) * n + np.maximum(src, dst))
         del src, dst
         pairs = pairs[~np.isin(pairs, edges)]  # verified in an earlier band
-        edges = np.union1d(edges, pairs[similar(sig, pairs // n, pairs % n)])
-        del pairs
-    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges // n, edges % n)), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
+        sim = similarity(sig, pairs // n, pairs % n)
+        ok = sim >= MIN_SIMILARITY
+        edges, sims = np.concatenate([edges, pairs[ok]]), np.concatenate([sims, sim[ok]])
+        del pairs, sim, ok
+
+    def components(keep: np.ndarray) -> np.ndarray:
+        e = edges[keep]
+        graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e // n, e % n)), shape=(n, n))
+        return connected_components(graph, directed=False)[1].astype(np.int64)
+
+    keep = np.ones(len(edges), dtype=bool)
+    labels = components(keep)
+    return _cut(labels, edges, sims, keep, components, max_cluster(n))
+
+
+CUT_SIMILARITY = (0.6, 0.8, 0.95)
+
+
+def max_cluster(n: int) -> int:
+    """The largest component kept as one cluster: 100 documents or 1% of the corpus."""
+    return max(100, n // 100)
+
+
+def _cut(labels, edges, sims, keep, components, cap) -> np.ndarray:
+    """Components larger than `cap` are re-clustered on their pairs of higher similarity
+    (CUT_SIMILARITY), and what is still larger is left as single documents. Text over a
+    small alphabet (DNA, a toy vocabulary of 10 words, templated records) shares most
+    of its 5-grams between any two documents: one component would hold the corpus and the
+    split would put it all on one side. Near copies proper agree on most of their bins and
+    stay together; chains of looser links break."""
+    n = len(labels)
+    for t in CUT_SIMILARITY + (None,):
+        big = np.bincount(labels) > cap
+        if not big.any():
+            return labels
+        inside = big[labels[edges // n]]  # an edge's two ends share a component
+        keep = keep & (~inside if t is None else ~inside | (sims >= t))
+        labels = components(keep)
+    return labels
 
 
 class NearDupSignatures(PipelineStep):

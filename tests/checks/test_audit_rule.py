@@ -282,3 +282,15 @@ def test_a_dtype_the_training_files_contradict_is_refused_in_one_line(capsys, tm
         fh.write(b"\0\0")
     code, _, err = cli(capsys, "audit", mix)
     assert code == 1 and err.count("\n") == 1 and f"{shard}: " in err and "run mixer verify" in err
+
+
+def test_a_store_with_an_empty_held_out_split_is_audited_with_the_others(capsys, tmp_path):
+    """A corpus whose near-duplicate clusters all fell on the train side holds no test
+    document; the audit of a mix with it reports 0 documents for it, not a crash."""
+    c = corpus(8)
+    c["dom_test"] = []
+    c["dom_train"][2] = c["gen_val"][1].copy()  # a general val document copied: a warning
+    mix = mix_of(capsys, tmp_path, c)
+    code, rep, err = audit_json(capsys, mix)
+    assert code == 0 and [(s["source"], s["documents"], s["flagged"]) for s in rep["sources"]] == [("dom", 0, 0),
+                                                                                                  ("gen", 6, 1)], err
