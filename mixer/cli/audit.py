@@ -79,7 +79,8 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, near_copy, near_text, min_
 
     Exit 1 on leaks: a domain source's flagged held-out documents. A general source's
     (its val split, for forgetting) are warnings, exit 0, unless --strict: near copies
-    inside web-like corpora are their own duplication. Exit 2 on bad input.
+    inside web-like corpora are their own duplication. Exit 2 on bad flags (a --dtype
+    the files contradict), 1 on unreadable data.
 
     \b
     mixer audit mixes/spt-2pct
