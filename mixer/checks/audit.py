@@ -53,7 +53,7 @@ A held-out document is FLAGGED when any of:
    repeat items of the previous release, parallel developments share proofs; the split
    decides documents, not passages, so there only copies (1, 2) count. `--strict` applies
    rule 3 to the document's own source too: a triage list (in clean real mixes it lists
-   half the held-out documents). The sources of a mix are its provenance's source ids,
+   44% of the held-out documents). The sources of a mix are its provenance's source ids,
    named by the manifest; training files without provenance are of unknown source.
 
 Severity: a flagged document of a domain source's held-out split is a leak (exit 1); one of

@@ -214,7 +214,7 @@ def report(held, m: dict, files: list[TrainFile], streams: list[Stream], folder:
     t0 = time.perf_counter()
     reader = Reader(files, streams, folder)
     try:
-        tc = textmatch.check(held, ev, m["loc"], reader, streams, eos_id, rule)
+        tc = textmatch.check(held, ev, m["loc"], reader, streams, eos_id)
     finally:
         reader.close()
     by_text = tc["text"] >= rule.near_text

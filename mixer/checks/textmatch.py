@@ -91,7 +91,7 @@ def aligned_share(a: bytes, b: bytes) -> float:
     return float(np.count_nonzero(np.cumsum(covered[:-1]) > 0)) / len(x)
 
 
-def check(held, ev: dict, loc: np.ndarray, reader, streams: list, eos_id: int, rule) -> dict:
+def check(held, ev: dict, loc: np.ndarray, reader, streams: list, eos_id: int) -> dict:
     """The text check of the documents the scan points at (`ev["candidates"]`: held-out
     document, representative n-gram, its position, the group's token share). Returns per
     held-out document the best aligned share and the location of the n-gram that led to
