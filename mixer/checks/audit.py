@@ -76,7 +76,8 @@ training data. Per matched key a task keeps the signature of its training docume
 set of sources it was found in, and its first location; an exact copy is
 confirmed where a document's anchor n-gram is found by hashing the span the document would
 fill. Each task writes its partial result atomically and `merge` combines them (OR, min);
-a rerun with the same `work` folder skips finished tasks (datatrove completion files).
+a rerun with the same `work` folder skips finished tasks (their partials locally, where
+tasks are threads of the audit process; datatrove completion files on Slurm and Ray).
 """
 
 from __future__ import annotations
