@@ -59,7 +59,8 @@ CONFIG = {"version": VERSION, "shingles": f"character {SHINGLE}-grams of the nor
           "signature": f"one-permutation MinHash, {NUM_PERM} bins, rotation densification", "permutations": NUM_PERM,
           "bands": BANDS, "rows": NUM_PERM // BANDS, "min_similarity": MIN_SIMILARITY,
           "candidates": "per band bucket: first member with each other, each member with the next",
-          "largest": "components over max(100, 1% of documents) re-clustered at 0.6, 0.8, 0.95, then left apart"}
+          "largest": "components over max(2%, min(100, 20%)) of the documents re-clustered at 0.6, 0.8, 0.95, "
+                     "then left apart"}
 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _BLOCK = 1 << 22  # bytes hashed at a time: ~100 MB of temporaries whatever the documents' lengths
@@ -236,8 +237,9 @@ CUT_SIMILARITY = (0.6, 0.8, 0.95)
 
 
 def max_cluster(n: int) -> int:
-    """The largest component kept as one cluster: 100 documents or 1% of the corpus."""
-    return max(100, n // 100)
+    """The largest component kept as one cluster: a fifth of a small corpus, 100 documents,
+    2% of a large one (so one cluster never decides a held-out split of a few percent)."""
+    return max(n // 50, min(100, n // 5))
 
 
 def _cut(labels, edges, sims, keep, components, cap) -> np.ndarray:
