@@ -66,9 +66,16 @@ def fingerprint(spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo) ->
     what = {
         "parts_format": PARTS_FORMAT, "files": stat, "tokenizer": tok.sha256, "eos_id": tok.eos_id,
         "text_key": spec.text_key, "id_key": spec.id_key, "on_bad_record": spec.on_bad_record,
-        "near_duplicates": spec.use_near_duplicates,
+        # the signature method: parts (.minhash) and stores of another version are not reused
+        "near_duplicates": spec.use_near_duplicates and _neardup_version(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _neardup_version() -> int:
+    from mixer.ingest.neardup import VERSION
+
+    return VERSION
 
 
 def _check_study_tokenizer(stores: Path, spec: SourceSpec, tok: TokenizerInfo, force: bool) -> None:
