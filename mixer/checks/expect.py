@@ -29,6 +29,7 @@ _RECIPE = {  # field: (default, kind)
     "seed": (0, "int"), "window": ([0.0, 1.0], "window"), "max_epochs": (100.0, "real"),
     "samples_per_shard": (None, "count"), "domain_subset_tokens": (None, "count"), "subset_seed": (0, "int"),
     "exclude_seen_in": ([], "paths"), "name": (None, "name"), "extra": ([], "extra"),
+    "max_general_epochs": (4.0, "real"),  # left out of the recipe when it is the default
 }
 
 
@@ -161,8 +162,8 @@ def _recipe(raw: object, where: str) -> dict:
         if bad:
             raise MixerError(f"{where}: recipe.{key} = {v!r} is not a valid value")
         out[key] = v
-    if out["seq_len"] < 1 or not out["max_epochs"] > 0:
-        raise MixerError(f"{where}: recipe.seq_len must be at least 1 and max_epochs positive")
+    if out["seq_len"] < 1 or not out["max_epochs"] > 0 or not out["max_general_epochs"] > 0:
+        raise MixerError(f"{where}: recipe.seq_len must be at least 1, max_epochs and max_general_epochs positive")
     return out
 
 
@@ -321,6 +322,8 @@ def _expected_mix(manifest: dict, mix: Path, visiting: frozenset[str]) -> Expect
     for (role, store), k in zip(opened, wanted):
         src = Source(len(sources), store.name, role or store.role, store, streams[store.name], k,
                      trains_general if role == "general" else k > 0)
+        # (max_general_epochs is not re-checked: mixes built before it existed repeat general data
+        # beyond its default, and the field is left out of a recipe at its default)
         if role != "general" and src.samples and src.stream_tokens / src.stream.epoch_tokens > r["max_epochs"]:
             raise MixerError(f"{where}: {store.name} repeats {src.stream_tokens / src.stream.epoch_tokens:.1f} epochs, "
                              f"more than the recipe's max_epochs {r['max_epochs']:g}")

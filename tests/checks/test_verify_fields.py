@@ -29,7 +29,8 @@ def mixes(stores, tmp_path_factory):
     two = MixSpec(stores=str(stores), domain="music", fraction=0.1, tokens=48_000, seq_len=L, samples_per_shard=700,
                   window=(0.1, 1.0))
     nsrc = MixSpec(stores=str(stores), domain="music", general="prose", fraction=0.05, tokens=64_000, seq_len=L,
-                   samples_per_shard=900, extra=[("proofs", 0.03)])
+                   samples_per_shard=900, extra=[("proofs", 0.03)],
+                   max_general_epochs=10)  # a general stream of several epochs is part of what verify must recount
     ft = MixSpec(stores=str(stores), domain="music", epochs=2.5, seq_len=L, samples_per_shard=100)
     for name, spec in (("two", two), ("nsrc", nsrc), ("ft", ft)):
         build(spec, root / name, progress=False)
