@@ -34,9 +34,9 @@ class Machine(Protocol):
 
 @dataclass(frozen=True)
 class HeldoutFile:
-    """Held-out samples a mix does not hold (the domain validation split), which mixer writes
-    into RUN before launch: `samples` rows of seq_len + 1 token ids in the mix's dtype, C order,
-    as a mix's eval/*.bin."""
+    """Held-out samples to validate on besides the mix's eval sets (the domain validation split
+    a finetune is early-stopped on, a sample set of the mix: mixer.formats.sample_sets):
+    `samples` rows of seq_len + 1 token ids in the mix's dtype, C order, as a mix's eval/*.bin."""
 
     path: Path
     samples: int
