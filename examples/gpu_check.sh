@@ -37,10 +37,12 @@ export MIXER_CACHE="$CACHE"
 if [ "$mode" = gpu ]; then
   # olmo-300m at the issue's settings: 32 x 2048-token samples per step, micro-batch 8, one GPU
   model=olmo-300m seq=2048 tokens=2M batch=(--batch-size 32 --micro-batch-size 8) subset=300K ft_epochs=2
+  held_out=0.02
   machine=(--devices 1) train_cap=() eval_cap=()
 else
   # the same steps on a CPU in a few minutes: GPT-2's 50,257-id softmax dominates a tiny model's step
-  model=tiny seq=128 tokens=24K batch=(--batch-size 16) subset=8K ft_epochs=2
+  # and a smaller music val/test split: a finetune validates on all of it at every step
+  model=tiny seq=128 tokens=24K batch=(--batch-size 16) subset=8K ft_epochs=2 held_out=0.004
   machine=(--threads 1) train_cap=(--eval-samples 16) eval_cap=(--max-samples 16)
 fi
 
@@ -67,7 +69,7 @@ say "tokenize with GPT-2"
 mixer tokenize --source prose --role general --input "$samples/pydocs.jsonl.zst" \
   --input "$samples/perldocs.jsonl.zst" --tokenizer "$tok" --test-fraction 0.03 --stores "$WORK/stores"
 mixer tokenize --source music --role domain --input "$samples/music.jsonl.zst" --tokenizer "$tok" \
-  --test-fraction 0.02 --stores "$WORK/stores"
+  --test-fraction "$held_out" --stores "$WORK/stores"
 
 say "build an SPT mix (5% music) and a finetune mix at seq-len $seq"
 common=(--stores "$WORK/stores" --domain music --domain-subset "$subset" --seq-len "$seq" --quiet)

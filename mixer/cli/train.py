@@ -187,7 +187,7 @@ def _report(meta: dict, as_json: bool) -> None:
              f"{meta.get('tokens', 0):,} tokens; mix {meta['mix']}"]
     capped = (meta.get("hparams") or {}).get("warmup_capped")
     if capped:
-        lines.append(f"warmup: {meta['hparams'].get('warmup', capped['capped_to'])} steps: {capped['reason']}")
+        lines.append(f"warmup capped: {capped['reason']}")
     if best:
         where = f"{best['run']}/{best['checkpoint']}" if "run" in best else best["checkpoint"]
         on = best.get("selected_on", "test")
