@@ -414,6 +414,8 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_sampl
     timing = _trainer_timing(plan.trainer, run_dir, started)
     end = time.perf_counter()
     meta["time"] = breakdown(timing, trained - t0, end - trained if evaluate else None, end - t0)
+    if timing and timing.get("environment"):
+        meta["environment"] = timing["environment"]
     if timing and timing.get("tokens"):
         meta["throughput"] = throughput(int(timing["tokens"]), float(timing["train_steps"]),
                                         timing.get("flops_per_token"), timing.get("device"),
@@ -535,7 +537,8 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
     where = next((n for n, b in winners.items() if b is best), None)
     points = [{"run": n, "lr": m["hparams"]["lr"], "lr_ratio": m["hparams"].get("lr_ratio"),
                "warmup": m["hparams"]["warmup"], "best": _best(read_evals(out / n), on)} for n, m in results]
-    root = {**{k: first[k] for k in first if k not in ("hparams", "best", "status", "name", "time", "throughput")},
+    own = ("hparams", "best", "status", "name", "time", "throughput", "environment")  # each point's, not the grid's
+    root = {**{k: first[k] for k in first if k not in own},
             "name": out.name, "kind": kind,
             "hparams": {"grid": grid, "reference_lr": first["hparams"].get("reference_lr"), "points": points},
             "best": {"run": where, **_best([best], on)} if best else None, "status": "done",

@@ -147,3 +147,19 @@ def test_best_eval_ignores_missing_and_nan_losses(tmp_path):
     assert best_eval(rows, "val") is None  # nothing was scored on a validation split
     with pytest.raises(ValueError, match="select on 'train'"):
         best_eval(rows, "train")
+
+
+def test_the_score_in_bf16_autocast_is_the_float32_score_within_bf16_rounding():
+    """A GPU run is scored under bf16 autocast (LitGPT.load_for_eval); the same code on CPU."""
+    import torch
+    from litgpt.model import GPT, Config
+
+    from mixer.training.evaluate import mean_loss
+    from trainer_adapters.litgpt.presets import get_preset
+
+    torch.manual_seed(0)
+    model = GPT(Config(**get_preset("tiny").model_config(128, 32))).eval()
+    samples = np.random.default_rng(0).integers(0, 127, size=(40, 33))
+    full = mean_loss(model, samples, batch_size=16, device="cpu")
+    half = mean_loss(model, samples, batch_size=16, device="cpu", autocast="bfloat16")
+    assert half != full and half == pytest.approx(full, abs=0.02)

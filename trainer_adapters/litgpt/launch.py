@@ -150,7 +150,7 @@ class Clock:
                 "iterations": len(self.marks), "tokens": tokens,
                 "tokens_per_second": round(tokens / steps, 1) if steps > 0 else None,
                 "checkpoint_bytes": self.bytes, "device": self.info.get("device"), "devices": self.info.get("devices"),
-                "finished": time.time()}
+                "environment": self.info.get("environment"), "finished": time.time()}
 
 
 class _TimedLoader:
@@ -304,7 +304,7 @@ def install(hooks: dict, log_file: Path, clock: Clock | None = None) -> None:
         device = fabric.device
         clock.info.update(last_step=max_iters // accumulation, accumulation=accumulation,
                           tokens_per_iteration=per_iteration * fabric.world_size, devices=fabric.world_size,
-                          device=_device_name(device))
+                          device=_device_name(device), environment=environment(device))
         kwargs["train_dataloader"] = _TimedLoader(kwargs["train_dataloader"], clock.marks)
         try:
             return orig_fit(**kwargs)
@@ -318,6 +318,22 @@ def _device_name(device) -> str:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def environment(device) -> dict:
+    """What decides a run's bits besides its inputs: two runs agree bitwise on CPU only with the
+    same torch, thread count and processor (docs/trainers.md, Reproducibility)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"device": _device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "threads": torch.get_num_threads(), "cpu": cpu, "python": platform.python_version()}
 
 
 def config_path(argv: list[str]) -> Path:
