@@ -441,12 +441,9 @@ def record_best(run_dir: Path) -> dict:
     on = meta.get("select_on") or "test"
     if "grid" in hp:
         points = hp.get("points") or []
-        winners = {p["run"]: b for p in points if (b := best_eval(read_evals(run_dir / p["run"]), on))}
-        best = best_eval(winners.values(), on)
+        meta["best"], bests = grid_winner(run_dir, [p["run"] for p in points], on)
         for p in points:
-            p["best"] = _best(read_evals(run_dir / p["run"]), on)
-        where = next((n for n, b in winners.items() if b is best), None)
-        meta["best"] = {"run": where, **_best([best], on)} if best else None
+            p["best"] = bests[p["run"]]
     elif meta.get("kind") != "pretrain":
         meta["best"] = _best(read_evals(run_dir), on)
     meta["evaluated"] = True
@@ -455,6 +452,16 @@ def record_best(run_dir: Path) -> dict:
 
 
 # -- grids ------------------------------------------------------------------------------
+
+
+def grid_winner(out: Path, names: list[str], on: str) -> tuple[dict | None, dict[str, dict | None]]:
+    """A grid's winner (`{"run", "checkpoint", ...}`: the lowest loss on split `on` over every
+    checkpoint of every grid point) and each grid point's own best, from their evals.jsonl."""
+    rows = {n: read_evals(out / n) for n in names}
+    winners = {n: b for n, b in ((n, best_eval(r, on)) for n, r in rows.items()) if b}
+    best = best_eval(winners.values(), on)
+    where = next((n for n, b in winners.items() if b is best), None)
+    return ({"run": where, **_best([best], on)} if best else None), {n: _best(r, on) for n, r in rows.items()}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
@@ -532,16 +539,13 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
         results.append((name, meta))
     first = results[0][1]
     on = first.get("select_on") or "test"
-    winners = {name: b for name, b in ((n, best_eval(read_evals(out / n), on)) for n, _ in results) if b}
-    best = best_eval(winners.values(), on)
-    where = next((n for n, b in winners.items() if b is best), None)
+    best, bests = grid_winner(out, [n for n, _ in results], on)
     points = [{"run": n, "lr": m["hparams"]["lr"], "lr_ratio": m["hparams"].get("lr_ratio"),
-               "warmup": m["hparams"]["warmup"], "best": _best(read_evals(out / n), on)} for n, m in results]
+               "warmup": m["hparams"]["warmup"], "best": bests[n]} for n, m in results]
     own = ("hparams", "best", "status", "name", "time", "throughput", "environment")  # each point's, not the grid's
     root = {**{k: first[k] for k in first if k not in own},
             "name": out.name, "kind": kind,
             "hparams": {"grid": grid, "reference_lr": first["hparams"].get("reference_lr"), "points": points},
-            "best": {"run": where, **_best([best], on)} if best else None, "status": "done",
-            "evaluated": all(m.get("evaluated", True) for _, m in results)}
+            "best": best, "status": "done", "evaluated": all(m.get("evaluated", True) for _, m in results)}
     write_json(out / "run.json", root)
     return root
