@@ -100,3 +100,48 @@ def test_runs_of_an_older_mixer_resume_from_their_whole_state_files(tmp_path):
     weights_only = tmp_path / "w"
     _save(weights_only, model, optimizer, 3, last_step=3)
     assert ckpts.resume_point(weights_only) is None
+
+
+def _install(monkeypatch, tmp_path, seconds: str, hooks: dict | None = None, resumed_at: int = 0):
+    from litgpt import pretrain
+
+    for name in ("validate", "save_checkpoint", "get_lr", "fit"):
+        monkeypatch.setattr(pretrain, name, getattr(pretrain, name))  # restored after the test
+    monkeypatch.setattr(pretrain, "save_checkpoint", litgpt_save)
+    monkeypatch.setenv("MIXER_RESUME_SECONDS", seconds)
+    launch.install(hooks or {}, tmp_path / "early_stopping.jsonl", resumed_at=resumed_at)
+    return pretrain
+
+
+@pytest.mark.parametrize("seconds, kept", [("0", ["step-00000003"]), ("3600", [])])
+def test_resume_states_are_written_at_most_every_so_many_seconds(monkeypatch, tmp_path, seconds, kept):
+    """A short run (a finetune of a minute) pays for no resume state by default; MIXER_RESUME_SECONDS=0
+    writes one at every step checkpoint (the latest kept)."""
+    pretrain = _install(monkeypatch, tmp_path, seconds)
+    model, optimizer = _trained()
+    for step in (1, 2, 3):
+        pretrain.save_checkpoint(FakeFabric(), _state(model, optimizer, step), None,
+                                 tmp_path / "out" / f"step-{step:08d}" / "lit_model.pth")
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/resume.pth")) == kept
+    assert len(list((tmp_path / "out").glob("*/lit_model.pth"))) == 3
+
+
+def test_a_resume_from_an_earlier_checkpoint_drops_the_later_judgements(monkeypatch, tmp_path):
+    """Steps after the resume point train again: their early-stopping judgements are made again."""
+    import json
+
+    log = tmp_path / "early_stopping.jsonl"
+    rows = [{"checkpoint": f"step-{s:08d}", "val_loss": v, "best_loss": b, "without_improvement": w}
+            for s, v, b, w in ((2, 3.0, 3.0, 0), (4, 2.5, 2.5, 0), (6, 2.6, 2.5, 1), (8, 2.7, 2.5, 2))]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.yaml").write_text(f"resume: {tmp_path}/out/step-00000004/resume.pth\n")
+    assert launch.resume_step(tmp_path / "config.yaml") == 4
+    stop = launch.EarlyStopping(2, 0.0, log, resumed_at=4)
+    assert (stop.best, stop.bad) == (2.5, 0)
+    assert stop.judge(2.4) is False
+    stop.record(FakeFabric(), "step-00000006", 2.4)
+    assert [json.loads(x)["checkpoint"] for x in log.read_text().splitlines()] == [
+        "step-00000002", "step-00000004", "step-00000006"]
+    assert launch.EarlyStopping(2, 0.0, log, resumed_at=0).bad == 0  # a fresh start: nothing counts
+    (tmp_path / "config.yaml").write_text("resume: false\n")
+    assert launch.resume_step(tmp_path / "config.yaml") == 0

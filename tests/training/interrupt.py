@@ -17,9 +17,10 @@ def resume_steps(run: Path) -> list[int]:
 def kill_mid_run(cmd: list[str], run: Path, env: dict | None = None, timeout: float = 600) -> int:
     """Run `cmd` (a `mixer train` command writing RUN) and SIGKILL its whole process group as
     soon as a step checkpoint's resume state is complete: a run killed while training. Returns
-    the step it can resume from (the latest resume state left)."""
+    the step it can resume from (the latest resume state left). Resume states are written at
+    every step checkpoint (MIXER_RESUME_SECONDS=0), as a run of hours writes them."""
     p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, **(env or {})})
+                         env={**os.environ, "MIXER_RESUME_SECONDS": "0", **(env or {})})
     deadline = time.monotonic() + timeout
     try:
         while not resume_steps(run):

@@ -78,24 +78,32 @@ def test_training_imports_no_mixing_code():
     assert p.stdout.strip() == "[]"
 
 
-def test_a_store_re_split_after_the_build_changes_nothing_a_run_reads_and_verify_names_it(tmp_path, capsys):
+def test_a_store_re_split_after_the_build_changes_nothing_a_run_reads_and_verify_names_it(tmp_path, capsys,
+                                                                                          monkeypatch):
     """Issue: after a re-split of the domain store, finetune selection read the new val split,
     most of whose documents were training documents of the mix."""
     import numpy as np
 
-    from mixer.formats.mix import MixFiles
-    from mixer.training import runner
+    from mixer.training import registry, runner
     from mixutil import markov_docs, write_store
 
+    monkeypatch.setattr(registry, "TRAINERS", dict(registry.TRAINERS))
+    monkeypatch.setattr(registry, "_loaded", {})
+    registry.register("count", "count_trainer:TRAINER")
     stores = make_stores(tmp_path / "stores", general_docs=300, domain_docs=30)
+    spt = build(stores, tmp_path / "spt", "--fraction", "0.1", "--tokens", "12K", "--seq-len", "32")
     ft = build(stores, tmp_path / "ft", "--epochs", "4", "--seq-len", "32")
+    code, _, err = run_cli(capsys, "train", "pretrain", str(spt), "--model", "bigram", "--trainer", "count", "--out",
+                           str(tmp_path / "pre"))
+    assert code == 0, err
     val_before = (ft / "eval" / "music-val.bin").read_bytes()
     # the domain store written again with other splits (as `mixer tokenize --test-fraction 0.3 --seed 7 --force`)
     shutil.rmtree(stores / "music")
     docs = markov_docs(90, 3, table_seed=200)
     write_store(stores, "music", "domain", {"train": docs[:40], "val": docs[40:70], "test": docs[70:]})
-    got = runner.selection_set(MixFiles.open(ft))
-    assert got.path == ft / "eval" / "music-val.bin" and np.asarray(got.samples).tobytes() == val_before
+    plan = runner.plan_finetune("finetune", ft, tmp_path / "run", tmp_path / "pre", lr=0.5, dry_run=True)
+    (held,) = plan.spec.val_files.values()  # what the finetune is early-stopped and chosen on
+    assert held.path == ft / "eval" / "music-val.bin" and np.asarray(held.read(plan.spec.mix)).tobytes() == val_before
     code, _, err = run_cli(capsys, "verify", str(ft), "--quiet")
     assert code == 1 and "music" in err and len(err.strip().splitlines()) == 1
 

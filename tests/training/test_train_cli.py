@@ -188,6 +188,7 @@ def test_early_stopping_hook_stops_after_patience_and_keeps_complete_checkpoints
     monkeypatch.setattr(pretrain, "save_checkpoint", litgpt_save)
     monkeypatch.setattr(pretrain, "get_lr", pretrain.get_lr)
     monkeypatch.setattr(pretrain, "fit", pretrain.fit)
+    monkeypatch.setenv("MIXER_RESUME_SECONDS", "0")  # a resume state at every step checkpoint
     log = tmp_path / "early_stopping.jsonl"
     launch.install({"early_stopping": {"patience": 2}}, log)
     fabric, model = FakeFabric(), torch.nn.Linear(2, 2)

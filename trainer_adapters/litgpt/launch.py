@@ -15,12 +15,13 @@ right after the checkpoint is complete on disk, so the stop never leaves a half-
 Each judgement is appended to RUN/early_stopping.jsonl, which also restores the state on
 --resume.
 
-Always (`light_checkpoints`): a checkpoint folder's lit_model.pth holds the model weights
-alone, in the dtype they trained in (a quarter of LitGPT's file with AdamW: no optimizer
-state); the state a resume needs (model, optimizer, loader position, counts: LitGPT's own
-checkpoint) goes to resume.pth of the latest step checkpoint only, and the one before it is
-deleted once the new one is complete. The last step writes none (the run ends right after)
-and `final` is a hard link to the last step's weights when that step was saved. Every file
+Always (`save_light`): a checkpoint folder's lit_model.pth holds the model weights alone, in
+the dtype they trained in (a third of LitGPT's file with AdamW: no optimizer state); the
+state a resume needs (model, optimizer, loader position, counts: LitGPT's own checkpoint)
+goes to resume.pth of a step checkpoint when RESUME_SECONDS of the launch passed since the
+last one, and the one before it is deleted once the new one is complete, so one is kept. The
+last step writes none (the run ends right after) and `final` is a hard link to the last
+step's weights when that step was saved. Every file
 is written under a temporary name and renamed, so a killed save never leaves a torn file
 that a resume or an evaluation would read. And `timing` appends to RUN/timing.jsonl how
 the process spent its time (startup, compile, steps, validation, checkpoint writes).
@@ -42,6 +43,11 @@ from pathlib import Path
 HOOKS = "launch.json"
 TIMING = "timing.jsonl"
 WEIGHTS, RESUME = "lit_model.pth", "resume.pth"
+# A resume state (LitGPT's whole state: 12 bytes a parameter in float32 with AdamW, 14 GB for
+# olmo-1b) is written at a step checkpoint when this many seconds of the launch passed since the
+# last one (or since training started): insurance against losing hours, not a cost every short
+# finetune pays. MIXER_RESUME_SECONDS=0: at every step checkpoint.
+RESUME_SECONDS = 600.0
 COMPILE_ITERATIONS = 3  # torch.compile traces and compiles in the first iterations (and re-traces once after eval)
 
 
@@ -114,6 +120,7 @@ class Clock:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        self.last_resume = self.t0  # when a resume state was last written (or training started)
         self.spans: list[tuple[str, float, float]] = []
         self.marks: list[float] = []  # when each training micro-batch was handed to the loop
         self.fit_end: float | None = None
@@ -173,15 +180,17 @@ class _TimedLoader:
 
 class EarlyStopping:
     """Patience on the validation loss of each saved step checkpoint; the judgements are in
-    RUN/early_stopping.jsonl, which restores the state on --resume."""
+    RUN/early_stopping.jsonl, which restores the state on --resume: the judgements of the
+    checkpoints up to the one resumed from count, later ones (trained again now) are dropped."""
 
-    def __init__(self, patience: int, min_delta: float, log_file: Path) -> None:
+    def __init__(self, patience: int, min_delta: float, log_file: Path, resumed_at: int = 0) -> None:
         self.patience, self.min_delta, self.log_file = patience, min_delta, log_file
         self.best, self.bad = math.inf, 0
-        if log_file.exists():  # resuming: the judgements so far still count
-            for line in log_file.read_text().splitlines():
-                row = json.loads(line)
-                self.best, self.bad = row["best_loss"], row["without_improvement"]
+        rows = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+        self.kept = [r for r in rows if _step_of_name(r["checkpoint"]) <= resumed_at]
+        self.rewrite = len(self.kept) != len(rows)  # rank 0 rewrites the log before its next line
+        for row in self.kept:
+            self.best, self.bad = row["best_loss"], row["without_improvement"]
 
     def judge(self, loss: float) -> bool:
         """Whether to stop after this checkpoint. Every rank evaluates the whole held-out set on
@@ -193,10 +202,28 @@ class EarlyStopping:
         return self.bad >= self.patience
 
     def record(self, fabric, name: str, loss: float) -> None:
-        if fabric.global_rank == 0:
-            with open(self.log_file, "a") as f:
-                f.write(json.dumps({"checkpoint": name, "val_loss": loss, "best_loss": self.best,
-                                    "without_improvement": self.bad}) + "\n")
+        if fabric.global_rank != 0:
+            return
+        if self.rewrite:
+            tmp = self.log_file.with_name(f".{self.log_file.name}.partial")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.kept))
+            os.replace(tmp, self.log_file)
+            self.rewrite = False
+        with open(self.log_file, "a") as f:
+            f.write(json.dumps({"checkpoint": name, "val_loss": loss, "best_loss": self.best,
+                                "without_improvement": self.bad}) + "\n")
+
+
+def _step_of_name(name: str) -> int:
+    return int(name.split("-")[1]) if name.startswith("step-") else 0
+
+
+def resume_step(config: Path) -> int:
+    """The step a run resumes from: that of config.yaml's `resume` checkpoint (0: a fresh start)."""
+    import yaml
+
+    resume = (yaml.safe_load(config.read_text()) or {}).get("resume") if config.is_file() else None
+    return _step_of_name(Path(resume).parent.name) if isinstance(resume, str) and resume else 0
 
 
 def _link_checkpoint(src: Path, dest: Path) -> bool:
@@ -248,11 +275,14 @@ def save_light(fabric, state: dict, tokenizer_dir, folder: Path, orig_save, resu
             for old in folder.parent.glob(f"step-*/{RESUME}"):
                 if old.parent != folder:
                     old.unlink(missing_ok=True)
+        if clock is not None:
+            clock.last_resume = time.perf_counter()
     fabric.barrier()
 
 
-def install(hooks: dict, log_file: Path, clock: Clock | None = None) -> None:
-    """Every hook: the optional ones launch.json asks for, light checkpoints and timing always."""
+def install(hooks: dict, log_file: Path, clock: Clock | None = None, resumed_at: int = 0) -> None:
+    """Every hook: the optional ones launch.json asks for, light checkpoints and timing always.
+    `resumed_at`: the step the run resumes from (0: from the start)."""
     from litgpt import pretrain
 
     _require(pretrain, ("get_lr", "validate", "save_checkpoint", "fit"))
@@ -269,7 +299,9 @@ def install(hooks: dict, log_file: Path, clock: Clock | None = None) -> None:
         pretrain.get_lr = get_lr
 
     stop = hooks.get("early_stopping")
-    judge = EarlyStopping(int(stop["patience"]), float(stop.get("min_delta", 0.0)), log_file) if stop else None
+    judge = EarlyStopping(int(stop["patience"]), float(stop.get("min_delta", 0.0)), log_file, resumed_at) if stop \
+        else None
+    every = float(os.environ.get("MIXER_RESUME_SECONDS", RESUME_SECONDS))
     orig_validate, orig_save, orig_fit = pretrain.validate, pretrain.save_checkpoint, pretrain.fit
     last: dict = {"loss": None}
 
@@ -287,8 +319,10 @@ def install(hooks: dict, log_file: Path, clock: Clock | None = None) -> None:
         judged = judge is not None and folder.name.startswith("step-") and loss is not None
         stopping = judged and judge.judge(loss)
         start = time.perf_counter()
-        save_light(fabric, train_state, tokenizer_dir, folder, orig_save, not stopping, clock.info.get("last_step"),
-                   clock)
+        # one decision for all ranks (a clock's is its own): saving the state is collective under FSDP
+        due = fabric.broadcast(start - clock.last_resume >= every, src=0)
+        save_light(fabric, train_state, tokenizer_dir, folder, orig_save, due and not stopping,
+                   clock.info.get("last_step"), clock)
         clock.span("checkpoints", start)
         if judged:  # recorded once the checkpoint is complete on disk
             judge.record(fabric, folder.name, loss)
@@ -306,6 +340,7 @@ def install(hooks: dict, log_file: Path, clock: Clock | None = None) -> None:
                           tokens_per_iteration=per_iteration * fabric.world_size, devices=fabric.world_size,
                           device=_device_name(device), environment=environment(device))
         kwargs["train_dataloader"] = _TimedLoader(kwargs["train_dataloader"], clock.marks)
+        clock.last_resume = time.perf_counter()
         try:
             return orig_fit(**kwargs)
         finally:
@@ -356,10 +391,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] != ["pretrain"]:
         raise SystemExit("usage: python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml")
     clock = Clock()
-    run_dir = config_path(argv).parent
+    config = config_path(argv)
+    run_dir = config.parent
     hooks_file = run_dir / HOOKS
     hooks = json.loads(hooks_file.read_text()) if hooks_file.is_file() else {}
-    install(hooks, run_dir / "early_stopping.jsonl", clock)
+    install(hooks, run_dir / "early_stopping.jsonl", clock, resume_step(config))
     resume_on_any_ranks()
     from litgpt.__main__ import main as litgpt_main
 
