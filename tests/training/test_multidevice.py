@@ -192,7 +192,7 @@ def test_launcher_takes_litgpts_arguments_and_finds_the_hooks_beside_the_config(
     """Lightning starts ranks 1..N-1 by re-running the launcher's command line, so that line
     must be complete: `pretrain --config RUN/config.yaml`, hooks from RUN/launch.json."""
     got = {}
-    monkeypatch.setattr(launch, "install", lambda hooks, log, clock: got.update(hooks=hooks, log=log))
+    monkeypatch.setattr(launch, "install", lambda hooks, log, clock, resumed_at: got.update(hooks=hooks, log=log))
     monkeypatch.setattr(launch, "resume_on_any_ranks", lambda: got.update(resume=True))
     import litgpt.__main__
 
