@@ -503,7 +503,8 @@ def run_scan(folder: Path, executor: Executor) -> Path:
         for _ in step.run(None, 0, 1):
             pass
     else:
-        executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json")
+        # the report needs every task's partial: on Slurm, wait for the jobs
+        executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json", wait=True)
     return out
 
 

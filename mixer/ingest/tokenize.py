@@ -19,8 +19,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,18 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from mixer.executors import Executor
+from mixer.executors import Executor, check_text
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
+from mixer.formats.folders import claim_folder, refuse_links
 from mixer.formats.store import list_stores, open_store, token_dtype
 from mixer.ingest.tiktoken_backend import choose_backend
 from mixer.ingest.vocab import TokenizerInfo, load_tokenizer_info
 
 WORK = ".work"
+LOGS = ".logs"  # STORES/.logs/<source>/: the last tokenize's task logs
+_WORK_NAME = re.compile(r"^[0-9a-f]{20}-t\d+$")  # work folders tokenize made: f"{fingerprint}-t{tasks}"
 PARTS_FORMAT = 1  # bump when the part layout changes, so old work folders are not reused
 
 
@@ -111,7 +115,9 @@ def build_pipeline(
     near = spec.use_near_duplicates
     workers = run.executor.local_workers if run.executor.kind == "local" else 1
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    steps = [SourceReader(files, spec.text_key, spec.id_key, spec.on_bad_record, str(parts)), SplitKeys(near)]
+    in_process = run.executor.kind == "local" and workers == 1  # a bar only where one task's output is the console
+    steps = [SourceReader(files, spec.text_key, spec.id_key, spec.on_bad_record, str(parts),
+                          f"{spec.name}: tokenize" if in_process else None), SplitKeys(near)]
     if near:
         steps.append(NearDupSignatures())
     steps.append(
@@ -168,19 +174,30 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
 
     spec.validate()
     run.validate()
-    files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag)
+    skipped: list[str] = []
+    files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag, skipped)
+    notes = [f"skipped {len(skipped)} repository file(s), not documents: "
+             f"{', '.join(os.path.basename(p) for p in skipped[:5])}{' ...' if len(skipped) > 5 else ''}"] if skipped else []
+    if run.executor.tasks > len(files):  # a task reads whole files: the others would start for nothing
+        notes.append(f"--tasks {run.executor.tasks}: {len(files)} input file(s), so {len(files)} task(s) "
+                     "(a task reads whole input files)")
+        run = replace(run, executor=run.executor.with_tasks(len(files)))
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
+    if run.executor.kind == "slurm":  # its job scripts name the folder: refused before anything is written
+        check_text("--stores", str(stores.resolve() / spec.name))
+    claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")
     _check_study_tokenizer(stores, spec, tok, run.force)
     key = fingerprint(spec, files, tok)
     if (meta := _existing(stores, spec, key, run.force)) is not None:
-        return meta | {"status": "up to date"}
+        return meta | {"status": "up to date", "notes": notes + heldout_notes(meta)}
 
     source_work = stores / WORK / spec.name
+    refuse_links(stores, WORK, LOGS)  # the work folder (and the staged store in it) stays inside --stores
     tasks = run.executor.tasks
     work = source_work / f"{key}-t{tasks}"
     for stale in source_work.glob("*") if source_work.exists() else []:
-        if stale != work:  # an older run with other inputs: its parts can never be reused
+        if stale != work and _WORK_NAME.match(stale.name):  # an older run with other inputs: never reused
             shutil.rmtree(stale, ignore_errors=True)
     logs = work / "logs"
     choice = choose_backend(tok.path, run.tokenizer_backend)
@@ -188,14 +205,19 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     pipeline = build_pipeline(spec, files, tok, work, run, choice.backend)
     dtype = token_dtype(tok.vocab_size)
     extra = {"input_files": len(files), "fingerprint": key, "tokenizer_backend": choice.to_dict()}
+    if spec.origin is not None:
+        extra["recipe"] = {"path": str(spec.origin), "overrides": spec.overrides}
     if run.executor.kind == "slurm":
         # the tasks, then the merge as a one-task job that depends on them (datatrove submits
         # the dependency first); a rerun while either is queued submits nothing
         tasks_job = run.executor.make(pipeline, logs, f"mixer-tokenize-{spec.name}")
         merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
-        run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
-                         tasks=1, depends=tasks_job)
-        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work)}
+        sub = run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}",
+                               jobs_file=source_work / "slurm_jobs.json", tasks=1, depends=tasks_job)
+        if sub["status"] == "done" and (stores / spec.name / "store.json").is_file():  # --wait, or jobs all done
+            return open_store(stores, spec.name).meta | {"status": "written", "notes": notes}
+        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work),
+                "job_ids": sub.get("job_ids", []), "logs": sub.get("logs"), "notes": notes}
     run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
         reports = _reader_reports(work / "parts", tasks, logs)
@@ -207,11 +229,39 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         raise
     # a failed merge (e.g. --test-tokens too large) keeps the parts: they do not depend on
     # the split settings, so the corrected re-run only merges again
+    claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")  # still not someone else's
     meta = write_store(spec, tok, dtype, tasks, work, stores, reports, extra)
+    keep_logs(work / "logs", stores / LOGS / spec.name)
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight
         source_work.parent.rmdir()
-    return meta | {"status": "written"}
+    return meta | {"status": "written", "notes": notes + heldout_notes(meta)}
+
+
+def heldout_notes(meta: dict) -> list[str]:
+    """A warning when the held-out split is far (over 2x either way) from the size asked for:
+    documents are held out whole, so a few long ones can overshoot a token budget."""
+    split, splits = meta.get("split") or {}, meta.get("splits") or {}
+    held = "test" if meta.get("role") == "domain" else "val"
+    got = (splits.get(held) or {}).get("tokens")
+    total = sum(int(v.get("tokens", 0)) for v in splits.values())
+    want = split.get("test_tokens") or (split.get("test_fraction") or 0) * total
+    if not got or not want or 0.5 <= got / want <= 2:
+        return []
+    return [f"warning: the {held} split holds {got:,} tokens, {got / want:.1f}x the {int(want):,} asked for "
+            f"(documents are held out whole: a few long documents decide it; adjust "
+            f"{'test_tokens' if split.get('test_tokens') else 'test_fraction'} if that matters)"]
+
+
+def keep_logs(logging_dir: Path, dest: Path) -> None:
+    """The tasks' log files and stats outlive the work folder: STORES/.logs/<source>/ (the
+    console shows only warnings unless --verbose)."""
+    files = sorted((logging_dir / "logs").glob("*.log")) + [p for p in (logging_dir / "stats.json",) if p.is_file()]
+    if not files:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, dest / f.name)
 
 
 class MergeStep(PipelineStep):
@@ -232,5 +282,6 @@ class MergeStep(PipelineStep):
         reports = _reader_reports(work / "parts", self.tasks, work / "logs")
         extra = self.extra | {"tokenizer_backend": backend_record(work / "parts", self.tasks,
                                                                   self.extra["tokenizer_backend"], work / "logs")}
+        claim_folder(Path(self.stores) / self.spec.name, "store", f"--source (or --stores {self.stores})")
         write_store(self.spec, self.tok, np.dtype(self.dtype), self.tasks, work, Path(self.stores), reports, extra)
         yield from ()
