@@ -42,7 +42,7 @@ if [ "$mode" = gpu ]; then
 else
   # the same steps on a CPU in a few minutes: GPT-2's 50,257-id softmax dominates a tiny model's step
   # and a smaller music val/test split: a finetune validates on all of it at every step
-  model=tiny seq=128 tokens=24K batch=(--batch-size 16) subset=8K ft_epochs=2 held_out=0.004
+  model=tiny seq=128 tokens=16K batch=(--batch-size 16) subset=4K ft_epochs=2 held_out=0.004
   machine=(--threads 1) train_cap=(--eval-samples 16) eval_cap=(--max-samples 16)
 fi
 

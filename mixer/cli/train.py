@@ -194,7 +194,7 @@ def _report(meta: dict, as_json: bool) -> None:
         chosen = f"chosen on domain {on} loss {best.get(f'domain_{on}_loss') or 0:.4f}, " if on != "test" else ""
         lines.append(f"best: {where}, {chosen}domain test loss {best['domain_test_loss']:.4f}")
     elif meta.get("evaluated") is False:
-        lines.append(f"not evaluated (--no-eval): mixer eval {meta.get('name')} scores the checkpoints and records "
+        lines.append("not evaluated (--no-eval): `mixer eval` of the run folder scores its checkpoints and records "
                      "the winner")
     lines += time_lines(meta)
     emit(meta, as_json, "\n".join(lines))
