@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo study test bench clean
+.PHONY: demo study test bench clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 study: $(STAMP)
 	$(BIN)/python examples/study.py --size study --publish
+
+# The GPU check (examples/gpu_check.sh): on a GPU machine that may be offline, so it makes no
+# venv; it runs with .venv's python when there is one, else $(PY). GPU_CHECK_ARGS=--cpu: tiny, on CPU.
+GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	PYTHON="$(GPU_PY)" bash examples/gpu_check.sh $(GPU_CHECK_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

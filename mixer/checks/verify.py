@@ -17,7 +17,8 @@ What is checked, and against what:
     inside the window, and each within its bound B of W times its fraction in *every*
     window of W samples (exactly, for all W at once: max - min of C(q) - q f over the window);
   * tokens (not with --quick): every sample against its stream, built from the store;
-  * eval sets against the stores' held-out splits; a stage's exposure against its stages.
+  * eval sets against the stores' held-out splits, sample sets against the domain store
+    (verify_samples.py); a stage's exposure against its stages.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import xxhash
 from tqdm import tqdm
 
 from mixer.checks.expect import Expected, document_passes, expected_mix
+from mixer.checks.verify_samples import check_sample_sets
 from mixer.checks.verify_store import verify_mix_stores
 from mixer.errors import MixerError, UsageError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
@@ -414,6 +416,7 @@ def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) ->
     n_bytes = sum(sizes)
     windows, per_source = _check_provenance(mix, exp, np.concatenate(src_all), np.concatenate(ks_all))
     _check_eval(mix, m, exp)
+    check_sample_sets(mix, m, exp)
     _check_stage(mix, m, exp)
     sources = []
     for s, claim in zip(exp.sources, m["sources"]):

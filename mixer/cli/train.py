@@ -37,6 +37,9 @@ def _common(f):
         click.option("--verbose", is_flag=True, help="Echo the trainer's output (always in RUN/train.log)."),
         click.option("--eval-samples", type=int,
                      help="The evaluation after training uses the first N samples of each held-out set (default: all)."),
+        click.option("--no-eval", is_flag=True,
+                     help="Train only: evaluate later with `mixer eval RUN`, which also records a finetune's winner "
+                          "(so a multi-GPU job does not idle its other GPUs while one evaluates)."),
         json_option,
     ]):
         f = opt(f)
@@ -73,8 +76,8 @@ def train() -> None:
 def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: int | None,
              micro_batch_size: int | None, seed: int, precision: str | None, devices: int | None,
              num_nodes: int | None, threads: int | None,
-             dry_run: bool, verbose: bool, eval_samples: int | None, as_json: bool, lr: float | None,
-             min_lr: float | None, warmup: int | None,
+             dry_run: bool, verbose: bool, eval_samples: int | None, no_eval: bool, as_json: bool,
+             lr: float | None, min_lr: float | None, warmup: int | None,
              horizon: float | None, schedule_tokens: str | None, anneal: bool, checkpoints: int,
              save_every: int | None, trainer: str) -> None:
     """Pretrain a model from scratch on MIX: a cosine laid out over 10x the run (the paper's
@@ -89,7 +92,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
     if dry_run:
         click.echo(plan.config_text(), nl=False)
         return
-    _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
+    _report(execute(plan, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
 
 
 def _finetune_command(kind: str):
@@ -123,14 +126,15 @@ def _finetune_command(kind: str):
     def command(mix: Path, out: Path, tokens: str | None, batch_size: int | None, micro_batch_size: int | None,
                 seed: int, precision: str | None, devices: int | None, num_nodes: int | None, threads: int | None,
                 dry_run: bool,
-                verbose: bool, eval_samples: int | None, as_json: bool, grid_rest: tuple[str, ...], parent: Path,
+                verbose: bool, eval_samples: int | None, no_eval: bool, as_json: bool, grid_rest: tuple[str, ...],
+                parent: Path,
                 checkpoint: str | None, lr: str | None, lr_ratio: str | None, warmup: str | None, schedule: str,
                 min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
                 select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None) -> None:
         from mixer.formats.run import read_run_meta
         from mixer.training.registry import trainer_of
-        from mixer.training.runner import (execute, finetune_axes, grid_points, is_grid, parse_grid, parse_values,
-                                           plan_finetune, run_grid)
+        from mixer.training.runner import (cap_warmups, execute, finetune_axes, grid_points, is_grid, parse_grid,
+                                           parse_values, plan_finetune, run_grid, run_steps)
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
@@ -141,8 +145,12 @@ def _finetune_command(kind: str):
                       devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run)
         pmeta = read_run_meta(parent)
         defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
+        grid_axes = parse_grid([*grid, *grid_rest])
         axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
-                             parse_values(warmup, int, "--warmup"), parse_grid([*grid, *grid_rest]))
+                             parse_values(warmup, int, "--warmup"), grid_axes)
+        if warmup is None and "warmup" not in grid_axes:  # the preset's warmups: capped to the run's length
+            steps = run_steps(mix, batch_size or defaults["batch"], kwargs["tokens"])
+            axes["warmup"], kwargs["warmup_capped"] = cap_warmups(axes["warmup"], steps)
 
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
@@ -152,13 +160,13 @@ def _finetune_command(kind: str):
             if dry_run:
                 click.echo(plan.config_text(), nl=False)
                 return
-            _report(execute(plan, echo=verbose, eval_samples=eval_samples), as_json)
+            _report(execute(plan, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
             return
         if dry_run:
             for name, overrides in grid_points(axes):
                 click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_text()}", nl=False)
             return
-        _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples), as_json)
+        _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
 
     command.__doc__ = {
         "finetune": "Finetune a pretrained run on MIX at constant rates after warmup, over a grid of rates relative "
@@ -177,33 +185,64 @@ def _report(meta: dict, as_json: bool) -> None:
     best = meta.get("best")
     lines = [f"run {meta['name']} ({meta['kind']}, {meta['model']}): {meta['status']}, "
              f"{meta.get('tokens', 0):,} tokens; mix {meta['mix']}"]
+    capped = (meta.get("hparams") or {}).get("warmup_capped")
+    if capped:
+        lines.append(f"warmup capped: {capped['reason']}")
     if best:
         where = f"{best['run']}/{best['checkpoint']}" if "run" in best else best["checkpoint"]
         on = best.get("selected_on", "test")
         chosen = f"chosen on domain {on} loss {best.get(f'domain_{on}_loss') or 0:.4f}, " if on != "test" else ""
         lines.append(f"best: {where}, {chosen}domain test loss {best['domain_test_loss']:.4f}")
+    elif meta.get("evaluated") is False:
+        lines.append("not evaluated (--no-eval): `mixer eval` of the run folder scores its checkpoints and records "
+                     "the winner")
+    lines += time_lines(meta)
     emit(meta, as_json, "\n".join(lines))
+
+
+def time_lines(meta: dict) -> list[str]:
+    """The summary of where the command's time went and how fast it trained (run.json's
+    `time` and `throughput`)."""
+    t, tp = meta.get("time"), meta.get("throughput")
+    out = []
+    if t:
+        named = [("startup", "startup"), ("compile", "compile"), ("train_steps", "training steps"),
+                 ("validation", "validation"), ("checkpoints", "checkpoint writes"), ("evaluation", "evaluation"),
+                 ("other", "other")]
+        parts = ", ".join(f"{label} {t[k]:.1f}" for k, label in named if t.get(k) is not None)
+        share = f" (training steps {t['train_steps_share']:.0%} of it)" if t.get("train_steps_share") is not None else ""
+        out.append(f"time: {t['seconds']:.1f} s{share}: {parts}")
+    if tp and tp.get("tokens_per_second"):
+        mfu = (f"MFU {tp['mfu']:.1%} of {tp['devices']} x {tp['peak']['device']} "
+               f"({tp['peak']['flops_per_second'] / 1e12:.1f} TFLOP/s bf16 dense)" if tp.get("mfu") is not None
+               else f"MFU n/a ({tp.get('mfu_note')})")
+        flops = tp.get("model_flops_per_second")
+        out.append(f"throughput: {tp['tokens_per_second']:,.0f} tokens/s on {tp['devices']} x {tp['device']}"
+                   + (f", {flops / 1e12:.3g} model TFLOP/s" if flops else "") + f"; {mfu}")
+    return out
 
 
 @click.command("eval")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-samples", type=int, help="Use the first N samples of each held-out set (default: all).")
-@click.option("--train-tokens", default="64K", show_default=True,
-              help="Domain train loss (for the train-test gap) on a seeded random sample of whole train documents "
-                   "of about this many tokens, the same for every run of a study.")
-@click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of that sample.")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @json_option
-def eval_run(run: Path, max_samples: int | None, train_tokens: str, train_seed: int, device: str | None,
-             as_json: bool) -> None:
-    """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones)."""
+def eval_run(run: Path, max_samples: int | None, device: str | None, as_json: bool) -> None:
+    """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones), on the held-out
+    sets, domain validation split and domain train sample its mixes hold."""
+    from mixer.formats.run import read_run_meta
     from mixer.training.evaluate import eval_targets, evaluate_run
+    from mixer.training.runner import record_best
 
-    n_train = parse_count(train_tokens, "--train-tokens")
     results = {}
-    for r in eval_targets(run):
-        rows = evaluate_run(r, max_samples=max_samples, train_tokens=n_train, train_seed=train_seed, device=device)
+    targets = eval_targets(run)
+    for r in targets:
+        rows = evaluate_run(r, max_samples=max_samples, device=device)
         results[str(r)] = [e.as_row() for e in rows]
+        if read_run_meta(r).get("evaluated") is False:  # trained with --no-eval: the winner is recorded now
+            record_best(r)
+    if targets != [Path(run)] and (Path(run) / "run.json").is_file() and read_run_meta(run).get("evaluated") is False:
+        record_best(run)  # a grid folder: its winner among the grid points
 
     def human(data: dict) -> str:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

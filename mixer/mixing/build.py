@@ -45,6 +45,7 @@ from mixer.formats.mix import MIX_FORMAT
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
 from mixer.mixing.plan_cache import PLAN_FORMAT
+from mixer.mixing.sample_sets import sample_sets
 from mixer.mixing.spec import MixPlan, MixSpec, resolve, spec_digest
 from mixer.mixing.shards import persist_shard, read_sidecar, shard_name, shard_samples, write_eval, write_shard
 
@@ -519,6 +520,7 @@ def finalize(plan: MixPlan, out: Path, identity: dict, recheck_stores: bool, ext
             **summary,
             "shards": [read_sidecar(out, k) for k in range(shards)],
             "eval": write_eval(plan, out),
+            "sample_sets": sample_sets(plan, out),
             "recipe": plan.spec.to_json(),
             "store_checksums": identity["stores"],
             **extra,

@@ -7,12 +7,11 @@ Every checkpoint is scored on every held-out set of the run's chain of mixes (it
 its parent's, ...: a finetune after post-training is scored on the new task's test set,
 the post-training domain's and the general validation set), recorded under `heldout`; the
 domain test and general validation losses are the first of those the chain has. The domain
-validation split is read from the domain's store (mixer.training.heldout; mixes hold the
-test split only). The domain train loss, whose difference
-from the test loss is the law's train-test gap, is on a seeded random sample of whole
-documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens by
-default): the same documents for every run of a study, NPT included, and for SPT runs
-documents they trained on. Each row records which sample it used.
+validation split and the domain train sample, whose loss's difference from the test loss is
+the law's train-test gap, are the sample sets the mixes hold (mixer.formats.sample_sets):
+fixed when the mix was built, the same documents for every run of a study, NPT included,
+and for SPT runs documents they trained on. Each row records which train sample it used.
+Nothing here reads a token store: a run needs its mixes alone.
 
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
@@ -21,7 +20,8 @@ as soon as it is computed, so an interrupted eval resumes where it stopped.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
-from mixer.training.heldout import DEFAULT_TRAIN_TOKENS, domain_train_sample, domain_val
+from mixer.formats.sample_sets import SELECTION, TRAIN_LOSS, SampleSet, has_sample_sets, sample_set
 from mixer.training.registry import trainer_of
 
 
@@ -40,7 +40,8 @@ class EvalSets:
     general_val: str | None  # ... and its general validation set
     domain_train: np.ndarray | None = None
     domain_val: np.ndarray | None = None
-    train_sample: str | None = None  # heldout.TrainSample.describe() of domain_train
+    train_sample: str | None = None  # SampleSet.describe() of domain_train
+    notes: list[str] = field(default_factory=list)  # what could not be scored, and why
 
 
 def mix_chain(run_dir: Path) -> list[MixFiles]:
@@ -61,12 +62,23 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
     return chain
 
 
-def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
-              train_seed: int = 0) -> EvalSets:
+def chain_train_sample(chain: list[MixFiles]) -> SampleSet | None:
+    """The domain train sample a run is scored on: that of the first mix of its chain holding
+    one, or, where another mix of the chain on the same domain drew its sample from a
+    --domain-subset, that one (a finetune mix built without the study's subset is still scored
+    on the study's documents)."""
+    sets = [s for s in (sample_set(m, TRAIN_LOSS) for m in chain) if s is not None]
+    if not sets:
+        return None
+    same = [s for s in sets if s.record.get("source") == sets[0].record.get("source")]
+    return next((s for s in same if s.record.get("drawn_from") == "subset"), same[0])
+
+
+def eval_sets(run_dir: Path, max_samples: int | None) -> EvalSets:
     """Every held-out set of the run's chain of mixes (a three-stage run is scored on the new
     task's test set, the post-training domain's and the general validation set alike), which
     of them are the run's domain test and general validation sets, and the domain train
-    sample and validation split from the domain store."""
+    sample and validation split the mixes hold."""
     chain = mix_chain(run_dir)
     named: dict[str, np.ndarray] = {}
     for mix in chain:
@@ -76,21 +88,31 @@ def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAUL
     def first(role: str) -> str | None:
         return next((n for n in (m.eval_name(role) for m in chain) if n), None)
 
-    train = domain_train_sample(chain, train_tokens, train_seed)
-    val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
+    train = chain_train_sample(chain)
+    val = next((v for v in (sample_set(m, SELECTION) for m in chain) if v is not None), None)
+    notes = []
+    if chain[0].source("domain") is not None and not has_sample_sets(chain[0]):
+        notes.append(f"{chain[0].path}: built by an older mixer, the mix holds no domain train sample or validation "
+                     "split; their losses stay empty (rebuild the mix into a new folder to have them)")
     return EvalSets(named, first("domain"), first("general"), None if train is None else train.samples,
-                    None if val is None else val[1][:max_samples], None if train is None else train.describe())
+                    None if val is None else val.samples[:max_samples], None if train is None else train.describe(),
+                    notes)
 
 
-def mean_loss(model, samples: np.ndarray, batch_size: int, device: str) -> float:
+def mean_loss(model, samples: np.ndarray, batch_size: int, device: str, autocast: str | None = None) -> float:
     """Token-weighted mean next-token cross-entropy over (n, seq_len + 1) samples, for trainers
     whose model is a torch module mapping (b, seq_len) ids to logits: one definition of the
-    score whichever trainer made the run."""
+    score whichever trainer made the run. `autocast` ("bfloat16"): the forward pass under
+    torch.autocast on `device` in that dtype (a GPU run's precision); the loss is in float32."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     total, count = 0.0, 0
-    with torch.inference_mode():
+    cast = torch.autocast(torch.device(device).type, dtype=getattr(torch, autocast)) if autocast else \
+        contextlib.nullcontext()
+    with torch.inference_mode(), cast:
         for i in range(0, len(samples), batch_size):
             x = torch.from_numpy(np.asarray(samples[i : i + batch_size]).astype(np.int64)).to(device)
             logits = model(x[:, :-1]).float()
@@ -107,9 +129,8 @@ def eval_targets(run: Path) -> list[Path]:
     return [Path(run)]
 
 
-def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
-                 train_seed: int = 0, device: str | None = None, threads: int | None = None,
-                 progress=None) -> list[Eval]:
+def evaluate_run(run_dir: Path, max_samples: int | None = None, device: str | None = None,
+                 threads: int | None = None, progress=None) -> list[Eval]:
     """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order.
     Refuses to add rows whose domain train loss would be on other documents than the rows
     already there (a curve must be on one sample to be a curve)."""
@@ -123,12 +144,14 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
     todo = [c for c in ckpts if c.name not in done]
     if not todo:
         return rows
-    sets = eval_sets(run_dir, max_samples, train_tokens, train_seed)
+    sets = eval_sets(run_dir, max_samples)
     earlier = {r.domain_train_sample for r in rows if r.domain_train_loss is not None}
     if earlier and earlier != {sets.train_sample}:
         raise MixerError(f"{run_dir / 'evals.jsonl'}: earlier checkpoints' domain train loss is on another sample "
-                         f"({', '.join(sorted(map(str, earlier)))}; now {sets.train_sample}); evaluate with the same "
-                         "--train-tokens and --train-seed, or delete evals.jsonl to re-evaluate every checkpoint")
+                         f"({', '.join(sorted(map(str, earlier)))}; the mixes now hold {sets.train_sample}): a mix was "
+                         "rebuilt or replaced; delete evals.jsonl to re-evaluate every checkpoint")
+    for note in sets.notes:
+        sys.stderr.write(f"mixer: warning: {note}\n")
     tokens_per_step = trainer.tokens_per_step(run_dir)
     table = trainer.train_log(run_dir)
     by_step = {r.step: r for r in rows}

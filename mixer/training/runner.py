@@ -12,25 +12,28 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import write_json
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta
+from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
 from mixer.training.evaluate import evaluate_run
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
 from mixer.training.schedules import DEFAULT_HORIZON, PAPER_LR_RATIOS, lr_at, run_lr
-from mixer.training.heldout import require_domain_val, write_samples
+from mixer.training.throughput import breakdown, throughput
 from mixer.training.trainer import HeldoutFile, Job, RunSpec, Trainer
 
 # The paper's middle finetuning rate (4e-5) relative to where its pretraining stopped.
 DEFAULT_LR_RATIO = PAPER_LR_RATIOS[1]
 GRID_KEYS = {"lr": float, "lr_ratio": float, "warmup": int, "weight_decay": float, "min_lr": float}
+# A warmup longer than this share of the run's steps is capped unless asked for (--warmup): the
+# OLMo presets' 50-200 steps exceed a short finetune, whose rate would then never reach its target.
+WARMUP_CAP = 0.1
 
 
 @dataclass
@@ -39,7 +42,6 @@ class RunPlan:
     job: Job  # the spec as the trainer will run it
     meta: dict  # run.json as planned; meta["trainer"] names the trainer
     trainer: Trainer
-    heldout: dict[Path, np.ndarray] = field(default_factory=dict)  # files written into RUN before launch
 
     @property
     def run_dir(self) -> Path:
@@ -64,6 +66,25 @@ def _steps(mix: MixFiles, global_batch: int, tokens: int | None) -> int:
         raise UsageError(f"{mix.path}: {mix.samples} samples do not make one step of batch {global_batch}; "
                          "lower --batch-size or build a bigger mix")
     return steps
+
+
+def run_steps(mix_path: Path, batch: int, tokens: int | None) -> int:
+    """The optimizer steps a run of `batch` samples per step takes on the mix."""
+    return _steps(MixFiles.open(mix_path), batch, tokens)
+
+
+def cap_warmups(values: list[int], steps: int) -> tuple[list[int], dict | None]:
+    """Default warmups capped at WARMUP_CAP of the run's steps (duplicates dropped, order kept),
+    and the record run.json keeps of it (None when nothing was capped)."""
+    cap = max(1, int(WARMUP_CAP * steps))
+    capped = list(dict.fromkeys(min(int(v), cap) for v in values))
+    if capped == [int(v) for v in values]:
+        return capped, None
+    shown = ", ".join(map(str, values))
+    return capped, {"requested": [int(v) for v in values], "capped_to": capped, "share": WARMUP_CAP, "steps": steps,
+                    "reason": f"the default warmup ({shown} steps) is more than {WARMUP_CAP:.0%} of the run's {steps} "
+                              f"optimizer steps, so the rate would never reach its target; capped at {cap} "
+                              "(--warmup sets it explicitly)"}
 
 
 def _machine(tr: Trainer, name: str, precision: str | None, devices: int | None, threads: int | None,
@@ -168,7 +189,9 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
         _check_resume(run_dir, batch)
     lr = lr if lr is not None else p["lr"]
     min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
-    warmup = warmup if warmup is not None else max(1, round(p["warmup_fraction"] * steps))
+    capped = None
+    if warmup is None:
+        (warmup,), capped = cap_warmups([max(1, round(p["warmup_fraction"] * steps))], steps)
     save = save_every or max(1, steps // max(1, checkpoints))
     run_tokens = steps * batch * mix.seq_len
     horizon_tokens = _horizon_tokens(run_tokens, horizon, schedule_tokens, anneal)
@@ -186,7 +209,8 @@ def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = No
                         "schedule_tokens": horizon_tokens, "horizon": horizon_tokens / run_tokens,
                         "horizon_steps": horizon_steps, "annealed": horizon_tokens == run_tokens,
                         "final_lr": lr_at(steps, lr, min_lr, warmup, steps, "cosine", horizon_steps),
-                        "weight_decay": p["weight_decay"], "steps": steps, "save_interval": save},
+                        "weight_decay": p["weight_decay"], "steps": steps, "save_interval": save,
+                        **({"warmup_capped": capped} if capped else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
     return RunPlan(spec, job, meta, tr)
 
@@ -230,10 +254,12 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
                   batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
                   eval_every: int | None = None, select_on: str = "val", seed: int = 0, trainer: str | None = None,
                   precision: str | None = None, devices: int | None = None, threads: int | None = None,
-                  nodes: int | None = None, dry_run: bool = False) -> RunPlan:
+                  nodes: int | None = None, dry_run: bool = False, warmup_capped: dict | None = None) -> RunPlan:
     """A finetune (or replay) of `parent` on MIX; the trainer is the parent's. Early stopping
     (and, in a grid, the choice of configuration) uses the domain validation split
-    (`select_on="val"`), or the test split (`"test"`, the paper's protocol)."""
+    (`select_on="val"`), or the test split (`"test"`, the paper's protocol). Without `warmup`,
+    the middle of the preset's warmup grid, capped at WARMUP_CAP of the steps; a `warmup` is
+    used as given (`warmup_capped`: the record of a cap the caller applied to its defaults)."""
     if select_on not in SELECT_ON:
         raise UsageError(f"--select-on {select_on!r}: expected one of {', '.join(SELECT_ON)}")
     parent = parent.expanduser().resolve()
@@ -265,17 +291,17 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
         lr = (DEFAULT_LR_RATIO if lr_ratio is None else lr_ratio) * ref
     if warmup is None:  # one run outside a grid: the middle of the preset's warmup grid
         w = f["warmup"]
-        warmup = int(w[len(w) // 2]) if isinstance(w, (list, tuple)) else int(w)
+        (warmup,), warmup_capped = cap_warmups([int(w[len(w) // 2]) if isinstance(w, (list, tuple)) else int(w)],
+                                                steps)
     wd = weight_decay if weight_decay is not None else f["weight_decay"]
     every = eval_every or _eval_interval(mix, batch, steps)
     domain_test = mix.eval_name("domain")
     if domain_test is None:
         raise MixerError(f"{mix.path}: no domain test set to report the finetune on")
-    heldout, val_files, val_sets = {}, {}, [domain_test]
+    val_files, val_sets = {}, [domain_test]
     if select_on == "val":
-        val_name, val = require_domain_val(mix)
-        path = run_dir / "heldout" / f"{val_name}.bin"
-        heldout, val_files, val_sets = {path: val}, {val_name: HeldoutFile(path, len(val))}, []
+        val = selection_set(mix)
+        val_files, val_sets = {val.name: HeldoutFile(val.path, len(val.samples))}, []
     if schedule == "constant":
         floor = lr
     elif schedule == "wsd":
@@ -296,9 +322,25 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
             "hparams": {"lr": lr, "reference_lr": ref, "lr_ratio": lr / ref if ref else None, "warmup": warmup,
                         "batch_size": batch, "schedule": schedule, "min_lr": floor,
                         "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,
-                        **({"decay_fraction": decay_fraction} if schedule == "wsd" else {})},
+                        **({"decay_fraction": decay_fraction} if schedule == "wsd" else {}),
+                        **({"warmup_capped": warmup_capped} if warmup_capped else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
-    return RunPlan(spec, job, meta, tr, heldout)
+    return RunPlan(spec, job, meta, tr)
+
+
+def selection_set(mix: MixFiles) -> SampleSet:
+    """The domain validation split the mix holds, which a finetune is early-stopped and chosen
+    on, or a one-line error saying how to get one."""
+    got = sample_set(mix, SELECTION)
+    if got is not None:
+        return got
+    test = "or pass --select-on test (the paper's protocol: select and report on the test split)"
+    if not has_sample_sets(mix):
+        raise MixerError(f"{mix.path}: built by an older mixer, the mix holds no domain validation split to select "
+                         f"the finetune on; rebuild it (the same mixer build command) into a new folder, {test}")
+    raise MixerError(f"{mix.path}: holds no domain validation split to select the finetune on (its domain store had "
+                     "none when the mix was built: stores made before train/val/test splits hold train/test only); "
+                     f"re-tokenize the domain and rebuild, {test}")
 
 
 MIN_EVALUATIONS = 4  # early stopping needs a few evaluations to stop at
@@ -346,33 +388,80 @@ def _best(rows: list[Eval], on: str) -> dict | None:
 
 
 def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_samples: int | None = None) -> dict:
-    """Train (resuming an unfinished run), evaluate every checkpoint, record the early-stopping
-    winner; run.json says planned -> running -> done (or failed)."""
+    """Train (resuming an unfinished run), evaluate every checkpoint (unless `evaluate` is False:
+    a later `mixer eval RUN` does it and records the winner), record the early-stopping winner
+    and where the command's time went; run.json says planned -> running -> done (or failed)."""
     run_dir = plan.run_dir
+    t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(plan.meta)
     if meta.get("model_params") is None:
         meta["model_params"] = plan.job.model_params()
     meta["status"] = "running"
     write_json(run_dir / "run.json", meta)
-    for path, samples in plan.heldout.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_samples(path, samples)
+    started = time.time()
     try:
         plan.trainer.launch(plan.job, echo=echo)
     except MixerError:
         meta["status"] = "failed"
         write_json(run_dir / "run.json", meta)
         raise
+    trained = time.perf_counter()
     if evaluate:
         rows = evaluate_run(run_dir, max_samples=eval_samples, threads=plan.spec.machine.threads)
         meta["best"] = _best(rows, meta.get("select_on") or "test") if meta["kind"] != "pretrain" else None
+    meta["evaluated"] = evaluate
+    timing = _trainer_timing(plan.trainer, run_dir, started)
+    end = time.perf_counter()
+    meta["time"] = breakdown(timing, trained - t0, end - trained if evaluate else None, end - t0)
+    if timing and timing.get("environment"):
+        meta["environment"] = timing["environment"]
+    if timing and timing.get("tokens"):
+        meta["throughput"] = throughput(int(timing["tokens"]), float(timing["train_steps"]),
+                                        timing.get("flops_per_token"), timing.get("device"),
+                                        int(timing.get("devices") or 1), timing.get("precision"))
     meta["status"] = "done"
     write_json(run_dir / "run.json", meta)
     return meta
 
 
+def _trainer_timing(trainer: Trainer, run_dir: Path, since: float) -> dict | None:
+    """The trainer's account of its launch (an optional protocol method), if it is this launch's."""
+    get = getattr(trainer, "timing", None)
+    got = get(run_dir) if get is not None else None
+    return got if got and float(got.get("finished") or 0) >= since else None
+
+
+def record_best(run_dir: Path) -> dict:
+    """After `mixer eval` of a run trained with --no-eval: its early-stopping winner (finetunes)
+    in run.json, and for a grid folder the grid's winner; run.json as written."""
+    run_dir = Path(run_dir)
+    meta = read_run_meta(run_dir)
+    hp = meta.get("hparams") or {}
+    on = meta.get("select_on") or "test"
+    if "grid" in hp:
+        points = hp.get("points") or []
+        meta["best"], bests = grid_winner(run_dir, [p["run"] for p in points], on)
+        for p in points:
+            p["best"] = bests[p["run"]]
+    elif meta.get("kind") != "pretrain":
+        meta["best"] = _best(read_evals(run_dir), on)
+    meta["evaluated"] = True
+    write_json(run_dir / "run.json", meta)
+    return meta
+
+
 # -- grids ------------------------------------------------------------------------------
+
+
+def grid_winner(out: Path, names: list[str], on: str) -> tuple[dict | None, dict[str, dict | None]]:
+    """A grid's winner (`{"run", "checkpoint", ...}`: the lowest loss on split `on` over every
+    checkpoint of every grid point) and each grid point's own best, from their evals.jsonl."""
+    rows = {n: read_evals(out / n) for n in names}
+    winners = {n: b for n, b in ((n, best_eval(r, on)) for n, r in rows.items()) if b}
+    best = best_eval(winners.values(), on)
+    where = next((n for n, b in winners.items() if b is best), None)
+    return ({"run": where, **_best([best], on)} if best else None), {n: _best(r, on) for n, r in rows.items()}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
@@ -435,7 +524,7 @@ def grid_points(grid: dict[str, list]) -> list[tuple[str, dict]]:
 
 
 def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool = False,
-             eval_samples: int | None = None) -> dict:
+             eval_samples: int | None = None, evaluate: bool = True) -> dict:
     """Every grid point as a full sub-run, then RUN/run.json: the grid that ran, each point's
     best checkpoint, and `best` naming the winner: the lowest loss on the split the runs
     select on (the domain validation split unless --select-on test) over every checkpoint of
@@ -445,18 +534,18 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
     for name, overrides in grid_points(grid):
         sub = out / name
         done = (sub / "run.json").is_file() and read_run_meta(sub).get("status") == "done"
-        meta = read_run_meta(sub) if done else execute(make_plan(sub, overrides), echo=echo, eval_samples=eval_samples)
+        meta = read_run_meta(sub) if done else execute(make_plan(sub, overrides), echo=echo, eval_samples=eval_samples,
+                                                        evaluate=evaluate)
         results.append((name, meta))
     first = results[0][1]
     on = first.get("select_on") or "test"
-    winners = {name: b for name, b in ((n, best_eval(read_evals(out / n), on)) for n, _ in results) if b}
-    best = best_eval(winners.values(), on)
-    where = next((n for n, b in winners.items() if b is best), None)
+    best, bests = grid_winner(out, [n for n, _ in results], on)
     points = [{"run": n, "lr": m["hparams"]["lr"], "lr_ratio": m["hparams"].get("lr_ratio"),
-               "warmup": m["hparams"]["warmup"], "best": _best(read_evals(out / n), on)} for n, m in results]
-    root = {**{k: first[k] for k in first if k not in ("hparams", "best", "status", "name")},
+               "warmup": m["hparams"]["warmup"], "best": bests[n]} for n, m in results]
+    own = ("hparams", "best", "status", "name", "time", "throughput", "environment")  # each point's, not the grid's
+    root = {**{k: first[k] for k in first if k not in own},
             "name": out.name, "kind": kind,
             "hparams": {"grid": grid, "reference_lr": first["hparams"].get("reference_lr"), "points": points},
-            "best": {"run": where, **_best([best], on)} if best else None, "status": "done"}
+            "best": best, "status": "done", "evaluated": all(m.get("evaluated", True) for _, m in results)}
     write_json(out / "run.json", root)
     return root

@@ -10,6 +10,12 @@ given one RunSpec train on the same samples in the same order for the same steps
 
 Trainers are found by name through `mixer.training.registry` (the one module that knows
 where adapters live); LitGPT is the first. docs/trainers.md says how to add one.
+
+Optional: `timing(run_dir) -> dict | None`, the trainer's account of its last launch
+(`startup`, `compile`, `train_steps`, `validation`, `checkpoints` in seconds, `tokens`,
+`device`, `devices`, `precision`, `flops_per_token`, `environment`, `finished` as epoch
+seconds), from which mixer writes run.json's `time`, `throughput` (MFU) and `environment`;
+without it run.json records the launch's wall time alone.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ class Machine(Protocol):
 
 @dataclass(frozen=True)
 class HeldoutFile:
-    """Held-out samples a mix does not hold (the domain validation split), which mixer writes
-    into RUN before launch: `samples` rows of seq_len + 1 token ids in the mix's dtype, C order,
-    as a mix's eval/*.bin."""
+    """Held-out samples to validate on besides the mix's eval sets (the domain validation split
+    a finetune is early-stopped on, a sample set of the mix: mixer.formats.sample_sets):
+    `samples` rows of seq_len + 1 token ids in the mix's dtype, C order, as a mix's eval/*.bin."""
 
     path: Path
     samples: int

@@ -99,3 +99,24 @@ def test_report_and_fit_keys_are_written(tmp_path, capsys):
     for optional in ("law", "holdout", "holdout_fraction"):  # null or absent when the data cannot support them
         doc.pop(optional)
     assert missing(doc, fit) == []
+
+
+def test_run_keys_are_written(mix, tmp_path, capsys, monkeypatch):
+    """A finetune's run.json (through the test trainer of tests/training/count_trainer.py)."""
+    from mixer.training import registry
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "training"))
+    monkeypatch.setattr(registry, "TRAINERS", dict(registry.TRAINERS))
+    monkeypatch.setattr(registry, "_loaded", {})
+    registry.register("count", "count_trainer:TRAINER")
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    code, _, err = run_cli(capsys, "train", "pretrain", str(mix), "--model", "bigram", "--trainer", "count",
+                           "--out", str(pre), "--checkpoints", "2")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "finetune", str(mix), "--from", str(pre), "--out", str(ft), "--lr", "0.5",
+                           "--tokens", "4K", "--eval-every", "2")
+    assert code == 0, err
+    doc = documented("Run")
+    doc.pop("throughput")  # only trainers that account for their launch (LitGPT: tests/training/test_gpu_check.py)
+    doc["time"] = {k: doc["time"][k] for k in ("seconds", "training", "evaluation", "other")}
+    assert missing(doc, json.loads((ft / "run.json").read_text())) == []

@@ -127,14 +127,18 @@ def test_validation_loader_covers_the_named_heldout_sets(mix):
         module(mix, max_tokens=8 * SEQ, val_sets=["nope-test"])
 
 
-def test_validation_on_a_heldout_file_outside_the_mix(mix, tmp_path):
-    """A finetune selected on the domain validation split validates on that file alone."""
-    from mixer.training.heldout import domain_val, write_samples
+def test_validation_on_a_heldout_file_besides_the_eval_sets(mix, tmp_path):
+    """A finetune selected on the domain validation split validates on that file alone (the
+    mix's sample set; a torn copy of it is refused)."""
+    import shutil
+
+    from mixer.formats.sample_sets import SELECTION, sample_set
 
     files = MixFiles.open(mix)
-    name, val = domain_val(files)
+    val_set = sample_set(files, SELECTION)
+    name, val = val_set.name, np.asarray(val_set.samples)
     assert name == "music-val" and val.shape[1] == SEQ + 1 and val.dtype == files.dtype
-    path = write_samples(tmp_path / "music-val.bin", val)
+    path = shutil.copyfile(val_set.path, tmp_path / "music-val.bin")
     data = module(mix, max_tokens=8 * SEQ, val_sets=[], val_files={name: str(path)})
     np.testing.assert_array_equal(np.concatenate([b.numpy() for b in data.val_dataloader()]), val)
     path.write_bytes(path.read_bytes()[:-2])  # a torn file

@@ -1,4 +1,4 @@
-"""Which samples `mixer eval` scores: fixed, reproducible, and from the right split."""
+"""Which samples `mixer eval` scores: fixed by the mix, reproducible, and from the right split."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import best_eval, read_evals
 from mixer.formats.store import open_store
-from mixer.training.heldout import domain_train_sample, domain_val, stream_samples
+from mixer.formats.sample_sets import (SELECTION, TRAIN_LOSS, TRAIN_SAMPLE_TOKENS, sample_set, stream_samples,
+                                       train_sample_documents)
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +47,30 @@ def _documents(store, sample_tokens: np.ndarray) -> list[int]:
     return docs
 
 
+def _train_sample(mix: MixFiles):
+    return sample_set(mix, TRAIN_LOSS)
+
+
+def _stream(samples: np.ndarray) -> np.ndarray:
+    return np.concatenate([samples[0], *[s[1:] for s in samples[1:]]])
+
+
 def test_train_sample_is_seeded_whole_documents_shared_by_npt_and_spt(setup):
     store = open_store(setup["stores"], "music")
-    spt = domain_train_sample([setup["spt"]], tokens=2000, seed=0)
-    npt = domain_train_sample([setup["npt"]], tokens=2000, seed=0)
+    spt, npt = _train_sample(setup["spt"]), _train_sample(setup["npt"])
     np.testing.assert_array_equal(spt.samples, npt.samples)  # NPT is scored on the same documents as SPT
-    assert spt.digest == npt.digest and spt.tokens >= 2000 and spt.samples.shape[1] == 33
-    stream = np.concatenate([spt.samples[0], *[s[1:] for s in spt.samples[1:]]])
-    docs = _documents(store, stream)
-    assert docs == sorted(docs) and len(docs) <= spt.documents  # store order, whole documents
-    assert docs != list(range(len(docs)))  # a random draw, not the first documents of the split
-    other = domain_train_sample([setup["spt"]], tokens=2000, seed=1)
-    assert other.digest != spt.digest
-    assert domain_train_sample([setup["spt"]], tokens=2000, seed=0).digest == spt.digest  # deterministic
+    assert spt.describe() == npt.describe()
+    assert spt.record["tokens"] >= min(TRAIN_SAMPLE_TOKENS, store.n_tokens("train"))
+    assert spt.samples.shape[1] == 33 and spt.record["drawn_from"] == "all"
+    docs = _documents(store, _stream(np.asarray(spt.samples)))
+    assert docs == sorted(docs) and len(docs) <= spt.record["documents"]  # store order, whole documents
+    lengths = store.doc_lengths("train")
+    everything = np.arange(len(lengths))
+    assert docs == train_sample_documents(lengths, everything, TRAIN_SAMPLE_TOKENS, 0).tolist()[:len(docs)]
+    small = train_sample_documents(lengths, everything, 2000, 0)
+    assert small.tolist() != list(range(len(small)))  # a random draw, not the first documents of the split
+    assert train_sample_documents(lengths, everything, 2000, 1).tolist() != small.tolist()
+    assert train_sample_documents(lengths, everything, 2000, 0).tolist() == small.tolist()  # deterministic
 
 
 def test_train_sample_comes_from_the_documents_the_study_trains_on(setup):
@@ -67,19 +79,34 @@ def test_train_sample_comes_from_the_documents_the_study_trains_on(setup):
 
     store = open_store(setup["stores"], "music")
     subset = set(plan_from_manifest(setup["sub"].manifest).domain.stream.documents.tolist())
-    got = domain_train_sample([setup["sub"]], tokens=1500, seed=0)
-    stream = np.concatenate([got.samples[0], *[s[1:] for s in got.samples[1:]]])
-    assert set(_documents(store, stream)) <= subset
-    assert domain_train_sample([setup["sub_npt"]], tokens=1500, seed=0).digest == got.digest
+    got = _train_sample(setup["sub"])
+    assert got.record["drawn_from"] == "subset" and got.record["drawn_from_documents"] == len(subset)
+    assert set(_documents(store, _stream(np.asarray(got.samples)))) <= subset
+    assert _train_sample(setup["sub_npt"]).describe() == got.describe()
 
 
 def test_domain_val_is_the_stores_validation_split_in_eval_layout(setup):
-    name, val = domain_val(setup["spt"])
+    val = sample_set(setup["spt"], SELECTION)
     tokens = np.asarray(open_store(setup["stores"], "music").tokens("val"))
-    assert name == "music-val"
-    np.testing.assert_array_equal(val, stream_samples(tokens, 32))
-    assert val.shape == ((len(tokens) - 1) // 32, 33)
-    np.testing.assert_array_equal(val[1], tokens[32:65])  # one-token overlap
+    assert val.name == "music-val" and val.path == setup["spt"].path / "eval" / "music-val.bin"
+    np.testing.assert_array_equal(val.samples, stream_samples(tokens, 32))
+    assert val.samples.shape == ((len(tokens) - 1) // 32, 33)
+    np.testing.assert_array_equal(val.samples[1], tokens[32:65])  # one-token overlap
+
+
+def test_a_damaged_sample_set_is_refused_in_one_line(setup, tmp_path):
+    import shutil
+
+    mix = shutil.copytree(setup["spt"].path, tmp_path / "mix")
+    f = mix / "eval" / "music-val.bin"
+    data = bytearray(f.read_bytes())
+    data[5] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(MixerError, match="checksum differs"):
+        sample_set(MixFiles.open(mix), SELECTION)
+    f.write_bytes(bytes(data[:-2]))
+    with pytest.raises(MixerError, match="bytes, expected"):
+        sample_set(MixFiles.open(mix), SELECTION)
 
 
 def test_eval_refuses_to_mix_train_samples_in_one_curve(setup, tmp_path, capsys, monkeypatch):
@@ -95,11 +122,14 @@ def test_eval_refuses_to_mix_train_samples_in_one_curve(setup, tmp_path, capsys,
                            "count", "--out", str(run), "--checkpoints", "2")
     assert code == 0, err
     rows = read_evals(run)
-    assert {r.domain_train_sample for r in rows} == {domain_train_sample([setup["spt"]]).describe()}
+    assert {r.domain_train_sample for r in rows} == {_train_sample(setup["spt"]).describe()}
     lines = (run / "evals.jsonl").read_text().splitlines()
-    (run / "evals.jsonl").write_text(lines[0] + "\n")
-    code, _, err = run_cli(capsys, "eval", str(run), "--train-tokens", "2K")
+    # the first row scored on another sample (an evals.jsonl of an earlier build of the mix)
+    other = json.loads(lines[0]) | {"domain_train_sample": "9 docs/999 tokens/000000000000"}
+    (run / "evals.jsonl").write_text(json.dumps(other) + "\n")
+    code, _, err = run_cli(capsys, "eval", str(run))
     assert code == 1 and "another sample" in err and len(err.strip().splitlines()) == 1
+    (run / "evals.jsonl").write_text(lines[0] + "\n")
     code, _, err = run_cli(capsys, "eval", str(run))
     assert code == 0 and [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()] == [
         json.loads(x) for x in lines]
@@ -117,3 +147,19 @@ def test_best_eval_ignores_missing_and_nan_losses(tmp_path):
     assert best_eval(rows, "val") is None  # nothing was scored on a validation split
     with pytest.raises(ValueError, match="select on 'train'"):
         best_eval(rows, "train")
+
+
+def test_the_score_in_bf16_autocast_is_the_float32_score_within_bf16_rounding():
+    """A GPU run is scored under bf16 autocast (LitGPT.load_for_eval); the same code on CPU."""
+    import torch
+    from litgpt.model import GPT, Config
+
+    from mixer.training.evaluate import mean_loss
+    from trainer_adapters.litgpt.presets import get_preset
+
+    torch.manual_seed(0)
+    model = GPT(Config(**get_preset("tiny").model_config(128, 32))).eval()
+    samples = np.random.default_rng(0).integers(0, 127, size=(40, 33))
+    full = mean_loss(model, samples, batch_size=16, device="cpu")
+    half = mean_loss(model, samples, batch_size=16, device="cpu", autocast="bfloat16")
+    assert half != full and half == pytest.approx(full, abs=0.02)

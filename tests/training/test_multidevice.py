@@ -199,7 +199,7 @@ def test_launcher_takes_litgpts_arguments_and_finds_the_hooks_beside_the_config(
     """Lightning starts ranks 1..N-1 by re-running the launcher's command line, so that line
     must be complete: `pretrain --config RUN/config.yaml`, hooks from RUN/launch.json."""
     got = {}
-    monkeypatch.setattr(launch, "install", lambda hooks, log: got.update(hooks=hooks, log=log))
+    monkeypatch.setattr(launch, "install", lambda hooks, log, clock, resumed_at: got.update(hooks=hooks, log=log))
     monkeypatch.setattr(launch, "resume_on_any_ranks", lambda: got.update(resume=True))
     import litgpt.__main__
 
@@ -343,31 +343,33 @@ def test_two_ranks_pretrain_every_sample_once_in_stored_order(pretrained):
     assert evals(run)[-1]["tokens"] == meta["tokens"] and (run / "out" / "final" / "lit_model.pth").is_file()
 
 
-def interrupted(run: Path, dest: Path) -> int:
-    """A copy of `run` as if killed after its next-to-last checkpoint; that checkpoint's step."""
-    shutil.copytree(run, dest)
-    steps = steps_of(dest)
-    for gone in ("final", f"step-{steps[-1]:08d}"):
-        shutil.rmtree(dest / "out" / gone)
-    (dest / "evals.jsonl").unlink()
-    meta = json.loads((dest / "run.json").read_text())
-    (dest / "run.json").write_text(json.dumps({**meta, "status": "running"}))
-    return steps[-2]
+@pytest.fixture(scope="module")
+def killed(mixes):
+    """The same 2-rank pretrain killed (SIGKILL to every rank) once its first resume state is
+    complete; the step it resumes from."""
+    from interrupt import kill_mid_run
+
+    run = mixes["root"] / "runs" / "killed"
+    last = kill_mid_run([sys.executable, "-m", "mixer", "train", "pretrain", str(mixes["spt"]), "--model", "tiny",
+                         "--out", str(run), "--devices", "2", "--checkpoints", "3", "--eval-samples", "16"], run)
+    return run, last
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 1])
-def test_a_resumed_run_trains_the_rest_once_on_the_same_or_another_device_count(mixes, pretrained, tmp_path,
+def test_a_resumed_run_trains_the_rest_once_on_the_same_or_another_device_count(mixes, pretrained, killed, tmp_path,
                                                                                   devices):
-    """Resumed on 2 ranks, or on 1 device with the same global batch of 16: the run reads the
-    samples after its checkpoint, each once, in order, and ends where the uninterrupted run did."""
+    """A 2-rank run killed while training, resumed on 2 ranks, or on 1 device with the same global
+    batch of 16: the run reads the samples after its checkpoint, each once, in order, and ends
+    where the uninterrupted run did."""
     original, traced = pretrained
     run = tmp_path / "spt"
-    last = interrupted(original, run)
+    shutil.copytree(killed[0], run)
+    last = killed[1]
     resumed = tmp_path / "trace"
     mixer("train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(run), "--devices", str(devices),
           "--checkpoints", "3", "--eval-samples", "16", env={"MIXER_SAMPLE_TRACE": str(resumed)})
-    assert f"Resuming training from {run}/out/step-{last:08d}" in (run / "train.log").read_text()
+    assert f"Resuming training from {run}/out/step-{last:08d}/resume.pth" in (run / "train.log").read_text()
     steps = json.loads((run / "run.json").read_text())["hparams"]["steps"]
     assert_stored_order(trace(resumed), ranks=devices, micro=GLOBAL // devices, start=last, end=steps)
     before = {r: [row for row in rows if row[0] < last] for r, rows in trace(traced).items()}

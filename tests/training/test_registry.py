@@ -121,7 +121,7 @@ def test_a_second_trainer_runs_pretrain_finetune_and_eval_through_the_protocol(m
     assert ft["hparams"]["lr"] == 0.5 and ft["hparams"]["reference_lr"] == 1.0  # smoothing 1.0 x 0.5
     config = json.loads((tmp_path / "ft" / "count.json").read_text())
     assert config["val_sets"] == [] and list(config["val_files"]) == ["music-val"]
-    assert (tmp_path / "ft" / "heldout" / "music-val.bin").stat().st_size % (33 * 2) == 0
+    assert config["val_files"]["music-val"] == str(mixes["ft"] / "eval" / "music-val.bin")  # the mix's own split
     ft_rows = read_evals(tmp_path / "ft")
     chosen = best_eval(ft_rows, "val")
     assert all(r.domain_val_loss is not None for r in ft_rows)
@@ -166,6 +166,29 @@ def test_a_grid_of_a_second_trainer_records_the_best_grid_point(mixes, capsys, t
     # `mixer eval` of the grid folder evaluates its grid points (all done already)
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "g"), "--json")
     assert code == 0 and sorted(json.loads(out)) == sorted(str(tmp_path / "g" / n) for n in best)
+
+
+def test_no_eval_leaves_the_scores_and_the_winner_to_mixer_eval(mixes, capsys, tmp_path, count):
+    """--no-eval trains only; `mixer eval` then scores every checkpoint and records the winners
+    that an evaluating run records (a grid's among its points)."""
+    pre = _train_count_pretrain(mixes, capsys, tmp_path / "pre")
+    args = ["train", "finetune", str(mixes["ft"]), "--from", str(pre), "--patience", "0", "--grid", "lr=0.001,10"]
+    assert run_cli(capsys, *args, "--out", str(tmp_path / "now"))[0] == 0
+    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "later"), "--no-eval")
+    assert code == 0 and "not evaluated (--no-eval)" in out, err
+    later = json.loads((tmp_path / "later" / "run.json").read_text())
+    assert later["best"] is None and later["evaluated"] is False
+    assert not list((tmp_path / "later").glob("*/evals.jsonl"))
+    point = json.loads((tmp_path / "later" / "lr=10,warmup=0" / "run.json").read_text())
+    assert point["evaluated"] is False and point["time"]["evaluation"] is None and point["status"] == "done"
+    assert run_cli(capsys, "eval", str(tmp_path / "later"))[0] == 0
+    now, later = (json.loads((tmp_path / r / "run.json").read_text()) for r in ("now", "later"))
+    assert later["best"] == now["best"] and later["best"] is not None and later["evaluated"] is True
+    assert later["hparams"]["points"] == now["hparams"]["points"]
+    for name in ("lr=0.001,warmup=0", "lr=10,warmup=0"):
+        a, b = (json.loads((tmp_path / r / name / "run.json").read_text()) for r in ("now", "later"))
+        assert a["best"] == b["best"] and b["evaluated"] is True
+        assert (tmp_path / "now" / name / "evals.jsonl").read_text() == (tmp_path / "later" / name / "evals.jsonl").read_text()
 
 
 def test_finetune_defaults_to_the_papers_rate_grid_relative_to_the_parent(mixes, capsys, tmp_path, count):

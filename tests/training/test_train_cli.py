@@ -64,7 +64,7 @@ def test_the_yaml_is_what_litgpt_parses(mixes, capsys, tmp_path):
         (tmp_path / name).write_text(text)
         init = parser.instantiate_classes(parser.parse_args(["--config", str(tmp_path / name)]))
         assert type(init.data).__name__ == "MixData" and init.data.max_tokens == init.train.max_tokens
-    assert init.data.val_files == {"music-val": str(tmp_path / "ft" / "heldout" / "music-val.bin")}
+    assert init.data.val_files == {"music-val": str(mixes["ft"] / "eval" / "music-val.bin")}
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -112,9 +112,9 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     assert code == 0, err
     cfg = yaml.safe_load(out)
     assert cfg["initial_checkpoint_dir"] == str(parent / "converted" / "final")
-    # early stopping on the domain validation split alone, written into the run before launch
+    # early stopping on the domain validation split alone, which the mix holds
     assert cfg["data"]["init_args"]["val_sets"] == []
-    assert cfg["data"]["init_args"]["val_files"] == {"music-val": str(tmp_path / "ft" / "heldout" / "music-val.bin")}
+    assert cfg["data"]["init_args"]["val_files"] == {"music-val": str(mixes["ft"] / "eval" / "music-val.bin")}
     assert not (tmp_path / "ft").exists()
     assert cfg["train"]["min_lr"] == cfg["optimizer"]["init_args"]["lr"]  # constant after warmup
     assert cfg["train"]["tie_embeddings"] is False and cfg["eval"]["initial_validation"] is True
@@ -124,8 +124,9 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     per_epoch = src["epoch_start_samples"][1] - src["epoch_start_samples"][0]
     assert cfg["train"]["save_interval"] == cfg["eval"]["interval"] == max(1, round(per_epoch / 16))
     plan = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent)
-    assert list(plan.heldout) == [tmp_path / "ft" / "heldout" / "music-val.bin"]
-    assert cfg["eval"]["max_iters"] == -(-len(next(iter(plan.heldout.values()))) // 16)  # the whole split once
+    held = plan.spec.val_files["music-val"]
+    assert held.path == mixes["ft"] / "eval" / "music-val.bin"
+    assert cfg["eval"]["max_iters"] == -(-held.samples // 16)  # the whole split once
     test_cfg = yaml.safe_load(train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent,
                                                       select_on="test").config_text())
     assert test_cfg["data"]["init_args"]["val_sets"] == ["music-test"] and test_cfg["data"]["init_args"]["val_files"] is None
@@ -179,21 +180,28 @@ def test_schedules():
 
 
 def test_early_stopping_hook_stops_after_patience_and_keeps_complete_checkpoints(tmp_path, monkeypatch):
+    import torch
+    from fakefabric import FakeFabric, litgpt_save
     from litgpt import pretrain
 
-    saved = []
     monkeypatch.setattr(pretrain, "validate", lambda fabric, model, loader, max_iters, verbose=True: losses.pop(0))
-    monkeypatch.setattr(pretrain, "save_checkpoint", lambda fabric, state, tok, f: saved.append(Path(f).parent.name))
+    monkeypatch.setattr(pretrain, "save_checkpoint", litgpt_save)
     monkeypatch.setattr(pretrain, "get_lr", pretrain.get_lr)
+    monkeypatch.setattr(pretrain, "fit", pretrain.fit)
+    monkeypatch.setenv("MIXER_RESUME_SECONDS", "0")  # a resume state at every step checkpoint
     log = tmp_path / "early_stopping.jsonl"
     launch.install({"early_stopping": {"patience": 2}}, log)
-    fabric = type("F", (), {"global_rank": 0})()
+    fabric, model = FakeFabric(), torch.nn.Linear(2, 2)
     losses = [3.0, 2.0, 2.5, 1.9, 2.2, 2.1]
     with pytest.raises(launch.EarlyStop, match="step-00000006"):
         for step in range(1, 7):
             pretrain.validate(fabric, None, None, 1)
-            pretrain.save_checkpoint(fabric, {}, None, tmp_path / f"step-{step:08d}" / "lit_model.pth")
-    assert saved == [f"step-{s:08d}" for s in range(1, 7)]  # the stop comes after the save completes
+            pretrain.save_checkpoint(fabric, {"model": model, "iter_num": step, "step_count": step}, None,
+                                     tmp_path / "out" / f"step-{step:08d}" / "lit_model.pth")
+    # the stop comes after the save completes; the stopping checkpoint writes no resume state
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/lit_model.pth")) == [
+        f"step-{s:08d}" for s in range(1, 7)]
+    assert [p.parent.name for p in (tmp_path / "out").glob("*/resume.pth")] == ["step-00000005"]
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert [r["without_improvement"] for r in rows] == [0, 0, 1, 0, 1, 2]
     assert rows[-1]["best_loss"] == 1.9

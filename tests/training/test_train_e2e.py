@@ -95,15 +95,18 @@ def test_finetune_lowers_the_domain_test_loss_and_records_its_start(study):
     judged = [json.loads(x) for x in (runs / "ft" / "early_stopping.jsonl").read_text().splitlines()]
     assert [j["checkpoint"] for j in judged] == [r["checkpoint"] for r in rows if r["checkpoint"].startswith("step-")]
     # LitGPT validated on the validation split alone: its loss (a mean of per-batch means) is that of
-    # the run's heldout/music-val.bin, the store's validation split
+    # the mix's eval/music-val.bin, the store's validation split fixed when the mix was built
     import numpy as np
+    import yaml
 
     from mixer.formats.mix import MixFiles
-    from mixer.training.heldout import domain_val
+    from mixer.formats.sample_sets import SELECTION, sample_set
     from mixer.training.registry import get_trainer
 
-    _, val = domain_val(MixFiles.open(study["mixes"]["ft"]))
-    assert (runs / "ft" / "heldout" / "music-val.bin").read_bytes() == np.ascontiguousarray(val).tobytes()
+    held = sample_set(MixFiles.open(study["mixes"]["ft"]), SELECTION)
+    val = np.asarray(held.samples)
+    data = yaml.safe_load((runs / "ft" / "config.yaml").read_text())["data"]["init_args"]
+    assert data["val_files"] == {"music-val": str(held.path)} and data["val_sets"] == []
     first = judged[0]
     model = get_trainer("litgpt").load_for_eval(runs / "ft", runs / "ft" / "out" / first["checkpoint"], "cpu", 1)
     batches = [model.loss(val[i : i + 16]) for i in range(0, len(val), 16)]
@@ -157,23 +160,20 @@ def test_corrupt_or_missing_checkpoint_is_one_line(study, tmp_path, capsys):
 
 
 def test_an_interrupted_run_resumes_on_the_same_samples(study, tmp_path, capsys):
-    """Re-running an unfinished run resumes from its last checkpoint, with the loader's position
-    restored: the first step after resuming sees the same batch (same loss) as the original run."""
+    """A run killed mid-training resumes from its latest resume state (the only checkpoint that
+    keeps the optimizer), with the loader's position restored: the first step after resuming
+    sees the same batch (same loss) as the uninterrupted run, and it ends with the same model."""
+    from interrupt import kill_mid_run
+
     original = study["runs"] / "spt"
     run = tmp_path / "spt"
-    shutil.copytree(original, run)
-    steps = sorted(int(p.name.split("-")[1]) for p in (run / "out").glob("step-*"))
-    for gone in ("final", f"step-{steps[-1]:08d}"):  # killed after its next-to-last checkpoint
-        shutil.rmtree(run / "out" / gone)
-    (run / "evals.jsonl").unlink()
-    meta = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
-    last = steps[-2]
-    code, _, err = mixer_here(capsys, "train", "pretrain", str(study["mixes"]["spt"]), "--model", "tiny",
-                              "--out", str(run), "--checkpoints", "3")
+    args = ["train", "pretrain", str(study["mixes"]["spt"]), "--model", "tiny", "--out", str(run), "--checkpoints", "3"]
+    last = kill_mid_run([sys.executable, "-m", "mixer", *args], run)
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    code, _, err = mixer_here(capsys, *args)
     assert code == 0, err
     log = (run / "train.log").read_text()
-    assert f"Resuming training from {run}/out/step-{last:08d}" in log
+    assert f"Resuming training from {run}/out/step-{last:08d}/resume.pth" in log
 
     def loss_at(text: str, it: int) -> str:
         return re.findall(rf"iter {it} step {it} \| loss train: ([\d.]+)", text)[-1]
@@ -181,6 +181,27 @@ def test_an_interrupted_run_resumes_on_the_same_samples(study, tmp_path, capsys)
     assert loss_at(log, last + 1) == loss_at((original / "train.log").read_text(), last + 1)
     final = {r["checkpoint"]: r for r in evals(run)}["final"]
     assert final["general_val_loss"] == pytest.approx(evals(original)[-1]["general_val_loss"], abs=1e-4)
+    assert not list((run / "out").glob("step-*/resume.pth"))  # finished: nothing left to resume from
+
+
+def test_checkpoints_hold_the_weights_alone_and_final_is_the_last_steps_file(study):
+    """Only a resume needs the optimizer state: a finished run keeps the weights (in their training
+    dtype, float32 on CPU) and nothing else; `final` after a saved last step is the same file."""
+    import os
+
+    import torch
+
+    run = study["runs"] / "spt"
+    steps = sorted((run / "out").glob("step-*"))
+    assert steps and not list((run / "out").glob("*/resume.pth")) and not list((run / "out").glob("*/.*partial"))
+    for ckpt in [*steps, run / "out" / "final"]:
+        state = torch.load(ckpt / "lit_model.pth", map_location="cpu", weights_only=True)
+        assert set(state) == {"model", "iter_num", "step_count", "mixer"} and state["mixer"]["weights_only"]
+        assert {t.dtype for t in state["model"].values()} == {torch.float32}
+    meta = json.loads((run / "run.json").read_text())
+    last = run / "out" / f"step-{meta['hparams']['steps']:08d}"
+    if last.is_dir():  # the last step was a save step
+        assert os.path.samefile(last / "lit_model.pth", run / "out" / "final" / "lit_model.pth")
 
 
 def test_a_finished_run_is_not_overwritten(study, capsys):

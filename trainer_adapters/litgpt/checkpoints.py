@@ -1,6 +1,9 @@
 """LitGPT's checkpoints in a run: RUN/out/step-*/ and RUN/out/final/, each holding
-lit_model.pth (the pretrain state: model, optimizer, loader position, step_count) and
-model_config.yaml. Finetunes start from a parent checkpoint converted once with LitGPT's
+lit_model.pth (the model weights in their training dtype, with step_count and iter_num) and
+model_config.yaml; the latest step checkpoint of an unfinished run also holds resume.pth
+(LitGPT's whole pretrain state: model, optimizer, loader position, counts), which launch.py
+writes and deletes (docs/trainers.md). Runs of an older mixer hold the whole state in every
+lit_model.pth. Finetunes start from a parent checkpoint converted once with LitGPT's
 convert_pretrained_checkpoint into PARENT/converted/<checkpoint>/."""
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from mixer.errors import MixerError
 
-WEIGHTS, MODEL_CONFIG = "lit_model.pth", "model_config.yaml"
+WEIGHTS, MODEL_CONFIG, RESUME = "lit_model.pth", "model_config.yaml", "resume.pth"
 
 
 def _step_number(p: Path) -> int:
@@ -27,8 +30,24 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resume_point(run_dir: Path) -> Path | None:
-    """The last complete step checkpoint of an interrupted run (LitGPT resumes from a step-*)."""
-    return max((Path(run_dir) / "out").glob(f"step-*/{WEIGHTS}"), key=lambda p: _step_number(p.parent), default=None)
+    """The state an interrupted run resumes from: the latest step checkpoint's resume.pth (written
+    whole under a temporary name, so never torn); for a run of an older mixer, whose every
+    lit_model.pth held the whole state, the last one that does. None: start from the beginning."""
+    out = Path(run_dir) / "out"
+    latest = max(out.glob(f"step-*/{RESUME}"), key=lambda p: _step_number(p.parent), default=None)
+    if latest is not None:
+        return latest
+    older = max(out.glob(f"step-*/{WEIGHTS}"), key=lambda p: _step_number(p.parent), default=None)
+    return older if older is not None and "optimizer" in _load_state(older) else None
+
+
+def drop_resume_states(run_dir: Path) -> list[Path]:
+    """After a run finished: the resume states and torn temporary files nothing will read."""
+    out = Path(run_dir) / "out"
+    gone = [*out.glob(f"step-*/{RESUME}"), *out.glob(f"*/.{WEIGHTS}.partial"), *out.glob(f"*/.{RESUME}.partial")]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    return gone
 
 
 def _load_state(weights: Path) -> dict:

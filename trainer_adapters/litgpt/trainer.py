@@ -10,6 +10,7 @@ save_interval.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from mixer.training.trainer import EvalModel, RunSpec
 from . import checkpoints as ckpts
 from .cluster import SCRIPT, check_allocation, launch_script
 from .config import Machine, TrainSettings, cpu_threads, dump, litgpt_config
-from .launch import HOOKS
+from .launch import HOOKS, TIMING
 from .logs import last_error_line, merge_metrics, run_logged, train_table
 from .presets import get_preset
 
@@ -122,6 +123,7 @@ class LitGPT:
         log = run_dir / "train.log"
         if run_logged(["bash", str(script)], log, dict(os.environ), echo=echo) != 0:
             raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
+        ckpts.drop_resume_states(run_dir)  # the run is finished: no resume will read them
         merge_metrics(run_dir / "out", run_dir / "metrics.csv")
 
     def checkpoints(self, run_dir: Path) -> list[Path]:
@@ -135,6 +137,8 @@ class LitGPT:
         return int(train["global_batch_size"]) * int(train["max_seq_length"])
 
     def load_for_eval(self, run_dir: Path, ckpt: Path, device: str | None, threads: int | None) -> EvalModel:
+        """On a GPU in the precision the run trained in (bf16 autocast for bf16 runs), in
+        batches of the run's micro-batch, which fit beside the weights since training's did."""
         import torch
 
         from mixer.training.evaluate import mean_loss
@@ -142,9 +146,23 @@ class LitGPT:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cpu":
             torch.set_num_threads(cpu_threads(threads))
+        cfg = self._config(run_dir)
         model, step = ckpts.load_checkpoint(ckpt, device)
-        micro = int(self._config(run_dir)["train"]["micro_batch_size"])
-        return EvalModel(step=step, loss=partial(mean_loss, model, batch_size=micro, device=device))
+        micro = int(cfg["train"]["micro_batch_size"])
+        autocast = "bfloat16" if str(cfg.get("precision", "")).startswith("bf16") and device != "cpu" else None
+        return EvalModel(step=step, loss=partial(mean_loss, model, batch_size=micro, device=device, autocast=autocast))
+
+    def timing(self, run_dir: Path) -> dict | None:
+        """The last launch's RUN/timing.jsonl line (launch.py: startup, compile, train_steps,
+        validation, checkpoints, tokens, device), with the precision and LitGPT's count of
+        model FLOPs per token."""
+        f = Path(run_dir) / TIMING
+        lines = f.read_text().splitlines() if f.is_file() else []
+        if not lines:
+            return None
+        cfg = self._config(run_dir)
+        return {**json.loads(lines[-1]), "precision": cfg.get("precision"),
+                "flops_per_token": flops_per_token(cfg["model_config"], int(cfg["train"]["max_seq_length"]))}
 
     def train_log(self, run_dir: Path) -> dict[int, dict[str, float]]:
         return train_table(merge_metrics(Path(run_dir) / "out", Path(run_dir) / "metrics.csv"))
@@ -157,6 +175,21 @@ class LitGPT:
         if not f.is_file():
             raise MixerError(f"{f}: missing; {run_dir} was not started by mixer train with LitGPT")
         return yaml.safe_load(f.read_text())
+
+
+def flops_per_token(model_config: dict, seq_len: int) -> float:
+    """Model FLOPs of a forward and backward pass per token, as LitGPT counts them for its
+    throughput log: Lightning's `measure_flops` on a meta-device copy (nothing is computed)."""
+    import torch
+    from lightning.fabric.utilities.throughput import measure_flops
+    from litgpt.model import GPT, Config
+    from litgpt.utils import chunked_cross_entropy
+
+    with torch.device("meta"):
+        model = GPT(Config(**model_config))
+        x = torch.randint(0, 1, (1, seq_len))
+        flops = measure_flops(model, lambda: model(x), lambda y: chunked_cross_entropy(y, x, chunk_size=0))
+    return flops / seq_len
 
 
 TRAINER = LitGPT()
