@@ -159,29 +159,60 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
 
 def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
     """Observed domain test (o) and train (x) loss per fraction, with the law (or the
-    per-fraction curves) as lines; a held-out fraction is dashed."""
+    per-fraction curves) as lines; a held-out fraction is dashed, NPT left out of the law
+    dotted (its own curve). The y axis spans every observation and any prediction within half
+    that span again; a prediction beyond is drawn clipped at the edge, marked with triangles
+    and said in the legend, so nothing is cut off silently. The fit's warnings are printed on it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     per = {p["fraction"]: p for p in fit["per_fraction"]}
-    for i, c in enumerate(curves):
-        color = f"C{i % 10}"
-        ax.plot(c.tokens, c.test, "o", color=color, ms=4, label=f"{c.fraction:g}")
-        ax.plot(c.tokens, c.train, "x", color=color, ms=4)
-        T = np.logspace(np.log10(c.tokens.min()), np.log10(c.tokens.max()), 50)
-        coef = law_coefficients(fit["law"]["params"], c.fraction) if fit["law"] else fraction_coefficients(per[c.fraction])
-        if coef:
-            held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
-            ax.plot(T, curve_test(coef, T), "--" if held else "-", color=color, lw=1)
+    unit = (fit.get("units") or {}).get("token_unit", 1.0)
+    npt_out = fit.get("npt") is not None and not fit["npt"]["enters"]
     observed = np.concatenate([np.concatenate([c.test, c.train]) for c in curves]) if curves else np.zeros(0)
     observed = observed[np.isfinite(observed)]
-    if len(observed):  # the axis is the data's: a curve leaving it is visibly wrong, not rescaled
-        pad = 0.1 * max(float(observed.max() - observed.min()), 1e-3)
-        ax.set_ylim(float(observed.min()) - pad, float(observed.max()) + pad)
-    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats)",
-           title=("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)")
+    lines = []
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        own = fit["law"] is None or (c.fraction == 0 and npt_out)
+        label = f"{c.fraction:g}" + (" (NPT, outside the law)" if c.fraction == 0 and npt_out and fit["law"] else "")
+        ax.plot(c.tokens, c.test, "o", color=color, ms=4, label=label)
+        ax.plot(c.tokens, c.train, "x", color=color, ms=4)
+        T = np.logspace(np.log10(c.tokens.min()), np.log10(c.tokens.max()), 50)
+        coef = fraction_coefficients(per[c.fraction]) if own and c.fraction in per else (
+            law_coefficients(fit["law"]["params"], c.fraction, unit) if fit["law"] else None)
+        if coef:
+            held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
+            lines.append((T, curve_test(coef, T), ":" if own and fit["law"] else "--" if held else "-", color, held))
+    lo, hi = (float(observed.min()), float(observed.max())) if len(observed) else (0.0, 1.0)
+    span = max(hi - lo, 1e-3)
+    for _, y, *_ in lines:  # predictions near the data widen the axis; far ones are clipped and marked
+        y = y[np.isfinite(y)]
+        if len(y):
+            lo, hi = min(lo, max(float(y.min()), lo - 0.5 * span)), max(hi, min(float(y.max()), hi + 0.5 * span))
+    pad = 0.05 * max(hi - lo, 1e-3)
+    bottom, top = lo - pad, hi + pad
+    clipped = False
+    for T, y, style, color, held in lines:
+        ax.plot(T, np.clip(y, bottom, top), style, color=color, lw=1.5 if held else 1)
+        for side, mask, marker in (("top", y > top, "^"), ("bottom", y < bottom, "v")):
+            if mask.any():
+                clipped = True
+                ax.plot(T[mask][::5], np.full(len(T[mask][::5]), top if side == "top" else bottom), marker,
+                        color=color, ms=7, clip_on=False)
+    if clipped:
+        ax.plot([], [], "k^", ms=6, label="prediction beyond the axis (clipped)")
+    ax.set_ylim(bottom, top)
+    title = ("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)"
+    if fit["holdout_fraction"] is not None and fit.get("holdout"):
+        title += f"; held out {fit['holdout_fraction']:g} (dashed): {fit['holdout']['test']['mean_abs_rel_error_pct']:.3g}%"
+    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats); axis not from 0", title=title)
+    ws = fit.get("warnings") or []
+    if ws:
+        kinds = sorted({w["kind"] for w in ws})
+        ax.text(0.01, 0.01, f"{len(ws)} WARNING(S) ({', '.join(kinds)}): see fit.json / mixer fit", color="C3",
+                transform=ax.transAxes, fontsize=8, va="bottom", weight="bold")
     ax.legend(title="fraction", fontsize=8)
     return _save(fig, path)
-
 
 
 AXIS_NAMES = {"L_ft": "L_ft: new-task test loss after FT", "L_ret": "L_ret: post-training domain test loss after FT",

@@ -155,12 +155,13 @@ def test_fit_on_a_tiny_study_degrades_and_still_writes_fit_json(tmp_path, capsys
     assert all(p["train"] is not None for p in fit["per_fraction"])
     assert (out / "fit.png").exists()
     r = forecast(fit, 4 * 10**6)
-    # at 4M tokens the law puts 2% well below NPT (5.26 vs 5.80 nats), and both gain 5 T^-0.1 + 0.02
+    # at 4M tokens (4 token units) the law puts 2% below NPT (2.49 vs 2.68 nats, before the
+    # gain), and both gain 5 T^-0.1 + 0.02
     from runutil import TRUE_LAW
     from mixer.analysis.scaling import law
 
-    truth = {d: float(law(TRUE_LAW, 4e6, d)["test"]) - (5.0 * 4e6**-0.1 + 0.02) for d in (0.0, 0.02)}
-    assert truth[0.02] < truth[0.0] - 0.5
+    truth = {d: float(law(TRUE_LAW, 4e6, d, 1e6)["test"]) - (5.0 * 4e6**-0.1 + 0.02) for d in (0.0, 0.02)}
+    assert truth[0.02] < truth[0.0] - 0.15
     assert r["source"] == "per-fraction curves" and r["recommended"]["fraction"] == 0.02
     assert r["recommended"]["post_ft_loss"] == pytest.approx(truth[0.02], rel=0.01)
     # mixer plan --fit: inside the measured tokens by default, beyond them only when asked, and said
