@@ -231,11 +231,17 @@ def publish_results(out: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    from mixer.formats.atomic import write_json
+    from mixer.formats.run import read_run_meta, relocate
+
     for name in ("run.json", "evals.jsonl"):
         for f in (out / "runs").rglob(name):
             target = dest / "runs" / f.relative_to(out / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
+            if name == "run.json":  # parents relative to the run: the copy never points back here
+                write_json(target, relocate(read_run_meta(f.parent), f.parent.resolve()))
+            else:
+                shutil.copyfile(f, target)
     for sub in ("report", "fit", "early-exposure", *(f.name for f in out.glob("fit-*"))):
         for f in sorted((out / sub).glob("*")):
             if f.suffix in (".md", ".json", ".png"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mixer.executors import Executor
+from mixer.formats.folders import claim_folder, mark_folder
 
 PathLike = str | Path
 
@@ -94,9 +95,18 @@ def audit(mix: PathLike, *, ngram: int = 13, work: PathLike | None = None, execu
     from mixer.checks.audit_inputs import mix_inputs
 
     stores, files, source_ids = mix_inputs(Path(mix))
+    if work is not None:
+        claim_audit_work(Path(work))
     with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
         return run_audit(stores, files, Path(work or tmp), n=ngram, source_ids=source_ids,
                          executor=executor, **options) | {"audited": str(mix)}
+
+
+def claim_audit_work(work: Path, flag: str = "work") -> None:
+    """The audit's partial results go only into a folder that is new, empty or already its own."""
+    claim_folder(work, "audit work", flag)
+    work.mkdir(parents=True, exist_ok=True)
+    mark_folder(work, "audit work")
 
 
 def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:
@@ -105,6 +115,8 @@ def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:
     from mixer.analysis.report import build_report, write_report
     from mixer.formats.run import load_runs
 
+    if out is not None:
+        claim_folder(Path(out), "report", "out")
     loaded = load_runs(list(runs))
     data = build_report(loaded)
     if out is not None:
@@ -119,6 +131,8 @@ def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float
     from mixer.analysis.fit import build_fit, fit_inputs
     from mixer.formats.run import load_runs
 
+    if out is not None:
+        claim_folder(Path(out), "fit", "out")
     inputs = fit_inputs(load_runs(list(runs)), model, domain)
     result = build_fit(inputs, holdout, loss)
     if out is not None:

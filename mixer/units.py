@@ -29,3 +29,14 @@ def format_count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}"
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.3g}"
+
+
+# Seeds feed numpy generators and 64-bit hashes; 32 bits is every seed a study needs, and a
+# bound here keeps a typo such as 2**70 a one-line error instead of an overflow deep inside.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: object, what: str = "--seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"{what} {seed!r}: must be a whole number from 0 to {SEED_MAX}")
+    return seed

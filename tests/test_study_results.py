@@ -9,6 +9,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "study"
 MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
@@ -36,3 +38,19 @@ def test_readme_table_is_recomputed_from_the_published_runs():
     assert {e["model"] for e in rows} >= {"tiny", "small"}
     assert sorted(e["lam"] for e in data["early_exposure"]["early_exposure"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert data["fit"]["law"] is not None and data["fit"]["holdout"]["points"] > 0
+
+
+def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch):
+    """A fresh clone has no trace of the machine that ran the study: every finetune's parent
+    is found among the published runs (or their grid points), never on disk elsewhere."""
+    from mixer.formats import run as R
+
+    runs = [R.load_run(p.parent) for p in sorted(RESULTS.glob("runs/**/run.json"))
+            if not (p.parent.parent / "run.json").exists()]  # grid points load with their run
+    monkeypatch.setattr(R, "load_run", lambda p: pytest.fail(f"{p}: read outside the published runs"))
+    with_parent = [r for r in runs for r in R._with_grid_points(r) if r.parent]
+    assert with_parent
+    for r in with_parent:
+        assert not Path(r.parent).is_absolute(), f"{r.path}/run.json: parent {r.parent} is an absolute path"
+        parent = R.find_parent(r, runs)
+        assert parent is not None and RESULTS in parent.path.parents, f"{r.path}: parent {r.parent} not found"

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
-from mixer.units import format_count, parse_count
+from mixer.formats.folders import claim_folder
+from mixer.units import SEED_MAX, format_count, parse_count
 from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
@@ -24,6 +25,7 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     from mixer.analysis.report import build_report, format_report, write_report
     from mixer.formats.run import load_runs
 
+    claim_folder(out, "report", "--out")
     loaded = load_runs(_need(runs))
     data = build_report(loaded)
     files = write_report(data, loaded, out)
@@ -60,6 +62,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, mod
 
     if holdout is not None and not 0 < holdout <= 1:
         raise UsageError(f"--holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
+    claim_folder(out, "fit", "--out")
     inputs = fit_inputs(load_runs(_need(runs)), model, domain)
     result = build_fit(inputs, holdout, loss)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, mod
 @click.option("--split-a", default="train", show_default=True, help="Split of A to sample.")
 @click.option("--split-b", default="train", show_default=True, help="Split of B to sample.")
 @click.option("--tokens", "n_tokens", default="1.5M", show_default=True, help="Tokens sampled per side.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)
 @json_option
 def similarity(a: str, b: str, stores: Path | None, split_a: str, split_b: str, n_tokens: str, seed: int,
                as_json: bool) -> None:

@@ -78,6 +78,10 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, near_copy, min_quote, stri
     if kw["executor"] != "local" and work is None:
         raise UsageError(f"--executor {kw['executor']}: needs --work DIR on a filesystem every task can reach")
     executor = executor_from_flags(kw)
+    if work is not None:
+        from mixer.api import claim_audit_work
+
+        claim_audit_work(work, "--work")
     pick = lambda v, default: default if v is None else v  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
         rep = A.audit(stores, files, Path(work or tmp), n=ngram, near_copy=pick(near_copy, A.NEAR_COPY),

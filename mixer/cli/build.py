@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from mixer.errors import UsageError
-from mixer.units import format_count, parse_count
+from mixer.units import SEED_MAX, format_count, parse_count
 from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
 
 
@@ -34,7 +34,7 @@ def mix_options(f):
         click.option("--replay", type=float, help="Finetune with this general share (replay), e.g. 0.1."),
         click.option("--tokens", help="Training tokens: 200B, 1.5M, ..."),
         click.option("--seq-len", type=int, default=2048, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True),
         click.option("--window", help="Domain only inside this part of the run, e.g. 0.9:1.0 (SCPT)."),
         click.option("--max-epochs", type=float, default=100.0, show_default=True, help="Refuse more domain repetition."),
         click.option("--domain-subset", help="Use a seeded subset of the domain train split of about this many tokens."),
@@ -173,6 +173,9 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json,
 @json_option
 def build(recipe, overrides, out, shards, recheck_stores, quiet, as_json, **kw) -> None:
     """Build an exact, pre-shuffled mix: shards, provenance, eval sets, manifest."""
+    if overrides and recipe is None:
+        raise UsageError(f"--set {overrides[0]}: sets a var of a --recipe; without one give the flag itself "
+                         "(e.g. --fraction 0.2)")
     executor = executor_from_flags(kw)
     if recipe is not None:
         from mixer.mixing.stages import build_recipe, format_stages, parse_set

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
-from mixer.units import format_count, parse_count
+from mixer.units import SEED_MAX, format_count, parse_count
 from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
 
 # flags that describe a source; with --recipe the recipe describes it instead
@@ -33,7 +33,7 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @stores_option
 @click.option("--test-fraction", type=float, help="Held-out share of documents by hash [default: 0.01].")
 @click.option("--test-tokens", help="Held-out size in tokens instead (e.g. 100K).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Split seed.")
 @click.option("--near-duplicates/--no-near-duplicates", default=None,
               help="Keep near-copies on one side of the split (MinHash). [default: on for domain sources]")
 @click.option("--on-bad-record", type=click.Choice(["skip", "fail"]), default="fail", show_default=True,
@@ -90,6 +90,7 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
 def _human(data: dict) -> str:
     rows, notes = [], []
     for m in data["sources"]:
+        notes.extend(f"{m['source']}: {n}" for n in m.get("notes", []))
         if m.get("status") == "submitted":
             notes.append(f"{m['source']}: submitted to Slurm; the store appears at {m['store']} when the jobs finish")
             continue

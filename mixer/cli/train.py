@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
-from mixer.units import parse_count
+from mixer.units import SEED_MAX, parse_count
 from mixer.cli.common import emit, json_option, table
 
 _path = click.Path(path_type=Path)
@@ -25,7 +25,7 @@ def _common(f):
         click.option("--tokens", help="Train on this many tokens (default: the whole mix), e.g. 2M."),
         click.option("--batch-size", type=int, help="Global batch in samples (default: the preset's)."),
         click.option("--micro-batch-size", type=int, help="Samples per device per forward pass."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True),
         click.option("--precision", help="Trainer precision (LitGPT: 32-true on CPU, bf16-mixed on GPU by default)."),
         click.option("--devices", type=int,
                      help="Devices per node (default: 1 on CPU, all GPUs); on CPU, N ranks train with DDP over gloo."),

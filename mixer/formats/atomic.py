@@ -51,6 +51,8 @@ def read_json(path: str | os.PathLike) -> Any:
     from mixer.errors import MixerError
 
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise MixerError(f"{path}: not UTF-8 text (byte {e.start}); not a file mixer wrote, or a damaged one") from None
     except json.JSONDecodeError as e:
         raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from mixer.errors import MixerError
+from mixer.formats.atomic import read_json
 from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
@@ -166,29 +168,49 @@ def load_runs(paths: list[Path | str]) -> list[Run]:
 
 
 def find_parent(run: Run, runs: list[Run]) -> Run | None:
-    """The run a finetune started from: among `runs` by path, then by the longest shared tail
-    of its recorded path, then on disk.
+    """The run a finetune started from: among `runs` and their grid points by path, then by
+    the longest shared tail of its recorded path, then on disk.
 
-    Matching by the path's tail lets a study folder be moved or copied whole (published
-    results): `runs/music/s1/npt` finds the copy of `/old/place/runs/music/s1/npt`, not
-    another seed's `npt`. A tie between runs is ambiguous and matches none of them.
+    A relative `parent` (what `relocate` writes into published runs) is read from the run's
+    own folder. Matching by the path's tail lets a study folder be moved or copied whole:
+    `runs/music/s1/npt` finds the copy of `/old/place/runs/music/s1/npt`, not another
+    seed's `npt`; a finetune of a post-training grid point finds that grid point. A tie
+    between runs is ambiguous and matches none of them.
     """
     if not run.parent:
         return None
     want = Path(run.parent)
-    for r in runs:
+    if not want.is_absolute():
+        want = run.path / want
+    candidates = [c for r in runs for c in _with_grid_points(r) if c is not run]
+    for r in candidates:
         if r.path.resolve() == want.resolve():
             return r
-    scored = [(_shared_tail(r.path.resolve().parts, want.parts), r) for r in runs if r is not run]
+    scored = [(_shared_tail(r.path.resolve().parts, want.parts), r) for r in candidates]
     top = max((n for n, _ in scored), default=0)
     tied = [r for n, r in scored if n == top and top > 0]
     if len(tied) > 1:  # e.g. only the folder name is shared: a pretraining run is the usual parent
         tied = [r for r in tied if r.kind == "pretrain"]
     if len(tied) == 1:
         return tied[0]
-    if (want / "run.json").is_file():
+    if (want / RUN_FILE).is_file():
         return load_run(want)
     return None
+
+
+def _with_grid_points(run: Run) -> list[Run]:
+    return [run] + [g for s in run.subruns for g in _with_grid_points(s)]
+
+
+def relocate(meta: dict, run_dir: Path) -> dict:
+    """run.json with its `parent` and `parent_checkpoint` relative to `run_dir`, for a copy of
+    a whole study folder (published results): the copy then finds its parents inside itself
+    wherever it lies, and never reads the place the study ran in."""
+    out = dict(meta)
+    for key in ("parent", "parent_checkpoint"):
+        if out.get(key) and Path(out[key]).is_absolute():
+            out[key] = os.path.relpath(out[key], run_dir)
+    return out
 
 
 def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
@@ -207,10 +229,7 @@ def read_run_meta(path: Path | str) -> dict:
         raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds {RUN_FILE}")
     if not meta_file.is_file():
         raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise MixerError(f"{meta_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    meta = read_json(meta_file)
     if not isinstance(meta, dict):
         raise MixerError(f"{meta_file}: expected a JSON object")
     if meta.get("format") != RUN_FORMAT:

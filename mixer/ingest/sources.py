@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError, UsageError
-from mixer.units import parse_count
+from mixer.units import SEED_MAX, parse_count
 
 ROLES = ("domain", "general")
 BAD_RECORD_POLICIES = ("skip", "fail")
@@ -106,8 +106,8 @@ class SourceSpec:
         if self.test_tokens is not None:
             if isinstance(self.test_tokens, bool) or not isinstance(self.test_tokens, int) or self.test_tokens <= 0:
                 raise self.fail("test_tokens", f"{self.test_tokens!r} must be a positive whole number of tokens")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise self.fail("seed", f"{self.seed!r} must be a non-negative integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise self.fail("seed", f"{self.seed!r} must be a whole number from 0 to {SEED_MAX}")
         if self.near_duplicates is not None and not isinstance(self.near_duplicates, bool):
             raise self.fail("near_duplicates", f"{self.near_duplicates!r} must be true or false")
         if self.on_bad_record not in BAD_RECORD_POLICIES:

@@ -19,8 +19,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,13 @@ from mixer.executors import Executor
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
+from mixer.formats.folders import claim_folder, refuse_links
 from mixer.formats.store import list_stores, open_store, token_dtype
 from mixer.ingest.tiktoken_backend import choose_backend
 from mixer.ingest.vocab import TokenizerInfo, load_tokenizer_info
 
 WORK = ".work"
+_WORK_NAME = re.compile(r"^[0-9a-f]{20}-t\d+$")  # work folders tokenize made: f"{fingerprint}-t{tasks}"
 PARTS_FORMAT = 1  # bump when the part layout changes, so old work folders are not reused
 
 
@@ -169,18 +172,25 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     spec.validate()
     run.validate()
     files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag)
+    notes = []
+    if run.executor.tasks > len(files):  # a task reads whole files: the others would start for nothing
+        notes.append(f"--tasks {run.executor.tasks}: {len(files)} input file(s), so {len(files)} task(s) "
+                     "(a task reads whole input files)")
+        run = replace(run, executor=run.executor.with_tasks(len(files)))
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
+    claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")
     _check_study_tokenizer(stores, spec, tok, run.force)
     key = fingerprint(spec, files, tok)
     if (meta := _existing(stores, spec, key, run.force)) is not None:
-        return meta | {"status": "up to date"}
+        return meta | {"status": "up to date", "notes": notes}
 
     source_work = stores / WORK / spec.name
+    refuse_links(stores, WORK)  # the work folder (and the staged store in it) stays inside --stores
     tasks = run.executor.tasks
     work = source_work / f"{key}-t{tasks}"
     for stale in source_work.glob("*") if source_work.exists() else []:
-        if stale != work:  # an older run with other inputs: its parts can never be reused
+        if stale != work and _WORK_NAME.match(stale.name):  # an older run with other inputs: never reused
             shutil.rmtree(stale, ignore_errors=True)
     logs = work / "logs"
     choice = choose_backend(tok.path, run.tokenizer_backend)
@@ -195,7 +205,8 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
         run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
                          tasks=1, depends=tasks_job)
-        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work)}
+        return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work),
+                "notes": notes}
     run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
         reports = _reader_reports(work / "parts", tasks, logs)
@@ -207,11 +218,12 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
         raise
     # a failed merge (e.g. --test-tokens too large) keeps the parts: they do not depend on
     # the split settings, so the corrected re-run only merges again
+    claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")  # still not someone else's
     meta = write_store(spec, tok, dtype, tasks, work, stores, reports, extra)
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight
         source_work.parent.rmdir()
-    return meta | {"status": "written"}
+    return meta | {"status": "written", "notes": notes}
 
 
 class MergeStep(PipelineStep):
@@ -232,5 +244,6 @@ class MergeStep(PipelineStep):
         reports = _reader_reports(work / "parts", self.tasks, work / "logs")
         extra = self.extra | {"tokenizer_backend": backend_record(work / "parts", self.tasks,
                                                                   self.extra["tokenizer_backend"], work / "logs")}
+        claim_folder(Path(self.stores) / self.spec.name, "store", f"--source (or --stores {self.stores})")
         write_store(self.spec, self.tok, np.dtype(self.dtype), self.tasks, work, Path(self.stores), reports, extra)
         yield from ()

@@ -38,6 +38,7 @@ from mixer.executors import Executor
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.lifetime import pid_alive
+from mixer.formats.folders import refuse_links
 from mixer.formats.mix import MIX_FORMAT
 from mixer.formats.checksum import checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
@@ -217,6 +218,7 @@ def claim_directory(out: Path, plan: MixPlan, recheck_stores: bool = False) -> d
     Returns the identity. A folder that is not a build is refused before anything is written.
     """
     check_out_folder(out)
+    refuse_links(out)
     build_dir = out / ".build"
     cache_file = build_dir / STORES_CHECKED
     cache = _read_cache(cache_file)

@@ -20,7 +20,7 @@ from mixer.mixing.schedule import Counts, Layout, Placement, epoch_start_samples
 from mixer.formats.store import Store, check_same_tokenizer, list_stores, open_store
 from mixer.mixing.plan_cache import PlanDir
 from mixer.mixing.streams import SourceStream, source_key
-from mixer.units import format_count
+from mixer.units import check_seed, format_count
 
 DEFAULT_SHARD_BYTES = 1 << 27  # ~128 MiB: big enough for sequential I/O, small enough to spread
 
@@ -48,6 +48,8 @@ class MixSpec:
     extra: list[tuple[str, float]] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_seed(self.seed)
+        check_seed(self.subset_seed, "subset seed")
         if self.seq_len < 1:
             raise UsageError(f"--seq-len must be positive, got {self.seq_len}")
         if self.domain is None and self.general is None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mixutil import build, make_stores, run_cli
@@ -105,3 +106,34 @@ def test_find_parent_in_a_moved_study_folder_matches_the_longest_path_tail(tmp_p
     # Only the folder name in common with two pretraining runs: ambiguous, no parent.
     lone = load_runs([_run(tmp_path / "other" / "ft", "finetune", "/gone/npt")])[0]
     assert find_parent(lone, runs) is None
+
+
+def test_find_parent_matches_a_grid_point_of_a_moved_study_and_reads_nothing_outside(tmp_path, monkeypatch):
+    """Paper 2's finetunes start from the chosen grid point of a post-training run. In a copy
+    of the study that grid point is found among the copy's grid points, by a relative parent
+    (`relocate`) or by the tail of the old absolute one; the old place is never read."""
+    from mixer.formats import run as R
+
+    old = "/gone/study/runs/ee/lam0.5"
+    pre = _run(tmp_path / "ee" / "lam0.5" / "pretrain", "pretrain")
+    post = tmp_path / "ee" / "lam0.5" / "posttrain"
+    _run(post, "finetune", f"{old}/pretrain")
+    for lr in ("lr=1", "lr=2"):
+        _run(post / lr, "finetune", f"{old}/pretrain")
+    ft_abs = _run(tmp_path / "ee" / "lam0.5" / "finetune", "finetune", f"{old}/posttrain/lr=2")
+    ft_rel = _run(tmp_path / "ee" / "lam0.5" / "finetune-rel", "finetune", "../posttrain/lr=1")
+    runs = R.load_runs([pre, post, ft_abs, ft_rel])
+    monkeypatch.setattr(R, "load_run", lambda p: pytest.fail(f"read {p} from disk"))
+    by = {r.path.name: r for r in runs}
+    assert R.find_parent(by["finetune"], runs).path == post / "lr=2"
+    assert R.find_parent(by["finetune-rel"], runs).path == post / "lr=1"
+    assert R.find_parent(by["posttrain"], runs).path == pre
+
+
+def test_relocate_writes_parents_relative_to_the_run():
+    from mixer.formats.run import relocate
+
+    meta = {"parent": "/s/runs/ee/post/lr=2", "parent_checkpoint": "/s/runs/ee/post/lr=2/out/step-1", "kind": "finetune"}
+    out = relocate(meta, Path("/s/runs/ee/ft"))
+    assert out == {"parent": "../post/lr=2", "parent_checkpoint": "../post/lr=2/out/step-1", "kind": "finetune"}
+    assert relocate({"parent": None}, Path("/x")) == {"parent": None}
