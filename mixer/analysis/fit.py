@@ -12,7 +12,7 @@ import numpy as np
 
 from mixer import __version__
 from mixer.analysis.diagnostics import format_warnings
-from mixer.analysis.scaling import Curve, fit_law
+from mixer.analysis.scaling import STARTS, Curve, fit_law
 from mixer.formats.fit import FIT_FORMAT
 from mixer.errors import MixerError, UsageError
 from mixer.formats.run import Run, find_parent, mix_domain_tokens
@@ -61,7 +61,9 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
         parent = find_parent(r, runs) if r.kind == "finetune" else None
         if parent is None or parent.path.resolve() not in fitted:
             continue
-        before = parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
+        # Before finetuning: its own `start` row (the same samples as after), else the parent's row.
+        before = next((e for e in r.all_evals() if e.tokens == 0), None) or parent.eval_at(
+            r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         best = r.best_eval()
         if before and best and before.domain_test_loss is not None:
             gains[parent.fraction].append((r.pretrain_tokens, before.domain_test_loss - best.domain_test_loss))
@@ -75,13 +77,14 @@ def fit_inputs(runs: list[Run], model: str | None = None, domain: str | None = N
             "domain_tokens": D, "runs": [str(r.path) for r in mine], "notes": notes}
 
 
-def build_fit(inputs: dict, holdout: float | None = None, loss: str = "sse") -> dict:
+def build_fit(inputs: dict, holdout: float | None = None, loss: str = "sse", starts: int = STARTS,
+              seed: int = 0) -> dict:
     """fit.json: the law (or what could be fitted) with everything that made it."""
     curves = inputs["curves"]
     if not curves:
         raise MixerError(f"no domain losses in the pretraining runs of {inputs['model']}/{inputs['domain']}; "
                          "run mixer eval on them first")
-    body = fit_law(curves, inputs["gains"] or None, holdout=holdout, loss=loss)
+    body = fit_law(curves, inputs["gains"] or None, holdout=holdout, loss=loss, starts=starts, seed=seed)
     tokens = np.concatenate([c.tokens for c in curves])
     return {"format": FIT_FORMAT, "mixer_version": __version__, "model": inputs["model"], "domain": inputs["domain"],
             "general": inputs["general"], "domain_tokens": inputs["domain_tokens"], "holdout_fraction": holdout,
@@ -97,7 +100,7 @@ def format_fit(fit: dict) -> str:
              f"tokens {format_count(fit['data']['token_range'][0])}..{format_count(fit['data']['token_range'][1])}; "
              f"T below is tokens / {format_count(unit)}"]
     lines += format_warnings(fit)
-    if fit.get("npt"):
+    if fit.get("npt") and fit["npt"]["enters"]:  # when it does not, a warning above says so
         lines.append(f"NPT: {fit['npt']['why']}")
     stage = (fit.get("stage1") or {}).get("train")
     if stage:
@@ -159,7 +162,8 @@ def format_fit(fit: dict) -> str:
                              f"{pt['test_predicted']:.4f} predicted")
     for g in fit["finetune_gain"]:
         expr = f"{g['a']:.4g} T^{g['b']:.3f} + {g['c']:.4f}" if g["kind"] == "power" else f"{g['c']:.4f}"
-        lines.append(f"  finetuning gain at {g['fraction']:g}: dL = {expr} ({g['kind']}, {g['points']} point(s))")
+        lines.append(f"  finetuning gain at {g['fraction']:g}: dL = {expr} ({g['kind']}, {g['points']} point(s); "
+                     "T in tokens)")
     lines += [f"not fitted: {n['what']}: {n['why']}" for n in fit["not_fitted"]]
     lines += [f"note: {n}" for n in fit["notes"]]
     return "\n".join(lines)

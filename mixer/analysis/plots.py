@@ -164,7 +164,7 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
     that span again; a prediction beyond is drawn clipped at the edge, marked with triangles
     and said in the legend, so nothing is cut off silently. The fit's warnings are printed on it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.2))
     per = {p["fraction"]: p for p in fit["per_fraction"]}
     unit = (fit.get("units") or {}).get("token_unit", 1.0)
     npt_out = fit.get("npt") is not None and not fit["npt"]["enters"]
@@ -183,14 +183,7 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
         if coef:
             held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
             lines.append((T, curve_test(coef, T), ":" if own and fit["law"] else "--" if held else "-", color, held))
-    lo, hi = (float(observed.min()), float(observed.max())) if len(observed) else (0.0, 1.0)
-    span = max(hi - lo, 1e-3)
-    for _, y, *_ in lines:  # predictions near the data widen the axis; far ones are clipped and marked
-        y = y[np.isfinite(y)]
-        if len(y):
-            lo, hi = min(lo, max(float(y.min()), lo - 0.5 * span)), max(hi, min(float(y.max()), hi + 0.5 * span))
-    pad = 0.05 * max(hi - lo, 1e-3)
-    bottom, top = lo - pad, hi + pad
+    bottom, top = fit_axis(observed, [y for _, y, *_ in lines])
     clipped = False
     for T, y, style, color, held in lines:
         ax.plot(T, np.clip(y, bottom, top), style, color=color, lw=1.5 if held else 1)
@@ -209,10 +202,24 @@ def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
     ws = fit.get("warnings") or []
     if ws:
         kinds = sorted({w["kind"] for w in ws})
-        ax.text(0.01, 0.01, f"{len(ws)} WARNING(S) ({', '.join(kinds)}): see fit.json / mixer fit", color="C3",
-                transform=ax.transAxes, fontsize=8, va="bottom", weight="bold")
-    ax.legend(title="fraction", fontsize=8)
+        fig.text(0.01, 0.995, f"{len(ws)} WARNING(S) ({', '.join(kinds)}): read them in fit.json or mixer fit's output",
+                 color="C3", fontsize=9, va="top", weight="bold")
+    ax.legend(title="fraction", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path)
+
+
+def fit_axis(observed: np.ndarray, predictions: list[np.ndarray]) -> tuple[float, float]:
+    """fit.png's y range: every observation, and each prediction as far as half the observed
+    span beyond it (a prediction further out is clipped and marked by the caller), padded 5%."""
+    lo, hi = (float(observed.min()), float(observed.max())) if len(observed) else (0.0, 1.0)
+    span = max(hi - lo, 1e-3)
+    for y in predictions:
+        y = y[np.isfinite(y)]
+        if len(y):
+            lo, hi = min(lo, max(float(y.min()), lo - 0.5 * span)), max(hi, min(float(y.max()), hi + 0.5 * span))
+    pad = 0.05 * max(hi - lo, 1e-3)
+    return lo - pad, hi + pad
 
 
 AXIS_NAMES = {"L_ft": "L_ft: new-task test loss after FT", "L_ret": "L_ret: post-training domain test loss after FT",

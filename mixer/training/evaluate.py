@@ -14,6 +14,12 @@ documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens 
 default): the same documents for every run of a study, NPT included, and for SPT runs
 documents they trained on. Each row records which sample it used.
 
+A finetune (or replay) also scores the checkpoint it started from, as its row `start`
+(step 0, tokens 0), on the same samples as its own checkpoints: early stopping's choice
+then includes not finetuning at all, so the chosen model is never worse than its start on
+the split it is chosen on (paper 1's dL >= 0), and before/after comparisons (forgetting,
+the finetuning gain) are on identical samples.
+
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
 """
@@ -107,6 +113,19 @@ def eval_targets(run: Path) -> list[Path]:
     return [Path(run)]
 
 
+START = "start"  # the evals.jsonl row of the checkpoint a finetune started from
+
+
+def start_checkpoint(run_dir: Path, meta: dict) -> Path | None:
+    """The checkpoint a finetune or replay started from (run.json `parent_checkpoint`, relative
+    to the run when relative); None for a pretraining run or when it is gone."""
+    if meta.get("kind") == "pretrain" or not meta.get("parent_checkpoint"):
+        return None
+    ckpt = Path(meta["parent_checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else Path(run_dir) / ckpt
+    return ckpt if ckpt.is_dir() else None
+
+
 def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: int = DEFAULT_TRAIN_TOKENS,
                  train_seed: int = 0, device: str | None = None, threads: int | None = None,
                  progress=None) -> list[Eval]:
@@ -121,6 +140,9 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
     rows = read_evals(run_dir)
     done = {r.checkpoint for r in rows}
     todo = [c for c in ckpts if c.name not in done]
+    start = start_checkpoint(run_dir, read_run_meta(run_dir)) if START not in done else None
+    if start is not None:
+        todo.insert(0, start)
     if not todo:
         return rows
     sets = eval_sets(run_dir, max_samples, train_tokens, train_seed)
@@ -134,7 +156,9 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
     by_step = {r.step: r for r in rows}
     for ckpt in todo:
         model = trainer.load_for_eval(run_dir, ckpt, device, threads)
-        same = by_step.get(model.step)  # `final` after a saved last step is the same model: copy, do not recompute
+        is_start = ckpt is start
+        # `final` after a saved last step is the same model: copy, do not recompute
+        same = None if is_start else by_step.get(model.step)
         score = lambda x: None if x is None or not len(x) else round(float(model.loss(np.asarray(x))), 6)  # noqa: E731
         if same is not None:
             heldout = dict(same.heldout or {})
@@ -142,16 +166,18 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
         else:
             heldout = {name: score(x) for name, x in sets.named.items()}
             losses = {"domain_train_loss": score(sets.domain_train), "domain_val_loss": score(sets.domain_val)}
-        tokens = model.step * tokens_per_step
-        logged = table.get(tokens) or {}
-        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens,
+        step = 0 if is_start else model.step
+        tokens = step * tokens_per_step
+        logged = {} if is_start else table.get(tokens) or {}
+        row = Eval(checkpoint=START if is_start else ckpt.name, step=step, tokens=tokens,
                    domain_test_loss=heldout.get(sets.domain_test) if sets.domain_test else None,
                    general_val_loss=heldout.get(sets.general_val) if sets.general_val else None, **losses,
                    train_loss=logged.get("train_loss"), lr=logged.get("lr"),
                    domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None,
                    heldout=heldout or None)
         append_eval(run_dir, row)
-        by_step.setdefault(model.step, row)
+        if not is_start:
+            by_step.setdefault(model.step, row)
         if progress:
             progress(row)
     return read_evals(run_dir)

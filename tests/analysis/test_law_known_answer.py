@@ -27,13 +27,16 @@ SEEDS = range(6)
 # Each scale: its checkpoints, the token unit the fit uses there (the power of ten at or below
 # the first checkpoint), and a law with the paper's signs whose losses look like the scale's:
 # a tiny model's ABC-music losses falling from ~6 to ~2 nats over 0.3-4M tokens, a 1B model's
-# domain losses from ~2.8 to ~1.1 over 16-200B. Both floors stay >= 0 at every fraction.
+# domain losses from ~2.8 to ~1.1 over 16-200B. In both the general data teaches the domain
+# little (NPT's exponent is small against the domain's), as in a specialised study; the old,
+# unbounded fit missed the held-out curve by 6-146% (laptop) and 12-833% (paper) on these.
+# Both floors stay >= 0 at every fraction.
 SCALES = {
     "laptop": (np.geomspace(3e5, 4e6, 12), 1e5,
-               {"A_train": 4.0, "b_train_s": -0.9, "b_train_g": -0.35, "a1": 2.0, "a2": 0.8, "a3": -6.0,
+               {"A_train": 4.0, "b_train_s": -1.2, "b_train_g": -0.15, "a1": 2.0, "a2": 0.8, "a3": -6.0,
                 "b_gap_s": 2.5, "b_gap_g": -0.2, "k0": 1.2, "k1": 0.4, "k2": 0.004, "k3": 0.6}),
     "paper": (np.geomspace(1.6e10, 2e11, 12), 1e10,
-              {"A_train": 1.5, "b_train_s": -0.8, "b_train_g": -0.25, "a1": 1.0, "a2": 0.75, "a3": -8.0,
+              {"A_train": 1.5, "b_train_s": -1.0, "b_train_g": -0.1, "a1": 1.0, "a2": 0.75, "a3": -8.0,
                "b_gap_s": 2.0, "b_gap_g": -0.1, "k0": 0.9, "k1": 0.15, "k2": 0.003, "k3": 0.5}),
 }
 
