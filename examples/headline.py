@@ -2,23 +2,32 @@
 
 What it measures (docs/results/study/, the README's results table):
 
+0. Data: the general source is Python/Perl documentation plus a 5% slice of the music and
+   proofs corpora's documents, carved out before tokenizing (examples/carve.py: whole
+   near-duplicate groups, so no carved document nor a near copy of one is in any domain split),
+   as web data holds a little of every domain; NPT then learns something of the domain.
 1. Scaling law: pretraining runs at domain fractions 0, 1, 2, 5, 10 and 20% (2 to 41 epochs
-   of a 20K-token domain subset in 4.2M tokens); `mixer fit --holdout 0.2` fits the joint law
-   on 0-10% and predicts the 20% curve, with the onset of overfitting observed and predicted.
-2. Compute multiplier: NPT and the two best SPT fractions finetuned from several checkpoints
-   along the run (1/16 .. 1 of it) over the learning-rate grid; `mixer report` interpolates
-   the first crossing in log tokens. A pilot comes first: if NPT's post-finetuning loss does
-   not fall with pretraining tokens, no multiplier is defined and the study stops there.
-3. Seeds: NPT and the best SPT fraction at 3 mix seeds (the data order of every mix; the
-   domain subset and the trainer's seed stay fixed); every headline number is a mean ± std
-   over them.
-4. Gap closed: NPT of the next larger preset (`small`, ~6x the parameters) over the first half
+   of a 20K-token domain subset in 4.2M tokens, 12 evaluated checkpoints each, 3 seeds);
+   `mixer fit --holdout 0.2` fits the joint law on 0-10% and predicts the 20% curve, beside
+   the naive baselines, with the onset of overfitting observed and predicted. The same sweep
+   on proofs (a 50K-token subset, seed 0, pretraining only) fits a second law.
+2. Relative gain and forgetting: every fraction's last checkpoint finetuned at every seed over
+   the learning-rate grid, early-stopped by patience on the domain validation split (its start
+   a candidate), the test split reported.
+3. Compute multiplier: NPT finetuned from 1/8, 1/2 and all of its run (the references), the
+   best SPT fraction from 1/16 .. 1 of its run at every seed, the second best at seed 0;
+   `mixer report` interpolates the crossings in log tokens against each reference. A pilot
+   comes first: if NPT's post-finetuning loss does not fall with pretraining tokens, no
+   multiplier is defined and the study stops there.
+4. Seeds: 0, 1, 2 for every fraction, each a full reseed: the data order of every mix
+   (`mixer build --seed`) and the model's initialisation and trainer (`mixer train --seed`);
+   the domain subset is the same. Every headline number is a mean ± std over them.
+5. Gap closed: NPT of the next larger preset (`small`, ~6x the parameters) over the first half
    of the run, on the same cosine, finetuned the same way, against the tiny model's SPT and NPT
-   at the same tokens.
-   The same sweep, pretraining only, on proofs (a 50K-token subset) fits a second law.
-5. Paper 2: a compute-matched pipeline (music as D_post, proofs as D_ft) at lambda 0, 0.25,
-   0.5, 0.75 and 1 (shipped recipe early-exposure, subset vars set here): L_ret, L_ft, L_pre
-   and both frontiers.
+   at the same tokens (seed 0 for the larger model).
+6. Paper 2: a compute-matched pipeline (music as D_post, proofs as D_ft) at lambda 0, 0.25,
+   0.5, 0.75 and 1, 3 seeds (shipped recipe early-exposure, subset vars set here): L_ret, L_ft,
+   L_pre and both frontiers, each stage's rate grid wide enough that no winner sits at an edge.
 
 The best and second-best SPT fractions are chosen on the domain validation split of the
 seed-0 finetunes; every reported loss is on the test split.
@@ -35,9 +44,10 @@ from typing import Callable
 
 from mixer.formats.run import load_run
 
-CHECKPOINTS = 16  # evenly spaced, every one evaluated: the law's curves
-NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT (1/2: the gap against the larger model)
-SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the two best SPT fractions: where SPT crosses NPT's final loss
+CHECKPOINTS = 12  # evenly spaced, every one evaluated: the law's curves (its known-answer tests use 12)
+NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT: the multiplier's references (1/2: gap closed)
+SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the two best SPT fractions: where SPT crosses NPT's references
+PARTS = ("all", "law", "paper2")
 
 
 @dataclass(frozen=True)
@@ -46,22 +56,32 @@ class Design:
     holdout: float = 0.2
     large: str = "small"  # the larger model of the gap-closed comparison
     lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    ee_seeds: tuple[int, ...] = (0, 1, 2)
+    ee_tokens: str = "2097152"  # paper 2's pretraining budget (half of paper 1's: 15 chains)
     post_subset: str = "100K"  # D_post for paper 2 (music)
     ft_domain: str = "proofs"  # D_ft for paper 2
-    ft_subset: str = "50K"  # proofs documents are ~7K tokens: 50K is ~7 of them
-    ft_epochs: int = 8
-    # A second law sweep (pretraining only, seed 0) on a domain that shares more with the general
-    # code documentation than ABC tunes do, so that its fraction-0 curve can fall as the law assumes.
+    ft_subset: str = "200K"  # proofs documents are ~7K tokens: ~30 of them, so D_ft is a task, not a few pages
+    ft_epochs: int = 8  # a cap; stage 3 stops by patience on D_ft's validation split
+    # Each stage's rates (x the pretraining rate it continues): post-training is one pass, whose
+    # winners sat at the top of 0.25-2x in the first study; stage 3 must learn D_ft without
+    # wiping out D_post (the first study's 0.25-2x cost 2.5-3.8 nats of music).
+    post_grid: str = "0.5,1,2,4,8"
+    stage3_grid: str = "0.0625,0.125,0.25,0.5,1"
+    # The second law sweep (pretraining only, seed 0) on proofs.
     law_domain: str = "proofs"
     law_subset: str = "50K"
 
 
 class Headline:
-    def __init__(self, study, jobs: int, design: Design = Design()) -> None:
+    def __init__(self, study, jobs: int, design: Design = Design(), parts: set[str] | None = None) -> None:
         self.s, self.d = study, design
+        self.parts = parts or {"all"}
         self.runs = study.out / "runs"
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.futures: list = []
+
+    def wants(self, part: str) -> bool:
+        return "all" in self.parts or part in self.parts
 
     # -- building blocks ------------------------------------------------------------------
 
@@ -72,12 +92,12 @@ class Headline:
         best = min(evals, key=lambda e: (abs(e.tokens - share * top), e.checkpoint != "final"))
         return best.checkpoint
 
-    def ft_runs(self, pre: Path, shares: tuple[float, ...], ft_mix: Path) -> list[Path]:
+    def ft_runs(self, pre: Path, shares: tuple[float, ...], ft_mix: Path, seed: int) -> list[Path]:
         out = []
         for share in shares:
             ckpt = self.checkpoint_at(pre, share)
             out.append(self.s.finetune(ft_mix, pre, pre.parent / f"{pre.name}-ft-{ckpt}", "finetune",
-                                       "--checkpoint", ckpt))
+                                       "--checkpoint", ckpt, seed=seed))
         return out
 
     def mixes(self, seed: int, fractions: tuple[float, ...]) -> dict[str, Path]:
@@ -108,8 +128,8 @@ class Headline:
     # -- chains ---------------------------------------------------------------------------
 
     def npt_chain(self, seed: int, mix: Path, ft: Path, pilot: bool) -> None:
-        pre = self.s.pretrain(mix, self.runs / f"s{seed}" / "npt", checkpoints=CHECKPOINTS)
-        fts = self.ft_runs(pre, NPT_AT, ft)
+        pre = self.s.pretrain(mix, self.runs / f"s{seed}" / "npt", checkpoints=CHECKPOINTS, seed=seed)
+        fts = self.ft_runs(pre, NPT_AT, ft, seed)
         if pilot:
             self.pilot(fts)
 
@@ -128,9 +148,11 @@ class Headline:
                              "so no compute multiplier is defined in this design; change it (more tokens per run, "
                              "a larger domain subset) and run again")
 
+    def spt_pretrain(self, seed: int, f: float, mix: Path) -> Path:
+        return self.s.pretrain(mix, self.runs / f"s{seed}" / f"spt{f:g}", checkpoints=CHECKPOINTS, seed=seed)
+
     def spt_chain(self, seed: int, f: float, mix: Path, ft: Path, shares: tuple[float, ...]) -> None:
-        pre = self.s.pretrain(mix, self.runs / f"s{seed}" / f"spt{f:g}", checkpoints=CHECKPOINTS)
-        self.ft_runs(pre, shares, ft)
+        self.ft_runs(self.spt_pretrain(seed, f, mix), shares, ft, seed)
 
     def large_chain(self, mix: Path, ft: Path) -> None:
         """The larger model's NPT over the first half of the run, on the same cosine (the same
@@ -143,21 +165,22 @@ class Headline:
                               "--schedule-tokens", str(10 * total), model=self.d.large, checkpoints=4)
         self.s.finetune(ft, pre, self.runs / "s0" / f"{self.d.large}-npt-ft-final")
 
-    def early_exposure_chain(self, lam: float) -> None:
+    def early_exposure_chain(self, lam: float, seed: int) -> None:
         sz, d = self.s.size, self.d
-        mixes = self.s.out / "mixes" / "ee" / f"lam{lam:g}"
+        mixes = self.s.out / "mixes" / "ee" / f"s{seed}" / f"lam{lam:g}"
         # Built on every run: a finished recipe build is a no-op, an interrupted one resumes.
         self.s.run("build", "--recipe", "early-exposure", "--stores", str(self.s.stores), "--out", str(mixes),
                    "--set", f"lam={lam:g}", "--set", f"domain={d.domain}", "--set", f"ft_domain={d.ft_domain}",
-                   "--set", f"tokens={sz.tokens}", "--set", f"seq_len={sz.seq_len}",
+                   "--set", f"tokens={d.ee_tokens}", "--set", f"seq_len={sz.seq_len}", "--set", f"seed={seed}",
                    "--set", f"ft_epochs={d.ft_epochs}", "--set", f"post_subset={d.post_subset}",
                    "--set", f"ft_subset={d.ft_subset}", "--quiet")
-        runs = self.runs / "ee" / f"lam{lam:g}"
-        pre = self.s.pretrain(mixes / "pretrain", runs / "pretrain", checkpoints=4)
+        runs = self.runs / "ee" / f"s{seed}" / f"lam{lam:g}"
+        pre = self.s.pretrain(mixes / "pretrain", runs / "pretrain", checkpoints=4, seed=seed)
         start = pre
         if (mixes / "posttrain" / "manifest.json").exists():  # lambda = 1 leaves nothing to post-train
-            start = self.s.finetune(mixes / "posttrain", pre, runs / "posttrain")
-        self.s.finetune(mixes / "finetune", start, runs / "finetune")
+            start = self.s.finetune(mixes / "posttrain", pre, runs / "posttrain", seed=seed,
+                                    grid=("--lr-ratio", d.post_grid))
+        self.s.finetune(mixes / "finetune", start, runs / "finetune", seed=seed, grid=("--lr-ratio", d.stage3_grid))
 
     def law_chain(self, f: float) -> None:
         sz, d = self.s.size, self.d
@@ -179,44 +202,69 @@ class Headline:
         return ranked
 
     def run(self) -> None:
-        sz, d = self.s.size, self.d
+        try:
+            if self.wants("law") and not self.wants("all"):
+                self.run_law()
+            if self.wants("paper2") and not self.wants("all"):
+                self.wait(self.submit(*self.paper2_chains()))
+            if self.wants("all"):
+                self.run_all()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def paper2_chains(self) -> list[Callable[[], None]]:
+        return [(lambda lam=lam, s=s: self.early_exposure_chain(lam, s)) for s in self.d.ee_seeds for lam in self.d.lams]
+
+    def run_law(self) -> None:
+        """The pilot of the law: both sweeps' pretraining at seed 0, nothing finetuned."""
+        sz = self.s.size
+        m0 = self.mixes(sz.seeds[0], sz.fractions)
+        self.s.audit(m0["npt"])
+        self.wait(self.submit(
+            lambda: self.s.pretrain(m0["npt"], self.runs / f"s{sz.seeds[0]}" / "npt", checkpoints=CHECKPOINTS),
+            *[(lambda f=f: self.spt_pretrain(sz.seeds[0], f, m0[f"spt{f:g}"])) for f in sz.fractions],
+            *[(lambda f=f: self.law_chain(f)) for f in (0.0, *sz.fractions)]))
+
+    def run_all(self) -> None:
+        sz = self.s.size
         seeds = sz.seeds
-        m0 = self.mixes(seeds[0], sz.fractions)
-        self.s.audit(m0[f"spt{sz.fractions[-1]:g}"])
-        others = {s: self.mixes(s, ()) for s in seeds[1:]}
+        m = {s: self.mixes(s, sz.fractions) for s in seeds}
+        self.s.audit(m[seeds[0]]["npt"])  # the general data's domain slices against the domain held-out splits
+        self.s.audit(m[seeds[0]][f"spt{sz.fractions[-1]:g}"])
         first = self.submit(
-            lambda: self.npt_chain(seeds[0], m0["npt"], m0["ft"], pilot=True),
-            *[(lambda f=f: self.spt_chain(seeds[0], f, m0[f"spt{f:g}"], m0["ft"], (1.0,))) for f in sz.fractions])
-        self.submit(*[(lambda s=s: self.npt_chain(s, others[s]["npt"], others[s]["ft"], pilot=False)) for s in seeds[1:]],
-                    lambda: self.large_chain(m0["npt"], m0["ft"]),
-                    *[(lambda lam=lam: self.early_exposure_chain(lam)) for lam in d.lams],
+            lambda: self.npt_chain(seeds[0], m[seeds[0]]["npt"], m[seeds[0]]["ft"], pilot=True),
+            *[(lambda f=f: self.spt_chain(seeds[0], f, m[seeds[0]][f"spt{f:g}"], m[seeds[0]]["ft"], (1.0,)))
+              for f in sz.fractions])
+        self.submit(*[(lambda s=s: self.npt_chain(s, m[s]["npt"], m[s]["ft"], pilot=False)) for s in seeds[1:]],
+                    lambda: self.large_chain(m[seeds[0]]["npt"], m[seeds[0]]["ft"]),
+                    *self.paper2_chains(),
                     *[(lambda f=f: self.law_chain(f)) for f in (0.0, *sz.fractions)])
         self.wait(first)
         best, second = self.best_fractions(sz.fractions)[:2]
         extra = tuple(x for x in SPT_AT if x != 1.0)
-        later = [lambda f=f: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{f:g}", extra, m0["ft"]) for f in (best, second)]
+        later = [lambda f=f: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{f:g}", extra, m[seeds[0]]["ft"], seeds[0])
+                 for f in (best, second)]
         for s in seeds[1:]:
-            mix = self.s.mix(f"s{s}/spt{best:g}", "--domain", d.domain, "--seed", str(s), "--tokens", sz.tokens,
-                             "--fraction", str(best))
-            later.append(lambda s=s, mix=mix: self.spt_chain(s, best, mix, others[s]["ft"], SPT_AT))
+            later += [lambda s=s, f=f: self.spt_chain(s, f, m[s][f"spt{f:g}"], m[s]["ft"],
+                                                      SPT_AT if f == best else (1.0,)) for f in sz.fractions]
         self.submit(*later)
-        try:
-            self.wait(self.futures)
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.wait(self.futures)
 
     def answers(self, publish: Path | None) -> None:
         s, d = self.s, self.d
-        paper1 = [r for r in self.runs.glob("s*/*") if (r / "run.json").exists()]
-        tiny = [r for r in paper1 if not r.name.startswith(d.large)]
-        ee = [r for r in (self.runs / "ee").glob("*/*") if (r / "run.json").exists()]
-        s.run("report", *map(str, sorted(paper1)), "--out", str(s.out / "report"), show=True)
-        s.run("fit", *map(str, sorted(tiny)), "--model", s.size.model, "--domain", d.domain, "--holdout",
-              str(d.holdout), "--out", str(s.out / "fit"), show=True)
         law = sorted(r for r in (self.runs / f"law-{d.law_domain}").glob("*") if (r / "run.json").exists())
-        s.run("fit", *map(str, law), "--model", s.size.model, "--domain", d.law_domain, "--holdout", str(d.holdout),
-              "--out", str(s.out / f"fit-{d.law_domain}"), show=True)
-        s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
+        if self.wants("law") or self.wants("all"):
+            tiny = [r for r in self.runs.glob("s*/*") if (r / "run.json").exists() and not r.name.startswith(d.large)]
+            s.run("fit", *map(str, sorted(tiny)), "--model", s.size.model, "--domain", d.domain, "--holdout",
+                  str(d.holdout), "--out", str(s.out / "fit"), show=True)
+            s.run("fit", *map(str, law), "--model", s.size.model, "--domain", d.law_domain, "--holdout",
+                  str(d.holdout), "--out", str(s.out / f"fit-{d.law_domain}"), show=True)
+        if self.wants("all"):
+            paper1 = [r for r in self.runs.glob("s*/*") if (r / "run.json").exists()]
+            s.run("report", *map(str, sorted(paper1)), "--out", str(s.out / "report"), show=True)
+        if self.wants("paper2"):
+            ee = [r for r in (self.runs / "ee").glob("s*/*/*") if (r / "run.json").exists()]
+            s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
         if publish:
             publish_results(s.out, publish)
             print(table(publish)[0])

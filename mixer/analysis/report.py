@@ -32,11 +32,29 @@ from mixer.text import table
 from mixer.units import format_count
 
 
+def post_training_stages(runs: list[Run]) -> set[int]:
+    """ids of the finetunes that are a paper-2 chain's post-training stage: some run finetunes
+    them (or one of their grid points) on a new task. Their losses are paper 2's L_im, not a
+    paper-1 comparison of pretraining setups."""
+    out = set()
+    for q in runs:
+        if q.kind == "pretrain":
+            continue
+        p = find_parent(q, runs)
+        if p is None or p.kind == "pretrain" or not is_new_task(q, p):
+            continue
+        out |= {id(r) for r in runs if r is p or any(s is p for s in r.subruns)}
+    return out
+
+
 def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
-    """One record per finetune/replay run: its parent's setup and its best post-FT losses."""
+    """One record per finetune/replay run: its parent's setup and its best post-FT losses.
+    The stages of paper-2 chains are left to early_exposure_rows: a report shows only the
+    comparisons its runs support."""
     rows, notes = [], []
+    post = post_training_stages(runs)
     for r in runs:
-        if r.kind == "pretrain":
+        if r.kind == "pretrain" or id(r) in post:
             continue
         parent = find_parent(r, runs)
         if parent is None:
@@ -462,7 +480,8 @@ def format_early_exposure(report: dict) -> str:
 
 
 def format_report(report: dict) -> str:
-    parts = [format_table(report) if report["table"] else "no finetune runs with a known parent: nothing to compare"]
+    parts = [format_table(report)] if report["table"] else [] if report.get("early_exposure") else [
+        "no finetune runs with a known parent: nothing to compare"]
     if report.get("early_exposure"):
         parts.append(format_early_exposure(report))
     parts += [describe_protocol(p) for p in report.get("finetuning", [])]
