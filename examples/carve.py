@@ -29,7 +29,11 @@ from pathlib import Path
 import numpy as np
 
 METHOD = ("near-duplicate groups (MinHash clusters joined with exact copies of the normalized text) carved whole "
-          "iff splitmix64(min blake2b-8 of the group's normalized texts ^ splitmix64(seed)) < share * 2^64")
+          "iff splitmix64(min blake2b-8 of the group's normalized texts ^ splitmix64(CARVE_SEED + seed)) < share * 2^64")
+# The carve's hash must be independent of the split's (mixer tokenize --split-seed, 0 by default):
+# with the same seed, the documents under the carve's threshold would be exactly those under the
+# test and validation thresholds, and the carve would empty both splits.
+CARVE_SEED = 0x6361727665  # "carve"
 
 
 def _read(path: Path) -> list[dict]:
@@ -78,7 +82,7 @@ def carve(samples: Path, out: Path, shares: dict[str, float], seed: int = 0) -> 
 
     out.mkdir(parents=True, exist_ok=True)
     report_file = out / "carve.json"
-    settings = {"shares": shares, "seed": seed, "method": METHOD}
+    settings = {"shares": shares, "seed": seed, "carve_seed": CARVE_SEED + seed, "method": METHOD}
     if report_file.exists():
         done = json.loads(report_file.read_text())
         if done.get("settings") == settings:
@@ -90,7 +94,7 @@ def carve(samples: Path, out: Path, shares: dict[str, float], seed: int = 0) -> 
         # each group's key: its smallest text hash (order-free), seeded like the split's hash
         key = np.full(labels.max() + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
         np.minimum.at(key, labels, hashes)
-        carved_group = seeded_hash(key, seed) < np.uint64(threshold_for_fraction(share))
+        carved_group = seeded_hash(key, CARVE_SEED + seed) < np.uint64(threshold_for_fraction(share))
         carved = carved_group[labels]
         kept_docs = [d for d, c in zip(docs, carved) if not c]
         slices += [{"id": f"{domain}/{d['id']}", "text": d["text"]} for d, c in zip(docs, carved) if c]
@@ -103,6 +107,10 @@ def carve(samples: Path, out: Path, shares: dict[str, float], seed: int = 0) -> 
             "characters": int(sum(len(d["text"]) for d in docs)),
             "carved_characters": int(sum(len(d["text"]) for d, c in zip(docs, carved) if c)),
             "groups": int(labels.max() + 1), "carved_groups": int(carved_group.sum()),
+            # under the split's own test threshold (split seed 0) before the carve and after it: the
+            # carve must not empty or skew the domain's held-out splits
+            "test_band_share": [float(np.mean(seeded_hash(hashes, 0) < threshold_for_fraction(0.02))),
+                                float(np.mean(seeded_hash(hashes[~carved], 0) < threshold_for_fraction(0.02)))],
             "shared_text_hashes": shared_hashes, "shared_groups": shared_groups,
             "carved_ids": sorted(str(d["id"]) for d, c in zip(docs, carved) if c)}
         if shared_hashes or shared_groups:

@@ -307,17 +307,34 @@ def _pm(x: dict | None, unit: str = "", digits: int = 3) -> str:
     return f"{x['mean']:.{digits}g}{unit} ± {x['std']:.2g} ({x['n']} seeds)"
 
 
+def refit(results: Path, domain: str, holdout: float | None = None) -> dict:
+    """The law of `domain` fitted from the published runs by `mixer fit`'s own code (seeds
+    pooled; the larger model's runs left out), held-out fraction as published (else Design's)."""
+    from mixer.analysis.fit import build_fit, fit_inputs
+    from mixer.formats.run import load_runs
+
+    runs_dir, d = results / "runs", Design()
+    pattern = f"law-{domain}/*/run.json" if (runs_dir / f"law-{domain}").is_dir() else "s*/*/run.json"
+    runs = sorted(r.parent for r in runs_dir.glob(pattern) if not r.parent.name.startswith(d.large))
+    published = results / ("fit" if pattern.startswith("s*") else f"fit-{domain}") / "fit.json"
+    if holdout is None:
+        holdout = json.loads(published.read_text()).get("holdout_fraction") if published.is_file() else d.holdout
+    return build_fit(fit_inputs(load_runs(runs), "tiny", domain), holdout=holdout)
+
+
 def table(results: Path) -> tuple[str, dict]:
-    """The README's results table, recomputed from the published run files and fit.json."""
+    """The README's results table, recomputed from the published run files: the report and
+    the fits through the code of `mixer report` and `mixer fit`."""
     from mixer.analysis.report import build_report
     from mixer.formats.run import load_runs
     from mixer.units import format_count
 
     runs_dir = results / "runs"
     paper1 = sorted(r.parent for r in runs_dir.glob("s*/*/run.json"))
-    ee = sorted(r.parent for r in runs_dir.glob("ee/*/*/run.json"))
+    ee = sorted(r.parent for r in runs_dir.glob("ee/**/run.json") if not (r.parent.parent / "run.json").exists())
     rep = build_report(load_runs(paper1))
-    fit = json.loads((results / "fit" / "fit.json").read_text())
+    fits = [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
+                                                for p in sorted(runs_dir.glob("law-*"))]
     ee_rep = build_report(load_runs(ee))
     tiny = [e for e in rep["table"] if e["model"] == "tiny" and e["finetune"] == "FT"]
     top = max(e["pretrain_tokens"] for e in tiny)
@@ -326,34 +343,64 @@ def table(results: Path) -> tuple[str, dict]:
     mult = sorted((m for m in rep["compute_multiplier"] if m["model"] == "tiny" and m["finetune"] == "FT"
                    and m["spt_points"] > 1), key=lambda m: -len(m["per_seed"]))
     gaps = [g for g in rep["gap_closed"] if g["setup"] == best["setup"]]
-    lam_rows = sorted(ee_rep["early_exposure"], key=lambda e: e["lam"])
-    best_ret = min(lam_rows, key=lambda e: e["L_ret"]["mean"]) if lam_rows else None
-    front_ft = _front(lam_rows, "L_ft")
-    front_pre = _front(lam_rows, "L_pre")
     rows = [
         ("relative gain after FT, best SPT vs NPT (positive = SPT better)", "+2.0% (music, 1B, 200B tokens)",
          f"{_pm(best['relative_gain_pct'], '%')} ({best['setup']}, {format_count(top)} tokens)"),
-        *[(f"compute multiplier, {m['setup']} ({m['spt_points']} checkpoints finetuned)", "1.75x (music)",
-           f"{_pm(m['over_seeds'], 'x')}" + (f"; {m['text']} from the seed-mean curves" if len(m["per_seed"]) > 1
-                                              else "") +
-           (f" (per-seed bounds: {', '.join(m['bounds_over_seeds'])})" if m["bounds_over_seeds"] != ["="] else ""))
-          for m in mult],
+        *[_multiplier_row(m) for m in mult],
         *[(f"gap closed, tiny {g['setup']} vs {g['large']} NPT at {format_count(g['pretrain_tokens'])} tokens",
            "81% (music, 1B SPT vs 3B NPT)", f"{_pm(g['over_seeds'], '%')}") for g in gaps],
-        *_law_rows(fit),
-        *[row for extra in sorted(results.glob("fit-*/fit.json")) for row in _law_rows(json.loads(extra.read_text()))],
+        *[row for fit in fits for row in _law_rows(fit)],
+        *_paper2_rows(ee_rep),
     ]
-    if best_ret:
-        rows += [
-            ("paper 2: lambda with the lowest L_ret (retention after FT on D_ft)", "neither extreme (0 < lambda < 1)",
-             f"lambda {best_ret['lam']:g} (L_ret {_pm(best_ret['L_ret'], '', 4)}; "
-             + ", ".join(f"{e['lam']:g}: {e['L_ret']['mean']:.4f}" for e in lam_rows) + ")"),
-            ("paper 2: lambdas on the (L_ft, L_ret) / (L_pre, L_ret) Pareto fronts", "intermediate lambdas",
-             f"{front_ft} / {front_pre}"),
-        ]
     md = ["| result | paper | this study (measured) |", "|---|---|---|"]
     md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(md), {"report": rep, "fit": fit, "early_exposure": ee_rep}
+    return "\n".join(md), {"report": rep, "fit": fits[0], "fits": fits, "early_exposure": ee_rep}
+
+
+def _multiplier_row(m: dict) -> tuple[str, str, str]:
+    """One row per SPT setup: the multiplier against each NPT reference budget, largest first,
+    with a saturated reference and crossings on capped finetunes said in words."""
+    from mixer.units import format_count
+
+    refs = m.get("references") or [m]
+    parts = []
+    for ref in refs:
+        seeds = ref["over_seeds"] if len(ref["per_seed"]) > 1 else None
+        text = (_pm(seeds, "x") + (f"; {ref['text']} from the seed-mean curves" if seeds else "")) if seeds else (
+            f"{ref['text']} (1 seed)")
+        bounds = ref.get("bounds_over_seeds") or []
+        if bounds not in ([], ["="]):
+            text += f" (per-seed bounds: {', '.join(bounds)})"
+        sat = ref.get("saturation") or {}
+        if sat.get("saturated"):
+            text += (f"; NPT saturated here ({sat['gain_per_doubling']:+.2g} nats per doubling, seed spread "
+                     f"{sat['spread']:.2g}): this counts how soon SPT reaches NPT's plateau")
+        if ref.get("spt_at_cap"):
+            text += "; the crossing rests on SPT finetunes still improving at their cap (it may lie earlier)"
+        parts.append(f"vs NPT at {format_count(ref['npt_tokens'])}: {text}")
+    return (f"compute multiplier, {m['setup']} ({m['spt_points']} checkpoints finetuned)", "1.75x (music)",
+            "; ".join(parts))
+
+
+def _paper2_rows(ee_rep: dict) -> list[tuple[str, str, str]]:
+    lam_rows = sorted(ee_rep["early_exposure"], key=lambda e: e["lam"])
+    if not lam_rows:
+        return []
+    best_ret = min(lam_rows, key=lambda e: e["L_ret"]["mean"])
+    edges = [f"{p['stage']}: {p['at_lowest_rate']} of {p['runs']} at the lowest rate, {p['at_highest_rate']} at the "
+             f"highest" for p in ee_rep.get("finetuning") or [] if p.get("stage") != "finetuning"]
+    rng = lambda k: (f"{min(e[k]['mean'] for e in lam_rows):.2f}-{max(e[k]['mean'] for e in lam_rows):.2f}")  # noqa: E731
+    return [
+        ("paper 2: lambda with the lowest L_ret (retention after FT on D_ft), every lambda with its seed spread",
+         "neither extreme (0 < lambda < 1)",
+         f"lambda {best_ret['lam']:g} (" + ", ".join(f"{e['lam']:g}: {_pm(e['L_ret'], '', 4)}" for e in lam_rows)
+         + ")"),
+        ("paper 2: lambdas on the (L_ft, L_ret) / (L_pre, L_ret) Pareto fronts", "intermediate lambdas",
+         f"{_front(lam_rows, 'L_ft')} / {_front(lam_rows, 'L_pre')}"),
+        ("paper 2: L_ret and L_pre over the lambdas (a uniform guess over 1,024 tokens: 6.93)", "models that do not "
+         "collapse", f"L_ret {rng('L_ret')}, L_pre {rng('L_pre')}"),
+        ("paper 2: grid winners at an edge of their grid", "none", "; ".join(edges) or "-"),
+    ]
 
 
 def _law_rows(fit: dict) -> list[tuple[str, str, str]]:
@@ -364,7 +411,15 @@ def _law_rows(fit: dict) -> list[tuple[str, str, str]]:
         why = "; ".join(f"{n['what']}: {n['why']}" for n in fit["not_fitted"]) or "no held-out curve"
         return [(f"law ({fit['domain']})", "fit on <= 5% predicts the 10% curve", f"not fitted: {why}")]
     on = h["onset"]
-    failed = "; ".join(c["check"] for c in fit["checks"] if not c["ok"])
+    kinds = sorted({w["kind"] for w in fit.get("warnings") or []})
+    base = ", ".join(f"{b['name']} {b['mean_abs_rel_error_pct']:.3g}%" for b in h.get("baselines") or [])
+    beats = ("the law beats both" if h.get("law_beats_baselines") else
+             "the law does NOT beat " + " or ".join(b["name"] for b in h.get("baselines") or [] if not b["law_beats"]))
+    dec = h.get("decomposition") or {}
+    parts = (f"; its error, law - observed: train term {dec['train_nats']:+.2f} nats (floor {dec['floor_nats']:+.2f}), "
+             f"gap term {dec['gap_nats']:+.2f}" if dec and dec.get("floor_nats") is not None else "")
+    npt = "" if not fit.get("npt") or fit["npt"]["enters"] else (
+        f"; NPT left out (its test loss does not fall: {fit['npt']['slope_per_doubling']:+.2g} nats per doubling)")
 
     def onset(x, none):
         return none if x is None else f"{format_count(x)} tokens"
@@ -374,7 +429,8 @@ def _law_rows(fit: dict) -> list[tuple[str, str, str]]:
         (f"law ({fit['domain']}) fitted on fractions {', '.join(f'{f:g}' for f in fit['law']['fractions'])}, "
          f"held-out {h['fraction']:g}: test-loss error over the curve", "fit on <= 5% predicts the 10% curve",
          f"mean {h['test']['mean_abs_rel_error_pct']:.3g}%, worst {h['test']['max_abs_rel_error_pct']:.3g}% "
-         f"({h['points']} checkpoints); shape checks failed: {failed or 'none'}"),
+         f"({h['points']} checkpoints); naive baselines {base}: {beats}{parts}{npt}; "
+         f"{len(fit.get('warnings') or [])} warning(s){' (' + ', '.join(kinds) + ')' if kinds else ''}"),
         (f"onset of overfitting on the held-out curve ({fit['domain']}), observed / predicted", "predicted by the law",
          f"{onset(on['observed_tokens'], f'none up to {last}')} / "
          f"{onset(on['predicted_tokens'], 'none up to ' + format_count(10 * on['last_checkpoint_tokens']))}"),

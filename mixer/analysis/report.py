@@ -153,9 +153,10 @@ def _protocols(rows: list[dict]) -> list[dict]:
     seen: dict[str, dict] = {}
     for r in rows:
         g = r["grid"]
-        key = json.dumps([r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
+        stage = r.get("stage", "finetuning")
+        key = json.dumps([stage, r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
                           g["warmup"], g["points"]], default=str)
-        entry = seen.setdefault(key, {"selected_on": r["selected_on"], "schedule": g["schedule"],
+        entry = seen.setdefault(key, {"stage": stage, "selected_on": r["selected_on"], "schedule": g["schedule"],
                                       "lr_ratio": g["lr_ratio"], "lr": g["lr"], "warmup": g["warmup"],
                                       "points": g["points"], "runs": 0, "at_lowest_rate": 0, "at_highest_rate": 0,
                                       "at_cap": 0, "start_evaluated": 0})
@@ -190,8 +191,8 @@ def describe_protocol(p: dict) -> str:
              if p.get("start_evaluated") else "")
     cap = (f"; {p['at_cap']} of {p['runs']} chosen finetunes were still improving when their data ran out (best at "
            "their last evaluation: their losses are upper bounds)" if p.get("at_cap") else "")
-    return (f"finetuning ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, {shape}: "
-            f"lr {rates} x warmup {warm} steps; {where}{edge}{start}{cap}")
+    return (f"{p.get('stage', 'finetuning')} ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, "
+            f"{shape}: lr {rates} x warmup {warm} steps; {where}{edge}{start}{cap}")
 
 
 def _losses(e) -> dict[str, float | None]:
@@ -207,10 +208,18 @@ def is_new_task(run: Run, parent: Run) -> bool:
                                         and parent.domain != run.domain)
 
 
-def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
+def stage_protocol(run: Run, best, stage: str) -> dict:
+    """A paper-2 stage's grid, choice and cap, for the protocol lines (_protocols)."""
+    grid, chosen = finetune_protocol(run, best)
+    return {"stage": stage, "selected_on": run.select_on, "grid": grid, "chosen": chosen,
+            "at_cap": still_improving(run, best), "start_evaluated": start_eval(run) is not None}
+
+
+def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str], list[dict]]:
     """One record per three-stage chain: the finetune (stage 3), its post-trained parent and
-    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint."""
-    rows, notes = [], []
+    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint; and the
+    post-training and stage-3 runs' protocols."""
+    rows, notes, protocols = [], [], []
     for r in runs:
         if r.kind == "pretrain":
             continue
@@ -248,13 +257,17 @@ def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         epochs = pre.meta.get("domain_epochs") if pre else None
         label = (f"lambda {float(lam):g}" if lam is not None else
                  f"{epochs:.3g} early epochs" if epochs is not None else setup_of(pre) if pre else "?")
+        if post is not None:
+            root = next((q for q in runs if q is post or any(x is post for x in q.subruns)), post)
+            protocols.append(stage_protocol(root, root.best_eval(), "post-training"))
+        protocols.append(stage_protocol(r, ft_best, "stage 3 (new task)"))
         rows.append({"model": r.model, "post_domain": parent.domain, "ft_domain": r.domain, "setup": label,
                      "lam": None if lam is None else float(lam), "pretrain_domain_epochs": epochs,
                      "seed": pre.seed if pre else parent.seed, **losses.to_dict(),
                      "post_checkpoint": post_best.checkpoint, "ft_checkpoint": ft_best.checkpoint,
                      "runs": {"pretrain": str(pre.path) if pre else None,
                               "posttrain": str(post.path) if post else None, "finetune": str(r.path)}})
-    return rows, notes
+    return rows, notes, protocols
 
 
 def _early_exposure_table(rows: list[dict]) -> list[dict]:
@@ -273,7 +286,7 @@ def _early_exposure_table(rows: list[dict]) -> list[dict]:
 def build_report(runs: list[Run]) -> dict:
     """Everything the report shows, as plain data (JSON-ready)."""
     rows, notes = finetune_rows(runs)
-    chains, chain_notes = early_exposure_rows(runs)
+    chains, chain_notes, chain_protocols = early_exposure_rows(runs)
     notes += chain_notes
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
@@ -298,7 +311,7 @@ def build_report(runs: list[Run]) -> dict:
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table, rows), "gap_closed": _gaps(table, rows),
-            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
+            "finetuning": _protocols(rows + chain_protocols), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
             "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
 
 
