@@ -5,7 +5,8 @@
 Cases: the known-answer studies of tests/analysis/test_law_known_answer.py (6 fractions x 12
 checkpoints, 0.5% noise, laptop and paper scale) and, when present, the published study's
 music and proofs sweeps (docs/results/study/runs, seeds pooled), each with fraction 0.2
-held out. Prints the median and the range over the repeats, and the joint fit's share.
+held out. Prints the median and the range over the repeats (wall and CPU time: on a shared machine the
+CPU time is the steadier figure), and the joint fit's share.
 """
 
 from __future__ import annotations
@@ -58,15 +59,17 @@ def main() -> None:
 
     scaling.fit_joint = timed
     for name, curves in cases.items():
-        walls = []
+        walls, cpus = [], []
         joint_time.clear()
         for _ in range(a.repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fit = fit_law(curves, holdout=0.2)
             walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
         points = sum(len(c.tokens) for c in curves)
         print(f"{name}: {len(curves)} fractions, {points} checkpoints: fit_law median {statistics.median(walls):.2f} s "
-              f"(range {min(walls):.2f}-{max(walls):.2f}, {a.repeat} calls), of which the joint fit "
+              f"(range {min(walls):.2f}-{max(walls):.2f}, {a.repeat} calls; CPU {statistics.median(cpus):.2f} s), "
+              f"of which the joint fit "
               f"{statistics.median(joint_time):.2f} s ({fit['law']['starts']} starts, {fit['law']['evaluations']} "
               f"residual evaluations); held-out 0.2 mean error {fit['holdout']['test']['mean_abs_rel_error_pct']:.2f}%")
 
