@@ -59,10 +59,10 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
     if not pre:
         return None
     fig, panels = _panels(sorted({str(r.domain) for r in pre}), "domain loss during pretraining")
-    many = len({r.model for r in pre}) > 1  # the model joins the label only when it varies
+    many = len({r.model for r in pre}) > 1  # the model joins the label (and the colour) only when it varies
     family = lambda r: (f"{r.model} " if many else "") + setup_of(r)  # noqa: E731
     rank = lambda r: _setup_rank(r.fraction, r.window)  # noqa: E731
-    ranked = {setup_of(r): rank(r) for r in pre}
+    ranked = {family(r): (r.model, rank(r)) for r in pre}
     colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(ranked, key=ranked.get))}
     for domain, ax in panels.items():
         mine = [r for r in pre if str(r.domain) == domain]
@@ -70,7 +70,7 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
         for r in sorted(mine, key=lambda r: (r.model, rank(r), r.seed)):
             pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
             name = family(r)
-            ax.plot(*zip(*pts), "o-", ms=3, color=colours[setup_of(r)], label=None if name in labelled else name)
+            ax.plot(*zip(*pts), "o-", ms=3, color=colours[name], label=None if name in labelled else name)
             labelled.add(name)
         ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)")
         ax.legend(fontsize=8)
@@ -138,8 +138,9 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
     if not pts:
         return None
     fig, panels = _panels(sorted({str(r["domain"]) for r in pts}), "forgetting frontier")
-    label = lambda r: f"{r['setup']} {r['finetune']}"  # noqa: E731
-    ranked = {label(r): (_setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
+    many = len({r["model"] for r in pts}) > 1  # a larger model gets its own colours
+    label = lambda r: (f"{r['model']} " if many else "") + f"{r['setup']} {r['finetune']}"  # noqa: E731
+    ranked = {label(r): (r["model"], _setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
     labels = sorted(ranked, key=ranked.get)
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     for domain, ax in panels.items():
