@@ -11,19 +11,12 @@ import pytest
 from mixutil import run_cli, spt_and_ft_mixes
 from runutil import write_run
 
+from test_registry import count  # noqa: F401 - the count trainer, registered for one test
+
 from mixer.analysis.report import build_report
 from mixer.formats.run import best_eval, load_runs, read_evals
-from mixer.training import registry
 from mixer.training.evaluate import START
 from mixer.training.runner import _parent_checkpoint
-
-
-@pytest.fixture
-def count(monkeypatch):
-    monkeypatch.setattr(registry, "TRAINERS", dict(registry.TRAINERS))
-    monkeypatch.setattr(registry, "_loaded", {})
-    registry.register("count", "count_trainer:TRAINER")
-    return "count"
 
 
 def test_the_start_is_scored_first_and_the_winner_is_never_worse_than_it(tmp_path, capsys, count):
