@@ -12,7 +12,8 @@ test split only). The domain train loss, whose difference
 from the test loss is the law's train-test gap, is on a seeded random sample of whole
 documents of the domain train split (`heldout.domain_train_sample`, ~64K tokens by
 default): the same documents for every run of a study, NPT included, and for SPT runs
-documents they trained on. Each row records which sample it used.
+documents they trained on; pretraining runs only (the gap is a pretraining curve). Each
+row records which sample it used.
 
 A finetune (or replay) also scores the checkpoint it started from, as its row `start`
 (step 0, tokens 0), on the same samples as its own checkpoints: early stopping's choice
@@ -82,7 +83,7 @@ def eval_sets(run_dir: Path, max_samples: int | None, train_tokens: int = DEFAUL
     def first(role: str) -> str | None:
         return next((n for n in (m.eval_name(role) for m in chain) if n), None)
 
-    train = domain_train_sample(chain, train_tokens, train_seed)
+    train = domain_train_sample(chain, train_tokens, train_seed) if train_tokens else None
     val = next((v for v in (domain_val(m) for m in chain) if v is not None), None)
     return EvalSets(named, first("domain"), first("general"), None if train is None else train.samples,
                     None if val is None else val[1][:max_samples], None if train is None else train.describe())
@@ -140,12 +141,15 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, train_tokens: in
     rows = read_evals(run_dir)
     done = {r.checkpoint for r in rows}
     todo = [c for c in ckpts if c.name not in done]
-    start = start_checkpoint(run_dir, read_run_meta(run_dir)) if START not in done else None
+    meta = read_run_meta(run_dir)
+    start = start_checkpoint(run_dir, meta) if START not in done else None
     if start is not None:
         todo.insert(0, start)
     if not todo:
         return rows
-    sets = eval_sets(run_dir, max_samples, train_tokens, train_seed)
+    # The domain train loss is the law's train-test gap, a pretraining curve; a finetune trains on
+    # that split itself and is not scored on the sample (it was ~40% of a finetune's evaluation).
+    sets = eval_sets(run_dir, max_samples, train_tokens if meta.get("kind") == "pretrain" else 0, train_seed)
     earlier = {r.domain_train_sample for r in rows if r.domain_train_loss is not None}
     if earlier and earlier != {sets.train_sample}:
         raise MixerError(f"{run_dir / 'evals.jsonl'}: earlier checkpoints' domain train loss is on another sample "

@@ -28,8 +28,10 @@ def test_the_start_is_scored_first_and_the_winner_is_never_worse_than_it(tmp_pat
     code, _, err = run_cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(pre), "--out",
                            str(tmp_path / "g"), "--patience", "1", "--grid", "lr=0.001,10")
     assert code == 0, err
+    assert all(r.domain_train_loss is not None for r in read_evals(pre))  # the law's gap: pretraining runs
     for point in sorted(p for p in (tmp_path / "g").iterdir() if p.is_dir()):
         rows = read_evals(point)
+        assert all(r.domain_train_loss is None for r in rows)  # a finetune is not scored on the train sample
         assert rows[0].checkpoint == START and rows[0].tokens == rows[0].step == 0 and rows[0].train_loss is None
         assert rows[0].domain_val_loss is not None and rows[0].general_val_loss is not None
         assert best_eval(rows, "val").domain_val_loss <= rows[0].domain_val_loss
