@@ -55,8 +55,7 @@ class Design:
     domain: str = "music"
     holdout: float = 0.2
     large: str = "small"  # the larger model of the gap-closed comparison
-    lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    ee_seeds: tuple[int, ...] = (0, 1, 2)
+    lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # at every seed of the study (--seeds)
     ee_tokens: str = "1048576"  # paper 2's pretraining budget (a quarter of paper 1's: 15 chains)
     post_subset: str = "100K"  # D_post for paper 2 (music)
     ft_domain: str = "proofs"  # D_ft for paper 2
@@ -213,7 +212,7 @@ class Headline:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def paper2_chains(self) -> list[Callable[[], None]]:
-        return [(lambda lam=lam, s=s: self.early_exposure_chain(lam, s)) for s in self.d.ee_seeds for lam in self.d.lams]
+        return [(lambda lam=lam, s=s: self.early_exposure_chain(lam, s)) for s in self.s.size.seeds for lam in self.d.lams]
 
     def run_law(self) -> None:
         """The pilot of the law: both sweeps' pretraining at seed 0, nothing finetuned."""
