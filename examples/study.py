@@ -76,14 +76,14 @@ SIZES = {
                  tokens="800K", seq_len=128, domain_subset="100K", model="tiny", ft_epochs=8, patience=1, save_interval=4,
                  ft_args=("--lr-ratio", "0.5,1")),
     # The papers' headline results (examples/headline.py): fractions 0-20% of a 20K-token domain
-    # subset in 4.2M tokens (2-41 epochs), 12 checkpoints per run, every fraction at 3 seeds (mix,
+    # subset in 4.2M tokens (4-42 epochs), 12 checkpoints per run, every fraction at 3 seeds (mix,
     # model and trainer), finetunes along the runs, a larger model and paper 2's lambda sweep
     # (proofs is its D_ft); the general data holds a 5% slice of each domain corpus's documents.
     # Finetunes stop by patience on the validation split; 32 epochs is a cap that a finetune
     # still improving reaches (the report counts them), not the rule.
     # 128 samples per held-out set (the same for every run, before and after finetuning alike)
     # keep the 90-minute budget with three times the runs of the first design.
-    "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.01, 0.02, 0.05, 0.1, 0.2), scpt=None,
+    "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.02, 0.05, 0.1, 0.15, 0.2), scpt=None,
                   replay=None, tokens="4194304", seq_len=128, domain_subset="20K", model="tiny", ft_epochs=32,
                   patience=2, save_interval=12, slices=(("music", 0.05), ("proofs", 0.05)), seed_trainer=True,
                   eval_samples=128, ft_args=("--lr-ratio", "0.125,0.25,0.5,1,2")),
