@@ -418,8 +418,9 @@ def _law_rows(fit: dict) -> list[tuple[str, str, str]]:
     beats = ("the law beats both" if h.get("law_beats_baselines") else
              "the law does NOT beat " + " or ".join(b["name"] for b in h.get("baselines") or [] if not b["law_beats"]))
     dec = h.get("decomposition") or {}
-    parts = (f"; its error, law - observed: train term {dec['train_nats']:+.2f} nats (floor {dec['floor_nats']:+.2f}), "
-             f"gap term {dec['gap_nats']:+.2f}" if dec and dec.get("floor_nats") is not None else "")
+    floor = f" (floor {dec['floor_nats']:+.2f})" if dec and dec.get("floor_nats") is not None else ""
+    parts = (f"; its error, law - observed: train term {dec['train_nats']:+.2f} nats{floor}, gap term "
+             f"{dec['gap_nats']:+.2f}" if dec else "")
     npt = "" if not fit.get("npt") or fit["npt"]["enters"] else (
         f"; NPT left out (its test loss does not fall: {fit['npt']['slope_per_doubling']:+.2g} nats per doubling)")
 

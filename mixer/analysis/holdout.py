@@ -14,7 +14,8 @@ The decomposition splits the law's mean signed error on the test loss into its t
 (law train - observed train) and its gap term (law gap - observed test - train), which add
 up to it, and the train term further into the floor's part (the law's C(d) minus the floor
 stage 1 fitted to the held-out curve itself) and the rest (the power term, and stage 1's own
-misfit).
+misfit); when stage 1's floor is not a loss (below 0 or above the measured train losses: it
+traded against its power term) there is nothing to split against, and a note says so.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def error_decomposition(p: dict, unit: float, held: Curve, stage1: dict | None) 
     out = {"points": int(both.sum()), "test_nats": tr + gap, "train_nats": tr, "gap_nats": gap,
            "floor_nats": None, "train_rest_nats": None, "mean_test_loss": level}
     if stage1 and stage1.get("train"):
-        floor = law_coefficients(p, held.fraction, unit)["C"] - stage1["train"]["C"]
-        out["floor_nats"], out["train_rest_nats"] = float(floor), tr - float(floor)
+        c1 = stage1["train"]["C"]
+        if 0 <= c1 <= float(np.nanmin(held.train)):
+            floor = law_coefficients(p, held.fraction, unit)["C"] - c1
+            out["floor_nats"], out["train_rest_nats"] = float(floor), tr - float(floor)
+        else:  # stage 1 traded its floor against its power term: no measured floor to compare with
+            out["note"] = (f"stage 1's floor for fraction {held.fraction:g} is {c1:.4g}, not a loss below the measured "
+                           "train losses: the train term is not split into floor and rest")
     return out

@@ -141,3 +141,12 @@ def test_a_forecast_repeats_the_fit_warnings_and_takes_npt_outside_the_law_from_
     assert any("fraction 0 (NPT) is outside the law" in w for w in r["warnings"])
     npt = next(x for x in r["fractions"] if x["fraction"] == 0.0)
     assert npt["test_loss"] == pytest.approx(rising.mean(), abs=1e-6)  # its own (flat) curve, not the law's
+
+
+def test_no_floor_split_against_a_stage1_floor_that_is_not_a_loss():
+    p = {"A_train": 2.0, "b_train_s": -0.5, "b_train_g": -0.5, "a1": 1.0, "a2": 1.0, "a3": 0.0, "b_gap_s": 0.0,
+         "b_gap_g": 0.0, "k0": 1.0, "k1": 0.0, "k2": 1.0, "k3": 0.0}
+    held = Curve(0.2, T, 2 * (T / 1e6) ** -0.5 + 0.9, 2 * (T / 1e6) ** -0.5 + 1.15)
+    dec = error_decomposition(p, 1e6, held, {"train": {"C": -678.0}})
+    assert dec["floor_nats"] is None and "not a loss" in dec["note"]
+    assert dec["test_nats"] == pytest.approx(dec["train_nats"] + dec["gap_nats"])
