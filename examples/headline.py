@@ -18,7 +18,7 @@ What it measures (docs/results/study/, the README's results table):
    the learning-rate grid, early-stopped by patience on the domain validation split (its start
    a candidate), the test split reported.
 3. Compute multiplier: NPT finetuned from 1/8, 1/2 and all of its run (the references), the
-   best SPT fraction from 1/16 .. 1 of its run at every seed, the second best at seed 0;
+   best SPT fraction from 1/16 .. 1 of its run at every seed;
    `mixer report` interpolates the crossings in log tokens against each reference. A pilot
    comes first: if NPT's post-finetuning loss does not fall with pretraining tokens, no
    multiplier is defined and the study stops there.
@@ -49,7 +49,7 @@ from mixer.formats.run import load_run
 
 CHECKPOINTS = 12  # evenly spaced, every one evaluated: the law's curves (its known-answer tests use 12)
 NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT: the multiplier's references (1/2: gap closed)
-SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the two best SPT fractions: where SPT crosses NPT's references
+SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the best SPT fraction: where SPT crosses NPT's references
 PARTS = ("all", "law", "paper2")
 
 
@@ -63,12 +63,14 @@ class Design:
     post_subset: str = "100K"  # D_post for paper 2 (music)
     ft_domain: str = "proofs"  # D_ft for paper 2
     ft_subset: str = "100K"  # proofs documents are ~7K tokens: ~15 of them (the first study's 50K was ~7)
-    ft_epochs: int = 8  # a cap; stage 3 stops by patience on D_ft's validation split
+    ft_epochs: int = 16  # a cap; stage 3 stops by patience on D_ft's validation split
     # Each stage's rates (x the pretraining rate it continues): post-training is one pass, whose
     # winners sat at the top of 0.25-2x in the first study; stage 3 must learn D_ft without
-    # wiping out D_post (the first study's 0.25-2x cost 2.5-3.8 nats of music; 3 of 5 winners at 0.25x).
+    # wiping out D_post (the first study's 0.25-2x cost 2.5-3.8 nats of music; 3 of 5 winners at
+    # 0.25x). Pilot (seed 0, lambda 0 and 0.25): post-training chose 2x of {1, 2, 4}; stage 3
+    # chose the top of {0.0625, 0.125, 0.25}, still improving after 8 epochs.
     post_grid: str = "1,2,4"
-    stage3_grid: str = "0.0625,0.125,0.25"
+    stage3_grid: str = "0.125,0.25,0.5"
     # The second law sweep (pretraining only, seed 0) on proofs.
     law_domain: str = "proofs"
     law_subset: str = "50K"
@@ -194,7 +196,8 @@ class Headline:
     # -- the study ------------------------------------------------------------------------
 
     def best_fractions(self, fractions: tuple[float, ...]) -> list[float]:
-        """SPT fractions by seed 0's post-FT loss on the domain validation split, best first."""
+        """SPT fractions by seed 0's post-FT loss on the domain validation split, best first
+        (the best is finetuned along its run for the compute multiplier)."""
         seed = self.s.size.seeds[0]
         val = {f: load_run(self.runs / f"s{seed}" / f"spt{f:g}-ft-final").best_eval().domain_val_loss
                for f in fractions}
@@ -242,10 +245,9 @@ class Headline:
                     *self.paper2_chains(),
                     *[(lambda f=f: self.law_chain(f)) for f in (0.0, *sz.fractions)])
         self.wait(first)
-        best, second = self.best_fractions(sz.fractions)[:2]
+        best = self.best_fractions(sz.fractions)[0]
         extra = tuple(x for x in SPT_AT if x != 1.0)
-        later = [lambda f=f: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{f:g}", extra, m[seeds[0]]["ft"], seeds[0])
-                 for f in (best, second)]
+        later = [lambda: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{best:g}", extra, m[seeds[0]]["ft"], seeds[0])]
         for s in seeds[1:]:
             later += [lambda s=s, f=f: self.spt_chain(s, f, m[s][f"spt{f:g}"], m[s]["ft"],
                                                       SPT_AT if f == best else (1.0,)) for f in sz.fractions]
