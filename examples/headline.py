@@ -32,7 +32,7 @@ What it measures (docs/results/study/, the README's results table):
    0.5, 0.75 and 1, 3 seeds (shipped recipe early-exposure, subset vars set here): L_ret, L_ft,
    L_pre and both frontiers, each stage's rate grid wide enough that no winner sits at an edge.
 
-The best and second-best SPT fractions are chosen on the domain validation split of the
+The best SPT fraction is chosen on the domain validation split of the
 seed-0 finetunes; every reported loss is on the test split.
 """
 
