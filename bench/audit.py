@@ -1,7 +1,7 @@
 """Benchmark `mixer audit`: throughput over a mix's shards, peak memory, and the
 false-positive rate on unrelated real corpora. Needs `mixer fetch-samples`.
 
-    .venv/bin/python bench/audit.py --heldout-tokens 10M --train-tokens 200M --shards 8 --tasks 1 2 --json /tmp/audit-bench.json
+    .venv/bin/python bench/audit.py --heldout-tokens 10M --train-tokens 200M --shards 8 --tasks 1 2 --rounds 3 --keep /tmp/audit-bench --json /tmp/audit-bench.json
 
 Held-out side: real documents of every sample corpus (music, Python and Perl docs, Coq
 proofs, SMILES), repeated with a marker line when the corpora hold fewer tokens than asked.
@@ -12,9 +12,13 @@ run, cut into samples of 2049 tokens at offsets k * 2048, shuffled over the shar
 shard with its provenance sidecar: the audit stitches the samples back into the stream.
 `--layout rows` drops the sidecars (n-grams inside rows, the pre-stitching layout).
 
-Two throughputs: scan (training tokens / seconds of the datatrove tasks) and whole process
-(training tokens / wall seconds of the audit call: held-out index, task start-up, scan,
-merge and report).
+Two throughputs: scan (training tokens / seconds of the scan tasks and their merge) and
+whole process (training tokens / wall seconds of the audit call: held-out index, task
+start-up, scan, merge, text check and report), and their ratio, the share of the audit's
+time the scan is. Runs alternate between the task counts (and, with `--baseline DIR`,
+between this checkout's code and DIR's, e.g. `git archive main | tar -x -C DIR`), each in a
+fresh process, `--rounds` times, so that a shared machine's load falls on every variant
+alike; the load average is printed with every run.
 """
 
 from __future__ import annotations
@@ -110,40 +114,63 @@ def prepare(args: argparse.Namespace, cache: Path, enc: Encoder, tmp: Path) -> N
 
 def run_one(tmp: Path, tasks: int, layout: str) -> dict:
     """One audit in this (fresh) process, so its peak memory is the audit's alone."""
-    shutil.rmtree(tmp / f"work-{tasks}-{layout}", ignore_errors=True)  # a fresh audit, not a resumed one
-    t0 = time.perf_counter()
+    work = tmp / f"work-{tasks}-{layout}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh audit, not a resumed one
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     store = open_store(tmp / "stores", "held")
     files = [TrainFile(str(p), "<u2", SEQ_LEN + 1, str(p.with_suffix(".prov.npy")) if layout == "stitched" else None)
              for p in sorted(tmp.glob("shard-*.bin"))]
-    rep = audit([store], files, tmp / f"work-{tasks}-{layout}", executor=Executor(tasks=tasks))
-    wall = time.perf_counter() - t0
+    rep = audit([store], files, work, executor=Executor(tasks=tasks))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    shutil.rmtree(work, ignore_errors=True)
     tr = rep["training"]
     return {"tasks": tasks, "layout": layout, "train_tokens": tr["tokens"], "scan_seconds": tr["seconds"],
             "scan_cpu_seconds": tr["cpu_ms"] / 1000, "tokens_per_cpu_s": tr["tokens"] / max(tr["cpu_ms"] / 1000, 1e-9),
             "tokens_per_s": tr["tokens"] / tr["seconds"], "wall_seconds": wall, "whole_tokens_per_s": tr["tokens"] / wall,
+            "ratio": tr["seconds"] / wall, "process_cpu_seconds": cpu, "load_before": load,
+            "load_after": os.getloadavg()[0],
             "heldout_tokens": int(len(store.tokens("test"))), "heldout_ngrams": rep["heldout"]["distinct_ngrams"],
             "index_seconds": rep["heldout"]["seconds"], "report_seconds": rep["report_seconds"],
+            "text_check": rep.get("text_check"),
             "peak_mb_process": peak_mb()[0], "peak_mb_task_processes": peak_mb()[1], "hits": tr["hits"],
             "exact_copies_found": rep["sources"][0]["exact"]}
 
 
 def throughput(args: argparse.Namespace, tmp: Path) -> list[dict]:
     results = []
-    for tasks in args.tasks:
-        p = subprocess.run([sys.executable, __file__, "--one", str(tmp), str(tasks), args.layout],
-                           capture_output=True, text=True)
-        if p.returncode:
-            raise SystemExit(p.stderr[-2000:])
-        r = json.loads(p.stdout.splitlines()[-1])
-        print(f"tasks={tasks} ({r['layout']}): {format_count(r['train_tokens'])} tokens, scan {r['scan_seconds']:.2f} s = "
-              f"{r['tokens_per_s'] / 1e6:.1f}M tokens/s ({r['scan_cpu_seconds']:.2f} CPU s in the tasks = "
-              f"{r['tokens_per_cpu_s'] / 1e6:.1f}M tokens per CPU second); whole process {r['wall_seconds']:.2f} s = "
-              f"{r['whole_tokens_per_s'] / 1e6:.1f}M tokens/s (held-out index of {format_count(r['heldout_tokens'])} "
-              f"tokens, {format_count(r['heldout_ngrams'])} distinct n-grams: {r['index_seconds']:.1f} s; report "
-              f"{r['report_seconds']:.1f} s); peak RSS {r['peak_mb_process']:.0f} MB (audit process), "
-              f"{r['peak_mb_task_processes']:.0f} MB (largest task process); {r['exact_copies_found']} held-out "
-              "documents found exact")
-        results.append(r)
+    codes = [("this", None)] + ([("baseline", str(args.baseline.resolve()))] if args.baseline else [])
+    for rnd in range(args.rounds):
+        for tasks in args.tasks:
+            for name, code in codes:
+                env = dict(os.environ)
+                if code:  # the baseline's mixer package, this script's data and measurement
+                    env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+                p = subprocess.run([sys.executable, __file__, "--one", str(tmp), str(tasks), args.layout],
+                                   capture_output=True, text=True, env=env)
+                if p.returncode:
+                    raise SystemExit(p.stderr[-2000:])
+                r = {**json.loads(p.stdout.splitlines()[-1]), "code": name, "round": rnd}
+                print(f"[{name}] tasks={tasks} ({r['layout']}), load {r['load_before']:.1f}: "
+                      f"{format_count(r['train_tokens'])} tokens, scan {r['scan_seconds']:.2f} s = "
+                      f"{r['tokens_per_s'] / 1e6:.1f}M tokens/s ({r['scan_cpu_seconds']:.2f} CPU s in the tasks = "
+                      f"{r['tokens_per_cpu_s'] / 1e6:.1f}M tokens per CPU second); whole {r['wall_seconds']:.2f} s = "
+                      f"{r['whole_tokens_per_s'] / 1e6:.1f}M tokens/s, ratio {r['ratio']:.2f} of the scan "
+                      f"({r['process_cpu_seconds']:.2f} CPU s; index {r['index_seconds']:.1f} s, report "
+                      f"{r['report_seconds']:.1f} s); peak RSS {r['peak_mb_process']:.0f} MB (audit process), "
+                      f"{r['peak_mb_task_processes']:.0f} MB (largest task process); {r['exact_copies_found']} "
+                      "held-out documents found exact", flush=True)
+                results.append(r)
+    for name, _ in codes:
+        med = {t: {k: float(np.median([r[k] for r in results if r["code"] == name and r["tasks"] == t]))
+                   for k in ("tokens_per_s", "whole_tokens_per_s", "ratio", "wall_seconds", "load_before")}
+               for t in args.tasks}
+        line = "; ".join(f"tasks={t}: scan {m['tokens_per_s'] / 1e6:.1f}M tok/s, whole {m['whole_tokens_per_s'] / 1e6:.1f}M "
+                         f"tok/s, ratio {m['ratio']:.2f} (load {m['load_before']:.1f})" for t, m in med.items())
+        if len(args.tasks) > 1:
+            a, b = args.tasks[0], args.tasks[-1]
+            line += f"; whole time {b} tasks / {a}: {med[b]['wall_seconds'] / med[a]['wall_seconds']:.2f}"
+        print(f"median of {args.rounds} [{name}]: {line}")
     return results
 
 
@@ -177,6 +204,8 @@ def main() -> None:
     ap.add_argument("--train-tokens", default="200M")
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--tasks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=1, help="Runs per variant, alternating.")
+    ap.add_argument("--baseline", type=Path, help="Another checkout's code, run alternately with this one.")
     ap.add_argument("--layout", choices=["stitched", "rows"], default="stitched",
                     help="Shards with provenance sidecars (stitched streams) or without (n-grams inside rows).")
     ap.add_argument("--keep", type=Path, help="Write the data here and keep it (a rerun with the same folder reuses it).")

@@ -90,7 +90,8 @@ def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bo
 def audit(mix: PathLike, *, ngram: int = 13, work: PathLike | None = None, executor: Executor | None = None,
           **options: Any) -> dict:
     """Leakage of the mix's held-out documents into its training shards (the report
-    `mixer audit MIX --json` prints; `report["clean"]` is the verdict)."""
+    `mixer audit MIX --json` prints; `report["leaks"]` is the verdict, the exit status of
+    `mixer audit`: a domain source's flagged documents; `report["clean"]`: nothing flagged)."""
     from mixer.checks.audit import audit as run_audit
     from mixer.checks.audit_inputs import mix_inputs
 

@@ -72,6 +72,66 @@ def quiet_task_tracebacks() -> None:
     logger.configure(patcher=_demote_exceptions)
 
 
+_QUIET = "MIXER_QUIET_LOGS"  # set by the CLI unless --verbose; read by the fork server and its workers
+_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | <level>{level: <8}</level> | {name}:{function}:{line} - <level>{message}</level>"
+
+
+def quiet_logs() -> None:
+    """Keep datatrove's and mixer's INFO logs (pipeline banners, per-task stats printed
+    twice) off the console: warnings and errors still show; every task's log file keeps
+    all of it. datatrove re-adds a console sink at INFO for every task it starts, so its
+    task logger is wrapped too (here and, through the fork server, in its workers)."""
+    os.environ[_QUIET] = "1"
+    _console_and([])
+    _wrap_task_logger()
+
+
+def verbose_logs() -> None:
+    """datatrove's own task logging, console included (--verbose); undoes quiet_logs."""
+    os.environ.pop(_QUIET, None)
+    import datatrove.executor.base as base
+    import datatrove.utils.logging as dt_logging
+
+    base.add_task_logger, base.close_task_logger = dt_logging.add_task_logger, dt_logging.close_task_logger
+    dt_logging.setup_default_logger()
+
+
+def _console_and(sinks: list) -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format=_FORMAT)
+    for sink in sinks:
+        logger.add(sink, level="DEBUG", format=_FORMAT)
+
+
+def _wrap_task_logger() -> None:
+    """datatrove's task logger (console at INFO plus the task's file) and its reset after
+    the task (console at DEBUG) as they are, but with the console at WARNING."""
+    import datatrove.executor.base as base
+
+    if getattr(base.add_task_logger, "mixer_quiet", False):
+        return
+
+    def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+        from loguru import logger
+
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        _console_and([logfile])
+        logger.info(f"Launching pipeline for {rank=}")
+        return logfile
+
+    def close_task_logger(logfile):
+        from loguru import logger
+
+        logger.complete()
+        _console_and([])
+        logfile.close()
+
+    add_task_logger.mixer_quiet = True
+    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
+
+
 def _hook_forks() -> None:
     if sys.platform.startswith("linux") and not _forker.get("hooked"):
         os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
@@ -100,6 +160,8 @@ def _in_fork_server() -> None:
     _set_pdeathsig(int(command))
     quiet_task_tracebacks()
     _hook_forks()
+    if os.environ.get(_QUIET) == "1":
+        _wrap_task_logger()
 
 
 _in_fork_server()

@@ -7,6 +7,7 @@ work even when a recipe points at data that is not on this machine.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,44 @@ def _tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ValueError(f"'{key}' must be an array of tables ([[{key}]])")
     return tables
+
+
+def show_recipe(text: str | Path) -> dict[str, Any]:
+    """Everything a user needs to run a recipe on their own disk: its sources (inputs as
+    written, with `${VAR}`s), what to download and from where (`[fetch]`), which variables
+    must point where and whether they are set here, and its stages."""
+    path = find_recipe(text, "mixer recipes show")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise MixerError(f"{path}: not a readable recipe ({str(e).splitlines()[0]})") from None
+    fetch = data.get("fetch") or {}
+    if not isinstance(fetch, dict):
+        raise MixerError(f"{path}: [fetch] must be a table")
+    described = fetch.get("vars") or {}
+    used = sorted({m for s in _tables(data, "source") for v in s.values() if isinstance(v, (str, list))
+                   for m in _VAR_NAME.findall(" ".join(v) if isinstance(v, list) else v)})
+    names = list(dict.fromkeys([*described, *used]))
+    return {
+        "recipe": path.stem if path.parent.name != "stages" else f"stages/{path.stem}",
+        "path": str(path),
+        "description": str(data.get("description", "")),
+        "sources": [{k: s.get(k) for k in ("name", "role", "inputs", "tokenizer", "test_fraction", "test_tokens")
+                     if s.get(k) is not None} for s in _tables(data, "source")],
+        "fetch": {k: v for k, v in fetch.items() if k != "vars"},
+        "vars": [{"name": n, "means": str(described.get(n, "")), "set": bool(os.environ.get(n)),
+                  "value": os.environ.get(n)} for n in names],
+        "stages": [str(s.get("name") or s.get("kind") or f"#{i}") for i, s in enumerate(_tables(data, "stage"))],
+    }
+
+
+_VAR_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def recipes_with_source(name: str) -> list[str]:
+    """The shipped recipes that define a source called `name` (for "no store named X" hints)."""
+    try:
+        entries = list_recipes(recipes_dir())
+    except MixerError:
+        return []
+    return [e["recipe"] for e in entries if any(s.get("name") == name for s in e.get("sources", []))]

@@ -17,7 +17,7 @@ shorter than n (only rule 1 applies to them). For a held-out n-gram found in tra
   tokens it covers are left out of both sides of the near-copy share. The report counts it
   and shows examples. An n-gram of one held-out document is never boilerplate.
 
-A held-out document is FLAGGED (exit 1) when any of:
+A held-out document is FLAGGED when any of:
 1. exact: its whole token content occurs contiguously in one training document (checked
    by hashing the training span, not inferred from n-grams; any length, across sample rows
    of a mix, since a mix's samples are stitched back into their sources' streams);
@@ -29,18 +29,37 @@ A held-out document is FLAGGED (exit 1) when any of:
    audited n-gram) that no matched boilerplate n-gram covers. "That document" is one of
    the 64 buckets of the training-document signature, so two training documents sharing a
    bucket count as one (an over-estimate for 1 pair in 64). A copy with 5% of its words
-   changed scores ~0.93-1.0; tune variants and sibling release notes of the real sample
-   corpora score at most 0.84 (docs/benchmarks/audit.md);
+   changed scores ~0.93-1.0. Or, by the *text check* (mixer.checks.textmatch): one
+   training document holds at least NEAR_TEXT (0.8) of its text in order, by characters.
+   Copies made by editing characters break far more token n-grams than they change
+   characters (10% of the characters substituted leave ~3% of a tune's 13-grams), so the
+   token share misses them; the n-grams that remain say which training documents to read:
+   each held-out document's TEXT_CANDIDATES (3) fullest bucket groups holding at least
+   TEXT_FLOOR (0.1) of its tokens are read back from the training streams, decoded with
+   the stores' tokenizer and compared. Copies with 5% (10%) of their characters
+   substituted score 0.68-0.97 (0.61-0.93), the nearest other document in a clean mix of
+   the real sample corpora at most 0.69 (docs/benchmarks/audit.md);
 3. quote: a passage of at least MIN_QUOTE (20) tokens of it is in the training data of a
    source other than its own (or of unknown source: training files without provenance).
    A passage is a run of consecutive n-gram positions i, i+1, ... whose n-grams are
    matched there and not boilerplate; its length is the tokens it spans, less those that
-   matched boilerplate covers. Within its own source a shared passage is the corpus's own
-   redundancy: variants of a tune share a title line, release notes repeat items of the
-   previous release, parallel developments share proofs; the split decides documents, not
-   passages, so there only copies (1, 2) count. `--strict` applies rule 3 to the document's
-   own source too. The sources of a mix are its provenance's source ids, named by the
-   manifest; training files without provenance are of unknown source.
+   matched boilerplate covers, plus up to QUOTE_EDGE (1) token of the document at each
+   end: a quote cut from a document at whitespace and pasted into other text tokenizes
+   differently at its edges (its first token loses or gains a space, its last one may
+   merge with what follows), so in token space the matched run is shorter than the quote:
+   by 1 token in 65-88% of real 20-token quotes pasted in quotation marks, by 2 in 11-35%,
+   by 3 in at most 1% (bench/audit_recall.py). Within its own source a shared passage
+   is the corpus's own redundancy: variants of a tune share a title line, release notes
+   repeat items of the previous release, parallel developments share proofs; the split
+   decides documents, not passages, so there only copies (1, 2) count. `--strict` applies
+   rule 3 to the document's own source too: a triage list (in clean real mixes it lists
+   44% of the held-out documents). The sources of a mix are its provenance's source ids,
+   named by the manifest; training files without provenance are of unknown source.
+
+Severity: a flagged document of a domain source's held-out split is a leak (exit 1); one of
+a general source's val split is a warning (exit 0), since web-like general corpora are
+split without near-duplicate clustering and duplicate themselves; `--strict` makes those
+leaks too (mixer.checks.evidence.severity).
 
 How (engine)
 ------------
@@ -57,7 +76,8 @@ training data. Per matched key a task keeps the signature of its training docume
 set of sources it was found in, and its first location; an exact copy is
 confirmed where a document's anchor n-gram is found by hashing the span the document would
 fill. Each task writes its partial result atomically and `merge` combines them (OR, min);
-a rerun with the same `work` folder skips finished tasks (datatrove completion files).
+a rerun with the same `work` folder skips finished tasks (their partials locally, where
+tasks are threads of the audit process; datatrove completion files on Slurm and Ray).
 """
 
 from __future__ import annotations
@@ -72,7 +92,7 @@ from typing import Any
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from mixer.checks.ngrams import KeySet, NgramHasher, WindowLookup, distinct_at_least, segments, sorted_unique
+from mixer.checks.ngrams import KeySet, NgramHasher, WindowLookup, distinct_at_least, segments
 from mixer.checks.streams import (LOC_BITS, UNKNOWN_SOURCE_BIT, Reader, Stream, TrainFile, build_streams,
                                   longest_piece, make_units)
 from mixer.executors import Executor
@@ -80,11 +100,13 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.store import Store, check_same_tokenizer
 
-__all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "MIN_QUOTE", "BOILERPLATE_TRAIN_DOCS",
-           "BOILERPLATE_HELDOUT_DOCS"]
+__all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "NEAR_TEXT", "MIN_QUOTE", "QUOTE_EDGE",
+           "BOILERPLATE_TRAIN_DOCS", "BOILERPLATE_HELDOUT_DOCS"]
 
 NEAR_COPY = 0.9
+NEAR_TEXT = 0.8
 MIN_QUOTE = 20
+QUOTE_EDGE = 1
 BOILERPLATE_TRAIN_DOCS = 5
 BOILERPLATE_HELDOUT_DOCS = 2
 MIN_DISTINCT = 4  # all 16,993 matches of 80 Python doc pages in 1,500 tunes had <= 3
@@ -119,7 +141,7 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
     for s in stores:
         split = s.heldout
         toks, doc_ends = np.asarray(s.tokens(split)), s.doc_ends(split).astype(np.int64)
-        doc_starts = np.concatenate([[0], doc_ends[:-1]]).astype(np.int64)
+        doc_starts = np.concatenate([[0], doc_ends[:-1]])[: len(doc_ends)].astype(np.int64)  # none: an empty split
         content_end = doc_ends - (toks[np.maximum(doc_ends - 1, 0)] == eos_id) * (doc_ends > doc_starts)
         names = s.doc_ids(split)
         if len(names) != len(doc_ends):
@@ -130,7 +152,8 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
         ends.append(content_end + base)
         ids += names
         path = s.tokenizer.get("path")
-        sources.append({"source": s.name, "split": split, "store": str(s.path), "first": first, "documents": len(doc_ends),
+        sources.append({"source": s.name, "role": s.role, "split": split, "store": str(s.path), "first": first,
+                        "documents": len(doc_ends),
                         "tokenizer_path": path if path and Path(path).is_file() else None})
         base += len(toks)
         first += len(doc_ends)
@@ -156,13 +179,16 @@ def load_heldout(stores: list[Store], hasher: NgramHasher, eos_id: int) -> Heldo
     np.not_equal(h[1:], h[:-1], out=new[1:])
     keys = h[new]
     del h
+    rank = np.cumsum(new) - 1
     key = np.empty(len(order), dtype=np.int64)
-    key[order] = np.cumsum(new) - 1
-    del order, new
-    nd = max(len(ids), 1)
-    pairs = sorted_unique(key * nd + doc)
-    df = np.bincount(pairs // nd, minlength=len(keys))
-    del pairs
+    key[order] = rank
+    # held-out documents per key: the order is stable, so a key's occurrences follow in
+    # position order and so in document order; a document's first occurrence of it is where
+    # the key or the document changes (no second sort of (key, document) pairs)
+    d = doc[order]
+    new[1:] |= d[1:] != d[:-1]
+    df = np.bincount(rank[new], minlength=len(keys))
+    del order, new, rank, d
     # anchor: the occurrence whose n-gram the fewest held-out documents share (the first such)
     anchor = np.full(len(ids), -1, dtype=np.int64)
     last = np.full(len(ids), -1, dtype=np.int64)
@@ -272,7 +298,7 @@ class Scanner:
 
     def scan(self, units: list) -> None:
         reader = Reader(self.files, self.streams, self.folder)
-        cpu = time.process_time()
+        cpu = time.thread_time()  # this task's own CPU, also when tasks are threads of one process
         try:
             for u in units:
                 s = self.streams[u.stream]
@@ -282,7 +308,7 @@ class Scanner:
                     self._documents(reader, u, s)
         finally:
             reader.close()
-        self.stats["cpu_ms"] += round(1000 * (time.process_time() - cpu))
+        self.stats["cpu_ms"] += round(1000 * (time.thread_time() - cpu))
 
     def _rows(self, reader: Reader, u, s: Stream) -> None:
         per = max(1, self.plan["chunk"] // s.row_len)
@@ -499,24 +525,43 @@ def run_scan(folder: Path, executor: Executor) -> Path:
         (out / "logs" / "completions" / err.stem).unlink(missing_ok=True)
         err.unlink()
     step = ScanFiles(str(folder.resolve()), str(out.resolve()))
-    if executor.inline:  # in-process, as `mixer build` does: no executor logs for one task
-        for _ in step.run(None, 0, 1):
-            pass
+    if executor.kind == "local":
+        # in-process, one thread per task: numpy and pread release the GIL for the work of a
+        # block, and a task loads nothing (the key set is mapped); datatrove's local workers
+        # start through a forkserver, and at 200M training tokens their start cost more than
+        # the second core saved (issue 25). A finished task's partial is kept on a rerun.
+        todo = [r for r in range(executor.tasks) if not (out / "partials" / f"{r:05d}.npz").exists()]
+
+        def one(rank: int) -> None:
+            for _ in ScanFiles(step.folder, step.out).run(None, rank, executor.tasks):
+                pass
+
+        if len(todo) == 1 or executor.local_workers == 1:
+            for r in todo:
+                one(r)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(executor.local_workers, len(todo))) as pool:
+                list(pool.map(one, todo))
     else:
-        executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json")
+        # the report needs every task's partial: on Slurm, wait for the jobs
+        executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json", wait=True)
     return out
 
 
 def audit(stores: list[Store], files: list[TrainFile], work: Path, *, n: int = 13, near_copy: float = NEAR_COPY,
           min_quote: int = MIN_QUOTE, boilerplate: bool = True, boilerplate_train_docs: int = BOILERPLATE_TRAIN_DOCS,
           boilerplate_heldout_docs: int = BOILERPLATE_HELDOUT_DOCS, strict: bool = False,
-          source_ids: dict[str, int] | None = None, executor: Executor | None = None) -> dict:
+          source_ids: dict[str, int] | None = None, executor: Executor | None = None, near_text: float = NEAR_TEXT,
+          quote_edge: int = QUOTE_EDGE) -> dict:
     """Audit `files` against the held-out splits of `stores`; returns the report
     (mixer.checks.evidence.report). `source_ids` maps store names to the source ids of
     the files' provenance (a mix's manifest), which tells a document's own source apart."""
     from mixer.checks.evidence import Rule, report
 
-    rule = Rule(near_copy, min_quote, boilerplate, boilerplate_train_docs, boilerplate_heldout_docs, strict)
+    rule = Rule(near_copy, min_quote, boilerplate, boilerplate_train_docs, boilerplate_heldout_docs, strict, near_text,
+                quote_edge)
     rule.check()
     if n < 1:
         raise UsageError(f"--ngram {n}: must be at least 1")
@@ -548,7 +593,8 @@ def audit(stores: list[Store], files: list[TrainFile], work: Path, *, n: int = 1
     t2 = time.perf_counter()
     plan = json.loads((folder / "plan.json").read_text())
     streams = [Stream.from_json(s) for s in plan["streams"]]
-    rep = report(held, merged, files, streams, folder, n=n, rule=rule, source_ids=source_ids or {})
+    rep = report(held, merged, files, streams, folder, n=n, rule=rule, source_ids=source_ids or {},
+                 eos_id=int(tok["eos_id"]))
     rep["training"].update(executor=executor.kind, tasks=tasks, seconds=round(t2 - t1, 3))
     rep["heldout"]["seconds"] = round(t1 - t0, 3)
     rep["report_seconds"] = round(time.perf_counter() - t2, 3)

@@ -30,6 +30,18 @@ def _inverse_mod_2_64(b: int) -> int:
     return x
 
 
+def _power_table(b: int, size: int) -> np.ndarray:
+    """b**i mod 2**64 for i < size. A cumprod is one sequential multiply per entry (0.3 s for
+    10M); here b**(q*4096 + r) = (b**4096)**q * b**r: two short cumprods and one outer product."""
+    step = 1 << 12
+    steps = np.full(step, b, dtype=np.uint64)
+    steps[0] = 1
+    low = np.cumprod(steps, dtype=np.uint64)  # b**r
+    steps[1:] = (low[-1:] * np.uint64(b))[0]  # b**4096 (arrays wrap silently, numpy scalars warn)
+    high = np.cumprod(steps[: -(-size // step)], dtype=np.uint64)  # (b**4096)**q
+    return np.multiply.outer(high, low).reshape(-1)[:size]
+
+
 class NgramHasher:
     """64-bit hashes of token windows and spans; position-independent, deterministic."""
 
@@ -45,11 +57,7 @@ class NgramHasher:
     def _powers(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self._pw) < length:
             size = max(length, 2 * len(self._pw))
-            steps = np.full(size, _BASE, dtype=np.uint64)
-            steps[0] = 1
-            self._pw = np.cumprod(steps, dtype=np.uint64)
-            steps[1:] = _inverse_mod_2_64(_BASE)
-            self._pwi = np.cumprod(steps, dtype=np.uint64)
+            self._pw, self._pwi = _power_table(_BASE, size), _power_table(_inverse_mod_2_64(_BASE), size)
         return self._pw, self._pwi
 
     def prefix(self, tokens: np.ndarray) -> np.ndarray:

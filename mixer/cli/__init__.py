@@ -87,9 +87,26 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {reason}"
 
 
+def _fail(message: str, code: int, as_json: bool) -> None:
+    """The one error line on stderr; with --json also {"error", "exit_code"} on stdout (unless
+    the command printed its JSON result already), so a program reading it gets an answer."""
+    from mixer.cli.common import EMITTED
+
+    if as_json and not EMITTED["json"]:  # a result already printed (an audit's report) carries the verdict
+        import json
+
+        click.echo(json.dumps({"error": message, "exit_code": code}))
+    click.echo(f"mixer: error: {message}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MIXER_DEBUG") == "1"
+    as_json = "--json" in argv
+    from mixer.cli.common import EMITTED
+
+    EMITTED["json"] = False
     if debug:  # worker processes read it too (mixer.lifetime)
         os.environ["MIXER_DEBUG"] = "1"
     try:
@@ -98,31 +115,25 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
-        click.echo("mixer: error: aborted", err=True)
-        sys.exit(130)
+        _fail("aborted", 130, as_json)
     except click.ClickException as e:
         if debug:
             raise
-        click.echo(f"mixer: error: {e.format_message()}", err=True)
-        sys.exit(2)
+        _fail(e.format_message(), 2, as_json)
     except MixerError as e:
         if debug:
             raise
-        click.echo(f"mixer: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code, as_json)
     except OSError as e:
         if debug:
             raise
-        click.echo(f"mixer: error: {describe_os_error(e)}", err=True)
-        sys.exit(1)
+        _fail(describe_os_error(e), 1, as_json)
     except KeyboardInterrupt:
-        click.echo("mixer: error: interrupted (re-run the same command to resume)", err=True)
-        sys.exit(130)
+        _fail("interrupted (re-run the same command to resume)", 130, as_json)
     except Exception as e:  # noqa: BLE001 - the contract is one line, not a traceback
         if debug:
             raise
-        click.echo(f"mixer: error: internal error: {type(e).__name__}: {e} (re-run with --debug)", err=True)
-        sys.exit(1)
+        _fail(f"internal error: {type(e).__name__}: {e} (re-run with --debug)", 1, as_json)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def mix_options(f):
         click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True),
         click.option("--window", help="Domain only inside this part of the run, e.g. 0.9:1.0 (SCPT)."),
         click.option("--max-epochs", type=float, default=100.0, show_default=True, help="Refuse more domain repetition."),
+        click.option("--max-general-epochs", type=float, default=4.0, show_default=True,
+                     help="Refuse more general repetition (past ~4 epochs repeated data loses most of its value)."),
         click.option("--domain-subset", help="Use a seeded subset of the domain train split of about this many tokens."),
         click.option("--samples-per-shard", type=int, help="Default: ~128 MiB shards."),
         click.option("--name", help="Mix name (default derived from the flags)."),
@@ -80,6 +82,7 @@ def spec_from_flags(kw: dict):
         domain=domain, general=kw["general"], fraction=fraction, epochs=kw["epochs"], extra=extra,
         replay=kw["replay"], tokens=parse_count(kw["tokens"], "--tokens") if kw["tokens"] else None,
         seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
+        max_general_epochs=kw["max_general_epochs"],
         domain_subset_tokens=parse_count(kw["domain_subset"], "--domain-subset") if kw["domain_subset"] else None,
         samples_per_shard=kw["samples_per_shard"], name=kw["name"],
     )
@@ -197,10 +200,12 @@ def build(recipe, overrides, out, shards, recheck_stores, quiet, as_json, **kw) 
 
 
 def format_build(r: dict) -> str:
+    if r["status"] == "submitted":
+        return (f"{r['out']}: {r['shards_submitted']} shards submitted to Slurm, {r['shards_skipped']} already there "
+                f"(of {r['shards_total']}); jobs {', '.join(r['job_ids'])}, logs in {r['logs']}\n"
+                "a job after them writes the manifest (squeue -j to follow; --wait blocks until then)")
     head = (f"{r['out']}: {r['shards_written']} shards written, {r['shards_skipped']} already there, "
             f"{r['shards_missing']} of {r['shards_total']} still missing ({r['seconds']} s)")
-    if r["status"] == "submitted":
-        return head + "\nsubmitted to Slurm: re-run the same command when the jobs finish to write the manifest"
     if r["status"] != "done":
         return head + "\nmanifest pending: build the remaining shards (same command, other --shards) to finish"
     return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),

@@ -29,10 +29,14 @@ def resolve_stores(stores: Path | None) -> Path:
     return stores if stores is not None else default_stores()
 
 
+EMITTED = {"json": False}  # a command printed its JSON result: an error after it adds no second document
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str] | str) -> None:
     """Print `data` as JSON, or its human summary."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=_jsonable))
+        EMITTED["json"] = True
     else:
         click.echo(human if isinstance(human, str) else human(data))
 
@@ -60,7 +64,19 @@ def executor_options(f):
         click.option("--cpus-per-task", type=int, default=1, show_default=True, help="Slurm/Ray: CPUs per task."),
         click.option("--mem-per-cpu", type=float, default=2.0, show_default=True, help="Slurm/Ray: GB per CPU."),
         click.option("--time", "time_limit", default="24:00:00", show_default=True, help="Slurm: time limit per task."),
+        click.option("--account", default=lambda: os.environ.get("MIXER_SLURM_ACCOUNT"),
+                     help="Slurm account to charge [default: $MIXER_SLURM_ACCOUNT, else yours]."),
+        click.option("--qos", default=lambda: os.environ.get("MIXER_SLURM_QOS"),
+                     help="Slurm quality of service [default: $MIXER_SLURM_QOS, else the cluster's]."),
+        click.option("--gres", help="Slurm generic resources per task (e.g. gpu:1)."),
+        click.option("--constraint", help="Slurm node features (e.g. 'a100&ib')."),
+        click.option("--sbatch-arg", "sbatch_args", multiple=True,
+                     help="Any other sbatch option, passed through (repeatable): --sbatch-arg=--exclusive."),
+        click.option("--wait", is_flag=True, help="Slurm: block until the submitted jobs finish, then finish the "
+                     "command (a build's manifest, a tokenize's store) instead of returning at once."),
         click.option("--ray-address", help="Ray: join this cluster (e.g. auto, ray://head:10001) instead of starting one."),
+        click.option("--verbose", is_flag=True, help="Show the task logs (datatrove's pipeline and stats) on the "
+                     "console too; they are always in the log files."),
     ]):
         f = opt(f)
     return f
@@ -70,7 +86,12 @@ def executor_from_flags(kw: dict):
     """Pop the executor flags out of a command's keyword arguments."""
     from mixer.executors import Executor
 
+    from mixer.lifetime import quiet_logs, verbose_logs
+
+    verbose_logs() if kw.pop("verbose") else quiet_logs()
     return Executor(kind=kw.pop("executor"), tasks=kw.pop("tasks"), workers=kw.pop("workers"),
                     partition=kw.pop("partition"), cpus_per_task=kw.pop("cpus_per_task"),
                     mem_per_cpu_gb=kw.pop("mem_per_cpu"), time=kw.pop("time_limit"),
-                    ray_address=kw.pop("ray_address")).validate()
+                    ray_address=kw.pop("ray_address"), account=kw.pop("account"), qos=kw.pop("qos"),
+                    gres=kw.pop("gres"), constraint=kw.pop("constraint"), sbatch_args=tuple(kw.pop("sbatch_args")),
+                    wait=kw.pop("wait")).validate()

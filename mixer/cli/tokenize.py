@@ -28,7 +28,12 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
               "(without it, such files in a folder or glob are an error).")
 @click.option("--text-key", default="text", show_default=True, help="JSON key / parquet column of the text.")
 @click.option("--id-key", default="id", show_default=True, help="Key of the document id (default id: file:line).")
-@click.option("--tokenizer", type=click.Path(dir_okay=False), help="HuggingFace tokenizer.json.")
+@click.option("--tokenizer", metavar="FILE|DIR|NAME",
+              help="HuggingFace tokenizer.json, a folder holding one (hub snapshot, LitGPT checkpoint), or a name "
+              "in a local cache (gpt2 after fetch-samples; a hub cache's org/name). With --recipe: replaces the recipe's.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="With --recipe: override a source setting (inputs, tokenizer, test_fraction, test_tokens, seed, "
+              "near_duplicates, ...); recorded in store.json. Repeatable.")
 @click.option("--eos", help="End-of-document token text (default: found in the tokenizer, e.g. <|endoftext|>).")
 @stores_option
 @click.option("--test-fraction", type=float, help="Held-out share of documents by hash [default: 0.01].")
@@ -48,28 +53,36 @@ _SOURCE_FLAGS = ("role", "inputs", "more_inputs", "text_key", "id_key", "tokeniz
 @json_option
 @click.pass_context
 def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inputs: tuple[str, ...],
-             stores: Path | None, tokenizer_backend: str, force: bool, as_json: bool, **source: object) -> None:
+             stores: Path | None, tokenizer_backend: str, force: bool, as_json: bool, overrides: tuple[str, ...],
+             **source: object) -> None:
     """Tokenize a corpus into a token store with train/test (or train/val) splits.
 
     \b
     mixer tokenize --source music --role domain --input 'data/music/*.jsonl.zst' --tokenizer tok.json
     mixer tokenize --recipe recipes/samples.toml [--source music]
     """
-    from mixer.ingest.sources import SourceSpec, load_sources, select_source
+    from mixer.ingest.sources import OVERRIDABLE, SourceSpec, load_sources, select_source
     from mixer.ingest.tokenize import RunOptions, tokenize_source
 
     typed = click.core.ParameterSource.COMMANDLINE
     given = [k for k in _SOURCE_FLAGS if k != "more_inputs" and ctx.get_parameter_source(k) == typed]
     given += ["more_inputs"] if more_inputs else []
     if recipe is not None:
-        if given:
-            flag = "--input" if given[0] in ("inputs", "more_inputs") else "--" + given[0].replace("_", "-")
-            raise UsageError(f"{flag}: not with --recipe (the recipe describes its sources; edit it instead)")
-        from mixer.recipe_catalog import find_recipe
+        fixed = [k for k in given if k not in OVERRIDABLE and k != "more_inputs"]
+        if fixed:
+            flag = "--" + fixed[0].replace("_", "-")
+            allowed = ", ".join("--" + ("input" if k == "inputs" else k.replace("_", "-")) for k in OVERRIDABLE)
+            raise UsageError(f"{flag}: not with --recipe (it says what the source is; override only {allowed} or --set)")
+        from mixer.recipe_catalog import find_recipe, show_recipe
 
         recipe = find_recipe(recipe)
-        specs = select_source(load_sources(recipe), name, recipe)
+        changes = _recipe_overrides(given, source, more_inputs, overrides)
+        if "inputs" in changes and name is None and len(show_recipe(recipe)["sources"]) > 1:
+            raise UsageError("--input with a recipe of several sources: pick the one it is for with --source")
+        specs = select_source(load_sources(recipe, changes), name, recipe)
     else:
+        if overrides:
+            raise UsageError(f"--set {overrides[0]}: overrides a --recipe's setting; without one give the flag itself")
         inputs = list(source["inputs"]) + list(more_inputs)
         for flag, value in (("--source", name), ("--role", source["role"]), ("--input", inputs),
                             ("--tokenizer", source["tokenizer"])):
@@ -87,12 +100,37 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
     emit({"stores": str(root), "sources": results}, as_json, _human)
 
 
+def _recipe_overrides(given: list[str], source: dict, more_inputs: tuple[str, ...], pairs: tuple[str, ...]) -> dict:
+    """The recipe settings the command line replaces: paths absolute (from here, not from the
+    recipe's folder), the tokenizer found (a folder or a cached name becomes its file)."""
+    from mixer.ingest.sources import parse_overrides
+    from mixer.ingest.vocab import find_tokenizer
+
+    out = parse_overrides(pairs)
+    for key in given:
+        if key == "more_inputs":
+            continue
+        value = source[key]
+        out[key] = list(value) if key == "inputs" else value
+    if more_inputs:
+        out["inputs"] = list(out.get("inputs", [])) + list(more_inputs)
+    if "inputs" in out:
+        ins = out["inputs"] if isinstance(out["inputs"], list) else [out["inputs"]]
+        out["inputs"] = [str(Path(x).expanduser().absolute()) for x in ins]
+    if "tokenizer" in out:
+        out["tokenizer"] = str(find_tokenizer(str(out["tokenizer"])))
+    if "test_tokens" in out and isinstance(out["test_tokens"], str):
+        out["test_tokens"] = parse_count(out["test_tokens"], "--test-tokens")
+    return out
+
+
 def _human(data: dict) -> str:
     rows, notes = [], []
     for m in data["sources"]:
         notes.extend(f"{m['source']}: {n}" for n in m.get("notes", []))
         if m.get("status") == "submitted":
-            notes.append(f"{m['source']}: submitted to Slurm; the store appears at {m['store']} when the jobs finish")
+            notes.append(f"{m['source']}: submitted to Slurm (jobs {', '.join(m['job_ids'])}, logs in {m['logs']}); "
+                         f"the store appears at {m['store']} when they finish")
             continue
         for split, c in m["splits"].items():
             rows.append([m["source"], split, f"{c['documents']:,}", f"{c['tokens']:,}", format_count(c["tokens"])])

@@ -11,15 +11,20 @@ import xxhash
 # xxh3-128, not sha256: verify must run near disk read speed (sha256 manages ~0.5 GB/s on
 # one core, xxh3 > 10 GB/s). The threat is corruption and truncation, not an adversary.
 CHECKSUM = "xxh3_128"
+# Bytes mapped at a time. Hashed in place through mmap: a read() loop copies every byte out
+# of the page cache first, which cost 4x the hash itself (docs/benchmarks/build.md, verify).
+# In windows, not the whole file at once: every page of a mapping counts in the process's
+# RSS until it is unmapped, so hashing a 10 GB store through one mapping "used" 10 GB
+# (docs/benchmarks/tokenize_merge.md); a window costs no measurable speed.
+WINDOW = 16 << 20
 
 
 def checksum_file(path: Path) -> str:
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size:
-            # Hashed in place through mmap: a read() loop copies every byte out of the page
-            # cache first, which cost 4x the hash itself (docs/benchmarks/build.md, verify).
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = os.fstat(f.fileno()).st_size
+        for at in range(0, size, WINDOW):
+            with mmap.mmap(f.fileno(), min(WINDOW, size - at), access=mmap.ACCESS_READ, offset=at) as m:
                 h.update(m)
     return h.hexdigest()
 

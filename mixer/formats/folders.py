@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from mixer.errors import MixerError
@@ -78,7 +79,11 @@ def _foreign_in_store(folder: Path, record: dict) -> list[str]:
     """Entries of a store folder that the store does not list: a store is replaced whole, so
     they would go with it. (Other kinds are written file by file and keep what else is there.)"""
     listed = {RECORDS["store"][0], "near_duplicates.jsonl", *((record.get("checksums") or {}).get("files") or {})}
-    return sorted(p.name for p in folder.iterdir() if p.name not in listed)
+    return sorted(p.name for p in folder.iterdir() if p.name not in listed and not _STORE_FILE.match(p.name))
+
+
+# A store's own files by name, for stores written before store.json listed them (checksums).
+_STORE_FILE = re.compile(r"^(train|test|val)\.(ds|ds\.index|ds\.metadata|ids)$")
 
 
 def mark_folder(folder: Path, kind: str, **fields: object) -> None:

@@ -450,6 +450,7 @@ def write_store(
             "dropped": {"empty": sum(r["empty"] for r in reports), "bad_records": sum(r["bad_records"] for r in reports)},
             "skipped_records": [s for r in reports for s in r["skipped"]][:20],
             "fingerprint": extra["fingerprint"],
+            **({"recipe": extra["recipe"]} if extra.get("recipe") else {}),  # a recipe and its command-line overrides
             "tokenizer_backend": extra.get("tokenizer_backend"),  # the only key that may differ between backends
             "mixer_version": __version__,
         }

@@ -57,6 +57,7 @@ class SourceSpec:
     eos: str | None = None
     text_files: bool = False
     origin: Path | None = field(default=None, compare=False)
+    overrides: dict[str, Any] = field(default_factory=dict, compare=False)  # the command line's, over the recipe
 
     @property
     def use_near_duplicates(self) -> bool:
@@ -124,7 +125,7 @@ class SourceSpec:
         return d
 
 
-def expand_vars(text: str, where: str) -> str:
+def expand_vars(text: str, where: str, recipe: str | None = None) -> str:
     """Expand `${VAR}` and `${VAR:-default}`; `${MIXER_CACHE}` defaults to ~/.cache/mixer."""
 
     def one(m: re.Match) -> str:
@@ -136,18 +137,45 @@ def expand_vars(text: str, where: str) -> str:
             return default
         if var == "MIXER_CACHE":
             return str(Path("~/.cache/mixer").expanduser())
-        raise MixerError(f"{where}: ${{{var}}} is not set (set it, or write ${{{var}:-default}})")
+        show = f"`mixer recipes show {recipe}` says what it points to; " if recipe else ""
+        raise MixerError(f"{where}: ${{{var}}} is not set (set it: {show}or write ${{{var}:-default}})")
 
     return os.path.expanduser(_VAR.sub(one, text))
 
 
-def _resolve_path(text: str, base: Path, where: str) -> str:
-    p = expand_vars(text, where)
+def _resolve_path(text: str, base: Path, where: str, recipe: str | None = None) -> str:
+    p = expand_vars(text, where, recipe)
     return p if os.path.isabs(p) else str(base / p)
 
 
-def load_sources(path: str | os.PathLike) -> list[SourceSpec]:
-    """Read every `[[source]]` table of a recipe file into validated specs."""
+# What may be overridden on the command line with --recipe (flags or --set KEY=VALUE): where
+# the data is, the tokenizer a lab uses, and the held-out sizes; what a source *is* (its name,
+# role, keys) stays the recipe's.
+OVERRIDABLE = ("inputs", "tokenizer", "test_fraction", "test_tokens", "seed", "near_duplicates", "text_files",
+               "on_bad_record", "eos")
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs for a source recipe (values as TOML would read them, else text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set test_tokens=1M")
+        if key not in OVERRIDABLE:
+            raise UsageError(f"--set {key}: not a source setting a recipe lets you override "
+                             f"({', '.join(OVERRIDABLE)})")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    return out
+
+
+def load_sources(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> list[SourceSpec]:
+    """Read every `[[source]]` table of a recipe file into validated specs; `overrides`
+    (OVERRIDABLE keys, paths already absolute) replace the recipe's values in every table."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--recipe {path}: no such recipe file")
@@ -165,6 +193,9 @@ def load_sources(path: str | os.PathLike) -> list[SourceSpec]:
     specs: list[SourceSpec] = []
     for i, table in enumerate(tables):
         label = f"{path}: source {table.get('name', f'#{i + 1}')!r}"
+        if overrides and ({"test_fraction", "test_tokens"} & set(overrides)):  # one held-out size replaces the other
+            table = {k: v for k, v in table.items() if k not in ("test_fraction", "test_tokens")}
+        table = {**table, **(overrides or {})}
         unknown = sorted(set(table) - known)
         if unknown:
             raise MixerError(f"{label}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -176,17 +207,17 @@ def load_sources(path: str | os.PathLike) -> list[SourceSpec]:
             inputs = [inputs]
         if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
             raise MixerError(f"{label}: inputs must be a list of paths or globs")
-        values = {k: expand_vars(v, f"{label}: {k}") if isinstance(v, str) else v for k, v in table.items()}
+        values = {k: expand_vars(v, f"{label}: {k}", path.stem) if isinstance(v, str) else v for k, v in table.items()}
         if isinstance(values.get("test_tokens"), str):  # "10M", as on the command line, or from ${VAR}
             try:
                 values["test_tokens"] = parse_count(values["test_tokens"], f"{label}: test_tokens")
             except UsageError as e:
                 raise MixerError(str(e)) from None
-        values["inputs"] = [_resolve_path(x, base, f"{label}: inputs") for x in inputs]
-        values["tokenizer"] = _resolve_path(table["tokenizer"], base, f"{label}: tokenizer") if isinstance(
+        values["inputs"] = [_resolve_path(x, base, f"{label}: inputs", path.stem) for x in inputs]
+        values["tokenizer"] = _resolve_path(table["tokenizer"], base, f"{label}: tokenizer", path.stem) if isinstance(
             table["tokenizer"], str
         ) else table["tokenizer"]
-        specs.append(SourceSpec(**values, origin=path).validate())
+        specs.append(SourceSpec(**values, origin=path, overrides=dict(overrides or {})).validate())
     names = [s.name for s in specs]
     for n in names:
         if names.count(n) > 1:

@@ -50,6 +50,7 @@ import json
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -318,15 +319,16 @@ def choose_backend(path: str | os.PathLike, requested: str, flag: str = "--token
 
 
 class TiktokenEncoder:
-    """Encode batches with tiktoken on `threads` threads; returns HF ids, one uint32 array per text.
+    """Encode batches with tiktoken on `threads` threads; returns HF ids.
 
     tiktoken's Rust encoder releases the GIL but has no batch call of its own; its
-    Python `encode_batch` maps one future per text over a fresh thread pool. Here a few
-    long-lived threads pull texts from a shared counter, so a long document does not hold
-    up a whole share of the batch.
+    Python `encode_batch` maps one future per text over a fresh thread pool and returns
+    lists of Python ints. Here the threads are started once per process (`_pool`), and
+    `encode_with_eos` hands a whole share of a batch to Rust in one call (see there), so
+    a short document costs no Python of its own.
     """
 
-    def __init__(self, spec: TiktokenSpec, threads: int) -> None:
+    def __init__(self, spec: TiktokenSpec, threads: int, eos_id: int | None = None) -> None:
         import tiktoken
 
         enc = tiktoken.Encoding(
@@ -336,28 +338,98 @@ class TiktokenEncoder:
         self._allowed = set(spec.special_tokens)
         self.to_hf = spec.to_hf
         self.threads = max(1, threads)
+        # The separator of joined encoding: the added token whose id is EOS, when there is one
+        # and it cannot overlap itself (see encode_with_eos); None: one call per document.
+        self._sep = self._sep_rank = self._others = None
+        for content, rank in spec.special_tokens.items():
+            hf = int(spec.to_hf[rank]) if spec.to_hf is not None else rank
+            if eos_id is not None and hf == eos_id and not _overlaps_itself(content):
+                self._sep, self._sep_rank = content, rank
+        if self._sep is not None:
+            others = sorted((c for c in spec.special_tokens if c != self._sep), key=len, reverse=True)
+            self._others = re.compile("|".join(map(re.escape, others))) if others else None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        return _pool(self.threads)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """HF ids of each text, one uint32 array per text: one Rust call per text."""
         out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         todo = iter(range(len(texts)))  # next() on it is atomic under the GIL
         core, allowed, to_hf = self._core, self._allowed, self.to_hf
-        errors: list[BaseException] = []
 
         def work() -> None:
-            try:
-                for i in todo:
-                    # a uint32 buffer straight from Rust: no Python int per token
-                    ids = np.frombuffer(core.encode_to_tiktoken_buffer(texts[i], allowed), dtype=np.uint32)
-                    out[i] = ids if to_hf is None else to_hf[ids]
-            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-                errors.append(e)
+            for i in todo:
+                # a uint32 buffer straight from Rust: no Python int per token
+                ids = np.frombuffer(core.encode_to_tiktoken_buffer(texts[i], allowed), dtype=np.uint32)
+                out[i] = ids if to_hf is None else to_hf[ids]
 
-        helpers = [threading.Thread(target=work, daemon=True) for _ in range(min(self.threads, len(texts)) - 1)]
-        for t in helpers:
-            t.start()
-        work()
-        for t in helpers:
-            t.join()
-        if errors:
-            raise errors[0]
+        # the pool's threads pull texts from a shared counter, so a long document does not
+        # hold up a whole share of the batch
+        for f in [self._pool().submit(work) for _ in range(min(self.threads, len(texts)))]:
+            f.result()
         return out
+
+    def encode_with_eos(self, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ids of every text with EOS after each, flat (dtype), and each text's length
+        with its EOS; None where joined encoding cannot be shown exact (the caller then
+        encodes text by text).
+
+        Joined encoding: each thread's share of the batch is one string, the texts with the
+        EOS token's text after each, encoded in one Rust call. tiktoken cuts its input at
+        allowed special tokens and runs the split regex on each piece between them alone
+        (`_encode_native`: `regex.find_iter(&text[start..end])`), so the result is every
+        text's own ids followed by EOS, as long as the special tokens found are exactly the
+        separators. Checked per batch: the separator occurs exactly once per text (it cannot
+        overlap itself, so no occurrence can straddle a boundary unseen), and no other added
+        token occurs anywhere; a text that holds one is encoded alone, as before.
+        """
+        if self._sep is None or not texts:
+            return None
+        shares = _shares(texts, self.threads)
+        joined = [self._sep.join(texts[a:b]) + self._sep for a, b in shares]
+        if sum(j.count(self._sep) for j in joined) != len(texts) or (
+                self._others is not None and any(self._others.search(j) for j in joined)):
+            return None
+        core, allowed = self._core, self._allowed
+        parts = list(self._pool().map(lambda j: np.frombuffer(core.encode_to_tiktoken_buffer(j, allowed),
+                                                              dtype=np.uint32), joined))
+        ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        ends = np.flatnonzero(ids == self._sep_rank)
+        if len(ends) != len(texts):  # cannot happen after the checks above; never guess
+            return None
+        # the separator's HF id is eos_id: __init__ chose it so
+        tokens = (ids if self.to_hf is None else self.to_hf[ids]).astype(dtype, copy=False)
+        return tokens, np.diff(ends, prepend=-1)
+
+
+def _overlaps_itself(s: str) -> bool:
+    """Whether a proper prefix of `s` is also a suffix of it (then two occurrences can overlap)."""
+    return any(s[:k] == s[-k:] for k in range(1, len(s)))
+
+
+def _shares(texts: list[str], threads: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of `texts` of about equal characters, a few per thread (a thread
+    that finishes early takes the next)."""
+    n = len(texts)
+    parts = min(n, 4 * threads if threads > 1 else 1)
+    if parts <= 1:
+        return [(0, n)]
+    cum = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=n))
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="right")
+    bounds = np.unique(np.r_[0, cuts, n])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """Encoding threads, started once per process and thread count (a forked child starts its own)."""
+    key = (os.getpid(), threads)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiktoken")
+        return pool

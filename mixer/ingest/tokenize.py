@@ -29,7 +29,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from mixer.executors import Executor
+from mixer.executors import Executor, check_text
 from mixer.errors import MixerError, UsageError
 from mixer.ingest.readers import InputFile, SourceReader, list_inputs
 from mixer.ingest.sources import SourceSpec
@@ -39,6 +39,7 @@ from mixer.ingest.tiktoken_backend import choose_backend
 from mixer.ingest.vocab import TokenizerInfo, load_tokenizer_info
 
 WORK = ".work"
+LOGS = ".logs"  # STORES/.logs/<source>/: the last tokenize's task logs
 _WORK_NAME = re.compile(r"^[0-9a-f]{20}-t\d+$")  # work folders tokenize made: f"{fingerprint}-t{tasks}"
 PARTS_FORMAT = 1  # bump when the part layout changes, so old work folders are not reused
 
@@ -65,9 +66,16 @@ def fingerprint(spec: SourceSpec, files: list[InputFile], tok: TokenizerInfo) ->
     what = {
         "parts_format": PARTS_FORMAT, "files": stat, "tokenizer": tok.sha256, "eos_id": tok.eos_id,
         "text_key": spec.text_key, "id_key": spec.id_key, "on_bad_record": spec.on_bad_record,
-        "near_duplicates": spec.use_near_duplicates,
+        # the signature method: parts (.minhash) and stores of another version are not reused
+        "near_duplicates": spec.use_near_duplicates and _neardup_version(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _neardup_version() -> int:
+    from mixer.ingest.neardup import VERSION
+
+    return VERSION
 
 
 def _check_study_tokenizer(stores: Path, spec: SourceSpec, tok: TokenizerInfo, force: bool) -> None:
@@ -114,7 +122,9 @@ def build_pipeline(
     near = spec.use_near_duplicates
     workers = run.executor.local_workers if run.executor.kind == "local" else 1
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    steps = [SourceReader(files, spec.text_key, spec.id_key, spec.on_bad_record, str(parts)), SplitKeys(near)]
+    in_process = run.executor.kind == "local" and workers == 1  # a bar only where one task's output is the console
+    steps = [SourceReader(files, spec.text_key, spec.id_key, spec.on_bad_record, str(parts),
+                          f"{spec.name}: tokenize" if in_process else None), SplitKeys(near)]
     if near:
         steps.append(NearDupSignatures())
     steps.append(
@@ -171,22 +181,26 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
 
     spec.validate()
     run.validate()
-    files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag)
-    notes = []
+    skipped: list[str] = []
+    files = list_inputs(spec.inputs, spec.where("inputs"), spec.text_files, spec.text_files_flag, skipped)
+    notes = [f"skipped {len(skipped)} repository file(s), not documents: "
+             f"{', '.join(os.path.basename(p) for p in skipped[:5])}{' ...' if len(skipped) > 5 else ''}"] if skipped else []
     if run.executor.tasks > len(files):  # a task reads whole files: the others would start for nothing
         notes.append(f"--tasks {run.executor.tasks}: {len(files)} input file(s), so {len(files)} task(s) "
                      "(a task reads whole input files)")
         run = replace(run, executor=run.executor.with_tasks(len(files)))
     tok = load_tokenizer_info(spec.tokenizer, spec.eos, spec.where("tokenizer"))
     stores = Path(stores)
+    if run.executor.kind == "slurm":  # its job scripts name the folder: refused before anything is written
+        check_text("--stores", str(stores.resolve() / spec.name))
     claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")
     _check_study_tokenizer(stores, spec, tok, run.force)
     key = fingerprint(spec, files, tok)
     if (meta := _existing(stores, spec, key, run.force)) is not None:
-        return meta | {"status": "up to date", "notes": notes}
+        return meta | {"status": "up to date", "notes": notes + heldout_notes(meta)}
 
     source_work = stores / WORK / spec.name
-    refuse_links(stores, WORK)  # the work folder (and the staged store in it) stays inside --stores
+    refuse_links(stores, WORK, LOGS)  # the work folder (and the staged store in it) stays inside --stores
     tasks = run.executor.tasks
     work = source_work / f"{key}-t{tasks}"
     for stale in source_work.glob("*") if source_work.exists() else []:
@@ -198,15 +212,19 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     pipeline = build_pipeline(spec, files, tok, work, run, choice.backend)
     dtype = token_dtype(tok.vocab_size)
     extra = {"input_files": len(files), "fingerprint": key, "tokenizer_backend": choice.to_dict()}
+    if spec.origin is not None:
+        extra["recipe"] = {"path": str(spec.origin), "overrides": spec.overrides}
     if run.executor.kind == "slurm":
         # the tasks, then the merge as a one-task job that depends on them (datatrove submits
         # the dependency first); a rerun while either is queued submits nothing
         tasks_job = run.executor.make(pipeline, logs, f"mixer-tokenize-{spec.name}")
         merge = MergeStep(spec, tok, str(dtype), tasks, str(work), str(stores), extra)
-        run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}", jobs_file=source_work / "slurm_jobs.json",
-                         tasks=1, depends=tasks_job)
+        sub = run.executor.run([merge], work / "merge-logs", f"mixer-merge-{spec.name}",
+                               jobs_file=source_work / "slurm_jobs.json", tasks=1, depends=tasks_job)
+        if sub["status"] == "done" and (stores / spec.name / "store.json").is_file():  # --wait, or jobs all done
+            return open_store(stores, spec.name).meta | {"status": "written", "notes": notes}
         return {"source": spec.name, "status": "submitted", "store": str(stores / spec.name), "work": str(work),
-                "notes": notes}
+                "job_ids": sub.get("job_ids", []), "logs": sub.get("logs"), "notes": notes}
     run.executor.run(pipeline, logs, f"mixer-tokenize-{spec.name}")
     try:
         reports = _reader_reports(work / "parts", tasks, logs)
@@ -220,10 +238,37 @@ def tokenize_source(spec: SourceSpec, stores: Path, run: RunOptions) -> dict:
     # the split settings, so the corrected re-run only merges again
     claim_folder(stores / spec.name, "store", f"--source (or --stores {stores})")  # still not someone else's
     meta = write_store(spec, tok, dtype, tasks, work, stores, reports, extra)
+    keep_logs(work / "logs", stores / LOGS / spec.name)
     shutil.rmtree(source_work, ignore_errors=True)
     with contextlib.suppress(OSError):  # STORES/.work goes too once no source has work in flight
         source_work.parent.rmdir()
-    return meta | {"status": "written", "notes": notes}
+    return meta | {"status": "written", "notes": notes + heldout_notes(meta)}
+
+
+def heldout_notes(meta: dict) -> list[str]:
+    """A warning when the held-out split is far (over 2x either way) from the size asked for:
+    documents are held out whole, so a few long ones can overshoot a token budget."""
+    split, splits = meta.get("split") or {}, meta.get("splits") or {}
+    held = "test" if meta.get("role") == "domain" else "val"
+    got = (splits.get(held) or {}).get("tokens")
+    total = sum(int(v.get("tokens", 0)) for v in splits.values())
+    want = split.get("test_tokens") or (split.get("test_fraction") or 0) * total
+    if not got or not want or 0.5 <= got / want <= 2:
+        return []
+    return [f"warning: the {held} split holds {got:,} tokens, {got / want:.1f}x the {int(want):,} asked for "
+            f"(documents are held out whole: a few long documents decide it; adjust "
+            f"{'test_tokens' if split.get('test_tokens') else 'test_fraction'} if that matters)"]
+
+
+def keep_logs(logging_dir: Path, dest: Path) -> None:
+    """The tasks' log files and stats outlive the work folder: STORES/.logs/<source>/ (the
+    console shows only warnings unless --verbose)."""
+    files = sorted((logging_dir / "logs").glob("*.log")) + [p for p in (logging_dir / "stats.json",) if p.is_file()]
+    if not files:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, dest / f.name)
 
 
 class MergeStep(PipelineStep):

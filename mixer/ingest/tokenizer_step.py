@@ -126,6 +126,24 @@ def _groups(texts: list[str], cuttable: bool) -> Iterator[list[tuple[int, str]]]
         yield group
 
 
+def checked_pieces(text: str, cuttable: bool) -> list[str]:
+    """What the run check re-encodes with HF, piece by piece as the document was encoded:
+    the text, or of a document longer than BATCH_CHARS its first pieces up to BATCH_CHARS
+    characters, whose ids are the first of the document's. HF re-encoding all of a 100 MB
+    document took longer than tiktoken did, and ~0.6 GB per BATCH_CHARS at once."""
+    if not cuttable or len(text) <= BATCH_CHARS:
+        return [text]
+    from mixer.ingest.safe_cuts import pieces
+
+    out, chars = [], 0
+    for piece in pieces(text):
+        if out and chars + len(piece) > BATCH_CHARS:
+            break
+        out.append(piece)
+        chars += len(piece)
+    return out
+
+
 def char_batches(docs: Iterator, size: int) -> Iterator[list]:
     """Documents in batches of `size`, or fewer once they hold BATCH_CHARS characters."""
     batch: list = []
@@ -263,7 +281,8 @@ class TokenizeParts(PipelineStep):
             return None
         from mixer.ingest.tiktoken_backend import TiktokenEncoder, load_spec
 
-        return TiktokenEncoder(load_spec(self.tokenizer_path), self.rayon_threads or len(os.sched_getaffinity(0)))
+        return TiktokenEncoder(load_spec(self.tokenizer_path), self.rayon_threads or len(os.sched_getaffinity(0)),
+                               self.eos_id)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from mixer.ingest.safe_cuts import cuttable
@@ -279,6 +298,18 @@ class TokenizeParts(PipelineStep):
             report["error"] = str(e)
         write_json(Path(self.parts_dir) / f"{part_name(rank)}.backend.json", report)
         yield from ()  # a generator, as datatrove's steps are; this last step passes nothing on
+
+    def _report_forced_cuts(self, batch: list, report: dict) -> None:
+        """Log each document encoded with forced cuts (mixer.ingest.safe_cuts.pieces): its ids
+        differ from a whole encoding near them."""
+        from mixer.ingest.safe_cuts import forced_cuts
+
+        for d in batch:
+            if len(d.text) > BATCH_CHARS and (n := forced_cuts(d.text)):
+                report["forced_cuts"] = report.get("forced_cuts", 0) + n
+                logger.warning(f"document {clean_id(d.id)!r}: {len(d.text):,} characters with runs that cannot be "
+                               f"cut exactly; encoded in pieces with {n} forced cuts (ids may differ from a whole "
+                               "encoding by a token or two at each)")
 
     def _write_parts(
         self, data: DocumentsPipeline, rank: int, tokenizer: "Tokenizer", fast: "TiktokenEncoder | None", report: dict
@@ -301,18 +332,32 @@ class TokenizeParts(PipelineStep):
                     table["file"] = [d.metadata["file"] for d in batch]
                     table["hash"] = [d.metadata["hash"] for d in batch]
                     hf = lambda ts: hf_ids(tokenizer, ts)  # noqa: E731
-                    if fast is None:
-                        ids = encode_ids(hf, texts, self._can_cut)
+                    joined = None
+                    longest = max(map(len, texts))
+                    if fast is not None and longest <= BATCH_CHARS:
+                        joined = fast.encode_with_eos(texts, dtype)
+                    if longest > BATCH_CHARS and self._can_cut:
+                        self._report_forced_cuts(batch, report)
+                    if joined is not None:  # the whole batch in a few Rust calls, EOS in place
+                        tokens, lengths = joined
+                        ends = np.cumsum(lengths) - 1
+                        ids_of = lambda i: tokens[ends[i] - lengths[i] + 1 : ends[i]]  # noqa: E731
                     else:
-                        ids = encode_ids(fast.encode, texts, self._can_cut)
+                        ids = encode_ids(hf if fast is None else fast.encode, texts, self._can_cut)
+                        tokens, lengths = join_with_eos(ids, self.eos_id, dtype)
+                        ids_of = ids.__getitem__
+                    if fast is not None:
                         pick = np.flatnonzero(check_mask(table["hash"], max(0, CHECK_FIRST - documents)))
                         if len(pick):
-                            sample = [texts[i] for i in pick]
-                            compare([ids[i] for i in pick], encode_ids(hf, sample, self._can_cut),
+                            sample = [checked_pieces(texts[i], self._can_cut) for i in pick]
+                            flat = encode_ids(hf, [p for ps in sample for p in ps], False)
+                            upto = np.cumsum([len(ps) for ps in sample]).tolist()
+                            want = [flat[e - 1] if len(ps) == 1 else np.concatenate(flat[e - len(ps) : e])
+                                    for e, ps in zip(upto, sample)]
+                            compare([ids_of(i)[: len(w)] for i, w in zip(pick, want)], want,
                                     [batch[i].id for i in pick], self.tokenizer_path)
                             report["checked_documents"] += len(pick)
-                            report["checked_tokens"] += sum(len(ids[i]) for i in pick)
-                    tokens, lengths = join_with_eos(ids, self.eos_id, dtype)
+                            report["checked_tokens"] += sum(map(len, want))
                     table["length"] = lengths
                     tokens_out.write(memoryview(tokens))
                     docs_out.write(memoryview(table).cast("B"))

@@ -7,6 +7,7 @@ tokenizer.json is what `mixer.formats.store.check_same_tokenizer` compares).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,17 +31,59 @@ class TokenizerInfo:
 
 
 def tokenizer_name(path: Path) -> str:
-    """tokenizers/gpt2/tokenizer.json -> 'gpt2'; my-bpe.json -> 'my-bpe'."""
+    """tokenizers/gpt2/tokenizer.json -> 'gpt2'; my-bpe.json -> 'my-bpe'; a hub cache's
+    models--org--name/snapshots/<rev>/tokenizer.json -> 'org/name'."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-3] == "snapshots" and parts[-4].startswith("models--"):
+        return parts[-4].removeprefix("models--").replace("--", "/")
     return path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.stem
 
 
+def find_tokenizer(text: str | Path, flag: str = "--tokenizer") -> Path:
+    """A tokenizer as labs name it: a tokenizer.json file; a folder holding one (a hub
+    snapshot, a LitGPT checkpoint folder); or a name already in a local cache: mixer's
+    (`$MIXER_CACHE/tokenizers/NAME`, where `mixer fetch-samples` puts gpt2) or the Hugging
+    Face hub's (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub). Nothing
+    is downloaded: this machine may have no network."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return (path / "tokenizer.json").resolve()
+        raise UsageError(f"{flag} {path}: a folder without tokenizer.json (a HuggingFace tokenizer.json is needed)")
+    mixer_dir, hub_dir = _caches(str(text))
+    candidates = [mixer_dir / "tokenizer.json", *_hub_snapshots(hub_dir)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is not None:
+        return found.resolve()
+    raise UsageError(f"{flag} {text}: no such file or folder, and no tokenizer of that name in the local caches "
+                     f"({mixer_dir}, {hub_dir}); give a tokenizer.json or the folder holding it")
+
+
+def _caches(name: str) -> tuple[Path, Path]:
+    mixer_cache = Path(os.environ.get("MIXER_CACHE") or "~/.cache/mixer").expanduser()
+    hf_home = Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser()
+    hub = Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub").expanduser()
+    return mixer_cache / "tokenizers" / name, hub / ("models--" + name.replace("/", "--"))
+
+
+def _hub_snapshots(repo: Path) -> list[Path]:
+    """tokenizer.json of a hub cache's snapshots, the one `refs/main` names first."""
+    snapshots = sorted((repo / "snapshots").glob("*/tokenizer.json"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        main = repo / "snapshots" / ref.read_text().strip() / "tokenizer.json"
+        snapshots = [main] + [p for p in snapshots if p != main]
+    return snapshots
+
+
 def load_tokenizer_info(path: str | Path, eos: str | None = None, flag: str = "--tokenizer") -> TokenizerInfo:
-    """Read a `tokenizers` JSON file and identify it; a clear error if it is not one."""
+    """Read a `tokenizers` JSON file (or a folder or cached name: find_tokenizer) and
+    identify it; a clear error if it is not one."""
     from tokenizers import Tokenizer
 
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such file (a HuggingFace tokenizer.json is needed)")
+    path = find_tokenizer(path, flag)
     data = path.read_bytes()
     try:
         tok = Tokenizer.from_str(data.decode("utf-8"))

@@ -30,21 +30,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
 from mixer import __version__
-from mixer.executors import Executor
+from mixer.executors import Executor, check_text
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.lifetime import pid_alive
+from mixer.units import SEED_MAX
 from mixer.formats.folders import refuse_links
 from mixer.formats.mix import MIX_FORMAT
-from mixer.formats.checksum import checksum_bytes, checksum_file
+from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
 from mixer.mixing.plan_cache import PLAN_FORMAT
 from mixer.mixing.spec import MixPlan, MixSpec, resolve, spec_digest
-from mixer.mixing.shards import persist_shard, read_sidecar, shard_samples, write_eval, write_shard
+from mixer.mixing.shards import persist_shard, read_sidecar, shard_name, shard_samples, write_eval, write_shard
 
 BUILD_FORMAT = "mixer-build/1"
 STORES_CHECKED = "stores-checked.json"  # in .build/: store files verified, keyed by (size, mtime)
@@ -89,8 +91,8 @@ def check_settings(spec: MixSpec, named: Callable[[str], str]) -> None:
     """What MixSpec.validate leaves open, named as the user wrote it: `named(field)` gives
     the flag (--seed) or the recipe key (recipe.toml [[stage]] pre: seed)."""
     for key in ("seed", "subset_seed"):
-        if getattr(spec, key) < 0:
-            raise UsageError(f"{named(key)}: must be a non-negative integer, got {getattr(spec, key)}")
+        if not 0 <= getattr(spec, key) <= SEED_MAX:
+            raise UsageError(f"{named(key)}: must be a whole number from 0 to {SEED_MAX}, got {getattr(spec, key)}")
     if spec.samples_per_shard is not None and spec.samples_per_shard < 1:
         raise UsageError(f"{named('samples_per_shard')}: must be at least 1, got {spec.samples_per_shard}")
     for key in ("tokens", "domain_subset_tokens"):
@@ -277,10 +279,42 @@ def prepare_plan(spec: MixSpec, out: Path, identity: dict) -> MixPlan:
             previous = {}
         if previous is not None and (not isinstance(previous, dict) or previous.get("build") != identity_digest(identity)):
             shutil.rmtree(folder)
+            proven = {}
+        else:
+            proven = drop_unproven_plan_files(folder, (previous or {}).get("files"))
         plan = resolve(spec, folder)
         streams = plan.materialize()
-        write_json(record, {"format": PLAN_FORMAT, "build": identity_digest(identity), "streams": streams})
+        write_json(record, {"format": PLAN_FORMAT, "build": identity_digest(identity), "streams": streams,
+                            "files": plan_file_digests(folder, proven)})
     return plan
+
+
+def _plan_files(folder: Path) -> list[Path]:
+    """The arrays (each stream's stream.json is its own check: plan_cache.StreamFiles)."""
+    return sorted(p for p in folder.glob("*/*.npy") if p.is_file() and not p.name.startswith("."))
+
+
+def plan_file_digests(folder: Path, known: dict[str, str]) -> dict[str, str]:
+    """{stream/array.npy: checksum} of every plan file (those just proven are not read again):
+    what a resume proves them against."""
+    rels = [str(p.relative_to(folder)) for p in _plan_files(folder)]
+    return {r: known[r] if r in known else checksum_file(folder / r) for r in rels}
+
+
+def drop_unproven_plan_files(folder: Path, digests: object) -> dict[str, str]:
+    """Remove every plan file that plan.json does not vouch for (well-formed arrays that are
+    wrong, or arrays a killed build left before plan.json): they are computed again. A
+    wrong permutation would otherwise put the wrong documents in every shard written later.
+    Returns the digests of the files kept."""
+    digests = digests if isinstance(digests, dict) else {}
+    proven = {}
+    for p in _plan_files(folder) if folder.is_dir() else []:
+        rel = str(p.relative_to(folder))
+        if rel in digests and digests[rel] == checksum_file(p):
+            proven[rel] = digests[rel]
+        else:
+            p.unlink()
+    return proven
 
 
 def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool) -> None:
@@ -309,15 +343,40 @@ def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
 
 
 def run_tasks(spec: MixSpec, out: Path, todo: list[int], executor: Executor, progress: bool,
-              plan: MixPlan | None = None) -> str:
-    """Write shards `todo`: in this process for one local task, else as executor tasks."""
+              plan: MixPlan | None = None, finish: dict | None = None) -> dict:
+    """Write shards `todo`: in this process for one local task, else as executor tasks. On
+    Slurm, `finish` ({"shards": the requested range, "extra": manifest fields}) adds a
+    one-task job that depends on the tasks and finishes the mix (FinishMix), so the
+    manifest appears without a re-run."""
     if executor.inline:
         run_inline(plan or resolve(spec, plan_dir(out)), out, todo, progress)
-        return "done"
+        return {"status": "done"}
     step = WriteShards(spec.to_json(), str(out.resolve()), todo)
-    # jobs recorded per mix, not per attempt: a rerun while some are queued must see them
-    return executor.run([step], logs_dir(out, executor.kind, executor.tasks, todo), f"mixer-build-{out.name}",
-                        jobs_file=out / ".build" / "slurm_jobs.json")
+    logs = logs_dir(out, executor.kind, executor.tasks, todo)
+    jobs = out / ".build" / "slurm_jobs.json"  # per mix, not per attempt: a rerun while some are queued must see them
+    if executor.kind == "slurm" and finish is not None:
+        shards = executor.make([step], logs, f"mixer-build-{out.name}")
+        last = FinishMix(spec.to_json(), str(out.resolve()), finish["shards"], finish["extra"])
+        return executor.run([last], logs.with_name(logs.name + "-finish"), f"mixer-build-{out.name}-manifest",
+                            jobs_file=jobs, tasks=1, depends=shards)
+    return executor.run([step], logs, f"mixer-build-{out.name}", jobs_file=jobs)
+
+
+class FinishMix(PipelineStep):
+    """The build's last step as a Slurm job after its shard tasks: prove every shard (the
+    tasks ran elsewhere), write any that is missing, then the eval sets and the manifest."""
+
+    name = "🧩 mix manifest"
+    type = "✍️ - WRITER"
+
+    def __init__(self, spec: dict, out_dir: str, shards: str | None, extra: dict | None) -> None:
+        super().__init__()
+        self.spec, self.out_dir, self.shards, self.extra = spec, out_dir, shards, extra
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        # the same range as the submission: the manifest only once every shard of the mix exists
+        build(MixSpec.from_json(self.spec), Path(self.out_dir), shards=self.shards, progress=False, extra=self.extra)
+        yield from ()
 
 
 def build(
@@ -331,23 +390,38 @@ def build(
 ) -> dict:
     """Write the requested shards; when every shard exists, write eval sets and the manifest.
 
-    Raises when shards of the requested range are still missing after a local or Ray run
-    (a Slurm run only submits them: status "submitted").
+    Raises when shards of the requested range are still missing after a local or Ray run.
+    A Slurm run submits them with a job that writes the manifest after them (status
+    "submitted", with the job ids and logs; with --wait it returns once they are done).
     """
     out = Path(out)
     executor = (executor or Executor()).validate()
     plan = resolve(spec)
     wanted = parse_shards(shards, plan.n_shards)
+    if executor.kind == "slurm":  # its job scripts name the folder: refused before anything is written
+        check_text("--out", str(out.resolve()))
     identity = claim_directory(out, plan, recheck_stores)
-    todo = [k for k in wanted if read_sidecar(out, k) is None]
     t0 = time.perf_counter()
+    todo = [k for k in wanted if not keep_leftover(plan, out, k)]
     if todo:
         plan = prepare_plan(spec, out, identity)
-        run_tasks(spec, out, todo, executor, progress, plan)
+        submitted = run_tasks(spec, out, todo, executor, progress, plan, finish={"shards": shards, "extra": extra})
+        if submitted["status"] == "submitted" and not (out / "manifest.json").exists():
+            return {"status": "submitted", "out": str(out), "shards_total": plan.n_shards,
+                    "shards_requested": len(wanted), "shards_submitted": len(todo),
+                    "shards_skipped": len(wanted) - len(todo), "job_ids": submitted["job_ids"],
+                    "logs": submitted["logs"], "seconds": round(time.perf_counter() - t0, 3)}
     else:
         plan = resolve(spec, plan_dir(out))
     written = sum(read_sidecar(out, k) is not None for k in todo)
     missing = [k for k in range(plan.n_shards) if read_sidecar(out, k) is None]
+    if not missing:  # the manifest vouches for every shard: prove those this call neither wrote nor proved
+        others = [k for k in range(plan.n_shards) if k not in set(wanted)]
+        redo = [k for k in others if not keep_leftover(plan, out, k)]
+        if redo:
+            plan = prepare_plan(spec, out, identity)
+            run_tasks(spec, out, redo, Executor(), progress, plan)
+            missing = [k for k in redo if read_sidecar(out, k) is None]
     status = {
         "out": str(out),
         "shards_total": plan.n_shards,
@@ -367,6 +441,60 @@ def build(
         return {"status": "submitted" if missing_wanted else "partial", **status}
     manifest = finalize(plan, out, identity, recheck_stores, extra or {})
     return {"status": "done", **status, "manifest": manifest}
+
+
+def expected_sidecar(plan: MixPlan, k: int) -> dict:
+    """What shard k's sidecar must say, from the plan alone: its files, sample count and the
+    samples of each source (closed-form placement; no token is read)."""
+    start, stop = plan.shard_range(k)
+    level, _ = plan.layout.positions(start, stop)
+    counts = [0] * len(plan.sources)
+    for lvl, src in enumerate(plan.level_sources()):
+        if src is not None:
+            counts[src.id] += int(np.count_nonzero(level == lvl))
+    name = shard_name(k)
+    return {"file": f"{name}.bin", "samples": stop - start, "provenance": f"{name}.prov.npy",
+            "source_samples": {str(i): c for i, c in enumerate(counts)}}
+
+
+def leftover_problem(plan: MixPlan, out: Path, k: int) -> str | None:
+    """Why shard k's files may not be kept (None when they are whole): its sidecar must be
+    what the plan promises, the shard and its provenance the size and checksums it records."""
+    path = out / f"{shard_name(k)}.json"
+    if not path.exists():
+        return "missing"
+    try:
+        rec = read_json(path)
+    except MixerError:
+        return f"{path.name} is not valid JSON"
+    if not isinstance(rec, dict):
+        return f"{path.name} is not a sidecar"
+    for key, want in expected_sidecar(plan, k).items():
+        if rec.get(key) != want:
+            return f"{path.name}: {key} is {rec.get(key)!r}, the plan says {want!r}"
+    row = (plan.spec.seq_len + 1) * plan.dtype.itemsize
+    for file, digest, size in ((rec["file"], rec.get(CHECKSUM), rec["samples"] * row),
+                               (rec["provenance"], rec.get(f"provenance_{CHECKSUM}"), None)):
+        f = out / file
+        if not f.is_file() or f.is_symlink():
+            return f"{file} is missing"
+        if size is not None and f.stat().st_size != size:
+            return f"{file} has {f.stat().st_size} bytes, not {size}"
+        if checksum_file(f) != digest:
+            return f"{file} does not match the checksum in {path.name}"
+    return None
+
+
+def keep_leftover(plan: MixPlan, out: Path, k: int) -> bool:
+    """Whether shard k is done and whole; a damaged one loses its sidecar (so every task
+    writes it again) and is named on stderr."""
+    problem = leftover_problem(plan, out, k)
+    if problem is None:
+        return True
+    if problem != "missing":
+        sys.stderr.write(f"mixer: {out}: shard {k} is written again ({problem})\n")
+        (out / f"{shard_name(k)}.json").unlink(missing_ok=True)
+    return False
 
 
 def finalize(plan: MixPlan, out: Path, identity: dict, recheck_stores: bool, extra: dict) -> dict:

@@ -3,12 +3,19 @@
 Choices, and why (compare Megatron, OLMo-core, litdata):
 
 * Megatron's BlendedDataset picks, per position, the source whose achieved share lags
-  its target most (greedy error correction), and shuffles a source's epochs jointly, so
-  one document can be seen twice before another is seen once. OLMo-core's mixture takes
-  a per-source token budget and fills the remainder of a repeated source by taking a
-  prefix. litdata samples sources at random per sample: fractions hold only in
-  expectation. We need more: exact per-document counts and an exact share in *every*
-  window, so a checkpoint at any step has seen the domain at exactly the planned rate.
+  its target most (greedy error correction). With two sources that is already exact in
+  every window: measured, its blend of a 2% domain held exactly 2, 20 and 200
+  domain samples in every window of 100, 1,000 and 10,000 samples, as Bresenham placement
+  does here. Where mixer differs is elsewhere: (1) order within a source: Megatron shuffles
+  a source's epochs together (13 epochs in the measured case), so per-document counts are
+  floor/ceil of the planned passes only at the end of the run, and a document can be seen
+  twice before another is seen once; mixer permutes each epoch separately, so at every
+  step every document has been seen floor or ceil of the passes so far. (2) N sources:
+  mixer places each source in turn with a proven bound on every window (below); the greedy
+  blend states none for more than two. OLMo-core's mixture takes a per-source token budget
+  and fills the remainder of a repeated source by taking a prefix. litdata samples sources
+  at random per sample: fractions hold only in expectation. We need exact per-document
+  counts at every checkpoint and a bounded share in every window of every source.
 
 * Placement is stratified (Bresenham): domain sample j sits at position
   w0 + floor((j * W + r) / Nd) inside the window [w0, w0 + W). Any W' consecutive
@@ -31,9 +38,9 @@ Choices, and why (compare Megatron, OLMo-core, litdata):
   W samples, B_0 = 1 and B_i = 1 + r_i * (B_0 + ... + B_{i-1}), r_i its density among
   the free positions (`Layout.bounds`; proof in docs/architecture.md). Bounds of 1 for
   every source at once are impossible in general (balanced words with arbitrary rates do
-  not exist), and for small domain fractions B_i is barely above 1. Megatron's blend is
-  greedy per sample and OLMo-core's mixture is per-source ratios with a prefix
-  remainder; neither bounds every window.
+  not exist), and for small domain fractions B_i is barely above 1. OLMo-core's mixture
+  (per-source ratios with a prefix remainder) bounds no window; Megatron's greedy blend is
+  exact for two sources and states no bound for more.
 
 * General samples are shuffled (a Feistel bijection, mixer/feistel.py) within each
   block of one general epoch, so neighbouring samples are unrelated while a repeated

@@ -7,6 +7,7 @@ all a build task needs to recompute its part of the plan (so tasks can run anywh
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +24,9 @@ from mixer.mixing.streams import SourceStream, source_key
 from mixer.units import check_seed, format_count
 
 DEFAULT_SHARD_BYTES = 1 << 27  # ~128 MiB: big enough for sequential I/O, small enough to spread
+
+
+MAX_GENERAL_EPOCHS = 4.0
 
 
 @dataclass
@@ -46,6 +50,10 @@ class MixSpec:
     # N-source mixes: further sources (domain or general stores) with their own fractions of
     # the window, placed after the domain; the general store takes what is left.
     extra: list[tuple[str, float]] = field(default_factory=list)
+    # General data repeated more than a few times stops acting as fresh data (repetition
+    # beyond ~4 epochs loses most of its value: Muennighoff et al. 2023, "Scaling
+    # Data-Constrained Language Models"); a mix that would do so is refused unless raised.
+    max_general_epochs: float = MAX_GENERAL_EPOCHS
 
     def validate(self) -> None:
         check_seed(self.seed)
@@ -66,6 +74,8 @@ class MixSpec:
         a, b = self.window
         if not 0 <= a < b <= 1:
             raise UsageError(f"--window must be A:B with 0 <= A < B <= 1, got {a}:{b}")
+        if not self.max_general_epochs > 0:
+            raise UsageError(f"--max-general-epochs must be positive, got {self.max_general_epochs}")
         if self.epochs is not None and self.epochs <= 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
         names = [self.domain] + [n for n, _ in self.extra]
@@ -109,6 +119,8 @@ class MixSpec:
             d["extra"] = [[n, f] for n, f in self.extra]
         else:  # two-source specs serialize exactly as before N-source mixes existed
             del d["extra"]
+        if self.max_general_epochs == MAX_GENERAL_EPOCHS:  # likewise: the default is left out
+            del d["max_general_epochs"]
         return d
 
     @classmethod
@@ -266,9 +278,29 @@ class MixPlan:
         }
 
 
+def open_named_store(stores_dir: Path, name: str) -> Store:
+    """open_store, with the next two steps when the store does not exist yet."""
+    if not (Path(stores_dir) / name / "store.json").exists():
+        from mixer.recipe_catalog import recipes_with_source
+
+        have = ", ".join(s.name for s in list_stores(stores_dir)) or "none"
+        default = Path(os.environ.get("MIXER_STORES", "stores")).resolve()
+        where = f" --stores {stores_dir}" if Path(stores_dir).resolve() != default else ""
+        recipes = recipes_with_source(name)
+        if recipes:
+            steps = (f"`mixer recipes show {recipes[0]}` says what to download and where to point it, then "
+                     f"`mixer tokenize --recipe {recipes[0]}{where}`")
+        else:
+            steps = (f"`mixer tokenize --source {name} --role domain|general --input FILES --tokenizer "
+                     f"tokenizer.json{where}`, or a recipe (`mixer recipes`)")
+        raise MixerError(f"{Path(stores_dir) / name / 'store.json'}: no token store named {name!r} in {stores_dir} "
+                         f"(stores there: {have}); next: {steps}")
+    return open_store(stores_dir, name)
+
+
 def _pick_general(stores_dir: Path, name: str | None, taken: set[str] = frozenset()) -> Store | None:
     if name is not None:
-        return open_store(stores_dir, name)
+        return open_named_store(stores_dir, name)
     general = [s for s in list_stores(stores_dir) if s.role == "general" and s.name not in taken]
     if len(general) == 1:
         return general[0]
@@ -312,13 +344,13 @@ def resolve(spec: MixSpec, plan_dir: Path | None = None) -> MixPlan:
     spec.validate()
     plan_files = PlanDir(plan_dir)
     stores_dir = Path(spec.stores)
-    domain_store = open_store(stores_dir, spec.domain) if spec.domain else None
+    domain_store = open_named_store(stores_dir, spec.domain) if spec.domain else None
     if domain_store is not None and domain_store.role != "domain":
         raise UsageError(f"{domain_store.path}: store {spec.domain!r} has role {domain_store.role!r}, not domain")
     general_store = _pick_general(stores_dir, spec.general, {n for n, _ in spec.extra})
     if general_store is not None and general_store.role != "general":
         raise UsageError(f"{general_store.path}: store {general_store.name!r} has role {general_store.role!r}, not general")
-    extra_stores = [open_store(stores_dir, n) for n, _ in spec.extra]
+    extra_stores = [open_named_store(stores_dir, n) for n, _ in spec.extra]
     opened = [s for s in (general_store, domain_store, *extra_stores) if s is not None]
     tokenizer = check_same_tokenizer(opened)
 
@@ -377,6 +409,11 @@ def resolve(spec: MixSpec, plan_dir: Path | None = None) -> MixPlan:
     if "general" in streams:
         sources.append(SourcePlan(len(sources), "general", streams["general"], counts.general_samples if trains_general else 0, trains_general))
         g = sources[-1]
+        if g.train and g.stream.epoch_tokens and g.epochs > spec.max_general_epochs:
+            raise MixerError(
+                f"{g.stream.store.path}: {format_count(g.stream.epoch_tokens)} general tokens would repeat {g.epochs:.1f} "
+                f"epochs (> --max-general-epochs {spec.max_general_epochs:g}); a larger general corpus (or fewer "
+                "--tokens) is what the budget needs; --max-general-epochs raises the limit")
         if g.train and g.stream.epoch_tokens and g.epochs > 1:
             warnings.append(f"general source {g.stream.name!r} repeats {g.epochs:.2f} epochs: it is smaller than its share of the budget")
     if "domain" in streams:

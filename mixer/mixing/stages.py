@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import operator
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +48,7 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 _FIELDS = {f.name for f in dataclasses.fields(MixSpec)} - {"stores", "exclude_seen_in"}
 _COUNTS = {"tokens", "domain_subset_tokens", "samples_per_shard"}
 _INTS = {"seq_len", "seed", "subset_seed"}
-_FLOATS = {"fraction", "epochs", "replay", "max_epochs"}
+_FLOATS = {"fraction", "epochs", "replay", "max_epochs", "max_general_epochs"}
 RECIPE_BUILD_FORMAT = "mixer-recipe-build/1"
 
 
@@ -183,10 +184,22 @@ def _unseen(spec: MixSpec) -> int:
     return store.n_docs("train") if docs is None else len(docs)
 
 
+def default_name(recipe: Path, defaults: dict, overrides: dict) -> str:
+    """mixes/<recipe>, plus each var the command line changed (`spt-fraction0.02`), so a sweep
+    over a var needs no --out per point and never meets the folder of another point."""
+    changed = sorted((k, v) for k, v in overrides.items() if defaults.get(k) != v)
+
+    def show(v: object) -> str:
+        text = f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+        return re.sub(r"[^A-Za-z0-9.+_-]", "_", text)
+
+    return recipe.stem + "".join(f"-{k}{show(v)}" for k, v in changed)
+
+
 def build_recipe(recipe: Path, stores: Path, out: Path | None, overrides: dict | None = None,
                  executor: "Executor | None" = None, progress: bool = True, recheck_stores: bool = False) -> dict:
     doc, stages = load_stages(recipe, stores, overrides)
-    root = out or Path("mixes") / check_name(recipe.stem, "recipe name")
+    root = out or Path("mixes") / check_name(default_name(recipe, doc.get("vars", {}), overrides or {}), "recipe name")
     _claim_root(root, recipe)
     exposure: dict[str, np.ndarray] = {}
     results = []

@@ -71,3 +71,21 @@ def write_stitched(folder: Path, streams: dict[int, np.ndarray], seq_len: int, s
         np.save(p, np.array([prov[i] for i in part], dtype=PROV))
         out.append((b, p))
     return out
+
+
+def substitute_characters(text: str, fraction: float, rng: np.random.Generator) -> str:
+    """`text` with `fraction` of its non-whitespace characters replaced, each by another
+    character drawn from the text's own (so the copy keeps the text's alphabet and its
+    word and line structure): the near copies the audit and the split are measured on."""
+    chars = np.array(list(text))
+    where = np.flatnonzero(~np.char.isspace(chars))
+    at = rng.choice(where, int(round(fraction * len(where))), replace=False)
+    pool = chars[where]
+    new = pool[rng.integers(0, len(pool), len(at))]
+    for _ in range(100):  # redraw those that drew the character they replace
+        same = new == chars[at]
+        if not same.any() or len(np.unique(pool)) < 2:
+            break
+        new[same] = pool[rng.integers(0, len(pool), int(same.sum()))]
+    chars[at] = new
+    return "".join(chars)

@@ -278,13 +278,16 @@ def test_errors_are_one_line_with_exit_codes(corpus, tmp_path, capsys):
         (["audit", tmp_path / "nomix"], 1, "nomix/manifest.json: no manifest"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "odd.bin"], 1, "odd.bin: size 7 bytes"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--seq-len", "1000000"], 1, "ok.bin: size"),
-        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--dtype", "uint32"], 1,
-         "outside the vocabulary"),
+        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--dtype", "uint32"], 2,
+         "outside the vocabulary"),  # a flag the file contradicts: a usage error
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "none*.bin"], 1, "no training files match"),
         (["audit", "--heldout", stores / "nope", "--train", tmp_path / "ok.bin"], 1, "no token store named 'nope'"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--executor", "slurm"], 2, "--work"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--near-copy", "5"], 2, "in (0, 1]"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--min-quote", "0"], 2, "at least 1"),
+        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--near-text", "0"], 2, "in (0, 1]"),
+        (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--quote-edge", "-1"], 2,
+         "at least 0"),
         (["audit", "--heldout", stores / "music", "--train", tmp_path / "ok.bin", "--boilerplate-train-docs", "1"], 2,
          "at least 2"),
     ]

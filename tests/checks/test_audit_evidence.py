@@ -48,3 +48,33 @@ def test_coverage_and_runs_equal_brute_force():
             cur = [p, p, d]
     want.append((cur[0], cur[1]))
     assert runs == want
+
+
+def test_aligned_share_counts_text_held_in_order_and_both_counting_paths_agree(monkeypatch):
+    """The text check's measure: a copy scores 1, a copy with a paragraph inserted or a few
+    characters changed stays high, the same words in another order and unrelated text score
+    low; the dense count and the sorted count pick the same bands."""
+    import random
+
+    from mixer.checks import textmatch
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(400)]
+    text = " ".join(rng.choice(words) for _ in range(600))
+    shuffled = text.split(" ")
+    rng.shuffle(shuffled)
+    edited = list(text)
+    for i in range(5, len(edited), 40):  # 2.5% of the characters: only they are not held
+        edited[i] = "#"
+    middle = len(text) // 2
+    cases = {"copy": (text, 1.0, 1.0), "inserted": (text[:middle] + " an inserted paragraph " * 20 + text[middle:],
+                                                     0.97, 1.0),
+             "edited": ("".join(edited), 0.97, 0.98), "reordered": (" ".join(shuffled), 0.0, 0.35),
+             "unrelated": (" ".join(rng.choice(words[:200]) for _ in range(600)), 0.0, 0.35)}
+    for name, (other, lo, hi) in cases.items():
+        dense = textmatch.aligned_share(text.encode(), other.encode())
+        monkeypatch.setattr(textmatch, "DENSE", 0)
+        sorted_ = textmatch.aligned_share(text.encode(), other.encode())
+        monkeypatch.undo()
+        assert dense == sorted_ and lo <= dense <= hi, (name, dense, sorted_)
+    assert textmatch.aligned_share(b"", b"abc") == 0.0 and textmatch.aligned_share(b"ab", b"ab") == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mixer.checks.ngrams import KeySet, NgramHasher, segments, valid_windows
 
@@ -43,3 +44,23 @@ def test_masks_and_segments_respect_eos_and_rows():
     assert valid_windows(len(t), 2, eos, 3).tolist() == [1, 1, 0, 0, 1, 0, 1, 0, 0, 1]
     starts, ends = segments(len(t), eos, 3)
     assert list(zip(starts.tolist(), ends.tolist())) == [(0, 3), (4, 6), (6, 8), (9, 11)]
+
+
+@pytest.mark.parametrize("n", [4, 13, 40])
+def test_distinct_at_least_equals_counting_each_window(n):
+    """Windows of few distinct ids (runs, alternations, table borders) among random text:
+    the early-exit count and, past 32 tokens, the sorted count agree with set sizes."""
+    from mixer.checks.ngrams import distinct_at_least
+
+    rng = np.random.default_rng(n)
+    parts = []
+    for _ in range(300):
+        kind = rng.integers(4)
+        length = int(rng.integers(1, 60))
+        ids = rng.integers(0, 50_000, 1 + kind) if kind else rng.integers(0, 50_000, length)
+        parts.append(ids[rng.integers(0, len(ids), length)].astype("<u2"))
+    tokens = np.concatenate(parts)
+    pos = np.sort(rng.choice(len(tokens) - n + 1, 2000, replace=False))
+    for k in (1, 2, 4, 5):
+        want = np.array([len(set(tokens[p : p + n].tolist())) >= k for p in pos])
+        assert np.array_equal(distinct_at_least(tokens, pos, n, k), want), k

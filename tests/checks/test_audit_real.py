@@ -58,16 +58,19 @@ def test_real_mixes_pass_with_the_natural_overlap_of_their_corpora(real_stores, 
     code, out, err = cli(capsys, "audit", mix, "--json")
     rep = json.loads(out)
     assert code == 0 and rep["clean"], [(w["id"], w["flagged"]) for s in rep["sources"] for w in s["worst"][:3]]
-    # not vacuous: these corpora share plenty with their own training data ...
+    # not vacuous: these corpora share plenty with their own training data (release notes that
+    # repeat each other now share a near-duplicate cluster, so a side of the split) ...
     dom, prose = rep["sources"]
-    assert prose["max_share"] > 0.5 and prose["longest_span"] > 100  # perldelta release notes, copied doc paragraphs
+    assert prose["max_share"] > 0.15 and prose["longest_span"] > 100  # copied doc paragraphs
     assert dom["with_overlap"] > dom["documents"] // 2
+    # ... and the text check read the training documents they share most with
+    assert rep["text_check"]["pairs"] > dom["documents"] // 4 and 0.3 < dom["max_near_text"] < 0.8
     assert rep["boilerplate"]["ngrams"] > 100 and rep["boilerplate"]["examples"]
     if domain == "music":  # Essen metadata is discounted; tune variants share most of a tune
         assert any("Mitteleuropa" in e["text"] for e in rep["boilerplate"]["examples"])
         assert dom["max_near_copy"] > 0.75 and dom["longest_span"] > 40
     if domain == "proofs":  # parallel developments (Decimal/Hexadecimal, N/Z) share whole proofs
-        assert dom["longest_span"] > 100
+        assert dom["longest_span"] > 50
     # ... and --strict, which counts passages shared within a source, shows what was let pass
     code, out, _ = cli(capsys, "audit", mix, "--json", "--strict")
     assert code == 1 and json.loads(out)["flagged"] > 0
@@ -160,7 +163,10 @@ def test_leaks_planted_into_real_stores_are_named_by_id(real_stores, sample_cach
         assert code == 1 and set(got) == set(want), (sorted(got), sorted(want))
         for i, reason in want.items():
             assert reason in got[i]["flagged"], (i, got[i])
+        # the pages are held out of the general source: warnings, not leaks (issue 24)
+        assert [(s["source"], s["severity"], s["flagged"]) for s in rep["sources"]] == [("music", "leak", 3),
+                                                                                        ("prose", "warning", 3)]
         assert got[quote_id]["quote_tokens"] >= 20 and got[page_quote_id]["quote_tokens"] >= 20
         assert enc.decode(music_quote) in got[quote_id]["snippet"]
         assert got[near_id]["near_copy"] >= 0.9 and not got[near_id]["exact"]
-        assert f"{len(want)} held-out document(s) found in training data" in err
+        assert "3 held-out document(s) found in training data" in err

@@ -86,21 +86,26 @@ SPECS = {
 # stores have since gained a validation split (the hash band just above the test band): their
 # test files are still those pinned then, and train + val are exactly the old train split
 # (552 = 413 + 139 documents, 11,528 = 8,617 + 2,911 tokens; 586 = 458 + 128, 12,427 = 9,611 + 2,816).
+# The domain stores' pins changed once more with the near-duplicate signatures (neardup
+# VERSION 2, character 5-grams): "original" (one word repeated 80 times) and its
+# one-word-changed copy share half their 5 and 10 distinct 5-grams, below the 0.4 the
+# estimate must reach, so they and their copies form two clusters, and two short documents
+# of this 300-word vocabulary a third; the general stores (no clustering) are unchanged.
 PINNED = {
     "domain": (
         {
-            "near_duplicates.jsonl": "1997e45bc3123af2", "test.ds": "d593fd9b669a259a",
-            "test.ds.index": "899491c811492128", "test.ids": "8300a14722cbd3f3",
-            "train.ds": "249f734a734daaec", "train.ds.index": "01678ab8afc91491",
-            "train.ids": "419165937b01cf61", "val.ds": "e864fded27948923",
-            "val.ds.index": "97c35cf651cfcb2c", "val.ids": "1736818bfae45147",
+            "near_duplicates.jsonl": "ae5da9e16e31f36d", "test.ds": "092579d7a9770c90",
+            "test.ds.index": "179354bdefd8f44d", "test.ids": "c5ebce2824b64ee7",
+            "train.ds": "99955bf817b62994", "train.ds.index": "c55b7af752fd0779",
+            "train.ids": "9aac22d45002d0ae", "val.ds": "094235642c78aa70",
+            "val.ds.index": "8982a0f5815d94d9", "val.ids": "ff00b0ea7996247b",
         },
-        {"train": [413, 8617], "test": [127, 2928], "val": [139, 2911]},
+        {"train": [414, 8772], "test": [125, 2766], "val": [140, 2918]},
         {
             "threshold": "0x3333333333333400",
-            "achieved_fraction": 0.20254565578306585,
-            "near_duplicate_clusters": 1,
-            "near_duplicate_documents": 4,
+            "achieved_fraction": 0.19133923630326508,
+            "near_duplicate_clusters": 3,
+            "near_duplicate_documents": 6,
             "near_duplicate_moved": 2,
         },
     ),
@@ -124,18 +129,18 @@ PINNED = {
     ),
     "domain-tokens": (
         {
-            "near_duplicates.jsonl": "0c90026b5ba570a2", "test.ds": "c20069556cafa626",
+            "near_duplicates.jsonl": "a07b7ace9df100a6", "test.ds": "c20069556cafa626",
             "test.ds.index": "fd6e6e2677188a02", "test.ids": "52d3ba1c437a35b9",
-            "train.ds": "cc946782680ef06a", "train.ds.index": "63f22aacbaa81fab",
-            "train.ids": "a8c3042fc8e91c84", "val.ds": "69c3dcc915f2db3f",
-            "val.ds.index": "fc48d19eb61b2530", "val.ids": "91d36ecfd8d264bc",
+            "train.ds": "4fb5e061dda59b30", "train.ds.index": "a855b31ca588f082",
+            "train.ids": "45e470067a039f3c", "val.ds": "97872212186c7991",
+            "val.ds.index": "2bcc4992cf0ca08c", "val.ids": "1f16b1aa9209fb55",
         },
-        {"train": [458, 9611], "test": [93, 2029], "val": [128, 2816]},
+        {"train": [456, 9449], "test": [93, 2029], "val": [130, 2978]},
         {
             "threshold": "0x2a4747824d2bae67",
             "achieved_fraction": 0.14035694521306033,
-            "near_duplicate_clusters": 1,
-            "near_duplicate_documents": 4,
+            "near_duplicate_clusters": 3,
+            "near_duplicate_documents": 6,
             "near_duplicate_moved": 2,
         },
     ),

@@ -111,16 +111,15 @@ def hf_snapshot(root: Path) -> Path:
 
 def test_hf_snapshot_parquet_and_its_readme(tmp_path):
     snap = hf_snapshot(tmp_path / "hub")
-    with pytest.raises(UsageError) as e:
-        list_inputs([str(snap)])
-    assert str(e.value) == (f"--input: 1 file is not JSON lines, parquet or Arrow: {snap}/README.md; leave it out "
-                            "(a narrower glob), or use --text-files to read every such file as one text document")
+    skipped = []  # the dataset card is never a document, nor suggested as text: skipped, and said so
+    assert kinds(list_inputs([str(snap)], skipped=skipped)) == kinds(list_inputs([str(snap / "**" / "*.parquet")]))
+    assert skipped == [f"{snap}/README.md"]
     files = list_inputs([str(snap / "**" / "*.parquet")])
     assert kinds(files) == [("train-00000-of-00002.parquet", "parquet", None),
                             ("train-00001-of-00002.parquet", "parquet", None)]
     docs = read(files, tmp=tmp_path)
     assert docs[:2] == [("p0-0", text(0)), ("p0-1", text(1))] and docs[-1] == ("p1-29", text(59)) and len(docs) == 60
-    with_card = list_inputs([str(snap)], text_files=True)
+    with_card = list_inputs([str(snap), str(snap / "README.md")])  # named on its own, it is read
     assert kinds(with_card)[0] == ("README.md", "text", None) and len(read(with_card, tmp=tmp_path)) == 61
 
 
@@ -191,15 +190,14 @@ def test_plain_text_only_when_named_txt_or_asked_for(tmp_path):
     (d / "c.v").write_text(text(3))
     (d / "LICENSE").write_text("MIT\n")
     (d / "_SUCCESS").write_bytes(b"")  # an empty marker file: no records, nothing to refuse
-    with pytest.raises(UsageError, match=rf"--input: 2 files are not JSON lines, parquet or Arrow: {d}/LICENSE, "
-                                         rf"{d}/c.v; leave them out"):
-        list_inputs([str(d)])
+    with pytest.raises(UsageError, match=rf"--input: 1 file is not JSON lines, parquet or Arrow: {d}/c.v; leave it out"):
+        list_inputs([str(d)])  # LICENSE, a repository file, is skipped rather than refused
     files = list_inputs([str(d / "*.txt*"), str(d / "c.v")])  # a file named on its own is meant as text
     assert kinds(files) == [("a.txt", "text", None), ("b.txt.gz", "text", "gzip"), ("c.v", "text", None)]
     assert read(files, tmp=tmp_path) == [("a.txt", text(1)), ("b.txt.gz", text(2)), ("c.v", text(3))]
     files = list_inputs([str(d)], text_files=True)
-    assert [f.label for f in files] == ["LICENSE", "_SUCCESS", "a.txt", "b.txt.gz", "c.v"]
-    assert len(read(files, tmp=tmp_path)) == 4  # the empty file is an empty document, dropped
+    assert [f.label for f in files] == ["_SUCCESS", "a.txt", "b.txt.gz", "c.v"]
+    assert len(read(files, tmp=tmp_path)) == 3  # the empty file is an empty document, dropped
 
 
 def test_symlinks_broken_or_doubled_are_errors(tmp_path):
@@ -271,9 +269,8 @@ def test_text_files_flag_and_recipe_key(tmp_path, tokenizer, capsys):
     recipe.write_text(body + 'text_files = "yes"\n')
     code, err = cli(capsys, "tokenize", "--recipe", recipe, "--stores", tmp_path / "st2")
     assert (code, err) == (1, f"mixer: error: {recipe}: source 'r': text_files: 'yes' must be true or false")
-    code, err = cli(capsys, "tokenize", "--recipe", recipe, "--text-files", "--stores", tmp_path / "st2")
-    assert (code, err) == (2, "mixer: error: --text-files: not with --recipe (the recipe describes its sources; "
-                              "edit it instead)")
+    code, err = cli(capsys, "tokenize", "--recipe", recipe, "--text-key", "body", "--stores", tmp_path / "st2")
+    assert code == 2 and err.startswith("mixer: error: --text-key: not with --recipe (it says what the source is")
 
 
 def small_bpe(path: Path) -> Path:

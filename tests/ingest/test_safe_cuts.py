@@ -71,10 +71,14 @@ def ids(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
+def allowed_cuts(text: str) -> list[int]:
+    return [m.start() for m in safe_cuts._SEPARATOR.finditer(text)
+            if safe_cuts._plain(text[m.start() - 1]) and safe_cuts._plain(text[m.start() + 1])]
+
+
 def test_every_allowed_cut_keeps_the_ids(trained):
     text = hard_text(99, 3000)
-    cuts = [m.start() for m in safe_cuts._SEPARATOR.finditer(text)
-            if safe_cuts._plain(text[m.start() - 1]) and safe_cuts._plain(text[m.start() + 1])]
+    cuts = allowed_cuts(text)
     assert len(cuts) > 250
     for name, tok in trained.items():
         assert cuttable(json.loads(tok.to_str())), name
@@ -95,16 +99,31 @@ def test_the_cut_rule_is_needed(trained):
     ):
         tok = trained[name]
         assert ids(tok, text[:c]) + ids(tok, text[c:]) != ids(tok, text), (name, text)
-        assert c not in np.cumsum([len(p) for p in pieces(text, 1)])  # and pieces() never cuts there
+        assert c not in allowed_cuts(text)  # and pieces() never cuts there (but where it must force one)
 
 
 def test_pieces_cover_the_text_and_cut_only_at_separators():
     text = hard_text(5, 3000)
     got = list(pieces(text, 500))
     assert "".join(got) == text and len(got) > 10
+    assert set(np.cumsum([len(p) for p in got])[:-1].tolist()) <= set(allowed_cuts(text))
     for p in got[1:]:
         assert p[0] in " \n" and p[1].isalnum()
-    assert list(pieces("x" * 5000, 100)) == ["x" * 5000]  # nowhere to cut: one piece
+    # nowhere to cut exactly: forced cuts every 200 characters (2 * size), no longer one piece
+    assert list(pieces("x" * 5000, 100)) == ["x" * 200] * 25 and safe_cuts.forced_cuts("x" * 5000, 100) == 24
+    assert list(pieces("x" * 150 + " y", 100)) == ["x" * 150, " y"] and safe_cuts.forced_cuts(text, 500) == 0
+    mixed = "ab " * 100 + ";" * 1000 + " cd" * 100  # a run of punctuation: separators only around letters
+    got = list(pieces(mixed, 100))
+    assert "".join(got) == mixed and max(map(len, got)) <= 200 and safe_cuts.forced_cuts(mixed, 100) > 0
+
+
+def test_every_piece_is_bounded_whatever_the_text():
+    """A 100 MB word reached 6.9 GB and ran past 300 s encoded whole (issue 20)."""
+    rng = random.Random(3)
+    for text in ("a" * 10_000, "".join(rng.choice("ab;") for _ in range(10_000)), "x y" * 3000 + "z" * 7000,
+                 "\n" * 5000, "é" * 3001):
+        got = list(pieces(text, 256))
+        assert "".join(got) == text and max(map(len, got)) <= 512
 
 
 @pytest.mark.parametrize("name", ["gpt2-bytelevel", "cl100k-split", "whitespace-words"])
@@ -191,3 +210,35 @@ def test_a_50_mb_document_tokenizes_in_under_1_5_gb(tmp_path, gpt2_tokenizer_pat
     assert peak < 1.5 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
     index = np.fromfile(tmp_path / "st" / "big" / "train.ds.index", dtype="<u8")
     assert int(index[0]) > 10_000_000  # the big document, whole, first
+
+
+@pytest.mark.slow
+def test_a_12_mb_word_tokenizes_in_bounded_memory(tmp_path, gpt2_tokenizer_path):
+    """One space-free word: no cut is exact, so it was encoded whole (a 100 MB one reached
+    6.9 GB and ran past 300 s; this one took HF's run check alone ~1.8 GB). Now: pieces of
+    at most 2 * PIECE characters with forced cuts, and the check re-encodes its first
+    BATCH_CHARS only."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "word.txt").write_bytes((rng.integers(0, 26, 12_000_000, dtype=np.uint8) + ord("a")).tobytes())
+    for i in range(30):
+        (data / f"small-{i:02d}.txt").write_text(f"a small document {i} " * (i + 1))
+    child = ("import sys\nfrom mixer.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    assert not e.code, e.code\n"
+             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])")
+    run = subprocess.run([sys.executable, "-c", child, "tokenize", "--source", "w", "--role", "general",
+                          "--input", data, "--tokenizer", gpt2_tokenizer_path, "--stores", tmp_path / "st",
+                          "--test-tokens", "50"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    peak = int(run.stdout.split()[-1]) * 1024
+    assert peak < 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    assert "forced cuts" in run.stderr
+    from mixer.formats.store import open_store
+
+    store = open_store(tmp_path / "st", "w")
+    k = store.doc_ids("train").index("word.txt")
+    assert store.document("train", k)[-1] == 50256 and len(store.document("train", k)) > 6_000_000

@@ -20,7 +20,11 @@ from mixer.ingest.split import (
 )
 from mixer.ingest.merge import Corpus, decide_split
 
-WORDS = [f"w{i}" for i in range(3000)]
+# 3,000 random words of 2-9 letters: text whose character 5-grams are as varied as prose's
+# (words "w0".."w2999" would make every two long documents share most of their 5-grams)
+_letters = random.Random(42)
+WORDS = sorted({"".join(_letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_letters.randint(2, 9)))
+                for _ in range(3000)})
 
 
 def random_doc(rng: random.Random, n: int = 300) -> str:
@@ -117,3 +121,23 @@ def test_signatures_do_not_depend_on_batching_and_short_texts_work():
     alone = np.stack([signatures([t])[0] for t in texts])
     assert (together == alone).all()
     assert (signatures(["a b"]) == signatures(["a b"])).all() and not (signatures(["a b"]) == signatures(["a c"])).all()
+
+
+def test_text_of_a_small_alphabet_is_not_one_cluster_but_its_copies_are_grouped():
+    """DNA-like documents share most of their character 5-grams (4**5 = 1,024 of them), so
+    every pair passes the 0.4 check and one component would hold the corpus, all of it on one
+    side of the split. Components over max_cluster (here 61) are re-clustered at stricter
+    similarities: copies with 1% of the letters changed stay with their original."""
+    from mixer.ingest.neardup import max_cluster
+
+    rng = np.random.default_rng(0)
+    docs = ["".join(rng.choice(list("acgt"), 2000)) for _ in range(300)]
+    copies = []
+    for i in range(5):
+        letters = np.array(list(docs[i]))
+        at = rng.choice(2000, 20, replace=False)
+        letters[at] = rng.choice(list("acgt"), 20)
+        copies.append("".join(letters))
+    labels = clusters(signatures(docs + copies))
+    assert np.bincount(labels).max() <= max_cluster(len(labels)) == 61
+    assert all(labels[i] == labels[300 + i] for i in range(5))

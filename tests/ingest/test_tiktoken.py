@@ -409,7 +409,20 @@ def test_a_difference_found_by_the_run_check_stops_with_one_line(byte_level, tmp
         out = real(self, texts)
         return [a + 1 if "0" in t and len(a) else a for a, t in zip(out, texts)]
 
+    real_joined = TiktokenEncoder.encode_with_eos
+
+    def joined_off_by_one(self, texts, dtype):  # the same difference on the joined path
+        out = real_joined(self, texts, dtype)
+        if out is not None:
+            tokens, lengths = out
+            ends = np.cumsum(lengths) - 1
+            for t, end, n in zip(texts, ends, lengths):
+                if "0" in t and n > 1:
+                    tokens[end - n + 1 : end] += 1
+        return out
+
     monkeypatch.setattr(TiktokenEncoder, "encode", off_by_one)
+    monkeypatch.setattr(TiktokenEncoder, "encode_with_eos", joined_off_by_one)
     stores = tmp_path / "st"
     code, err = run_cli(capsys, "tokenize", "--source", "d", "--role", "domain", "--input", data, "--tokenizer",
                         byte_level, "--stores", stores)
@@ -471,3 +484,68 @@ def test_run_options_reject_an_unknown_backend():
         RunOptions(tokenizer_backend="fast").validate()
     with pytest.raises(UsageError, match="--tokenizer-backend fast"):
         choose_backend("unused.json", "fast")
+
+
+# ---------------------------------------------------------------- joined encoding
+
+
+def _eos_id(path: Path, content: str) -> int:
+    return next(t["id"] for t in json.loads(path.read_text(encoding="utf-8"))["added_tokens"] if t["content"] == content)
+
+
+@pytest.mark.parametrize("which,eos", [("byte_level", "<|endoftext|>"), ("llama3", "<|end_of_text|>"),
+                                       ("permuted", "<|endoftext|>")])
+def test_joined_encoding_is_each_text_then_eos(which, eos, request):
+    """A batch encoded as one string per thread gives every text's own ids, EOS after each;
+    texts that end or start with a piece of a special token included (they must not join
+    their neighbour's separator into one)."""
+    from mixer.ingest.tokenizer_step import join_with_eos
+
+    path = request.getfixturevalue(which)
+    specials = [t["content"] for t in json.loads(path.read_text(encoding="utf-8"))["added_tokens"]]
+    texts = [t for t in fuzz_texts(3, 1500) if not any(s in t for s in specials)]
+    rng = random.Random(5)
+    edges = ["<|endoftext", "<|", "<", "|>", "endoftext|>", "<|end_of_text", "_of_text|>", " ", "\n", "'s", "x"]
+    texts += [rng.choice(edges) + t + rng.choice(edges) for t in texts[:300]] + ["", " ", "\n\n"]
+    texts = [t for t in texts if not any(s in t for s in specials)]
+    assert len(texts) > 800 and sum(t.endswith("<|") for t in texts) > 5
+    eos_id = _eos_id(path, eos)
+    enc = TiktokenEncoder(load_spec(path), threads=2, eos_id=eos_id)
+    for dtype in (np.dtype("<u2"), np.dtype("<u4")):
+        got = enc.encode_with_eos(texts, dtype)
+        assert got is not None
+        want = join_with_eos(hf_ids(path, texts), eos_id, dtype)
+        assert got[0].dtype == dtype and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_joined_encoding_declines_what_it_cannot_prove(byte_level, llama3):
+    """A literal special token in a text (its EOS could not be told from a separator), an EOS
+    that is not an added token: None, and the caller encodes text by text."""
+    enc = TiktokenEncoder(load_spec(byte_level), threads=2, eos_id=_eos_id(byte_level, "<|endoftext|>"))
+    assert enc.encode_with_eos(["a b", "c <|endoftext|> d"], np.dtype("<u2")) is None
+    assert enc.encode_with_eos(["a b", "c d"], np.dtype("<u2")) is not None
+    llama = TiktokenEncoder(load_spec(llama3), threads=2, eos_id=_eos_id(llama3, "<|end_of_text|>"))
+    assert llama.encode_with_eos(["a", "b <|reserved_special_token_3|>"], np.dtype("<u2")) is None
+    assert TiktokenEncoder(load_spec(byte_level), threads=2, eos_id=7).encode_with_eos(["a"], np.dtype("<u2")) is None
+    assert TiktokenEncoder(load_spec(byte_level), threads=2).encode_with_eos(["a"], np.dtype("<u2")) is None
+
+
+def test_encoding_threads_start_once_per_process(byte_level, monkeypatch):
+    """Threads were started for every batch (17% of a loaded run on short documents)."""
+    import threading
+
+    started = []
+    real = threading.Thread.start
+
+    def counting(self):
+        started.append(self.name)
+        return real(self)
+
+    enc = TiktokenEncoder(load_spec(byte_level), threads=3, eos_id=0)
+    texts = fuzz_texts(4, 40)
+    enc.encode(texts), enc.encode_with_eos(["a b c"] * 50, np.dtype("<u2"))  # the pool may start here
+    monkeypatch.setattr(threading.Thread, "start", counting)
+    for _ in range(5):
+        enc.encode(texts)
+        enc.encode_with_eos(["a b c"] * 50, np.dtype("<u2"))
+    assert started == []

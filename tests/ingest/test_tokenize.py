@@ -248,8 +248,8 @@ def test_usage_errors_name_the_flag(tmp_path, tokenizer, capsys):
     code, _, err = cli(capsys, "tokenize", "--recipe", tmp_path / "no.toml")
     assert code == 2 and err.startswith(f"mixer: error: --recipe {tmp_path}/no.toml: no such recipe file, nor a shipped recipe (")
     (tmp_path / "r.toml").write_text("[[source]]\nname='d'\nrole='domain'\ninputs=['x']\ntokenizer='t'\n")
-    code, _, err = cli(capsys, "tokenize", "--recipe", tmp_path / "r.toml", "--input", "y")
-    assert code == 2 and "--input: not with --recipe" in err
+    code, _, err = cli(capsys, "tokenize", "--recipe", tmp_path / "r.toml", "--role", "general")
+    assert code == 2 and "--role: not with --recipe" in err
     (tmp_path / "bad-tok.json").write_text("{}")
     write_jsonl(tmp_path / "a.jsonl", [{"text": "w1"}])
     code, _, err = cli(capsys, *tok_args(tmp_path / "bad-tok.json", st, tmp_path / "a.jsonl"))

@@ -174,8 +174,12 @@ def test_domain_subset_for_dataset_size_studies(stores, tmp_path):
 
 
 def test_small_general_source_repeats_with_a_warning(stores, tmp_path):
-    r = build(spec(stores, tokens=160_000), tmp_path / "big", progress=False)
+    with pytest.raises(MixerError, match=r"general tokens would repeat 11.4 epochs \(> --max-general-epochs 4\)"):
+        build(spec(stores, tokens=160_000), tmp_path / "big", progress=False)
+    assert not (tmp_path / "big").exists()
+    r = build(spec(stores, tokens=160_000, max_general_epochs=12), tmp_path / "big", progress=False)
     assert any("repeats" in w for w in r["manifest"]["warnings"])
+    assert r["manifest"]["recipe"]["max_general_epochs"] == 12  # a raised limit is part of the build's record
 
 
 @pytest.mark.parametrize("kw,exc,match", [

@@ -103,7 +103,7 @@ def test_verify_catches_a_swapped_source(stores, tmp_path):
 
 def test_cli_mix_flags(stores, tmp_path, capsys):
     code, out, err = run_cli(capsys, "plan", "--stores", str(stores), "--mix", "music=0.05", "--mix", "proofs=0.03",
-                             "--general", "prose", "--tokens", "64K", "--seq-len", str(L))
+                             "--general", "prose", "--tokens", "64K", "--seq-len", str(L), "--max-general-epochs", "5")
     assert code == 0 and "proofs share: requested 0.03" in out, err
     code, _, err = run_cli(capsys, "plan", "--stores", str(stores), "--mix", "music", "--tokens", "64K")
     assert code == 2 and "NAME=FRACTION" in err

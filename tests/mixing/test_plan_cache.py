@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mixer.formats.checksum import checksum_file
 from mixer.mixing import plan_cache
 from mixer.mixing import streams as streams_module
 from mixer.mixing.build import WriteShards, build
@@ -64,7 +65,9 @@ def test_plan_is_computed_once_and_reused_by_tasks_and_a_resume(stores, tmp_path
     assert r["status"] == "partial" and r["shards_total"] >= 4
     record = json.loads((mix / ".build/plan/plan.json").read_text())
     assert record["format"] == "mixer-plan/1" and {s["source"] for s in record["streams"]} == {"prose", "music"}
-    assert set(record) == {"format", "build", "streams"} and set(record["streams"][0]) == {"source", "dir", "key", "epochs"}
+    assert set(record) == {"format", "build", "streams", "files"} and set(record["streams"][0]) == {"source", "dir", "key", "epochs"}
+    assert record["files"] == {str(p.relative_to(mix / ".build/plan")): checksum_file(p)
+                               for p in sorted((mix / ".build/plan").glob("*/*.npy"))}  # what a resume proves
     music = next(s for s in record["streams"] if s["source"] == "music")
     stream = json.loads((mix / ".build/plan" / music["dir"] / "stream.json").read_text())
     assert set(stream["key"]) == {"format", "source", "seed", "documents", "tokens", "index", "subset"}

@@ -22,7 +22,7 @@ import torch
 import yaml
 from mixutil import EOS, build, make_stores, markov_docs, run_cli
 
-from mixer.errors import MixerError
+from mixer.errors import MixerError, UsageError
 from mixer.formats.store import seal_store
 from mixer.training import registry
 from mixer.training import runner
@@ -136,8 +136,9 @@ def test_several_nodes_script_is_one_srun_task_per_device(tmp_path):
             in lines)
     assert 'export MASTER_PORT="${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 10000))}"' in lines
     assert "export PYTHONUNBUFFERED=1" in lines and "TORCH_COMPILE_DISABLE" not in text
+    assert "export SLURM_JOB_NAME=mixer-train" in lines  # under salloc ("interactive") Lightning would ignore Slurm
     assert lines[-1] == (f"exec srun --nodes=4 --ntasks-per-node=8 --kill-on-bad-exit=1 --export=ALL "
-                         f"{sys.executable} -m trainer_adapters.litgpt.launch pretrain "
+                         f"--job-name=mixer-train {sys.executable} -m trainer_adapters.litgpt.launch pretrain "
                          f"--config {tmp_path / 'config.yaml'}")
     assert "unset SLURM_NTASKS" not in text  # srun sets each task's
     # bash runs it as written: the variables Lightning reads, as srun's tasks would see them
@@ -152,6 +153,12 @@ def test_several_nodes_script_is_one_srun_task_per_device(tmp_path):
     env.update(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="123456", SLURM_JOB_NODELIST="gpu-a[07-08]")
     out = subprocess.run(["bash", str(tmp_path / "launch.sh")], env=env, capture_output=True, text=True)
     assert out.stdout.startswith("gpu-a07 18456 --nodes=4 --ntasks-per-node=8"), out.stderr
+    env["SLURM_JOB_NAME"] = "interactive"  # salloc's: what srun's tasks see is the neutral name
+    (fake / "srun").write_text('#!/usr/bin/env bash\necho "$SLURM_JOB_NAME"\n')
+    out = subprocess.run(["bash", str(tmp_path / "launch.sh")], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "mixer-train", out.stderr
+    with pytest.raises(UsageError, match="control character"):
+        cluster.launch_script(tmp_path / "config.yaml", Machine("bf16-mixed\ntouch x", 8, compile=True, nodes=4))
     env.pop("SLURM_JOB_ID")
     out = subprocess.run(["bash", str(tmp_path / "launch.sh")], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "run inside a Slurm allocation of 4 nodes" in out.stderr
@@ -419,3 +426,26 @@ def test_two_nodes_under_srun_keep_the_runs_bookkeeping(mixes, tmp_path):
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "done" and evals(run)[-1]["tokens"] == meta["tokens"]
     assert_stored_order(trace(tmp_path / "trace"), ranks=2, micro=8, start=0, end=meta["hparams"]["steps"])
+
+
+def test_sbatch_script_is_a_ready_job_for_the_planned_run(tmp_path):
+    """RUN/sbatch.sh allocates the run's nodes and GPUs and runs the same `mixer train`
+    command there; values the user typed are one quoted word each, and a newline is refused."""
+    machine = Machine("bf16-mixed", 8, compile=True, nodes=4, cuda=True)
+    argv = ["train", "pretrain", str(tmp_path / "my mix"), "--model", "olmo-1b", "--out", str(tmp_path / "run"),
+            "--num-nodes", "4", "--devices", "8", "--dry-run"]
+    text = cluster.sbatch_script(argv, machine, tmp_path / "run", {"account": "lab", "qos": "high"}, time="2-00:00:00",
+                                 cwd=tmp_path)
+    lines = text.splitlines()
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=2-00:00:00",
+                 f"#SBATCH --output={tmp_path / 'run'}/slurm-%j.out"):
+        assert line in lines, line
+    assert lines[-1] == "exec " + " ".join([sys.executable, "-m", "mixer", "train", "pretrain",
+                                            f"'{tmp_path / 'my mix'}'", "--model", "olmo-1b", "--out",
+                                            str(tmp_path / "run"), "--num-nodes", "4", "--devices", "8"])
+    assert "--dry-run" not in text
+    p = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(UsageError, match="control character"):
+        cluster.sbatch_script([*argv, "--out", "x\ntouch y"], machine, tmp_path / "run")

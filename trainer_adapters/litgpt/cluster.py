@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 
 from mixer.errors import MixerError
+from mixer.executors import check_text
 
 from .config import Machine
 
 SCRIPT = "launch.sh"
+JOB_NAME = "mixer-train"  # what Lightning's Slurm detection sees (it ignores "bash" and "interactive")
 MODULE = "trainer_adapters.litgpt.launch"
 
 
@@ -36,6 +38,7 @@ def _exports(machine: Machine) -> str:
 
 
 def launch_script(config: Path, machine: Machine) -> str:
+    check_text("--precision", machine.precision)  # it is written into a comment line below
     cmd = shlex.join(training_command(config))
     where = f"{machine.nodes} node{'s' if machine.nodes > 1 else ''} x {machine.devices} device" \
             f"{'s' if machine.devices > 1 else ''}, precision {machine.precision}"
@@ -61,7 +64,9 @@ def launch_script(config: Path, machine: Machine) -> str:
         'export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"',
         'export MASTER_PORT="${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 10000))}"',
         _exports(machine),
-        f"exec srun --nodes={n} --ntasks-per-node={d} --kill-on-bad-exit=1 --export=ALL {cmd}",
+        "# A neutral job name: under salloc (job name \"interactive\") Lightning would ignore Slurm and hang.",
+        f"export SLURM_JOB_NAME={JOB_NAME}",
+        f"exec srun --nodes={n} --ntasks-per-node={d} --kill-on-bad-exit=1 --export=ALL --job-name={JOB_NAME} {cmd}",
     ]) + "\n"
 
 
@@ -82,3 +87,38 @@ def check_allocation(machine: Machine, env: dict[str, str] | None = None) -> Non
                          f"submit with --nodes {n}")
     if not shutil.which("srun", path=env.get("PATH")):
         raise MixerError(f"--num-nodes {n}: srun is not on PATH")
+
+
+SBATCH = "sbatch.sh"
+
+
+def sbatch_script(argv: list[str], machine: Machine, run_dir: Path, slurm: dict[str, str] | None = None,
+                  time: str = "24:00:00", cwd: Path | None = None) -> str:
+    """RUN/sbatch.sh: a ready-to-submit job that runs this `mixer train` command (`argv`, its
+    arguments after `mixer`) inside an allocation of the run's nodes and devices. A run that
+    is planned but unfinished resumes, so the job is the same command whether it starts the
+    run or continues it. Every value is checked and quoted (mixer.executors.check_text)."""
+    from mixer.executors import environment_command, job_name_for_slurm
+    from mixer.slurm import sbatch_line
+
+    args = [a for a in argv if a != "--dry-run"]
+    for a in args:
+        check_text("a mixer train argument", a)
+    run_dir = Path(run_dir).resolve()
+    directives = {"job-name": job_name_for_slurm(f"mixer-train-{run_dir.name}"), "nodes": machine.nodes,
+                  "ntasks-per-node": machine.devices if machine.nodes > 1 else 1, "time": time,
+                  "output": str(run_dir / "slurm-%j.out")}
+    if machine.cuda:
+        directives["gpus-per-node"] = machine.devices
+    directives.update(slurm or {})
+    lines = [
+        "#!/bin/bash",
+        "# Written by mixer train: `sbatch " + shlex.quote(str(run_dir / SBATCH)) + "` runs this run's training in",
+        f"# an allocation of {machine.nodes} node(s) x {machine.devices} device(s); an unfinished run resumes.",
+        *(sbatch_line(k, v) for k, v in directives.items()),
+        "set -euo pipefail",
+        environment_command(),
+        f"cd {shlex.quote(str(Path(cwd or Path.cwd()).resolve()))}",
+        f"exec {shlex.join([sys.executable, '-m', 'mixer', *args])}",
+    ]
+    return "\n".join(lines) + "\n"

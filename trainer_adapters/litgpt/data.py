@@ -45,10 +45,28 @@ def _trace_file(rank: int):
     return open(Path(folder) / f"rank-{rank}.txt", "a")
 
 
+class _MappedShards(MixFiles):
+    """A mix whose shards are each mapped once, not once per read: `MixFiles.shard` makes a
+    new np.memmap (two stats, a mmap, a munmap) on every call, which cost the loader more
+    than copying its batch (docs/benchmarks.md, the LitGPT loader). The last MAPPED shards
+    stay mapped: the loader reads in stored order, and a batch may cross into the next."""
+
+    MAPPED = 2
+
+    def shard(self, k: int) -> np.ndarray:
+        maps: dict[int, np.ndarray] = self.__dict__.setdefault("_mapped", {})
+        if k not in maps:
+            while len(maps) >= self.MAPPED:  # unmapped once no view of it is left
+                del maps[next(iter(maps))]
+            maps[k] = np.asarray(super().shard(k))  # a plain ndarray view: slicing a memmap is slow
+        return maps[k]
+
+
 class MixStream(IterableDataset):
     """Yields (B, seq_len + 1) int64 batches of the mix in stored order, from `iteration` on."""
 
     def __init__(self, mix: MixFiles, batch_size: int, needed_samples: int, rank: int = 0, world: int = 1) -> None:
+        mix = _MappedShards(mix.path, mix.manifest)
         self.mix, self.batch_size, self.needed = mix, batch_size, needed_samples
         self.rank, self.world = rank, world
         self.iteration = 0  # global micro-batches served; the whole resumable state
