@@ -126,7 +126,8 @@ def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:
 
 
 def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float | None = None,
-        model: str | None = None, domain: str | None = None, loss: str = "sse") -> dict:
+        model: str | None = None, domain: str | None = None, loss: str = "sse", starts: int = 64,
+        seed: int = 0) -> dict:
     """The overfitting scaling law and the finetuning gain fitted to runs (fit.json's
     content); with `out`, also fit.json and fit.png."""
     from mixer.analysis.fit import build_fit, fit_inputs
@@ -135,7 +136,7 @@ def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float
     if out is not None:
         claim_folder(Path(out), "fit", "out")
     inputs = fit_inputs(load_runs(list(runs)), model, domain)
-    result = build_fit(inputs, holdout, loss)
+    result = build_fit(inputs, holdout, loss, starts=starts, seed=seed)
     if out is not None:
         from mixer.analysis.plots import plot_fit
         from mixer.formats.atomic import write_json

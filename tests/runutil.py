@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.analysis.scaling import law
+from mixer.analysis.scaling import law, token_unit
 
-# A law with the paper's signs (fraction as a fraction, tokens in tokens): 10% starts to
-# overfit near 4e11 tokens, smaller fractions later or never.
-TRUE_LAW = {"A_train": 400.0, "b_train_s": -0.6, "b_train_g": -0.3, "a1": 12.8, "a2": 0.75, "a3": -55.0,
-            "b_gap_s": 2.0, "b_gap_g": -0.1, "k0": 1.0, "k1": 0.1, "k2": 0.002, "k3": 1.0}
+# A law with the paper's signs (fraction as a fraction, tokens in the unit `mixer fit` uses,
+# the power of ten at or below the smallest checkpoint): the gap kernel peaks near 1.4%, the
+# floor stays positive at every fraction (C(1) = 0.1).
+TRUE_LAW = {"A_train": 1.6, "b_train_s": -0.6, "b_train_g": -0.3, "a1": 5.0, "a2": 0.75, "a3": -55.0,
+            "b_gap_s": 2.0, "b_gap_g": -0.1, "k0": 1.0, "k1": 0.1, "k2": 0.002, "k3": 0.9}
 
 
 def write_run(root: Path, name: str, evals: list[dict | tuple], kind: str = "pretrain", fraction: float | None = 0.0,
@@ -42,12 +43,14 @@ def write_run(root: Path, name: str, evals: list[dict | tuple], kind: str = "pre
 
 def law_runs(root: Path, fractions: list[float], tokens: np.ndarray, noise: float = 0.002, seed: int = 0,
              params: dict = TRUE_LAW, gain: tuple[float, float, float] | None = (5.0, -0.1, 0.02)) -> list[Path]:
-    """Pretraining runs whose domain losses follow `params` with lognormal noise, and (with
-    `gain` = (a, b, c)) one finetune run per pretraining checkpoint with dL = a T^b + c."""
+    """Pretraining runs whose domain losses follow `params` (tokens in the fit's unit) with
+    lognormal noise, and (with `gain` = (a, b, c)) one finetune run per pretraining checkpoint
+    with dL = a T^b + c (T in tokens)."""
     rng = np.random.default_rng(seed)
     paths = []
+    unit = token_unit(tokens)
     for d in fractions:
-        curve = law(params, tokens, d)
+        curve = law(params, tokens, d, unit)
         train = curve["train"] * np.exp(rng.normal(0, noise, len(tokens)))
         test = curve["test"] * np.exp(rng.normal(0, noise, len(tokens)))
         rows = [(t, float(a), float(b), 3.0 + 0.1 * d) for t, a, b in zip(tokens, test, train)]

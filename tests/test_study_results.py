@@ -1,11 +1,13 @@
 """The README's results table is recomputed from the published study (docs/results/study/):
-every run's run.json and evals.jsonl (grid points included) and the fit's fit.json, through
-the same report code `mixer report` runs. A number edited by hand in the README, or a
-published file that no longer gives it, fails here."""
+every run's run.json and evals.jsonl (grid points included), through the same code `mixer
+report` and `mixer fit` run (the laws are refitted from the runs, and the published fit.json
+files must say the same). A number edited by hand in the README, or a published file that no
+longer gives it, fails here."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -38,6 +40,14 @@ def test_readme_table_is_recomputed_from_the_published_runs():
     assert {e["model"] for e in rows} >= {"tiny", "small"}
     assert sorted(e["lam"] for e in data["early_exposure"]["early_exposure"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert data["fit"]["law"] is not None and data["fit"]["holdout"]["points"] > 0
+    # the published fits are what `mixer fit` gives on the published runs today
+    for fit in data["fits"]:
+        folder = "fit" if fit["domain"] == "music" else f"fit-{fit['domain']}"
+        published = json.loads((RESULTS / folder / "fit.json").read_text())
+        assert published["format"] == fit["format"]
+        assert published["law"]["params"] == pytest.approx(fit["law"]["params"], rel=1e-6)
+        assert published["holdout"]["test"] == pytest.approx(fit["holdout"]["test"], rel=1e-6)
+        assert [w["kind"] for w in published["warnings"]] == [w["kind"] for w in fit["warnings"]]
 
 
 def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch):

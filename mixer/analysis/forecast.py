@@ -50,7 +50,8 @@ def forecast(fit: dict, tokens: int, fractions: list[float] | None = None, domai
     if bad:
         raise UsageError(f"fraction(s) {', '.join(f'{d:g}' for d in bad)}: give fractions as fractions in [0, 1), "
                          "e.g. 0.02 for 2%")
-    warnings: list[str] = []
+    # The fit's own warnings first: a forecast is no better than the law it comes from.
+    warnings: list[str] = [f"fit: {w['message']}" for w in fit.get("warnings") or []]
     extrapolation: dict = {"tokens": 1.0, "fractions": [], "finetune_gain": []}
     lo, hi = (fit.get("data") or {}).get("token_range") or [tokens, tokens]
     if tokens > hi * (1 + _EPS) or tokens < lo * (1 - _EPS):
@@ -192,8 +193,12 @@ def _coefficients(fit: dict, fractions: list[float] | None, warnings: list[str],
                   extrapolation: dict) -> tuple[list[tuple[float, dict]], str]:
     if fit.get("law"):
         p, measured = fit["law"]["params"], fit["law"].get("fractions") or []
+        unit = (fit.get("units") or {}).get("token_unit", 1.0)
         d_lo, d_hi = (min(measured), max(measured)) if measured else (0.0, 1.0)
-        inside = lambda d: d_lo - _EPS <= d <= d_hi + _EPS  # noqa: E731
+        # NPT left out of the law (its domain loss did not fall) is forecast from its own curve.
+        npt = next((fraction_coefficients(pf) for pf in fit.get("per_fraction") or []
+                    if pf["fraction"] == 0 and not (fit.get("npt") or {}).get("enters", True)), None)
+        inside = lambda d: d_lo - _EPS <= d <= d_hi + _EPS or (d == 0 and npt is not None)  # noqa: E731
         if fractions is None:  # the paper's grid and every fitted fraction, inside the fitted range
             want = sorted(set(DEFAULT_FRACTIONS) | set(measured))
             if not extrapolate:
@@ -213,7 +218,10 @@ def _coefficients(fit: dict, fractions: list[float] | None, warnings: list[str],
                 by = f"{d / d_hi:.3g}x the largest fitted fraction {d_hi:g}" if d > d_hi else f"below {d_lo:g}"
                 extrapolation["fractions"].append({"fraction": d, "beyond": by})
                 warnings.append(f"extrapolated in the fraction: {d:g} is {by}")
-        return [(d, law_coefficients(p, d)) for d in want], "joint law"
+        if npt is not None and 0.0 in want:
+            warnings.append("fraction 0 (NPT) is outside the law (its domain loss did not fall with tokens): "
+                            "forecast from its own measured curve, only inside its checkpoints")
+        return [(d, npt if d == 0 and npt is not None else law_coefficients(p, d, unit)) for d in want], "joint law"
     per = {pf["fraction"]: fraction_coefficients(pf) for pf in fit.get("per_fraction") or []}
     have = {d: c for d, c in per.items() if c is not None}
     if not have:

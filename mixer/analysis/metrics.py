@@ -48,18 +48,25 @@ class Multiplier:
 def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: float) -> tuple[float, str]:
     """Fewest tokens at which a loss curve reaches `target`, interpolated linearly in log tokens
     between the checkpoints around the first crossing. Returns (tokens, bound) as Multiplier."""
+    t, how, _ = crossing(tokens, losses, target)
+    return t, how
+
+
+def crossing(tokens: Sequence[float], losses: Sequence[float], target: float) -> tuple[float, str, tuple[float, ...]]:
+    """tokens_to_reach, and the checkpoints (tokens) the answer rests on: the two around the
+    crossing, the first one when it is a lower bound, the last one when never reached."""
     T = np.asarray(tokens, float)
     L = np.asarray(losses, float)
     order = np.argsort(T)
     T, L = T[order], L[order]
     hit = np.nonzero(L <= target)[0]
     if len(hit) == 0:
-        return float(T[-1]), ">"
+        return float(T[-1]), ">", (float(T[-1]),)
     i = int(hit[0])
     if i == 0:
-        return float(T[0]), "<="
+        return float(T[0]), "<=", (float(T[0]),)
     t0, t1, l0, l1 = math.log(T[i - 1]), math.log(T[i]), L[i - 1], L[i]
-    return float(math.exp(t0 + (l0 - target) / (l0 - l1) * (t1 - t0))), "="
+    return float(math.exp(t0 + (l0 - target) / (l0 - l1) * (t1 - t0))), "=", (float(T[i - 1]), float(T[i]))
 
 
 def compute_multiplier(npt_tokens: float, npt_loss: float, spt_tokens: Sequence[float],
@@ -68,6 +75,21 @@ def compute_multiplier(npt_tokens: float, npt_loss: float, spt_tokens: Sequence[
     t_spt, how = tokens_to_reach(spt_tokens, spt_losses, npt_loss)
     bound = {"=": "=", "<=": ">=", ">": "<"}[how]
     return Multiplier(npt_tokens / t_spt, bound)
+
+
+def saturation(tokens: Sequence[float], losses: Sequence[float], spread: float | None) -> dict | None:
+    """Has a loss curve stopped improving? Its improvement per doubling of tokens over its last
+    step (the two largest budgets) against `spread`, the seed spread of its last loss: saturated
+    when the curve improves by less than the seeds disagree (None: fewer than 2 budgets)."""
+    T = np.asarray(tokens, float)
+    L = np.asarray(losses, float)
+    if len(T) < 2:
+        return None
+    order = np.argsort(T)
+    (t0, t1), (l0, l1) = T[order][-2:], L[order][-2:]
+    per_doubling = float((l0 - l1) / math.log2(t1 / t0))
+    return {"from_tokens": float(t0), "to_tokens": float(t1), "gain_per_doubling": per_doubling, "spread": spread,
+            "saturated": None if spread is None else bool(per_doubling < spread)}
 
 
 def gap_closed(small_npt: float, small_spt: float, large_npt: float) -> float:

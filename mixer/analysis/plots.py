@@ -59,10 +59,10 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
     if not pre:
         return None
     fig, panels = _panels(sorted({str(r.domain) for r in pre}), "domain loss during pretraining")
-    many = len({r.model for r in pre}) > 1  # the model joins the label only when it varies
+    many = len({r.model for r in pre}) > 1  # the model joins the label (and the colour) only when it varies
     family = lambda r: (f"{r.model} " if many else "") + setup_of(r)  # noqa: E731
     rank = lambda r: _setup_rank(r.fraction, r.window)  # noqa: E731
-    ranked = {setup_of(r): rank(r) for r in pre}
+    ranked = {family(r): (r.model, rank(r)) for r in pre}
     colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(ranked, key=ranked.get))}
     for domain, ax in panels.items():
         mine = [r for r in pre if str(r.domain) == domain]
@@ -70,7 +70,7 @@ def plot_domain_curves(runs: list[Run], path: Path) -> Path | None:
         for r in sorted(mine, key=lambda r: (r.model, rank(r), r.seed)):
             pts = [(e.tokens, e.domain_test_loss) for e in r.evals if e.domain_test_loss is not None and e.tokens > 0]
             name = family(r)
-            ax.plot(*zip(*pts), "o-", ms=3, color=colours[setup_of(r)], label=None if name in labelled else name)
+            ax.plot(*zip(*pts), "o-", ms=3, color=colours[name], label=None if name in labelled else name)
             labelled.add(name)
         ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss (nats)")
         ax.legend(fontsize=8)
@@ -138,8 +138,9 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
     if not pts:
         return None
     fig, panels = _panels(sorted({str(r["domain"]) for r in pts}), "forgetting frontier")
-    label = lambda r: f"{r['setup']} {r['finetune']}"  # noqa: E731
-    ranked = {label(r): (_setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
+    many = len({r["model"] for r in pts}) > 1  # a larger model gets its own colours
+    label = lambda r: (f"{r['model']} " if many else "") + f"{r['setup']} {r['finetune']}"  # noqa: E731
+    ranked = {label(r): (r["model"], _setup_rank(r["fraction"], r["window"]), r["finetune"]) for r in pts}
     labels = sorted(ranked, key=ranked.get)
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     for domain, ax in panels.items():
@@ -159,29 +160,67 @@ def plot_frontier(report: dict, path: Path) -> Path | None:
 
 def plot_fit(fit: dict, curves: list[Curve], path: Path) -> Path:
     """Observed domain test (o) and train (x) loss per fraction, with the law (or the
-    per-fraction curves) as lines; a held-out fraction is dashed."""
+    per-fraction curves) as lines; a held-out fraction is dashed, NPT left out of the law
+    dotted (its own curve). The y axis spans every observation and any prediction within half
+    that span again; a prediction beyond is drawn clipped at the edge, marked with triangles
+    and said in the legend, so nothing is cut off silently. The fit's warnings are printed on it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.2))
     per = {p["fraction"]: p for p in fit["per_fraction"]}
-    for i, c in enumerate(curves):
-        color = f"C{i % 10}"
-        ax.plot(c.tokens, c.test, "o", color=color, ms=4, label=f"{c.fraction:g}")
-        ax.plot(c.tokens, c.train, "x", color=color, ms=4)
-        T = np.logspace(np.log10(c.tokens.min()), np.log10(c.tokens.max()), 50)
-        coef = law_coefficients(fit["law"]["params"], c.fraction) if fit["law"] else fraction_coefficients(per[c.fraction])
-        if coef:
-            held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
-            ax.plot(T, curve_test(coef, T), "--" if held else "-", color=color, lw=1)
+    unit = (fit.get("units") or {}).get("token_unit", 1.0)
+    npt_out = fit.get("npt") is not None and not fit["npt"]["enters"]
     observed = np.concatenate([np.concatenate([c.test, c.train]) for c in curves]) if curves else np.zeros(0)
     observed = observed[np.isfinite(observed)]
-    if len(observed):  # the axis is the data's: a curve leaving it is visibly wrong, not rescaled
-        pad = 0.1 * max(float(observed.max() - observed.min()), 1e-3)
-        ax.set_ylim(float(observed.min()) - pad, float(observed.max()) + pad)
-    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats)",
-           title=("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)")
-    ax.legend(title="fraction", fontsize=8)
+    lines = []
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        own = fit["law"] is None or (c.fraction == 0 and npt_out)
+        label = f"{c.fraction:g}" + (" (NPT, outside the law)" if c.fraction == 0 and npt_out and fit["law"] else "")
+        ax.plot(c.tokens, c.test, "o", color=color, ms=4, label=label)
+        ax.plot(c.tokens, c.train, "x", color=color, ms=4)
+        T = np.logspace(np.log10(c.tokens.min()), np.log10(c.tokens.max()), 50)
+        coef = fraction_coefficients(per[c.fraction]) if own and c.fraction in per else (
+            law_coefficients(fit["law"]["params"], c.fraction, unit) if fit["law"] else None)
+        if coef:
+            held = fit["holdout_fraction"] is not None and np.isclose(c.fraction, fit["holdout_fraction"])
+            lines.append((T, curve_test(coef, T), ":" if own and fit["law"] else "--" if held else "-", color, held))
+    bottom, top = fit_axis(observed, [y for _, y, *_ in lines])
+    clipped = False
+    for T, y, style, color, held in lines:
+        ax.plot(T, np.clip(y, bottom, top), style, color=color, lw=1.5 if held else 1)
+        for side, mask, marker in (("top", y > top, "^"), ("bottom", y < bottom, "v")):
+            if mask.any():
+                clipped = True
+                ax.plot(T[mask][::5], np.full(len(T[mask][::5]), top if side == "top" else bottom), marker,
+                        color=color, ms=7, clip_on=False)
+    if clipped:
+        ax.plot([], [], "k^", ms=6, label="prediction beyond the axis (clipped)")
+    ax.set_ylim(bottom, top)
+    title = ("joint law" if fit["law"] else "per-fraction curves") + ": test (o), train (x)"
+    if fit["holdout_fraction"] is not None and fit.get("holdout"):
+        title += f"; held out {fit['holdout_fraction']:g} (dashed): {fit['holdout']['test']['mean_abs_rel_error_pct']:.3g}%"
+    ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain loss (nats); axis not from 0", title=title)
+    ws = fit.get("warnings") or []
+    if ws:
+        kinds = sorted({w["kind"] for w in ws})
+        fig.text(0.01, 0.995, f"{len(ws)} WARNING(S) ({', '.join(kinds)}): read them in fit.json or mixer fit's output",
+                 color="C3", fontsize=9, va="top", weight="bold")
+    ax.legend(title="fraction", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path)
 
+
+def fit_axis(observed: np.ndarray, predictions: list[np.ndarray]) -> tuple[float, float]:
+    """fit.png's y range: every observation, and each prediction as far as half the observed
+    span beyond it (a prediction further out is clipped and marked by the caller), padded 5%."""
+    lo, hi = (float(observed.min()), float(observed.max())) if len(observed) else (0.0, 1.0)
+    span = max(hi - lo, 1e-3)
+    for y in predictions:
+        y = y[np.isfinite(y)]
+        if len(y):
+            lo, hi = min(lo, max(float(y.min()), lo - 0.5 * span)), max(hi, min(float(y.max()), hi + 0.5 * span))
+    pad = 0.05 * max(hi - lo, 1e-3)
+    return lo - pad, hi + pad
 
 
 AXIS_NAMES = {"L_ft": "L_ft: new-task test loss after FT", "L_ret": "L_ret: post-training domain test loss after FT",

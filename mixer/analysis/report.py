@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 from mixer import __version__
-from mixer.analysis.metrics import (compute_multiplier, forgetting, gap_closed, mean_spread, relative_gain,
-                                    stage_losses)
+from mixer.analysis.metrics import (compute_multiplier, crossing, forgetting, gap_closed, mean_spread, relative_gain,
+                                    saturation, stage_losses)
 from mixer.analysis.plots import (plot_domain_curves, plot_frontier, plot_post_ft, plot_post_ft_vs_tokens,
                                   plot_stage_frontier)
 from mixer.analysis.setups import finetune_of, setup_of
@@ -32,11 +32,29 @@ from mixer.text import table
 from mixer.units import format_count
 
 
+def post_training_stages(runs: list[Run]) -> set[int]:
+    """ids of the finetunes that are a paper-2 chain's post-training stage: some run finetunes
+    them (or one of their grid points) on a new task. Their losses are paper 2's L_im, not a
+    paper-1 comparison of pretraining setups."""
+    out = set()
+    for q in runs:
+        if q.kind == "pretrain":
+            continue
+        p = find_parent(q, runs)
+        if p is None or p.kind == "pretrain" or not is_new_task(q, p):
+            continue
+        out |= {id(r) for r in runs if r is p or any(s is p for s in r.subruns)}
+    return out
+
+
 def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
-    """One record per finetune/replay run: its parent's setup and its best post-FT losses."""
+    """One record per finetune/replay run: its parent's setup and its best post-FT losses.
+    The stages of paper-2 chains are left to early_exposure_rows: a report shows only the
+    comparisons its runs support."""
     rows, notes = [], []
+    post = post_training_stages(runs)
     for r in runs:
-        if r.kind == "pretrain":
+        if r.kind == "pretrain" or id(r) in post:
             continue
         parent = find_parent(r, runs)
         if parent is None:
@@ -48,10 +66,10 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         if best is None:
             notes.append(f"{r.path}: no domain {r.select_on} loss in evals.jsonl to choose a checkpoint on; left out")
             continue
-        # The model before finetuning: a 0-token evaluation (any grid point: all start from the
-        # same checkpoint), else the parent's evaluation of the checkpoint finetuned from.
-        before = next((e for e in r.all_evals() if e.tokens == 0), None) or parent.eval_at(
-            r.meta.get("parent_checkpoint"), r.pretrain_tokens)
+        # The model before finetuning: its `start` evaluation, on the finetune's own samples (any
+        # grid point: all start from the same checkpoint), else the parent's evaluation of the
+        # checkpoint finetuned from (runs made before finetunes scored their start).
+        before = start_eval(r) or parent.eval_at(r.meta.get("parent_checkpoint"), r.pretrain_tokens)
         g0 = before.general_val_loss if before else None
         g1 = best.general_val_loss
         grid, chosen = finetune_protocol(r, best)
@@ -61,12 +79,49 @@ def finetune_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
             "window": list(parent.window), "finetune": finetune_of(r), "pretrain_tokens": r.pretrain_tokens,
             "seed": parent.seed, "post_ft_loss": best.domain_test_loss, "best_checkpoint": best.checkpoint,
             "selected_on": r.select_on, "selection_loss": getattr(best, f"domain_{r.select_on}_loss"),
-            "grid": grid, "chosen": chosen,
+            "grid": grid, "chosen": chosen, "at_cap": still_improving(r, best),
+            "start_evaluated": start_eval(r) is not None,
             "general_before": g0, "general_after": g1,
             "forgetting": forgetting(g0, g1) if g0 is not None and g1 is not None else None,
+            "forgetting_by_ratio": forgetting_by_ratio(r, before),
             "run": str(r.path), "parent": str(parent.path),
         })
     return rows, notes
+
+
+def start_eval(run: Run):
+    """The finetune's evaluation of the checkpoint it started from (row `start`, tokens 0)."""
+    return next((e for e in run.all_evals() if e.tokens == 0), None)
+
+
+def _owner(run: Run, e) -> Run:
+    """The grid point (or the run itself) an evaluation belongs to."""
+    return next((s for s in run.subruns if any(x is e for x in s.all_evals())), run)
+
+
+def still_improving(run: Run, best) -> bool:
+    """Was the chosen finetune still improving when its data ran out? Its winner is the last
+    evaluation of its configuration: early stopping never fired, so a longer finetune might
+    have gone lower (its loss is an upper bound)."""
+    if best is None or best.tokens == 0:
+        return False
+    mine = [e for e in _owner(run, best).all_evals() if e.tokens > 0]
+    return len(mine) > 1 and best.tokens == max(e.tokens for e in mine)
+
+
+def forgetting_by_ratio(run: Run, before) -> dict[str, float]:
+    """Forgetting of each grid point's own early-stopping choice, by its learning-rate ratio to
+    the parent's rate: the winners of NPT and SPT grids sit at different rates, and forgetting
+    grows with the rate, so setups are compared at one rate too."""
+    if before is None or before.general_val_loss is None:
+        return {}
+    out = {}
+    for point in run.subruns or [run]:
+        ratio = (point.meta.get("hparams") or {}).get("lr_ratio")
+        b = point.best_eval()
+        if ratio is not None and b is not None and b.general_val_loss is not None:
+            out[f"{float(ratio):.4g}"] = forgetting(before.general_val_loss, b.general_val_loss)
+    return out
 
 
 def finetune_protocol(run: Run, best) -> tuple[dict, dict]:
@@ -98,12 +153,16 @@ def _protocols(rows: list[dict]) -> list[dict]:
     seen: dict[str, dict] = {}
     for r in rows:
         g = r["grid"]
-        key = json.dumps([r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
+        stage = r.get("stage", "finetuning")
+        key = json.dumps([stage, r["selected_on"], g["schedule"], [round(x, 4) for x in g["lr_ratio"]] or g["lr"],
                           g["warmup"], g["points"]], default=str)
-        entry = seen.setdefault(key, {"selected_on": r["selected_on"], "schedule": g["schedule"],
+        entry = seen.setdefault(key, {"stage": stage, "selected_on": r["selected_on"], "schedule": g["schedule"],
                                       "lr_ratio": g["lr_ratio"], "lr": g["lr"], "warmup": g["warmup"],
-                                      "points": g["points"], "runs": 0, "at_lowest_rate": 0, "at_highest_rate": 0})
+                                      "points": g["points"], "runs": 0, "at_lowest_rate": 0, "at_highest_rate": 0,
+                                      "at_cap": 0, "start_evaluated": 0})
         entry["runs"] += 1
+        entry["at_cap"] += int(bool(r.get("at_cap")))
+        entry["start_evaluated"] += int(bool(r.get("start_evaluated")))
         lrs, won = [x for x in g["lr"] if x is not None], r["chosen"].get("lr")
         if len(lrs) > 1 and won is not None:  # a winner at an end of the grid: the best rate may lie beyond it
             entry["at_lowest_rate"] += int(math.isclose(won, min(lrs), rel_tol=1e-9))
@@ -126,8 +185,14 @@ def describe_protocol(p: dict) -> str:
     edges = [f"{p[k]} of {p['runs']} at its {side} rate" for k, side in (("at_lowest_rate", "lowest"),
                                                                           ("at_highest_rate", "highest")) if p.get(k)]
     edge = f"; the winner is {' and '.join(edges)} (the best rate may lie beyond the grid)" if edges else ""
-    return (f"finetuning ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, {shape}: "
-            f"lr {rates} x warmup {warm} steps; {where}{edge}")
+    start = ("; the starting checkpoint is a candidate (dL >= 0 on the selection split)"
+             if p.get("start_evaluated") == p["runs"] else
+             f"; the starting checkpoint was a candidate in {p.get('start_evaluated', 0)} of {p['runs']}"
+             if p.get("start_evaluated") else "")
+    cap = (f"; {p['at_cap']} of {p['runs']} chosen finetunes were still improving when their data ran out (best at "
+           "their last evaluation: their losses are upper bounds)" if p.get("at_cap") else "")
+    return (f"{p.get('stage', 'finetuning')} ({p['runs']} run(s)): {p['schedule'] or 'constant'} rate after warmup, "
+            f"{shape}: lr {rates} x warmup {warm} steps; {where}{edge}{start}{cap}")
 
 
 def _losses(e) -> dict[str, float | None]:
@@ -143,10 +208,18 @@ def is_new_task(run: Run, parent: Run) -> bool:
                                         and parent.domain != run.domain)
 
 
-def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
+def stage_protocol(run: Run, best, stage: str) -> dict:
+    """A paper-2 stage's grid, choice and cap, for the protocol lines (_protocols)."""
+    grid, chosen = finetune_protocol(run, best)
+    return {"stage": stage, "selected_on": run.select_on, "grid": grid, "chosen": chosen,
+            "at_cap": still_improving(run, best), "start_evaluated": start_eval(run) is not None}
+
+
+def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str], list[dict]]:
     """One record per three-stage chain: the finetune (stage 3), its post-trained parent and
-    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint."""
-    rows, notes = [], []
+    pretrained grandparent, with paper 2's losses at each stage's chosen checkpoint; and the
+    post-training and stage-3 runs' protocols."""
+    rows, notes, protocols = [], [], []
     for r in runs:
         if r.kind == "pretrain":
             continue
@@ -173,7 +246,10 @@ def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
             notes.append(f"{r.path}: not scored on {post_test} (evaluated before mixer scored every test set of the "
                          "chain); delete its evals.jsonl and run mixer eval again")
         started = Path(r.meta.get("parent_checkpoint") or "").name
-        if post is not None and started and started != post_best.checkpoint:
+        winner = post_best.checkpoint
+        if post is not None and winner == "start":  # post-training never beat its start: it hands that on
+            winner = Path(_owner(post, post_best).meta.get("parent_checkpoint") or "").name
+        if post is not None and started and started != winner:
             notes.append(f"{r.path}: finetuned from {started}, not the post-training winner {post_best.checkpoint}; "
                          "L_im describes another model than the one finetuned")
         stage = (pre.meta.get("stage") if pre else None) or {}
@@ -181,13 +257,17 @@ def early_exposure_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
         epochs = pre.meta.get("domain_epochs") if pre else None
         label = (f"lambda {float(lam):g}" if lam is not None else
                  f"{epochs:.3g} early epochs" if epochs is not None else setup_of(pre) if pre else "?")
+        if post is not None:
+            root = next((q for q in runs if q is post or any(x is post for x in q.subruns)), post)
+            protocols.append(stage_protocol(root, root.best_eval(), "post-training"))
+        protocols.append(stage_protocol(r, ft_best, "stage 3 (new task)"))
         rows.append({"model": r.model, "post_domain": parent.domain, "ft_domain": r.domain, "setup": label,
                      "lam": None if lam is None else float(lam), "pretrain_domain_epochs": epochs,
                      "seed": pre.seed if pre else parent.seed, **losses.to_dict(),
                      "post_checkpoint": post_best.checkpoint, "ft_checkpoint": ft_best.checkpoint,
                      "runs": {"pretrain": str(pre.path) if pre else None,
                               "posttrain": str(post.path) if post else None, "finetune": str(r.path)}})
-    return rows, notes
+    return rows, notes, protocols
 
 
 def _early_exposure_table(rows: list[dict]) -> list[dict]:
@@ -206,7 +286,7 @@ def _early_exposure_table(rows: list[dict]) -> list[dict]:
 def build_report(runs: list[Run]) -> dict:
     """Everything the report shows, as plain data (JSON-ready)."""
     rows, notes = finetune_rows(runs)
-    chains, chain_notes = early_exposure_rows(runs)
+    chains, chain_notes, chain_protocols = early_exposure_rows(runs)
     notes += chain_notes
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
@@ -219,7 +299,10 @@ def build_report(runs: list[Run]) -> dict:
                  "fraction": g[0]["fraction"], "window": g[0]["window"], "finetune": ft, "pretrain_tokens": tokens,
                  "seeds": sorted(r["seed"] for r in g),
                  "post_ft_loss": mean_spread([r["post_ft_loss"] for r in g]).to_dict(),
-                 "forgetting": _spread([r["forgetting"] for r in g]), "relative_gain_pct": None}
+                 "forgetting": _spread([r["forgetting"] for r in g]), "relative_gain_pct": None,
+                 "at_cap": sum(bool(r["at_cap"]) for r in g),
+                 "forgetting_by_ratio": {k: _spread([r["forgetting_by_ratio"].get(k) for r in g])
+                                         for k in sorted({k for r in g for k in r["forgetting_by_ratio"]}, key=float)}}
         if base and setup != "NPT":
             by_seed = {r["seed"]: r["post_ft_loss"] for r in base}
             base_mean = mean_spread(list(by_seed.values())).mean
@@ -228,7 +311,7 @@ def build_report(runs: list[Run]) -> dict:
         table.append(entry)
     return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table, rows), "gap_closed": _gaps(table, rows),
-            "finetuning": _protocols(rows), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
+            "finetuning": _protocols(rows + chain_protocols), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
             "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
 
 
@@ -245,9 +328,12 @@ def _spread(values: list) -> dict | None:
 
 
 def _multipliers(table: list[dict], rows: list[dict]) -> list[dict]:
-    """T_NPT / T_SPT against NPT's largest pretraining budget, over the SPT post-FT loss curve
-    (finetunes from several pretraining checkpoints; with one, only a bound is known): once on
-    the seed means, and once per seed that has both curves, so the spread over seeds is known."""
+    """T_NPT / T_SPT over the SPT post-FT loss curve (finetunes from several pretraining
+    checkpoints; with one, only a bound is known), against every NPT budget that was finetuned
+    (`references`, the largest first in the top-level fields): once on the seed means, once per
+    seed that has both curves. Each reference says whether NPT's curve had saturated there (its
+    last doubling of tokens improved it less than its seeds disagree) and which finetunes the
+    crossing rests on were still improving at their cap."""
     out = []
     cells = defaultdict(list)
     for e in table:
@@ -256,26 +342,71 @@ def _multipliers(table: list[dict], rows: list[dict]) -> list[dict]:
         base = cells.get((model, domain, "NPT", ft))
         if setup == "NPT" or not base:
             continue
-        top = max(base, key=lambda e: e["pretrain_tokens"])
         es = sorted(es, key=lambda e: e["pretrain_tokens"])
-        m = compute_multiplier(top["pretrain_tokens"], top["post_ft_loss"]["mean"],
-                               [e["pretrain_tokens"] for e in es], [e["post_ft_loss"]["mean"] for e in es])
-        per_seed = []
-        for seed in sorted(set(top["seeds"]) & {s for e in es for s in e["seeds"]}):
-            mine = [(r["pretrain_tokens"], r["post_ft_loss"]) for r in rows if r["seed"] == seed
-                    and (r["model"], r["domain"], r["setup"], r["finetune"]) == (model, domain, setup, ft)]
-            target = [r["post_ft_loss"] for r in rows if r["seed"] == seed and r["pretrain_tokens"] ==
-                      top["pretrain_tokens"] and (r["model"], r["domain"], r["setup"], r["finetune"]) ==
-                      (model, domain, "NPT", ft)]
-            if mine and target:
-                t, losses = zip(*sorted(mine))
-                ms = compute_multiplier(top["pretrain_tokens"], target[0], t, losses)
-                per_seed.append({"seed": seed, "value": ms.value, "bound": ms.bound, "spt_points": len(t)})
-        out.append({"model": model, "domain": domain, "setup": setup, "finetune": ft, "value": m.value,
-                    "bound": m.bound, "text": str(m), "npt_tokens": top["pretrain_tokens"], "spt_points": len(es),
-                    "per_seed": per_seed, "over_seeds": _spread([x["value"] for x in per_seed]),
-                    "bounds_over_seeds": sorted({x["bound"] for x in per_seed})})
+        base = sorted(base, key=lambda e: e["pretrain_tokens"])
+        cell = lambda r, s=setup: (r["model"], r["domain"], r["setup"], r["finetune"]) == (model, domain, s, ft)  # noqa: E731
+        refs = [_reference(base[: i + 1], es, [r for r in rows if cell(r)], [r for r in rows if cell(r, "NPT")])
+                for i in range(len(base))]
+        top = refs[-1]
+        out.append({"model": model, "domain": domain, "setup": setup, "finetune": ft,
+                    **{k: top[k] for k in ("value", "bound", "text", "npt_tokens", "per_seed", "over_seeds",
+                                           "bounds_over_seeds", "saturation", "note")},
+                    "spt_points": len(es), "references": refs[::-1]})
     return out
+
+
+def _reference(npt_curve: list[dict], spt: list[dict], spt_rows: list[dict], npt_rows: list[dict]) -> dict:
+    """The multiplier against NPT's post-FT loss at the last budget of `npt_curve`."""
+    ref = npt_curve[-1]
+    T = ref["pretrain_tokens"]
+    t_spt, how, rests_on = crossing([e["pretrain_tokens"] for e in spt], [e["post_ft_loss"]["mean"] for e in spt],
+                                    ref["post_ft_loss"]["mean"])
+    m = compute_multiplier(T, ref["post_ft_loss"]["mean"], [e["pretrain_tokens"] for e in spt],
+                           [e["post_ft_loss"]["mean"] for e in spt])
+    per_seed = []
+    for seed in sorted(set(ref["seeds"]) & {s for e in spt for s in e["seeds"]}):
+        mine = sorted((r["pretrain_tokens"], r["post_ft_loss"]) for r in spt_rows if r["seed"] == seed)
+        target = [r["post_ft_loss"] for r in npt_rows if r["seed"] == seed and r["pretrain_tokens"] == T]
+        if mine and target:
+            t, losses = zip(*mine)
+            ms = compute_multiplier(T, target[0], t, losses)
+            capped = _capped(spt_rows, crossing(t, losses, target[0])[2], seed) + _capped(npt_rows, (T,), seed)
+            per_seed.append({"seed": seed, "value": ms.value, "bound": ms.bound, "spt_points": len(t),
+                             "at_cap": capped})
+    sat = saturation([e["pretrain_tokens"] for e in npt_curve], [e["post_ft_loss"]["mean"] for e in npt_curve],
+                     ref["post_ft_loss"]["std"])
+    capped_spt, capped_npt = _capped(spt_rows, rests_on), _capped(npt_rows, (T,))
+    return {"npt_tokens": T, "npt_loss": ref["post_ft_loss"], "value": m.value, "bound": m.bound, "text": str(m),
+            "per_seed": per_seed, "over_seeds": _spread([x["value"] for x in per_seed]),
+            "bounds_over_seeds": sorted({x["bound"] for x in per_seed}), "saturation": sat,
+            "crossing_rests_on": list(rests_on), "spt_at_cap": capped_spt, "npt_at_cap": capped_npt,
+            "note": _multiplier_note(m, T, sat, capped_spt, capped_npt)}
+
+
+def _capped(rows: list[dict], tokens: tuple, seed: int | None = None) -> list[float]:
+    """The token counts among `tokens` where a finetune (of `seed`, or any seed) was still
+    improving when its data ran out."""
+    return sorted({float(r["pretrain_tokens"]) for r in rows if r.get("at_cap") and r["pretrain_tokens"] in tokens
+                   and (seed is None or r["seed"] == seed)})
+
+
+def _multiplier_note(m, T: float, sat: dict | None, spt_cap: list[float], npt_cap: list[float]) -> str:
+    """What the number means, in words, when the reference or the crossing is not solid."""
+    parts = []
+    if sat and sat["saturated"]:
+        parts.append(f"NPT's post-finetuning loss improved {sat['gain_per_doubling']:+.3g} nats per doubling from "
+                     f"{format_count(sat['from_tokens'])} to {format_count(T)} tokens, less than its seed spread "
+                     f"({sat['spread']:.2g}): the reference has saturated, so {m} says how much sooner SPT reaches "
+                     "NPT's plateau, not how many tokens SPT saves at a budget where NPT still improves")
+    elif sat and sat["saturated"] is None:
+        parts.append("one seed: whether NPT had saturated at this budget is unknown")
+    if spt_cap:
+        parts.append("the crossing rests on SPT finetunes still improving at their cap (at "
+                     f"{', '.join(format_count(t) for t in spt_cap)} tokens): their losses are upper bounds, so SPT "
+                     "may cross earlier")
+    if npt_cap:
+        parts.append("NPT's reference finetune was still improving at its cap: its loss is an upper bound")
+    return "; ".join(parts)
 
 
 def _gaps(table: list[dict], rows: list[dict]) -> list[dict]:
@@ -332,6 +463,26 @@ def format_table(report: dict) -> str:
                         "rel. gain", "forgetting"])
 
 
+def format_matched_forgetting(report: dict) -> list[str]:
+    """Forgetting with every setup at the same learning-rate ratio (each grid point's own
+    early-stopping choice), at each model/domain/finetuning's largest budget: the grid winners
+    differ in rate, and forgetting grows with it."""
+    lines = []
+    groups = defaultdict(list)
+    for e in report["table"]:
+        groups[(e["model"], e["domain"], e["finetune"])].append(e)
+    for (model, domain, ft), es in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        top = max(e["pretrain_tokens"] for e in es)
+        es = [e for e in es if e["pretrain_tokens"] == top and e.get("forgetting_by_ratio")]
+        ratios = sorted({k for e in es for k in e["forgetting_by_ratio"]}, key=float)
+        for k in ratios if len(es) > 1 else []:
+            have = [e for e in es if e["forgetting_by_ratio"].get(k)]
+            lines.append(f"forgetting at lr_ratio {k} for every setup ({model}/{domain}, {ft}, "
+                         f"{format_count(top)} tokens): " + ", ".join(
+                             f"{e['setup']} {_fmt(e['forgetting_by_ratio'][k])}" for e in have))
+    return lines
+
+
 def format_early_exposure(report: dict) -> str:
     """Paper 2's table: one row per (model, D_post -> D_ft, early exposure), mean ± std over seeds."""
     rows = [[e["model"], f"{e['post_domain']} -> {e['ft_domain']}", e["setup"], len(e["seeds"]),
@@ -342,18 +493,23 @@ def format_early_exposure(report: dict) -> str:
 
 
 def format_report(report: dict) -> str:
-    parts = [format_table(report) if report["table"] else "no finetune runs with a known parent: nothing to compare"]
+    parts = [format_table(report)] if report["table"] else [] if report.get("early_exposure") else [
+        "no finetune runs with a known parent: nothing to compare"]
     if report.get("early_exposure"):
         parts.append(format_early_exposure(report))
     parts += [describe_protocol(p) for p in report.get("finetuning", [])]
+    parts += format_matched_forgetting(report)
     for m in report["compute_multiplier"]:
-        seeds = ""
-        if len(m.get("per_seed") or []) > 1:
-            loose = [b for b in m["bounds_over_seeds"] if b != "="]
-            seeds = (f"; per seed {_fmt(m['over_seeds'])}x over {len(m['per_seed'])} seeds"
-                     + (f" (some only bounds: {', '.join(loose)})" if loose else ""))
-        parts.append(f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']}): {m['text']} "
-                     f"vs NPT at {format_count(m['npt_tokens'])} tokens ({m['spt_points']} SPT checkpoint(s)){seeds}")
+        for i, ref in enumerate(m.get("references") or [m]):
+            seeds = ""
+            if len(ref.get("per_seed") or []) > 1:
+                loose = [b for b in ref["bounds_over_seeds"] if b != "="]
+                seeds = (f"; per seed {_fmt(ref['over_seeds'])}x over {len(ref['per_seed'])} seeds"
+                         + (f" (some only bounds: {', '.join(loose)})" if loose else ""))
+            head = (f"compute multiplier {m['model']}/{m['domain']} {m['setup']} ({m['finetune']})" if i == 0 else
+                    "  and")
+            parts.append(f"{head}: {ref['text']} vs NPT at {format_count(ref['npt_tokens'])} tokens "
+                         f"({m['spt_points']} SPT checkpoint(s)){seeds}" + (f" [{ref['note']}]" if ref.get("note") else ""))
     for g in report["gap_closed"]:
         seeds = (f"; per seed {_fmt(g['over_seeds'])}% over {len(g['per_seed'])} seeds"
                  if len(g.get("per_seed") or []) > 1 else "")

@@ -7,8 +7,10 @@
     C_train(d)    = k0 - k1 * log(d + k2) - k3 * d
 
 Units are part of the model, not a detail: with a shared A_train and exponents that vary
-with d, rescaling T (tokens vs steps) changes the family itself. Here d is a fraction
-(0.02, not 2) and T is in tokens; UNITS goes into fit.json.
+with d, rescaling T changes the family itself. Here d is a fraction (0.02, not 2) and T is
+pretraining tokens divided by `token_unit`, the power of ten at or below the smallest
+checkpoint (so T is 1..100 over a study, and A_train is the train power term's value at a
+token count inside or just below the measured range); fit.json records both (UNITS).
 
 The fit follows appendix D, in three stages, all minimising squared error in nats:
 
@@ -19,12 +21,19 @@ The fit follows appendix D, in three stages, all minimising squared error in nat
    projection), so the exponents are searched on a grid and then polished.
 2. Shape checks: C_i against the log-linear C_train(d), A_i against the Gamma kernel
    A_gap(d), each reported with its residuals and degrees of freedom.
-3. The joint law: all twelve parameters from the stage 1-2 values and seeded perturbations
-   of them, L-BFGS-B, on train losses at d > 0 and test losses at every d (at d = 0 the law
-   has no gap, and stage 1 fits the test loss there, since the splits' texts can differ).
+3. The joint law: all twelve parameters, bounded, from many seeded starts
+   (mixer/analysis/joint_fit.py), on train losses at d > 0 and test losses at every fitted d.
+
+NPT (d = 0) enters stages 1-3 only when its domain test loss falls with tokens: the law's
+train term at d = 0 can only fall, so a rising NPT curve (general data that teaches nothing
+of the domain) would pin the shared exponents. Otherwise it is fitted on its own, reported
+beside the law, and `npt` says why. `warnings` lists, for a reader who reads nothing else,
+everything that makes the law less than trustworthy: no convergence, parameters at a bound,
+failed shape checks, unchecked shapes, NPT left out, a held-out curve the naive baselines
+predict better (mixer/analysis/holdout.py).
 
 `loss="huber-log"` replaces stage 3's squared error by a Huber loss on log-loss residuals
-(Chinchilla's choice; mixer's earlier default). Small studies degrade in steps: without
+(Chinchilla's choice; a robustness option). Small studies degrade in steps: without
 enough fractions the stage-1 curves are still fitted and forecast from, and `not_fitted`
 says what is missing and why. Everything here is pure: arrays in, dicts out.
 """
@@ -35,36 +44,33 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
+from mixer.analysis.joint_fit import BOUNDS, LOSSES, PARAMS, fit_joint
 from mixer.errors import UsageError
+
+__all__ = ["BOUNDS", "PARAMS", "LOSSES", "Curve", "fit_law", "law", "law_coefficients", "curve_test",
+           "onset_tokens", "token_unit"]
 
 UNITS = {
     "fraction": "fraction of pretraining tokens from the domain (0.02 means 2%; not percent)",
-    "tokens": "pretraining tokens (not steps, not billions)",
+    "tokens": "pretraining tokens divided by token_unit (T = tokens / token_unit)",
     "loss": "cross-entropy in nats per token on the domain splits",
     "log": "natural logarithm",
 }
-PARAMS = ("A_train", "b_train_s", "b_train_g", "a1", "a2", "a3", "b_gap_s", "b_gap_g", "k0", "k1", "k2", "k3")
-LOSSES = ("sse", "huber-log")
-HUBER_DELTA = 1e-3  # Chinchilla's value for residuals of log loss
 MIN_POINTS = 3  # a power law with a floor has 3 coefficients
-# The joint law's floor C(d) has 4 coefficients and its gap kernel A_gap(d) 3: the paper fits
-# 5 fractions (0-5%, 4 of them with a gap), which leaves one degree of freedom to each shape
-# check. With fewer, the shapes would pass through the points whatever they were.
-MIN_FRACTIONS, MIN_GAP_FRACTIONS = 5, 4
+# The gap kernel A_gap(d) has 3 coefficients: 4 fractions above 0 leave its shape check one
+# degree of freedom. The floor C(d) has 4: with NPT (fraction 0) in the fit, 5 fractions leave
+# its check one too; without NPT it is fitted through its 4 fractions, bounded, and said to be
+# unchecked. So the joint law needs 4 fractions above 0 with a measured gap, NPT or not.
+MIN_GAP_FRACTIONS = 4
+MIN_FRACTIONS = MIN_GAP_FRACTIONS
+STARTS = 64  # seeded starts of the joint fit
 _TRAIN_EXPONENTS = (-3.0, -1e-3)  # a train loss falls with tokens
 _GAP_EXPONENTS = (-3.0, 3.0)  # a gap may shrink or grow
-
-# Parameter vector x: PARAMS with A_train, a1 and k2 in log space. The optimiser works in
-# z = M^-1 x (see _preconditioner), where these bounds apply.
-_LOG_SCALE = {0, 3, 10}  # A_train, a1, k2
-_Z_BOUNDS = [(None, None), (-3, 0), (None, None), (None, None), (0.01, 5), (None, None),
-             (-3, 3), (None, None), (None, None), (None, None), (math.log(1e-7), math.log(10)), (None, None)]
-_Z_LO = np.array([-np.inf if lo is None else lo for lo, _ in _Z_BOUNDS])
-_Z_HI = np.array([np.inf if hi is None else hi for _, hi in _Z_BOUNDS])
-_EXP_CAP = 60.0  # e^60 ~ 1e26 nats: far beyond any loss, still finite in the gradient
-_START_SPREAD = np.array([0.3, 0.05, 0.01, 0.5, 0.2, 0.5, 0.05, 0.02, 0.05, 0.02, 1.0, 0.02])
+# NPT enters the joint fit when its test loss falls with tokens: the least-squares slope in
+# log tokens is below zero by more than this many standard errors.
+NPT_FALL_SE = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,20 @@ class Curve:
         return self.train
 
 
+def token_unit(tokens: np.ndarray | list[float]) -> float:
+    """The power of ten at or below the smallest checkpoint: the law's token unit."""
+    t = np.asarray(tokens, float)
+    t = t[np.isfinite(t) & (t > 0)]
+    return float(10.0 ** math.floor(math.log10(t.min()))) if len(t) else 1.0
+
+
 # ---- the law -----------------------------------------------------------------------------
 
 
-def law(p: dict, tokens: np.ndarray | float, d: np.ndarray | float) -> dict[str, np.ndarray]:
-    """L_train, L_gap and L_test of the joint law at tokens T and fractions d (broadcast)."""
-    T, d = np.asarray(tokens, float), np.asarray(d, float)
+def law(p: dict, tokens: np.ndarray | float, d: np.ndarray | float, unit: float = 1.0) -> dict[str, np.ndarray]:
+    """L_train, L_gap and L_test of the joint law at `tokens` (divided by `unit`, the fit's
+    token_unit) and fractions d (broadcast)."""
+    T, d = np.asarray(tokens, float) / unit, np.asarray(d, float)
     b_tr = d * p["b_train_s"] + (1 - d) * p["b_train_g"]
     b_gp = d * p["b_gap_s"] + (1 - d) * p["b_gap_g"]
     c = p["k0"] - p["k1"] * np.log(d + p["k2"]) - p["k3"] * d
@@ -100,32 +114,34 @@ def law(p: dict, tokens: np.ndarray | float, d: np.ndarray | float) -> dict[str,
     return {"train": train, "gap": gap, "test": train + gap}
 
 
-def law_coefficients(p: dict, d: float) -> dict:
-    """The law at one fraction as a per-fraction curve: A T^b + C + G T^g."""
+def law_coefficients(p: dict, d: float, unit: float = 1.0) -> dict:
+    """The law at one fraction as a per-fraction curve: A T^b + C + G T^g, T = tokens / unit."""
     return {
         "A": p["A_train"], "b": d * p["b_train_s"] + (1 - d) * p["b_train_g"],
         "C": p["k0"] - p["k1"] * math.log(d + p["k2"]) - p["k3"] * d,
         "G": p["a1"] * d ** p["a2"] * math.exp(p["a3"] * d) if d > 0 else 0.0,
-        "g": d * p["b_gap_s"] + (1 - d) * p["b_gap_g"],
+        "g": d * p["b_gap_s"] + (1 - d) * p["b_gap_g"], "unit": unit,
     }
 
 
 def curve_test(c: dict, tokens: np.ndarray | float) -> np.ndarray:
-    T = np.asarray(tokens, float)
+    """A T^b + C + G T^g at `tokens` (divided by the curve's unit)."""
+    T = np.asarray(tokens, float) / c.get("unit", 1.0)
     return c["A"] * T ** c["b"] + c["C"] + c["G"] * T ** c["g"]
 
 
 def onset_tokens(c: dict) -> float | None:
     """Tokens where d L_test / dT turns positive, for A T^b + C + G T^g; None if never.
 
-    Setting the derivative to zero gives T* = (A |b| / (G g))^(1 / (g - b)) in closed form.
+    Setting the derivative to zero gives T* = (A |b| / (G g))^(1 / (g - b)) in closed form
+    (in the curve's unit, returned in tokens).
     """
     A, b, G, g = c["A"], c["b"], c["G"], c["g"]
     if G <= 0 or g <= 0:
         return None  # the gap does not grow: the test loss falls for ever
     if A <= 0 or b >= 0:
         return 0.0  # nothing falls: overfitting from the start
-    return float(math.exp((math.log(A * -b) - math.log(G * g)) / (g - b)))
+    return float(math.exp((math.log(A * -b) - math.log(G * g)) / (g - b)) * c.get("unit", 1.0))
 
 
 # ---- stage 1: per-fraction curves, shared exponents ----------------------------------------
@@ -156,21 +172,23 @@ def _search(sse, box: tuple[float, float], two: bool, n: int) -> tuple[float, fl
     clip = lambda x: np.clip(x, *box)  # noqa: E731
     f = (lambda x: float(sse(*[np.atleast_1d(v) for v in clip(x)])[0])) if two else (
         lambda x: float(sse(np.atleast_1d(clip(x)[0]), np.atleast_1d(clip(x)[0]))[0]))
-    res = minimize(f, x0 if two else x0[:1], method="Nelder-Mead",
-                   options={"xatol": 1e-9, "fatol": 1e-16, "maxiter": 4000})
+    # Bounded simplex: an optimum on the box's edge (a curve that barely falls) ends there
+    # instead of crawling along it for thousands of steps.
+    res = minimize(f, x0 if two else x0[:1], method="Nelder-Mead", bounds=[box] * (2 if two else 1),
+                   options={"xatol": 1e-9, "fatol": 1e-16, "maxiter": 1000})
     x = clip(res.x) if res.fun <= f(x0 if two else x0[:1]) else x0
     return (float(x[0]), float(x[1])) if two else (float(x[0]), float(x[0]))
 
 
-def fit_train_stage(curves: list[Curve]) -> dict | None:
+def fit_train_stage(curves: list[Curve], unit: float = 1.0) -> dict | None:
     """Stage 1, train: A_train T^b(d_i) + C_i over all fractions with squared error, one
-    A_train, exponents linear in d. For fixed exponents C_i = mean_i(y - A u) and A is closed
+    A_train, exponents linear in d, T = tokens / unit. For fixed exponents C_i = mean_i(y - A u) and A is closed
     form over the per-fraction-centred points, so every exponent pair on the grid is exact.
     A_train < 0 (a rising curve) is not a falling power law: A = 0 and the floors are the means."""
     use = [c for c in curves if len(np.unique(c.tokens[np.isfinite(c.target())])) >= MIN_POINTS]
     if not use:
         return None
-    T = np.concatenate([c.tokens[np.isfinite(c.target())] for c in use]).astype(float)
+    T = np.concatenate([c.tokens[np.isfinite(c.target())] for c in use]).astype(float) / unit
     y = np.concatenate([c.target()[np.isfinite(c.target())] for c in use]).astype(float)
     group = np.concatenate([np.full(int(np.isfinite(c.target()).sum()), j) for j, c in enumerate(use)])
     ds = np.array([c.fraction for c in use], float)
@@ -204,17 +222,17 @@ def fit_train_stage(curves: list[Curve]) -> dict | None:
             "C": {float(d): float(c) for d, c in zip(ds, C)}, "sse": float(sse), "points": int(len(y))}
 
 
-def fit_gap_stage(curves: list[Curve]) -> dict | None:
+def fit_gap_stage(curves: list[Curve], unit: float = 1.0) -> dict | None:
     """Stage 1, gap: A_i T^b_gap(d_i) on test - train at d_i > 0 with squared error, every point
     (negative and zero gaps included), exponents linear in d, one amplitude per fraction
     (closed form for fixed exponents; any sign: a test split easier than the train sample
-    gives A_i < 0)."""
+    gives A_i < 0). T = tokens / unit."""
     use = [c for c in curves if c.fraction > 0
            and len(np.unique(c.tokens[np.isfinite(c.test - c.train)])) >= 2]
     if not use:
         return None
     gap = [c.test - c.train for c in use]
-    T = np.concatenate([c.tokens[np.isfinite(g)] for c, g in zip(use, gap)]).astype(float)
+    T = np.concatenate([c.tokens[np.isfinite(g)] for c, g in zip(use, gap)]).astype(float) / unit
     y = np.concatenate([g[np.isfinite(g)] for g in gap]).astype(float)
     group = np.concatenate([np.full(int(np.isfinite(g).sum()), j) for j, g in enumerate(gap)])
     ds = np.array([c.fraction for c in use], float)
@@ -236,12 +254,14 @@ def fit_gap_stage(curves: list[Curve]) -> dict | None:
             "A": {float(d): float(a * t_ref ** -bd) for d, a, bd in zip(ds, amp, b)}}
 
 
-def per_fraction_curves(curves: list[Curve], train: dict | None, gap: dict | None) -> list[dict]:
-    """Stage 1 as one curve per fraction, A T^b + C (+ G T^g), with its error and notes."""
+def per_fraction_curves(curves: list[Curve], train: dict | None, gap: dict | None, unit: float = 1.0) -> list[dict]:
+    """Stage 1 as one curve per fraction, A T^b + C (+ G T^g) with T = tokens / unit, with its
+    error and notes."""
     out = []
     for c in curves:
         notes = []
-        entry = {"fraction": c.fraction, "points": int(len(c.tokens)), "train": None, "gap": None, "notes": notes}
+        entry = {"fraction": c.fraction, "points": int(len(c.tokens)), "token_unit": unit, "train": None, "gap": None,
+                 "notes": notes}
         if train is None or c.fraction not in train["C"]:
             n = len(np.unique(c.tokens[np.isfinite(c.target())]))
             notes.append(f"domain loss at {n} distinct token count(s); a power law with a floor needs {MIN_POINTS}")
@@ -250,7 +270,7 @@ def per_fraction_curves(curves: list[Curve], train: dict | None, gap: dict | Non
         b = c.fraction * train["b_train_s"] + (1 - c.fraction) * train["b_train_g"]
         y = c.target()
         ok = np.isfinite(y)
-        fitted = train["A_train"] * c.tokens[ok] ** b + train["C"][c.fraction]
+        fitted = train["A_train"] * (c.tokens[ok] / unit) ** b + train["C"][c.fraction]
         entry["train"] = {"A": train["A_train"], "b": b, "C": train["C"][c.fraction], "flat": train["flat"],
                           "mean_abs_rel_error_pct": _mare(fitted, y[ok])}
         if y is c.test and c.fraction > 0:
@@ -275,15 +295,17 @@ def fraction_coefficients(pf: dict) -> dict | None:
     if pf["train"] is None:
         return None
     gap = pf["gap"] or {"G": 0.0, "g": 0.0}
-    return {"A": pf["train"]["A"], "b": pf["train"]["b"], "C": pf["train"]["C"], "G": gap["G"], "g": gap["g"]}
+    return {"A": pf["train"]["A"], "b": pf["train"]["b"], "C": pf["train"]["C"], "G": gap["G"], "g": gap["g"],
+            "unit": pf.get("token_unit", 1.0)}
 
 
 # ---- stage 2: shape checks --------------------------------------------------------------------
 
 
 def floor_shape(C: dict[float, float]) -> dict:
-    """C_i against k0 - k1 log(d + k2) - k3 d: for each k2 (log grid, then polished) the rest is
-    linear least squares. Residuals in nats; dof = fractions - 4 (0 or less: no check)."""
+    """C_i against k0 - k1 log(d + k2) - k3 d: for each k2 (log grid over the joint law's range
+    for k2, then polished) the rest is linear least squares. Residuals in nats; dof = fractions
+    - 4 (0 or less: no check)."""
     d = np.array(sorted(C), float)
     c = np.array([C[x] for x in d])
 
@@ -292,11 +314,9 @@ def floor_shape(C: dict[float, float]) -> dict:
         k, *_ = np.linalg.lstsq(M, c, rcond=None)
         return float(((M @ k - c) ** 2).sum()), k
 
-    grid = np.linspace(math.log(1e-7), math.log(10), 160)
+    grid = np.linspace(math.log(BOUNDS["k2"][0]), math.log(BOUNDS["k2"][1]), 160)
     i = int(np.argmin([best_k(x)[0] for x in grid]))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    from scipy.optimize import minimize_scalar
-
     res = minimize_scalar(lambda x: best_k(x)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
     lk2 = float(res.x) if res.fun <= best_k(grid[i])[0] else float(grid[i])
     _, (k0, k1, k3) = best_k(lk2)
@@ -344,66 +364,59 @@ def _shape(form: str, params: dict, d: np.ndarray, obs: np.ndarray, fitted: np.n
 # ---- stage 3: the joint law --------------------------------------------------------------------
 
 
-def joint_blockers(curves: list[Curve], train: dict | None, gap: dict | None) -> list[str]:
+def npt_decision(curve: Curve) -> dict:
+    """Does NPT's domain test loss fall with tokens, as the law's train term at d = 0 must? The
+    least-squares slope of the test loss in log tokens, per doubling, with its standard error:
+    NPT enters the joint fit when the slope is below zero by more than NPT_FALL_SE errors."""
+    ok = np.isfinite(curve.test) & (curve.tokens > 0)
+    x, y = np.log(curve.tokens[ok]), curve.test[ok]
+    out: dict = {"fraction": 0.0, "enters": False, "points": int(ok.sum()), "slope_per_doubling": None,
+                 "slope_se": None, "first": None, "last": None}
+    if len(np.unique(x)) < MIN_POINTS:
+        out["why"] = (f"NPT's domain test loss at {len(np.unique(x))} token count(s): too few to tell whether it "
+                      "falls; left out of the joint law")
+        return out
+    slope, icpt = np.polyfit(x, y, 1)
+    resid = y - (slope * x + icpt)
+    se = math.sqrt(float(resid @ resid) / max(len(x) - 2, 1) / float(((x - x.mean()) ** 2).sum()))
+    first, last = (float(y[x == v].mean()) for v in (x.min(), x.max()))
+    per = math.log(2)
+    out.update(slope_per_doubling=float(slope * per), slope_se=float(se * per), first=first, last=last)
+    out["enters"] = bool(slope + NPT_FALL_SE * se < 0)
+    trend = f"{first:.4g} -> {last:.4g} nats, {slope * per:+.3g} ± {se * per:.2g} per doubling of tokens"
+    out["why"] = (f"NPT's domain test loss falls with tokens ({trend}): fitted with the law" if out["enters"] else
+                  f"NPT's domain test loss does not fall with tokens ({trend}): the law's train term at d = 0 "
+                  "can only fall, so NPT would pin the shared exponents; left out of the joint law and "
+                  "reported on its own")
+    return out
+
+
+def joint_blockers(train: dict | None, gap: dict | None) -> list[str]:
     """Why the joint law cannot be fitted from these stage-1 fits (empty: it can)."""
-    fitted = len(train["C"]) if train else 0
     with_gap = len(gap["A"]) if gap else 0
-    why = []
-    if fitted < MIN_FRACTIONS:
-        why.append(f"{fitted} fraction(s) with a fitted curve; the floor C(d) has 4 coefficients and the paper fits "
-                   f"{MIN_FRACTIONS} fractions so that its shape can be checked: needs >= {MIN_FRACTIONS}")
-    if with_gap < MIN_GAP_FRACTIONS:
-        why.append(f"{with_gap} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has 3 "
-                   f"coefficients: needs >= {MIN_GAP_FRACTIONS}")
-    return why
+    if train is None or with_gap < MIN_GAP_FRACTIONS:
+        return [f"{with_gap} fraction(s) > 0 with a fitted train-test gap; the gap kernel A_gap(d) has 3 "
+                f"coefficients and its shape check needs a spare fraction: needs >= {MIN_GAP_FRACTIONS}"]
+    return []
 
 
 def initial_params(train: dict, gap: dict, floor: dict, kernel: dict) -> dict:
-    """The joint fit's start: stage 1's exponents and A_train, stage 2's floor and kernel."""
+    """One start of the joint fit: stage 1's exponents and A_train, stage 2's floor and kernel
+    (clipped into the law's bounds by the joint fit)."""
     k = floor["params"]
     a = kernel["params"]
     if a["a1"] is None:  # the kernel could not be fitted (amplitudes <= 0): a small gap growing like d
         positive = [v for v in gap["A"].values() if v > 0]
-        a = {"a1": max(positive) if positive else 1e-12, "a2": 1.0, "a3": 0.0}
-    return {"A_train": max(train["A_train"], 1e-30), "b_train_s": min(train["b_train_s"], -1e-3),
-            "b_train_g": min(train["b_train_g"], -1e-3), "a1": a["a1"], "a2": float(np.clip(a["a2"], 0.05, 4.9)),
-            "a3": a["a3"], "b_gap_s": gap["b_gap_s"], "b_gap_g": gap["b_gap_g"], **k}
+        a = {"a1": max(positive) if positive else 1e-6, "a2": 1.0, "a3": 0.0}
+    return {"A_train": max(train["A_train"], 1e-6), "b_train_s": min(train["b_train_s"], -1e-3),
+            "b_train_g": min(train["b_train_g"], -1e-3), "a1": a["a1"], "a2": a["a2"], "a3": a["a3"],
+            "b_gap_s": gap["b_gap_s"], "b_gap_g": gap["b_gap_g"], **k}
 
 
-def fit_joint(curves: list[Curve], start: dict, starts: int = 8, seed: int = 0, loss: str = "sse") -> dict:
-    """All twelve parameters by L-BFGS-B from `start` and seeded perturbations of it; the lowest
-    objective wins. Points: train losses at d > 0, test losses at every d."""
-    if loss not in LOSSES:
-        raise UsageError(f"--loss {loss!r}: expected one of {', '.join(LOSSES)}")
-    T = np.concatenate([c.tokens for c in curves]).astype(float)
-    d = np.concatenate([np.full(len(c.tokens), c.fraction) for c in curves])
-    y_tr = np.concatenate([c.train if c.fraction > 0 else np.full(len(c.tokens), np.nan) for c in curves])
-    y_te = np.concatenate([c.test for c in curves])
-    obj = _objective(T, d, y_tr, y_te, loss)
-    M = _preconditioner(np.log(T).mean(), d)
-
-    def obj_z(z: np.ndarray) -> tuple[float, np.ndarray]:
-        v, g = obj(M @ z)
-        return v, M.T @ g
-
-    z0 = np.linalg.solve(M, _to_vector(start))
-    rng = np.random.default_rng(seed)
-    grid = [z0] + [z0 + rng.normal(0, 1, len(z0)) * _START_SPREAD for _ in range(starts - 1)]
-    # Every start runs a short L-BFGS; only the best is run to convergence.
-    run = lambda z, n: minimize(obj_z, np.clip(z, _Z_LO, _Z_HI), jac=True, method="L-BFGS-B",  # noqa: E731
-                                bounds=_Z_BOUNDS, options={"maxiter": n, "ftol": 1e-15, "gtol": 1e-12})
-    tries = [run(z, 300) for z in grid]
-    best = run(min(tries, key=lambda r: r.fun).x, 5000)
-    return {"params": _from_vector(M @ best.x), "objective": float(best.fun), "loss": loss,
-            "converged": bool(best.success), "starts": len(grid),
-            "evaluations": int(sum(r.nfev for r in tries) + best.nfev),
-            "points": int(np.isfinite(y_tr).sum() + np.isfinite(y_te).sum())}
-
-
-def curve_errors(p: dict, c: Curve, points: bool = False) -> dict:
+def curve_errors(p: dict, c: Curve, unit: float = 1.0, points: bool = False) -> dict:
     """Mean and max absolute relative error (%) of the law on one curve; with `points`, every
     checkpoint's observed and predicted losses too (a held-out curve is judged over all of it)."""
-    pred = law(p, c.tokens, c.fraction)
+    pred = law(p, c.tokens, c.fraction, unit)
     out: dict = {"fraction": c.fraction}
     for key in ("train", "test"):
         y = getattr(c, key)
@@ -419,32 +432,17 @@ def curve_errors(p: dict, c: Curve, points: bool = False) -> dict:
     return out
 
 
-def holdout_onset(p: dict, c: Curve) -> dict:
-    """Onset of overfitting (tokens where the test loss stops falling) on a held-out curve: observed,
-    the checkpoint with the lowest measured test loss unless it is the last one (then none seen
-    yet); predicted, the minimum of the law's test loss on a fine grid up to 10x the curve's last
-    checkpoint (none if it still falls there). Checkpoints are coarse, so the observed onset is
-    known to within one checkpoint interval."""
-    ok = np.isfinite(c.test)
-    T, y = c.tokens[ok], c.test[ok]
-    observed = None
-    if len(y) > 1 and int(np.argmin(y)) < len(y) - 1:
-        observed = float(T[int(np.argmin(y))])
-    grid = np.geomspace(float(T.min()), 10 * float(T.max()), 2000)
-    pred = law(p, grid, c.fraction)["test"]
-    i = int(np.argmin(pred))
-    predicted = None if i == len(grid) - 1 else float(grid[i])
-    return {"observed_tokens": observed, "predicted_tokens": predicted, "last_checkpoint_tokens": float(T.max())}
-
-
 def law_checks(p: dict) -> list[dict]:
-    """The sign and size constraints the paper's fits showed; a failure is a warning, not an error."""
+    """The sign and shape constraints the paper's fits showed; a failure is a warning, not an error."""
     b_gap_10 = 0.1 * p["b_gap_s"] + 0.9 * p["b_gap_g"]
+    peak = (f"peaks at d = {p['a2'] / -p['a3']:.3g}" if p["a3"] < 0 else
+            f"has no peak (a3 = {p['a3']:.3g}): it grows with d for ever")
     return [
         {"check": "b_train_g < 0 and b_train_s < 0", "ok": p["b_train_g"] < 0 and p["b_train_s"] < 0},
         {"check": "|b_train_g| < |b_train_s|", "ok": abs(p["b_train_g"]) < abs(p["b_train_s"])},
         {"check": "b_gap_g < 0 < b_gap_s", "ok": p["b_gap_g"] < 0 < p["b_gap_s"]},
         {"check": f"b_gap(0.10) = {b_gap_10:.3g} < 1 (sublinear overfitting)", "ok": b_gap_10 < 1},
+        {"check": f"a3 < 0: the gap kernel A_gap(d) {peak}", "ok": p["a3"] < 0},
     ]
 
 
@@ -456,39 +454,52 @@ def _is(d: float, f: float | None) -> bool:
 
 
 def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray]] | None = None,
-            holdout: float | None = None, starts: int = 8, seed: int = 0, loss: str = "sse") -> dict:
+            holdout: float | None = None, starts: int = STARTS, seed: int = 0, loss: str = "sse") -> dict:
     """Stage 1 (per-fraction curves, shared exponents), stage 2 (shape checks), stage 3 (the
-    joint law) when the data allow it, then finetuning gains.
+    joint law) when the data allow it, then finetuning gains and the warnings.
 
     `holdout` leaves one measured fraction out of stages 1-3 for the law and reports how well
-    the law predicts its whole curve (the paper fits 0-5% and predicts 10%); the per-fraction
-    curves reported still include it. `not_fitted` says what could not be fitted and why.
+    the law, and two naive baselines, predict its whole curve (the paper fits 0-5% and predicts
+    10%); the per-fraction curves reported still include it. `not_fitted` says what could not
+    be fitted and why.
     """
+    from mixer.analysis.holdout import holdout_report
+    from mixer.analysis.diagnostics import fit_warnings
+
     if loss not in LOSSES:
         raise UsageError(f"--loss {loss!r}: expected one of {', '.join(LOSSES)}")
     curves = sorted(curves, key=lambda c: c.fraction)
     if holdout is not None and not any(_is(c.fraction, holdout) for c in curves):
         have = ", ".join(f"{c.fraction:g}" for c in curves)
         raise UsageError(f"--holdout {holdout:g}: no pretraining runs at that fraction (fractions: {have})")
-    train_all, gap_all = fit_train_stage(curves), fit_gap_stage(curves)
-    per_fraction = per_fraction_curves(curves, train_all, gap_all)
-    out: dict = {"units": UNITS, "loss": loss, "law": None, "not_fitted": [], "holdout": None, "checks": [],
-                 "shape_checks": [], "stage1": None, "per_fraction": per_fraction, "finetune_gain": []}
-    law_curves = [c for c in curves if not _is(c.fraction, holdout)]
-    train, gap = (train_all, gap_all) if holdout is None else (fit_train_stage(law_curves), fit_gap_stage(law_curves))
+    unit = token_unit(np.concatenate([c.tokens for c in curves])) if curves else 1.0
+    npt_curve = next((c for c in curves if c.fraction == 0), None)
+    npt = npt_decision(npt_curve) if npt_curve is not None else None
+    eligible = [c for c in curves if c.fraction > 0 or (npt and npt["enters"])]
+    # Per-fraction curves: the law's fractions together (shared exponents), NPT on its own when it is out.
+    train_all, gap_all = fit_train_stage(eligible, unit), fit_gap_stage(eligible, unit)
+    per_fraction = per_fraction_curves(eligible, train_all, gap_all, unit)
+    if npt is not None and not npt["enters"]:
+        per_fraction = per_fraction_curves([npt_curve], fit_train_stage([npt_curve], unit), None, unit) + per_fraction
+    out: dict = {"units": UNITS | {"token_unit": unit}, "loss": loss, "law": None, "not_fitted": [], "holdout": None,
+                 "npt": npt, "checks": [], "shape_checks": [], "stage1": None, "per_fraction": per_fraction,
+                 "finetune_gain": [], "bounds": {k: [lo, hi] for k, (lo, hi, _) in BOUNDS.items()}}
+    law_curves = [c for c in eligible if not _is(c.fraction, holdout)]
+    train, gap = ((train_all, gap_all) if holdout is None else
+                  (fit_train_stage(law_curves, unit), fit_gap_stage(law_curves, unit)))
     out["stage1"] = {"train": train, "gap": gap, "fractions": [c.fraction for c in law_curves]}
     floor = floor_shape(train["C"]) if train and len(train["C"]) >= 2 else None
     kernel = gap_shape(gap["A"]) if gap else None
     out["shape_checks"] = [s for s in (floor, kernel) if s is not None]
-    blockers = joint_blockers(law_curves, train, gap)
+    blockers = joint_blockers(train, gap)
     held = f" (with fraction {holdout:g} held out)" if holdout is not None else ""
     if blockers:
         out["not_fitted"].append({"what": "joint law", "why": "; ".join(blockers) + held})
     else:
         use = [c for c in law_curves if c.fraction in train["C"]]
-        joint = fit_joint(use, initial_params(train, gap, floor, kernel), starts=starts, seed=seed, loss=loss)
+        joint = fit_joint(use, unit, initial_params(train, gap, floor, kernel), starts=starts, seed=seed, loss=loss)
         joint["fractions"] = sorted(train["C"])
-        joint["errors"] = [curve_errors(joint["params"], c) for c in curves]
+        joint["errors"] = [curve_errors(joint["params"], c, unit) for c in eligible]
         if not all(math.isfinite(v) for v in joint["params"].values()) or not math.isfinite(joint["objective"]):
             out["not_fitted"].append({"what": "joint law", "why": "the optimiser found no finite parameters"})
             joint = None
@@ -496,8 +507,8 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
         out["checks"] = law_checks(joint["params"]) if joint else []
         if joint and holdout is not None:
             c = next(c for c in curves if _is(c.fraction, holdout))
-            out["holdout"] = (curve_errors(joint["params"], c, points=True)
-                              | {"points": int(np.isfinite(c.test).sum()), "onset": holdout_onset(joint["params"], c)})
+            pf = next((p for p in per_fraction if _is(p["fraction"], holdout)), None)
+            out["holdout"] = holdout_report(joint["params"], unit, c, use, pf)
     for p in per_fraction:
         if p["train"] is None:
             out["not_fitted"].append({"what": f"curve at fraction {p['fraction']:g}", "why": "; ".join(p["notes"])})
@@ -506,6 +517,7 @@ def fit_law(curves: list[Curve], gains: dict[float, tuple[np.ndarray, np.ndarray
     if not gains:
         out["not_fitted"].append({"what": "finetuning gain",
                                   "why": "no finetune runs whose pretraining parent is among the runs"})
+    out["warnings"] = fit_warnings(out)
     return out
 
 
@@ -537,82 +549,6 @@ def gain_at(g: dict, tokens: np.ndarray | float) -> np.ndarray:
 
 
 # ---- internals ---------------------------------------------------------------------------
-
-
-def _huber(r: np.ndarray, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
-    a = np.abs(r)
-    quad = a <= delta
-    return np.where(quad, 0.5 * r * r, delta * (a - 0.5 * delta)), np.where(quad, r, delta * np.sign(r))
-
-
-def _objective(T: np.ndarray, d: np.ndarray, y_tr: np.ndarray, y_te: np.ndarray, loss: str = "sse"):
-    """Squared error in nats (appendix D), or Huber(log pred - log obs), summed over the
-    measured train and test points, with its exact gradient."""
-    lt, pos = np.log(T), d > 0
-    logd = np.log(np.where(pos, d, 1.0))
-    m_tr, m_te = np.isfinite(y_tr), np.isfinite(y_te)
-    o_tr, o_te = np.where(m_tr, y_tr, 1.0), np.where(m_te, y_te, 1.0)
-    sse = loss == "sse"
-
-    def score(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-point loss and its derivative in the prediction."""
-        if sse:
-            r = pred - obs
-            return 0.5 * r * r, r
-        p = np.maximum(pred, 1e-12)
-        h, dh = _huber(np.log(p) - np.log(obs))
-        return h, dh / p
-
-    def f(x: np.ndarray) -> tuple[float, np.ndarray]:
-        logA, bts, btg, la1, a2, a3, bgs, bgg, k0, k1, lk2, k3 = x
-        k2 = math.exp(lk2)
-        # Exponents are capped so a wild line-search step gives a huge finite loss, not inf/NaN.
-        P = np.exp(np.minimum(logA + (d * bts + (1 - d) * btg) * lt, _EXP_CAP))
-        G = np.where(pos, np.exp(np.minimum(la1 + a2 * logd + a3 * d + (d * bgs + (1 - d) * bgg) * lt, _EXP_CAP)), 0.0)
-        tr = P + k0 - k1 * np.log(d + k2) - k3 * d
-        te = tr + G
-        h_tr, g_tr = score(tr, o_tr)
-        h_te, g_te = score(te, o_te)
-        w_tr = np.where(m_tr, g_tr, 0.0)
-        w_te = np.where(m_te, g_te, 0.0)
-        w = w_tr + w_te  # L_test contains L_train: its parameters get both
-        grad = np.array([
-            (w * P).sum(), (w * P * lt * d).sum(), (w * P * lt * (1 - d)).sum(),
-            (w_te * G).sum(), (w_te * G * logd).sum(), (w_te * G * d).sum(),
-            (w_te * G * lt * d).sum(), (w_te * G * lt * (1 - d)).sum(),
-            w.sum(), -(w * np.log(d + k2)).sum(), -(w * k1 * k2 / (d + k2)).sum(), -(w * d).sum(),
-        ])
-        return float(h_tr[m_tr].sum() + h_te[m_te].sum()), grad
-
-    return f
-
-
-def _preconditioner(lt_ref: float, d: np.ndarray) -> np.ndarray:
-    """x = M z. In x, log A and b are nearly collinear (T^b with log T ~ 20-26) and the
-    d-slopes act only through d <= 0.1, so L-BFGS crawls. z holds each power law's value at
-    the reference tokens (and, for the gap, the reference fraction), the exponents at d = 0,
-    and the slopes times a reference fraction: all O(1) and far less correlated.
-    z = [log A', b_train_g, db_train, log a1', a2, a3', b_gap_g, db_gap, k0, k1, log k2, k3']."""
-    d_ref = float(d.max()) if d.max() > 0 else 1.0
-    ld_ref = float(np.log(d[d > 0]).mean()) if (d > 0).any() else 0.0
-    M = np.eye(12)
-    M[0, 1] = -lt_ref                                   # log A = log A' - b_train_g * log T_ref
-    M[1, 2] = 1 / d_ref                                  # b_train_s = b_train_g + db_train / d_ref
-    M[2, 2], M[2, 1] = 0, 1                              # b_train_g
-    M[3, 6], M[3, 4] = -lt_ref, -ld_ref                  # log a1 = log a1' - b_gap_g log T_ref - a2 log d_ref
-    M[5, 5] = 1 / d_ref                                  # a3 = a3' / d_ref
-    M[6, 6], M[6, 7] = 1, 1 / d_ref                      # b_gap_s = b_gap_g + db_gap / d_ref
-    M[7, 7], M[7, 6] = 0, 1                              # b_gap_g
-    M[11, 11] = 1 / d_ref                                # k3 = k3' / d_ref
-    return M
-
-
-def _to_vector(p: dict) -> np.ndarray:
-    return np.array([math.log(max(p[k], 1e-300)) if i in _LOG_SCALE else p[k] for i, k in enumerate(PARAMS)])
-
-
-def _from_vector(x: np.ndarray) -> dict:
-    return {k: float(math.exp(x[i]) if i in _LOG_SCALE else x[i]) for i, k in enumerate(PARAMS)}
 
 
 def _mare(pred: np.ndarray, y: np.ndarray) -> float:

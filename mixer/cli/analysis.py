@@ -43,11 +43,14 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
 @click.option("--loss", type=click.Choice(["sse", "huber-log"]), default="sse", show_default=True,
               help="Joint fit objective: squared error in nats (the paper's, appendix D) or Huber on log-loss "
                    "residuals (Chinchilla's).")
+@click.option("--starts", type=int, default=64, show_default=True,
+              help="Seeded starts of the joint fit; the lowest objective wins.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the joint fit's starts.")
 @click.option("--model", default=None, help="Model preset to fit when the runs hold several.")
 @click.option("--domain", default=None, help="Domain to fit when the runs hold several.")
 @json_option
-def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, model: str | None,
-        domain: str | None, as_json: bool) -> None:
+def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, starts: int, seed: int,
+        model: str | None, domain: str | None, as_json: bool) -> None:
     """Fit the overfitting scaling law (and the finetuning gain) to the pretraining and
     finetune RUNS of one model and domain, as appendix D of the paper: per-fraction curves
     with shared exponents, the floor and gap-kernel shape checks with their residuals, then

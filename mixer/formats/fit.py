@@ -7,7 +7,9 @@ from pathlib import Path
 from mixer.formats.atomic import read_json
 from mixer.errors import MixerError
 
-FIT_FORMAT = "mixer-fit/1"
+FIT_FORMAT = "mixer-fit/2"
+# mixer-fit/1 had no units.token_unit: its law is in raw tokens (a token unit of 1).
+READABLE = (FIT_FORMAT, "mixer-fit/1")
 
 
 def load_fit(path: str | Path) -> dict:
@@ -16,7 +18,8 @@ def load_fit(path: str | Path) -> dict:
     if not f.is_file():
         raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
     fit = read_json(f)
-    if not isinstance(fit, dict) or fit.get("format") != FIT_FORMAT:
+    if not isinstance(fit, dict) or fit.get("format") not in READABLE:
         got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
         raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")
+    fit.setdefault("units", {}).setdefault("token_unit", 1.0)
     return fit

@@ -10,8 +10,15 @@ domain test and general validation losses are the first of those the chain has. 
 validation split and the domain train sample, whose loss's difference from the test loss is
 the law's train-test gap, are the sample sets the mixes hold (mixer.formats.sample_sets):
 fixed when the mix was built, the same documents for every run of a study, NPT included,
-and for SPT runs documents they trained on. Each row records which train sample it used.
-Nothing here reads a token store: a run needs its mixes alone.
+and for SPT runs documents they trained on. The train sample scores pretraining runs only
+(the gap is a pretraining curve). Each row records which train sample it used. Nothing here
+reads a token store: a run needs its mixes alone.
+
+A finetune (or replay) also scores the checkpoint it started from, as its row `start`
+(step 0, tokens 0), on the same samples as its own checkpoints: early stopping's choice
+then includes not finetuning at all, so the chosen model is never worse than its start on
+the split it is chosen on (paper 1's dL >= 0), and before/after comparisons (forgetting,
+the finetuning gain) are on identical samples.
 
 Idempotent: checkpoints already in RUN/evals.jsonl are skipped; each new row is appended
 as soon as it is computed, so an interrupted eval resumes where it stopped.
@@ -74,11 +81,11 @@ def chain_train_sample(chain: list[MixFiles]) -> SampleSet | None:
     return next((s for s in same if s.record.get("drawn_from") == "subset"), same[0])
 
 
-def eval_sets(run_dir: Path, max_samples: int | None) -> EvalSets:
+def eval_sets(run_dir: Path, max_samples: int | None, with_train: bool = True) -> EvalSets:
     """Every held-out set of the run's chain of mixes (a three-stage run is scored on the new
     task's test set, the post-training domain's and the general validation set alike), which
     of them are the run's domain test and general validation sets, and the domain train
-    sample and validation split the mixes hold."""
+    sample (unless not `with_train`) and validation split the mixes hold."""
     chain = mix_chain(run_dir)
     named: dict[str, np.ndarray] = {}
     for mix in chain:
@@ -88,7 +95,7 @@ def eval_sets(run_dir: Path, max_samples: int | None) -> EvalSets:
     def first(role: str) -> str | None:
         return next((n for n in (m.eval_name(role) for m in chain) if n), None)
 
-    train = chain_train_sample(chain)
+    train = chain_train_sample(chain) if with_train else None
     val = next((v for v in (sample_set(m, SELECTION) for m in chain) if v is not None), None)
     notes = []
     if chain[0].source("domain") is not None and not has_sample_sets(chain[0]):
@@ -129,6 +136,19 @@ def eval_targets(run: Path) -> list[Path]:
     return [Path(run)]
 
 
+START = "start"  # the evals.jsonl row of the checkpoint a finetune started from
+
+
+def start_checkpoint(run_dir: Path, meta: dict) -> Path | None:
+    """The checkpoint a finetune or replay started from (run.json `parent_checkpoint`, relative
+    to the run when relative); None for a pretraining run or when it is gone."""
+    if meta.get("kind") == "pretrain" or not meta.get("parent_checkpoint"):
+        return None
+    ckpt = Path(meta["parent_checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else Path(run_dir) / ckpt
+    return ckpt if ckpt.is_dir() else None
+
+
 def evaluate_run(run_dir: Path, max_samples: int | None = None, device: str | None = None,
                  threads: int | None = None, progress=None) -> list[Eval]:
     """Evaluate the checkpoints not yet in RUN/evals.jsonl; all evaluations, in training order.
@@ -142,9 +162,15 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, device: str | No
     rows = read_evals(run_dir)
     done = {r.checkpoint for r in rows}
     todo = [c for c in ckpts if c.name not in done]
+    meta = read_run_meta(run_dir)
+    start = start_checkpoint(run_dir, meta) if START not in done else None
+    if start is not None:
+        todo.insert(0, start)
     if not todo:
         return rows
-    sets = eval_sets(run_dir, max_samples)
+    # The domain train loss is the law's train-test gap, a pretraining curve; a finetune trains on
+    # that split itself and is not scored on the sample (it was ~40% of a finetune's evaluation).
+    sets = eval_sets(run_dir, max_samples, with_train=meta.get("kind") == "pretrain")
     earlier = {r.domain_train_sample for r in rows if r.domain_train_loss is not None}
     if earlier and earlier != {sets.train_sample}:
         raise MixerError(f"{run_dir / 'evals.jsonl'}: earlier checkpoints' domain train loss is on another sample "
@@ -157,7 +183,9 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, device: str | No
     by_step = {r.step: r for r in rows}
     for ckpt in todo:
         model = trainer.load_for_eval(run_dir, ckpt, device, threads)
-        same = by_step.get(model.step)  # `final` after a saved last step is the same model: copy, do not recompute
+        is_start = ckpt is start
+        # `final` after a saved last step is the same model: copy, do not recompute
+        same = None if is_start else by_step.get(model.step)
         score = lambda x: None if x is None or not len(x) else round(float(model.loss(np.asarray(x))), 6)  # noqa: E731
         if same is not None:
             heldout = dict(same.heldout or {})
@@ -165,16 +193,18 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, device: str | No
         else:
             heldout = {name: score(x) for name, x in sets.named.items()}
             losses = {"domain_train_loss": score(sets.domain_train), "domain_val_loss": score(sets.domain_val)}
-        tokens = model.step * tokens_per_step
-        logged = table.get(tokens) or {}
-        row = Eval(checkpoint=ckpt.name, step=model.step, tokens=tokens,
+        step = 0 if is_start else model.step
+        tokens = step * tokens_per_step
+        logged = {} if is_start else table.get(tokens) or {}
+        row = Eval(checkpoint=START if is_start else ckpt.name, step=step, tokens=tokens,
                    domain_test_loss=heldout.get(sets.domain_test) if sets.domain_test else None,
                    general_val_loss=heldout.get(sets.general_val) if sets.general_val else None, **losses,
                    train_loss=logged.get("train_loss"), lr=logged.get("lr"),
                    domain_train_sample=sets.train_sample if losses["domain_train_loss"] is not None else None,
                    heldout=heldout or None)
         append_eval(run_dir, row)
-        by_step.setdefault(model.step, row)
+        if not is_start:
+            by_step.setdefault(model.step, row)
         if progress:
             progress(row)
     return read_evals(run_dir)

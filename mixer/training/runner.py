@@ -22,7 +22,7 @@ from mixer.formats.atomic import write_json
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
-from mixer.training.evaluate import evaluate_run
+from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
 from mixer.training.schedules import DEFAULT_HORIZON, PAPER_LR_RATIOS, lr_at, run_lr
 from mixer.training.throughput import breakdown, throughput
@@ -228,6 +228,12 @@ def _parent_checkpoint(trainer: Trainer, parent: Path, name: str | None, pmeta: 
             name = best["checkpoint"]
         else:
             return have[-1].resolve()
+    if name == START:  # the finetune parent's winner is the model it started from (it never improved on it)
+        start = start_checkpoint(parent, pmeta or read_run_meta(parent))
+        if start is None:
+            raise MixerError(f"{parent / 'run.json'}: its chosen checkpoint is the one it started from, "
+                             f"{(pmeta or {}).get('parent_checkpoint')}, which is gone")
+        return start.resolve()
     for c in have:
         if c.name == name:
             return c.resolve()

@@ -186,7 +186,7 @@ def test_load_fit_names_the_file(tmp_path):
     with pytest.raises(MixerError, match="fit.json: not valid JSON"):
         load_fit(tmp_path / "fit.json")
     (tmp_path / "fit.json").write_text('{"format": "mixer-report/1"}')
-    with pytest.raises(MixerError, match="not a mixer-fit/1 file"):
+    with pytest.raises(MixerError, match="not a mixer-fit/2 file"):
         load_fit(tmp_path / "fit.json")
     (tmp_path / "fit.json").write_text('{"format": "mixer-fit/1", "law": null}')
     assert load_fit(tmp_path / "fit.json")["law"] is None

@@ -87,6 +87,10 @@ def test_finetune_lowers_the_domain_test_loss_and_records_its_start(study):
     config = (runs / "ft" / "config.yaml").read_text()
     assert str(runs / "spt" / "converted" / "final") in config
     rows = evals(runs / "ft")
+    # its start (the parent's final checkpoint) is row 0, scored on the finetune's own samples: the
+    # parent's general validation loss there, the same weights
+    assert rows[0]["checkpoint"] == "start" and rows[0]["tokens"] == rows[0]["step"] == 0
+    assert rows[0]["general_val_loss"] == pytest.approx(pre_final["general_val_loss"], abs=1e-6)
     chosen = min(rows, key=lambda r: r["domain_val_loss"])  # early stopping on the domain validation split
     assert meta["select_on"] == "val" and meta["best"]["checkpoint"] == chosen["checkpoint"]
     assert meta["best"]["domain_test_loss"] == chosen["domain_test_loss"] < pre_final["domain_test_loss"] - 0.1
@@ -129,7 +133,8 @@ def test_eval_is_idempotent_and_parses_litgpt_metrics(study, capsys):
     assert code == 0 and (run / "evals.jsonl").read_text() == before
     assert "domain test" in out
     rows = evals(run)
-    assert all(r["train_loss"] is not None and r["lr"] is not None for r in rows)
+    assert rows[0]["checkpoint"] == "start" and rows[0]["train_loss"] is None  # nothing trained at step 0
+    assert all(r["train_loss"] is not None and r["lr"] is not None for r in rows[1:])
     assert "learning_rate" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
