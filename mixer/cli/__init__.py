@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MIXER_DEBUG") == "1"
     as_json = "--json" in argv
-    from mixer.cli.common import EMITTED
+    from mixer.cli.common import ARGV, EMITTED
 
     EMITTED["json"] = False
+    ARGV[:] = argv  # `mixer train --sbatch` writes this same command into its job script
     if debug:  # worker processes read it too (mixer.lifetime)
         os.environ["MIXER_DEBUG"] = "1"
     try:

@@ -29,6 +29,7 @@ def resolve_stores(stores: Path | None) -> Path:
     return stores if stores is not None else default_stores()
 
 
+ARGV: list[str] = []  # the command line after `mixer`, as main() received it
 EMITTED = {"json": False}  # a command printed its JSON result: an error after it adds no second document
 
 

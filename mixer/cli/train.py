@@ -3,6 +3,8 @@ mixer.training, which reaches the trainer (`--trainer`, default litgpt) through 
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 import click
@@ -18,7 +20,77 @@ def _count(text: str | None, what: str) -> int | None:
     return None if text is None else parse_count(text, what)
 
 
+# Flags of --sbatch itself: left out of the command the job script runs.
+_SBATCH_FLAGS = {"--sbatch": False, "--partition": True, "--account": True, "--qos": True, "--time": True,
+                 "--sbatch-arg": True}
+
+
+def _job_argv(argv: list[str]) -> list[str]:
+    """The command line without --sbatch and its Slurm flags (`--flag value` or `--flag=value`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in _SBATCH_FLAGS:
+            skip = _SBATCH_FLAGS[name] and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def _sbatch_options(f):
+    """--sbatch and the Slurm settings of its job; the command receives `sbatch`: None, or the
+    job's #SBATCH settings."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, sbatch: bool, partition: str | None, account: str | None, qos: str | None,
+                time_limit: str, sbatch_args: tuple[str, ...], **kw):
+        job = None
+        if sbatch:
+            from mixer.executors import Executor, parse_sbatch_arg
+
+            Executor(kind="slurm", partition=partition, account=account, qos=qos, time=time_limit)  # validates
+            job = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos)) if v}
+            job.update(parse_sbatch_arg(a) for a in sbatch_args)
+            job["time"] = time_limit
+        return f(*args, sbatch=job, **kw)
+
+    for opt in reversed([
+        click.option("--sbatch", is_flag=True,
+                     help="Write RUN/sbatch.sh, a Slurm job that runs this same command in an allocation of the run's "
+                          "nodes and devices, and stop: submit it with `sbatch RUN/sbatch.sh`. GPUs per node are "
+                          "those seen here; on a login node without GPUs add --sbatch-arg=--gpus-per-node=N."),
+        click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"),
+                     help="--sbatch: Slurm partition [default: $MIXER_SLURM_PARTITION, else the cluster's]."),
+        click.option("--account", default=lambda: os.environ.get("MIXER_SLURM_ACCOUNT"),
+                     help="--sbatch: Slurm account [default: $MIXER_SLURM_ACCOUNT, else yours]."),
+        click.option("--qos", default=lambda: os.environ.get("MIXER_SLURM_QOS"),
+                     help="--sbatch: Slurm quality of service [default: $MIXER_SLURM_QOS]."),
+        click.option("--time", "time_limit", default="24:00:00", show_default=True, help="--sbatch: time limit."),
+        click.option("--sbatch-arg", "sbatch_args", multiple=True,
+                     help="--sbatch: any other sbatch option (repeatable): --sbatch-arg=--exclusive."),
+    ]):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+def _write_sbatch(plan, job: dict, out: Path) -> None:
+    """OUT/sbatch.sh for `plan`'s run (for a grid, its first point plans the machine)."""
+    from mixer.cli.common import ARGV
+
+    make = getattr(plan.trainer, "sbatch_script", None)
+    if make is None:
+        raise UsageError(f"--sbatch: trainer {plan.meta.get('trainer')} cannot write a Slurm job script")
+    path = make(plan.job, _job_argv(ARGV), job, out.expanduser().resolve())
+    click.echo(f"wrote {path}\nsubmit: sbatch {shlex.quote(str(path))}  (the job's output: "
+               f"{path.parent}/slurm-<job id>.out; an unfinished run resumes when the job runs again)")
+
+
 def _common(f):
+    f = _sbatch_options(f)
     for opt in reversed([
         click.argument("mix", type=click.Path(file_okay=False, path_type=Path)),
         click.option("--out", required=True, type=_path, help="Run folder (RUN)."),
@@ -79,7 +151,7 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
              dry_run: bool, verbose: bool, eval_samples: int | None, no_eval: bool, as_json: bool,
              lr: float | None, min_lr: float | None, warmup: int | None,
              horizon: float | None, schedule_tokens: str | None, anneal: bool, checkpoints: int,
-             save_every: int | None, trainer: str) -> None:
+             save_every: int | None, trainer: str, sbatch: dict | None) -> None:
     """Pretrain a model from scratch on MIX: a cosine laid out over 10x the run (the paper's
     regime: every checkpoint at ~98% of the peak rate); --anneal to decay by the last step."""
     from mixer.training.runner import execute, plan_pretrain
@@ -88,7 +160,11 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
                          batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
                          horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
                          anneal=anneal, seed=seed, trainer=trainer,
-                         precision=precision, devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run)
+                         precision=precision, devices=devices, threads=threads, nodes=num_nodes,
+                         dry_run=dry_run or sbatch is not None)
+    if sbatch is not None:
+        _write_sbatch(plan, sbatch, out)
+        return
     if dry_run:
         click.echo(plan.config_text(), nl=False)
         return
@@ -130,7 +206,8 @@ def _finetune_command(kind: str):
                 parent: Path,
                 checkpoint: str | None, lr: str | None, lr_ratio: str | None, warmup: str | None, schedule: str,
                 min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
-                select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None) -> None:
+                select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None,
+                sbatch: dict | None) -> None:
         from mixer.formats.run import read_run_meta
         from mixer.training.registry import trainer_of
         from mixer.training.runner import (cap_warmups, execute, finetune_axes, grid_points, is_grid, parse_grid,
@@ -142,7 +219,7 @@ def _finetune_command(kind: str):
                       weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
                       tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
                       select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer, precision=precision,
-                      devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run)
+                      devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run or sbatch is not None)
         pmeta = read_run_meta(parent)
         defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
         grid_axes = parse_grid([*grid, *grid_rest])
@@ -155,6 +232,11 @@ def _finetune_command(kind: str):
         def make(run_out: Path, overrides: dict):
             return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
 
+        if sbatch is not None:  # the job runs the whole command, grid and all; its first point plans the machine
+            first = next(iter(grid_points(axes)))
+            plan = make(out if not is_grid(axes) else out / first[0], first[1])
+            _write_sbatch(plan, sbatch, out)
+            return
         if not is_grid(axes):
             plan = make(out, {k: v[0] for k, v in axes.items()})
             if dry_run:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,11 @@ def _batches(batch: int, micro: int, ranks: int) -> tuple[int, int]:
     return batch, micro
 
 
+# What `mixer train --sbatch` and Slurm put in RUN before its run starts: the job script and the
+# job's output file, which the job's own `mixer train` must find and keep.
+_JOB_FILE = re.compile(r"^(sbatch\.sh|slurm-\d+\.out)$")
+
+
 def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
     """(RUN, whether it holds an unfinished run to resume). A finished run is never overwritten."""
     out = out.expanduser().resolve()
@@ -124,7 +130,7 @@ def _run_dir(out: Path, dry_run: bool, trainer: str) -> tuple[Path, bool]:
             raise UsageError(f"--trainer {trainer}: {out} was started with {started}; resume it with "
                              f"--trainer {started} or choose another --out")
         return out, True
-    if out.exists() and any(out.iterdir()) and not dry_run:
+    if out.exists() and any(not _JOB_FILE.match(e.name) for e in out.iterdir()) and not dry_run:
         raise MixerError(f"{out}: exists and is not a run; choose another --out")
     return out, False
 

@@ -45,6 +45,8 @@ def test_dry_run_prints_a_complete_litgpt_config_with_absolute_paths(mixes, caps
     assert cfg["model_config"]["vocab_size"] == 128 and cfg["tokenizer_dir"] is None
     assert cfg["train"]["min_lr"] == pytest.approx(cfg["optimizer"]["init_args"]["lr"] / 10)
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    # whoever reuses the file with LitGPT alone is told it skips launch.json's schedule
+    assert out.startswith("# Written by mixer train") and "ignores launch.json" in out[:600]
 
 
 def test_the_yaml_is_what_litgpt_parses(mixes, capsys, tmp_path):
@@ -231,3 +233,35 @@ def test_eval_of_a_litgpt_run_whose_mix_moved_is_one_line_naming_the_mix(mixes, 
     line = err.strip()
     assert code == 1 and len(line.splitlines()) == 1 and "internal error" not in line
     assert line.startswith(f"mixer: error: {mix / 'manifest.json'}: no manifest") and str(run / "run.json") in line
+
+
+def test_sbatch_writes_the_same_command_as_a_slurm_job_and_trains_nothing(mixes, capsys, tmp_path):
+    run = tmp_path / "my run"
+    code, out, err = cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(run),
+                         "--tokens", "10K", "--sbatch", "--partition", "gpu", "--account=lab", "--time", "1:00:00",
+                         "--sbatch-arg=--exclusive", "--threads", "1")
+    assert code == 0, err
+    script = run / "sbatch.sh"
+    lines = script.read_text().splitlines()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=1:00:00", "#SBATCH --exclusive",
+                 "#SBATCH --nodes=1", f"#SBATCH --output=\"{run.resolve()}/slurm-%j.out\""):
+        assert line in lines, line
+    job = lines[-1]
+    assert job.startswith("exec ") and job.endswith(f"train pretrain {mixes['spt']} --model tiny --out '{run}' "
+                                                    "--tokens 10K --threads 1")
+    assert "--sbatch" not in job and "--partition" not in job and "--account" not in job
+    assert f"sbatch '{script.resolve()}'" in out
+    assert sorted(p.name for p in run.iterdir()) == ["sbatch.sh"]  # nothing trained, no run.json
+    # the job's own `mixer train` accepts the folder Slurm and --sbatch filled, and nothing else
+    (run / "slurm-4242.out").write_text("")
+    train_mod.plan_pretrain(mixes["spt"], run, "tiny", tokens=10_000, threads=1)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="exists and is not a run"):
+        train_mod.plan_pretrain(mixes["spt"], run, "tiny", tokens=10_000, threads=1)
+
+
+def test_sbatch_refuses_a_value_that_would_inject_a_command(mixes, capsys, tmp_path):
+    code, out, err = cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out",
+                         str(tmp_path / "r"), "--sbatch", "--partition", "gpu\ntouch INJECTED")
+    assert code == 2 and "control character" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

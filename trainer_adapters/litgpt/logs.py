@@ -6,14 +6,27 @@ import csv
 import re
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from mixer.formats.atomic import atomic_open
 
 _ERROR = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b:?.*|^error: .*", re.IGNORECASE)
 
 
-def run_logged(cmd: list[str], log: Path, env: dict[str, str], echo: bool = False) -> int:
-    """Run `cmd` with stdout+stderr appended to `log` (kept across resumes); its exit code."""
+# LitGPT's line per logged iteration: "Epoch 1 | iter 40 step 20 | loss train: 6.123, val: n/a | ..."
+_STEP = re.compile(r"\biter \d+ step (\d+) \| loss train: ([-+0-9.eE]+|nan|inf)")
+
+
+def step_of_line(line: str) -> tuple[int, float] | None:
+    """(optimizer step, train loss) of a LitGPT iteration line; None for any other line."""
+    m = _STEP.search(line)
+    return (int(m.group(1)), float(m.group(2))) if m else None
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str], echo: bool = False,
+               on_line: Callable[[str], None] | None = None) -> int:
+    """Run `cmd` with stdout+stderr appended to `log` (kept across resumes); its exit code.
+    `on_line` sees every line as it comes (the status line reads LitGPT's steps from them)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
@@ -24,6 +37,8 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str], echo: bool = Fals
             f.write(line)
             if echo:
                 print(line, end="", flush=True)
+            if on_line is not None:
+                on_line(line)
         return p.wait()
 
 

@@ -18,18 +18,28 @@ from functools import partial
 from pathlib import Path
 
 from mixer.errors import MixerError
-from mixer.formats.atomic import write_json
+from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.mix import MixFiles
+from mixer.training.progress import StepLine
 from mixer.training.trainer import EvalModel, RunSpec
 
 from . import checkpoints as ckpts
-from .cluster import SCRIPT, check_allocation, launch_script
+from .cluster import SBATCH, SCRIPT, check_allocation, launch_script, sbatch_script
 from .config import Machine, TrainSettings, cpu_threads, dump, litgpt_config
 from .launch import HOOKS, TIMING
-from .logs import last_error_line, merge_metrics, run_logged, train_table
+from .logs import last_error_line, merge_metrics, run_logged, step_of_line, train_table
 from .presets import get_preset
 
 CONFIG = "config.yaml"
+# LitGPT alone cannot apply launch.json (its schedule is linear warmup then cosine over the
+# whole run, with no early stopping): the file says so where someone would reuse it.
+CONFIG_HEAD = """\
+# Written by mixer train. To reproduce this run outside mixer, run launch.sh beside this file:
+# it starts LitGPT through mixer's launcher, which adds what launch.json holds (the learning-rate
+# schedule's horizon or WSD decay, early stopping, CPU ranks). `litgpt pretrain --config
+# config.yaml` alone follows LitGPT's own schedule (linear warmup, then cosine to min_lr over
+# max_tokens) and ignores launch.json.
+"""
 
 
 @dataclass
@@ -40,7 +50,7 @@ class LitGPTJob:
     convert: tuple[Path, Path] | None = None  # parent checkpoint -> its converted copy
 
     def config_text(self) -> str:
-        return dump(litgpt_config(self.settings))
+        return CONFIG_HEAD + dump(litgpt_config(self.settings))
 
     def model_params(self) -> int:
         import torch
@@ -121,10 +131,35 @@ class LitGPT:
         script = run_dir / SCRIPT
         script.write_text(launch_script(config, machine))
         log = run_dir / "train.log"
-        if run_logged(["bash", str(script)], log, dict(os.environ), echo=echo) != 0:
+        s = job.settings
+        per_step = s.global_batch * s.seq_len
+        status = None if echo else StepLine(f"train {run_dir.name}", s.max_tokens // per_step, per_step)
+
+        def on_line(line: str) -> None:
+            if status is not None and (seen := step_of_line(line)) is not None:
+                status.update(*seen)
+
+        try:
+            code = run_logged(["bash", str(script)], log, dict(os.environ), echo=echo, on_line=on_line)
+        finally:
+            if status is not None:
+                status.close()
+        if code != 0:
             raise MixerError(f"litgpt failed: {last_error_line(log)} (log: {log})")
         ckpts.drop_resume_states(run_dir)  # the run is finished: no resume will read them
         merge_metrics(run_dir / "out", run_dir / "metrics.csv")
+
+    def sbatch_script(self, job: LitGPTJob, argv: list[str], slurm: dict[str, str], run_dir: Path) -> Path:
+        """RUN/sbatch.sh: a Slurm job that runs `mixer <argv>` in an allocation of the job's
+        nodes and devices (cluster.sbatch_script); `slurm` holds #SBATCH settings, `time` included."""
+        slurm = dict(slurm)
+        text = sbatch_script(argv, job.settings.machine, run_dir, slurm, time=slurm.pop("time", "24:00:00"))
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / SBATCH
+        with atomic_open(path, "w") as f:
+            f.write(text)
+        return path
 
     def checkpoints(self, run_dir: Path) -> list[Path]:
         return ckpts.checkpoints(run_dir)
