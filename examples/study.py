@@ -90,6 +90,14 @@ SIZES = {
 }
 
 
+def describe(args: tuple[str, ...]) -> str:
+    """`train pretrain MIX ... --out RUN` -> `train pretrain RUN`: how the heartbeat names a step."""
+    args = list(args)
+    where = args[args.index("--out") + 1] if "--out" in args else (args[1] if len(args) > 1 else "")
+    head = args[:2] if args[0] == "train" else args[:1]
+    return " ".join([*head, where])
+
+
 class Study:
     def __init__(self, size: Size, out: Path, log: Path) -> None:
         self.size, self.out, self.log = size, out, log
@@ -101,7 +109,26 @@ class Study:
         # stops the other chains' commands instead of waiting for them to finish.
         self.lock = threading.Lock()
         self.live: set[subprocess.Popen] = set()
+        self.started: dict[subprocess.Popen, tuple[float, str]] = {}  # for the heartbeat
         self.failed = False
+        self.last_print = time.perf_counter()
+        threading.Thread(target=self.heartbeat, daemon=True).start()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f}s] {text}", flush=True)
+        self.last_print = time.perf_counter()
+
+    def heartbeat(self, every: float = 60.0) -> None:
+        """A line a minute while nothing else printed: which runs are going and for how long, so
+        a study that takes an hour never looks hung (each run's own progress is in its train.log)."""
+        while True:
+            time.sleep(5)
+            with self.lock:
+                if time.perf_counter() - self.last_print < every or not self.started:
+                    continue
+                now = time.perf_counter()
+                going = "; ".join(f"{what} ({now - t:.0f} s)" for t, what in sorted(self.started.values()))
+                self.say(f"running: {going}")
 
     def run(self, *args: str, check: bool = True, show: bool = False) -> subprocess.CompletedProcess:
         cmd = [*self.mixer, *args]
@@ -109,15 +136,19 @@ class Study:
         with self.lock:
             if self.failed:
                 sys.exit("study: stopped after another step failed")
-            print(f"[{time.perf_counter() - self.t0:6.0f}s] {line}", flush=True)
+            self.say(line)
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             self.live.add(proc)
+            self.started[proc] = (time.perf_counter(), describe(args))
         stdout, stderr = proc.communicate()
         p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         with self.lock:
             self.live.discard(proc)
+            t, what = self.started.pop(proc)
             with open(self.log, "a") as log:
                 log.write(f"\n$ {line}\n{p.stdout}{p.stderr}")
+            if args[0] in ("train", "eval"):
+                self.say(f"{'done' if p.returncode == 0 else 'FAILED'}: {what} in {time.perf_counter() - t:.0f} s")
         if show:
             print(p.stdout, end="", flush=True)
         if check and p.returncode:
@@ -338,17 +369,33 @@ class Study:
         for domain in self.size.domains:
             fit_dir = self.out / "fit" / domain
             domain_runs = [str(r) for r in runs if f"/runs/{domain}/" in str(r)]
-            p = self.run("fit", *domain_runs, "--domain", domain, "--out", str(fit_dir), check=False, show=True)
-            if p.returncode == 0:
-                d_tokens = self.size.domain_subset
-                self.run("plan", "--fit", str(fit_dir / "fit.json"), "--domain-tokens", d_tokens,
-                         "--tokens", self.size.tokens, "--plot", str(fit_dir / "forecast.png"), check=False, show=True)
+            # A failed fit stops the study (check): a report beside an old fit and its plot would
+            # look current and be wrong.
+            self.run("fit", *domain_runs, "--domain", domain, "--out", str(fit_dir), show=True)
+            self.run("plan", "--fit", str(fit_dir / "fit.json"), "--domain-tokens", self.size.domain_subset,
+                     "--tokens", self.size.tokens, "--plot", str(fit_dir / "forecast.png"), show=True)
         if publish:
-            publish.mkdir(parents=True, exist_ok=True)
-            for f in [*report.glob("*.md"), *report.glob("*.png"), *(self.out / "fit").glob("*/*.png")]:
-                dest = publish / (f.name if f.parent == report else f"{f.parent.name}-{f.name}")
-                shutil.copyfile(f, dest)
+            files = [*report.glob("*.md"), *report.glob("*.png"),
+                     *(self.out / "fit" / d / n for d in self.size.domains for n in ("fit.png", "forecast.png"))]
+            replace_folder(publish, {(f.name if f.parent == report else f"{f.parent.name}-{f.name}"): f for f in files})
             print(f"published report and plots to {publish.relative_to(ROOT)}")
+
+
+def replace_folder(dest: Path, files: dict[str, Path]) -> None:
+    """`dest` holds exactly `files` (name -> source) afterwards, swapped in whole: no plot of an
+    earlier study stays beside a new report, and an interrupted copy leaves the old folder."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, src in files.items():
+        shutil.copyfile(src, tmp / name)
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def threads(train_args: list[str]) -> tuple[str, ...]:

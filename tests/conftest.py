@@ -35,4 +35,12 @@ def gpt2_tokenizer_path() -> Path:
     return _fetch(["gpt2"]) / "tokenizers" / "gpt2" / "tokenizer.json"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the sample corpora needs the network on a fresh machine: marked
+    `network`, so `make test-fast` (-m "not slow and not network") leaves it out."""
+    for item in items:
+        if {"sample_cache", "gpt2_tokenizer_path"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.network)
+
+
 # ---- fixtures of other modules go below ----------------------------------------------
