@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo study test test-fast bench clean gpu-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -45,8 +45,8 @@ def main() -> None:
     from litgpt.model import GPT, Config
     from litgpt.utils import save_config
 
-    from trainer_adapters.litgpt import launch
-    from trainer_adapters.litgpt.presets import get_preset
+    from mixer_litgpt import launch
+    from mixer_litgpt.presets import get_preset
 
     fabric = L.Fabric(accelerator="cpu", devices=1, precision=a.precision)
     cfg = get_preset(a.model).model_config(a.vocab, 2048 if a.model.startswith("olmo") else 128)

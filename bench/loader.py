@@ -7,7 +7,7 @@ MIX is any built mix (e.g. the 2 GB mix of bench/build.py: `mixer build ... --to
 
 - plain: np.memmap of every shard, opened once, each batch `--batch` random rows of a
   random shard (one fancy index), cast to int64, torch.from_numpy: issue 25's limit;
-- mixstream: trainer_adapters.litgpt.data.MixStream over the same number of samples in
+- mixstream: mixer_litgpt.data.MixStream over the same number of samples in
   stored order, as LitGPT's loop pulls them (cast to int64 tensors);
 - mixstream@base: the same class from another checkout (--baseline DIR), loaded from its file.
 
@@ -61,7 +61,7 @@ def main() -> None:
     a = ap.parse_args()
     files = MixFiles.open(a.mix)
     samples = min(a.samples, files.samples) // a.batch * a.batch
-    from trainer_adapters.litgpt import data as this
+    from mixer_litgpt import data as this
 
     runs = {"plain": lambda: plain(files, a.batch, samples), "mixstream": lambda: stream(this, files, a.batch, samples)}
     if a.baseline:

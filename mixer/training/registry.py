@@ -2,15 +2,17 @@
 
 `mixer train --trainer NAME` (default `litgpt`) records NAME in run.json (`trainer`), so
 `mixer eval`, resumes and finetunes of that run find the same trainer: the name a trainer is
-found by is its identity. A name resolves to
-"module:attribute", imported only when a run needs it (mixer's other commands never pay for
-a training framework); the attribute is an object satisfying
-`mixer.training.trainer.Trainer`, or a class whose no-argument instance does.
+found by is its identity. A name resolves to "module:attribute", imported only when a run
+needs it (mixer's other commands never pay for a training framework); the attribute is an
+object satisfying `mixer.training.trainer.Trainer`, or a class whose no-argument instance does.
 
-Adding a trainer is one new folder: `trainer_adapters/<name>/trainer.py` defining `TRAINER`.
-Names not listed in TRAINERS resolve to exactly that, so `--trainer <name>` works with no
-edit here. List a name in TRAINERS only to point it somewhere else (a package outside this
-repository); tests and plugins may also call `register`. See docs/trainers.md.
+Where a name resolves, first match wins:
+1. `register(name, target)` in this process (tests, plugins loaded by hand);
+2. the entry point group `mixer.trainers` of the installed packages: mixer's own adapters
+   (each `trainer_adapters/<name>/` of this repository installs as `mixer_<name>`, setup.py)
+   and any package that declares `[project.entry-points."mixer.trainers"]`;
+3. the convention `mixer_<name>.trainer:TRAINER` (a checkout run without installing it).
+See docs/trainers.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from mixer.errors import MixerError, UsageError
 from mixer.training.trainer import Trainer
 
 DEFAULT = "litgpt"
-TRAINERS: dict[str, str] = {"litgpt": "trainer_adapters.litgpt.trainer:TRAINER"}
+GROUP = "mixer.trainers"
+TRAINERS: dict[str, str] = {}  # registered in this process
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _loaded: dict[str, Trainer] = {}
 
@@ -36,8 +39,15 @@ def register(name: str, target: str) -> None:
     _loaded.pop(name, None)
 
 
+def entry_points() -> dict[str, str]:
+    """name -> "module:attribute" of the trainers installed packages declare."""
+    from importlib.metadata import entry_points as installed
+
+    return {ep.name: ep.value for ep in installed(group=GROUP) if _NAME.match(ep.name)}
+
+
 def target_of(name: str) -> str:
-    return TRAINERS.get(name) or f"trainer_adapters.{name}.trainer:TRAINER"
+    return TRAINERS.get(name) or entry_points().get(name) or f"mixer_{name}.trainer:TRAINER"
 
 
 def get_trainer(name: str | None = None, where: str = "--trainer") -> Trainer:
@@ -79,12 +89,5 @@ def trainer_of(meta: dict, run_dir: Path | str) -> Trainer:
 
 
 def known() -> list[str]:
-    """Listed names and the adapters under trainer_adapters/ (found without importing them)."""
-    names = set(TRAINERS)
-    try:
-        folders = list(importlib.import_module("trainer_adapters").__path__)  # its __init__ imports nothing
-    except ModuleNotFoundError:
-        folders = []
-    for folder in folders:
-        names |= {p.parent.name for p in Path(folder).glob("*/trainer.py") if _NAME.match(p.parent.name)}
-    return sorted(names)
+    """Registered and installed trainer names (found without importing them)."""
+    return sorted({DEFAULT, *TRAINERS, *entry_points()})

@@ -42,6 +42,14 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     where = subprocess.check_output([str(py), "-c", "import mixer; print(mixer.__file__)"], cwd=run_dir, env=env,
                                     text=True)
     assert where.startswith(str(env_dir)), where
+    # the LitGPT adapter installs under mixer's namespace and registers as a trainer; the
+    # repository's folder name is not a top-level package of the install
+    probe = ("import importlib.util as u, json; from mixer.training.registry import entry_points; "
+             "import mixer_litgpt; print(json.dumps([entry_points(), mixer_litgpt.__file__, "
+             "u.find_spec('trainer_adapters') is None]))")
+    eps, adapter, no_generic = json.loads(subprocess.check_output([str(py), "-c", probe], cwd=run_dir, env=env,
+                                                                  text=True))
+    assert eps == {"litgpt": "mixer_litgpt.trainer:TRAINER"} and adapter.startswith(str(env_dir)) and no_generic
     listing = json.loads(subprocess.check_output(mixer + ["recipes", "--json"], cwd=run_dir, env=env, text=True))
     names = {r["recipe"] for r in listing["recipes"]}
     assert {"samples", "dolma", "stages/spt", "stages/compute-matched"} <= names

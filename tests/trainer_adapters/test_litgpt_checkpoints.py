@@ -9,8 +9,8 @@ import pytest
 import torch
 from fakefabric import FakeFabric, litgpt_save
 
-from trainer_adapters.litgpt import checkpoints as ckpts
-from trainer_adapters.litgpt import launch
+from mixer_litgpt import checkpoints as ckpts
+from mixer_litgpt import launch
 
 
 def _state(model, optimizer, step: int) -> dict:

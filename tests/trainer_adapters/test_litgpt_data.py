@@ -7,7 +7,7 @@ import pytest
 from mixutil import build, make_stores
 from litgpt.utils import CycleIterator
 
-from trainer_adapters.litgpt import MixData
+from mixer_litgpt import MixData
 from mixer.formats.mix import MixFileError, MixFiles
 
 SEQ = 32
@@ -75,7 +75,7 @@ def test_state_dict_resumes_at_the_next_unseen_sample(mix):
 
 def test_ranks_split_each_global_micro_batch_and_resume_on_another_count(mix):
     """2 ranks of 4 read the halves of each block of 8; a checkpoint of theirs resumes on 1 device of 8."""
-    from trainer_adapters.litgpt.data import MixLoader, MixStream
+    from mixer_litgpt.data import MixLoader, MixStream
 
     files = MixFiles.open(mix)
     ranks = [MixLoader(MixStream(files, 4, 80, rank=r, world=2)) for r in range(2)]

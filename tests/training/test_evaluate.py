@@ -155,7 +155,7 @@ def test_the_score_in_bf16_autocast_is_the_float32_score_within_bf16_rounding():
     from litgpt.model import GPT, Config
 
     from mixer.training.evaluate import mean_loss
-    from trainer_adapters.litgpt.presets import get_preset
+    from mixer_litgpt.presets import get_preset
 
     torch.manual_seed(0)
     model = GPT(Config(**get_preset("tiny").model_config(128, 32))).eval()

@@ -26,9 +26,9 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.store import seal_store
 from mixer.training import registry
 from mixer.training import runner
-from trainer_adapters.litgpt import cluster, launch
-from trainer_adapters.litgpt.config import Machine
-from trainer_adapters.litgpt.presets import get_preset
+from mixer_litgpt import cluster, launch
+from mixer_litgpt.config import Machine
+from mixer_litgpt.presets import get_preset
 
 SEQ = "32"
 GLOBAL = 16  # the tiny preset's global batch
@@ -122,7 +122,7 @@ def test_one_node_script_runs_the_launcher_with_litgpts_arguments(tmp_path):
     assert lines[0] == "#!/usr/bin/env bash" and "set -euo pipefail" in lines
     assert "unset SLURM_NTASKS" in lines  # inside sbatch, Lightning still starts its own ranks
     assert "export TORCH_COMPILE_DISABLE=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1" in lines
-    assert lines[-1] == (f"exec {sys.executable} -m trainer_adapters.litgpt.launch pretrain "
+    assert lines[-1] == (f"exec {sys.executable} -m mixer_litgpt.launch pretrain "
                          f"--config {tmp_path / 'config.yaml'}")
     assert "srun" not in text
 
@@ -138,7 +138,7 @@ def test_several_nodes_script_is_one_srun_task_per_device(tmp_path):
     assert "export PYTHONUNBUFFERED=1" in lines and "TORCH_COMPILE_DISABLE" not in text
     assert "export SLURM_JOB_NAME=mixer-train" in lines  # under salloc ("interactive") Lightning would ignore Slurm
     assert lines[-1] == (f"exec srun --nodes=4 --ntasks-per-node=8 --kill-on-bad-exit=1 --export=ALL "
-                         f"--job-name=mixer-train {sys.executable} -m trainer_adapters.litgpt.launch pretrain "
+                         f"--job-name=mixer-train {sys.executable} -m mixer_litgpt.launch pretrain "
                          f"--config {tmp_path / 'config.yaml'}")
     assert "unset SLURM_NTASKS" not in text  # srun sets each task's
     # bash runs it as written: the variables Lightning reads, as srun's tasks would see them
@@ -276,7 +276,7 @@ def big_vocab_mix(tmp_path_factory):
 
 
 def test_ids_above_65535_reach_the_loader(big_vocab_mix):
-    from trainer_adapters.litgpt import MixData
+    from mixer_litgpt import MixData
 
     data = MixData(mix=big_vocab_mix, max_tokens=16 * int(SEQ))
     data.connect(batch_size=16, max_seq_length=int(SEQ))
@@ -291,7 +291,7 @@ def test_every_preset_takes_the_mix_tokenizers_vocabulary(big_vocab_mix, tmp_pat
     cfg = yaml.safe_load(plan.config_text())["model_config"]
     assert (cfg["vocab_size"], cfg["padded_vocab_size"]) == (LLAMA3, padded)
     if model == "olmo-1b":  # the paper's 1B shape; its tied embedding grows by the extra rows
-        from trainer_adapters.litgpt.trainer import LitGPTJob
+        from mixer_litgpt.trainer import LitGPTJob
 
         paper = replace(plan.job.settings, model_config=get_preset(model).model_config(50_280, 2048))
         grown = plan.job.model_params() - LitGPTJob(plan.run_dir, paper, {}).model_params()

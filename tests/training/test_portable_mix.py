@@ -76,7 +76,7 @@ def test_a_moved_mix_without_its_stores_trains_evaluates_and_reports_the_same_nu
 
 
 def test_training_imports_no_mixing_code():
-    code = ("import sys, mixer.training.runner, mixer.training.evaluate, trainer_adapters.litgpt.trainer; "
+    code = ("import sys, mixer.training.runner, mixer.training.evaluate, mixer_litgpt.trainer; "
             "print(sorted(m for m in sys.modules if m.startswith('mixer.mixing')))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -43,7 +43,7 @@ def test_a_terminal_line_is_rewritten_in_place():
 
 
 def test_litgpt_iteration_lines_are_read_and_nothing_else():
-    from trainer_adapters.litgpt.logs import step_of_line
+    from mixer_litgpt.logs import step_of_line
 
     line = ("Epoch 1 | iter 40 step 20 | loss train: 6.123, val: n/a | iter time: 30.00 ms (step) "
             "remaining time: 0:01:23")

@@ -74,24 +74,31 @@ def test_eval_of_a_run_whose_trainer_is_unknown_names_its_run_json(tmp_path, cap
     assert code == 1 and f"{run / 'run.json'}: trainer gone: unknown trainer" in one_line(err)
 
 
-def test_litgpt_resolves_by_name_and_a_new_folder_needs_no_registry_edit(mixes, capsys, tmp_path, monkeypatch):
-    import trainer_adapters
-
+def test_litgpt_resolves_by_its_entry_point_and_new_trainers_need_no_registry_edit(mixes, capsys, tmp_path,
+                                                                                    monkeypatch):
     from mixer.training.trainer import Trainer
 
+    # the installed package declares its adapter under mixer's namespace, in the entry point group
+    assert registry.entry_points()["litgpt"] == "mixer_litgpt.trainer:TRAINER"
     litgpt = registry.get_trainer("litgpt")
     assert isinstance(litgpt, Trainer) and registry.get_trainer(None) is litgpt
-    # trainer_adapters/<name>/trainer.py defining TRAINER (here a class) is all a new trainer takes
-    (tmp_path / "adapters" / "counting").mkdir(parents=True)
-    (tmp_path / "adapters" / "counting" / "trainer.py").write_text("from count_trainer import CountTrainer as TRAINER")
-    monkeypatch.setattr(trainer_adapters, "__path__", [*trainer_adapters.__path__, str(tmp_path / "adapters")])
+    assert type(litgpt).__module__ == "mixer_litgpt.trainer"
+    # a package mixer_<name> with trainer.py defining TRAINER (here a class) is found by name...
+    (tmp_path / "pkgs" / "mixer_counting").mkdir(parents=True)
+    (tmp_path / "pkgs" / "mixer_counting" / "__init__.py").write_text("")
+    (tmp_path / "pkgs" / "mixer_counting" / "trainer.py").write_text("from count_trainer import CountTrainer as TRAINER")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    # ...and a third-party package's entry point names any module
+    monkeypatch.setattr(registry, "entry_points", lambda: {"litgpt": "mixer_litgpt.trainer:TRAINER",
+                                                          "plugged": "count_trainer:TRAINER"})
     monkeypatch.setattr(registry, "_loaded", {})
-    assert "counting" not in registry.TRAINERS and {"counting", "litgpt"} <= set(registry.known())
-    code, out, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
-                             "counting", "--out", str(tmp_path / "run"), "--checkpoints", "2")
-    assert code == 0, err
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["trainer"] == "counting"
-    assert len(read_evals(tmp_path / "run")) >= 2
+    assert "counting" not in registry.TRAINERS and {"plugged", "litgpt"} <= set(registry.known())
+    for name in ("counting", "plugged"):
+        code, out, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer",
+                                 name, "--out", str(tmp_path / name), "--checkpoints", "2")
+        assert code == 0, err
+        assert json.loads((tmp_path / name / "run.json").read_text())["trainer"] == name
+        assert len(read_evals(tmp_path / name)) >= 2
 
 
 def _train_count_pretrain(mixes, capsys, out: Path) -> Path:
@@ -256,7 +263,7 @@ def test_the_generic_path_imports_no_litgpt_and_no_torch(mixes, tmp_path):
         "        main(argv)\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "print(sorted(m for m in ('torch', 'litgpt', 'trainer_adapters') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'litgpt', 'mixer_litgpt') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(ROOT / "tests")])}
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
@@ -266,6 +273,7 @@ def test_the_generic_path_imports_no_litgpt_and_no_torch(mixes, tmp_path):
 
 def test_mixer_names_no_adapter_outside_the_registry():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "mixer").rglob("*.py"))
-            for i, line in enumerate(p.read_text().splitlines(), 1) if "trainer_adapters" in line
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if ("trainer_adapters" in line or "mixer_litgpt" in line)
             and p.name != "registry.py"]
     assert hits == []

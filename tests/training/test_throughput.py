@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixer.training.throughput import breakdown, peak_flops, throughput
-from trainer_adapters.litgpt import launch
+from mixer_litgpt import launch
 
 
 @pytest.mark.parametrize("name, entry, flops", [

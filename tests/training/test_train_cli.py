@@ -10,8 +10,8 @@ import yaml
 from mixutil import build, make_stores, run_cli
 
 from mixer.training import runner as train_mod
-from trainer_adapters.litgpt import launch
-from trainer_adapters.litgpt.logs import last_error_line
+from mixer_litgpt import launch
+from mixer_litgpt.logs import last_error_line
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_dry_run_prints_a_complete_litgpt_config_with_absolute_paths(mixes, caps
     assert code == 0, err
     cfg = yaml.safe_load(out)
     assert cfg["precision"] == "32-true" and cfg["devices"] == 1 and cfg["logger_name"] == "csv"
-    assert cfg["data"]["class_path"] == "trainer_adapters.litgpt.MixData"
+    assert cfg["data"]["class_path"] == "mixer_litgpt.MixData"
     assert Path(cfg["data"]["init_args"]["mix"]).is_absolute() and Path(cfg["out_dir"]).is_absolute()
     steps = 10_000 // (16 * 32)
     assert cfg["train"]["max_tokens"] == cfg["data"]["init_args"]["max_tokens"] == steps * 16 * 32

@@ -1,6 +1,6 @@
 """LitGPT adapter: `trainer.TRAINER` implements mixer's trainer protocol
 (`mixer.training.trainer.Trainer`; registered as `litgpt`), and `MixData` is the DataModule
-LitGPT loads by class_path (`trainer_adapters.litgpt.MixData`) from a run's config.yaml.
+LitGPT loads by class_path (`mixer_litgpt.MixData`) from a run's config.yaml.
 
 Only `data` is imported here: LitGPT imports this package inside its own process, and the
 rest (the trainer, presets, config writing, checkpoints) is for mixer's side.

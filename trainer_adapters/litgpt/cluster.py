@@ -25,7 +25,7 @@ from .config import Machine
 
 SCRIPT = "launch.sh"
 JOB_NAME = "mixer-train"  # what Lightning's Slurm detection sees (it ignores "bash" and "interactive")
-MODULE = "trainer_adapters.litgpt.launch"
+MODULE = "mixer_litgpt.launch"
 
 
 def training_command(config: Path) -> list[str]:

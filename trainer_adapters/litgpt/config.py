@@ -108,7 +108,7 @@ def litgpt_config(s: TrainSettings) -> dict:
         "initial_checkpoint_dir": str(s.initial_checkpoint_dir) if s.initial_checkpoint_dir and not s.resume else None,
         "resume": str(s.resume) if s.resume else False,
         "data": {
-            "class_path": "trainer_adapters.litgpt.MixData",
+            "class_path": "mixer_litgpt.MixData",
             "init_args": {"mix": str(s.mix.resolve()), "max_tokens": s.max_tokens, "val_sets": s.val_sets,
                           "val_max_samples": s.val_max_samples, "val_files": s.val_files or None},
         },

@@ -3,7 +3,7 @@ schedules, early stopping on the validation loss of each saved checkpoint, DDP w
 cannot run (CPU ranks), resuming on another device count, light checkpoints, and a record of
 where the process's time went.
 
-    python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml
+    python -m mixer_litgpt.launch pretrain --config RUN/config.yaml
 
 takes the same arguments as `litgpt pretrain`, so that Lightning, which starts ranks 1..N-1
 by re-running this process's command line, starts each of them the same way; the hooks are
@@ -378,7 +378,7 @@ def config_path(argv: list[str]) -> Path:
             return Path(argv[i + 1])
         if a.startswith("--config="):
             return Path(a.split("=", 1)[1])
-    raise SystemExit("usage: python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml")
+    raise SystemExit("usage: python -m mixer_litgpt.launch pretrain --config RUN/config.yaml")
 
 
 def _rank() -> int:
@@ -389,7 +389,7 @@ def _rank() -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] != ["pretrain"]:
-        raise SystemExit("usage: python -m trainer_adapters.litgpt.launch pretrain --config RUN/config.yaml")
+        raise SystemExit("usage: python -m mixer_litgpt.launch pretrain --config RUN/config.yaml")
     clock = Clock()
     config = config_path(argv)
     run_dir = config.parent
