@@ -45,7 +45,7 @@ from storeutil import EOS_ID, Encoder, read_docs, write_flat, write_store  # noq
 
 from mixer.executors import Executor  # noqa: E402
 from mixer.checks.audit import TrainFile, audit  # noqa: E402
-from mixer.checks.streams import PROV_DTYPE  # noqa: E402
+from mixer.formats.mix import PROV_DTYPE  # noqa: E402
 from mixer.demo_corpora.fetch import default_cache  # noqa: E402
 from mixer.formats.store import open_store  # noqa: E402
 from mixer.units import format_count, parse_count  # noqa: E402

@@ -104,7 +104,7 @@ def audit_recall(docs: list[tuple[str, str]], victims: list[int], enc: Encoder, 
                  hosts: list[str]) -> dict:
     """Share of victims the audit flags, per planted kind."""
     from mixer.checks.audit import audit
-    from mixer.checks.streams import TrainFile
+    from mixer.checks.train_streams import TrainFile
     from mixer.formats.store import open_store
     from mixer.ingest.neardup import clusters, signatures
     from mixer.ingest.split import normalize

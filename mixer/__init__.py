@@ -2,12 +2,12 @@
 
 The Python API (docs/api.md) is imported lazily, so `import mixer` stays instant:
 
-    from mixer import tokenize, plan, build, verify, audit, report, fit
+    from mixer import tokenize, plan, build, verify, audit, pretrain, finetune, evaluate, report, fit
 """
 
 __version__ = "0.1.0"
 
-API = ("tokenize", "plan", "build", "verify", "audit", "report", "fit")
+API = ("tokenize", "plan", "build", "verify", "audit", "pretrain", "finetune", "evaluate", "report", "fit")
 __all__ = ["__version__", *API]
 
 

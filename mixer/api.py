@@ -1,4 +1,5 @@
-"""The Python API under the command line: `from mixer import tokenize, plan, build, verify, audit, report, fit`.
+"""The Python API under the command line: `from mixer import tokenize, plan, build, verify, audit,
+pretrain, finetune, evaluate, report, fit`.
 
 Each function does what its command does and returns what the command prints with
 `--json` (plain dicts and lists), without printing; errors are `mixer.errors.MixerError`
@@ -110,38 +111,88 @@ def claim_audit_work(work: Path, flag: str = "work") -> None:
     mark_folder(work, "audit work")
 
 
-def report(runs: Sequence[PathLike], out: PathLike | None = None) -> dict:
+def pretrain(mix: PathLike, out: PathLike, *, model: str, evaluate: bool = True, eval_samples: int | None = None,
+             **settings: Any) -> dict:
+    """`mixer train pretrain`: train a model from scratch on a mix (resuming an unfinished run
+    in `out`), evaluate every checkpoint; run.json as written. `settings`: the keywords of
+    mixer.training.runner.plan_pretrain (tokens, lr, checkpoints, seed, trainer, devices, ...)."""
+    from mixer.training.runner import execute, plan_pretrain
+
+    return execute(plan_pretrain(Path(mix), Path(out), model, **settings), evaluate=evaluate,
+                   eval_samples=eval_samples)
+
+
+def finetune(mix: PathLike, out: PathLike, parent: PathLike, *, kind: str = "finetune", lr: str | None = None,
+             lr_ratio: str | None = None, warmup: str | None = None, grid: Sequence[str] = (),
+             evaluate: bool = True, eval_samples: int | None = None, **settings: Any) -> dict:
+    """`mixer train finetune` (kind "replay": `mixer train replay`): finetune the run `parent`
+    on a mix over a grid of rates (comma-separated values as on the command line; the paper's
+    by default), early-stopped and chosen on the domain validation split; run.json as written.
+    `settings`: the keywords of mixer.training.runner.plan_finetune (tokens, patience, seed, ...)."""
+    from mixer.training.runner import plan_finetune_grid
+
+    grid_plan = plan_finetune_grid(kind, Path(mix), Path(out), Path(parent), lr=lr, lr_ratio=lr_ratio, warmup=warmup,
+                                   grid=list(grid), **settings)
+    return grid_plan.run(evaluate=evaluate, eval_samples=eval_samples)
+
+
+def evaluate(run: PathLike, *, max_samples: int | None = None, device: str | None = None) -> dict[str, list[dict]]:
+    """`mixer eval`: every checkpoint of a run (or of each point of a grid) scored on the sets
+    its mixes hold -> RUN/evals.jsonl, skipping those already there; the rows by run folder. A
+    run trained without evaluation gets its early-stopping winner recorded."""
+    from mixer.formats.run import read_run_meta
+    from mixer.training.evaluate import eval_targets, evaluate_run
+    from mixer.training.runner import record_best
+
+    run = Path(run)
+    results = {}
+    targets = eval_targets(run)
+    for r in targets:
+        results[str(r)] = [e.as_row() for e in evaluate_run(r, max_samples=max_samples, device=device)]
+        if read_run_meta(r).get("evaluated") is False:  # trained with --no-eval: the winner is recorded now
+            record_best(r)
+    if targets != [run] and (run / "run.json").is_file() and read_run_meta(run).get("evaluated") is False:
+        record_best(run)  # a grid folder: its winner among the grid points
+    return results
+
+
+def report(runs: Sequence[PathLike], out: PathLike | None = None, *, out_name: str = "out") -> dict:
     """The papers' metrics over runs (relative gain, compute multiplier, gap closed,
-    forgetting); with `out`, also report.md, report.json and the plots."""
+    forgetting); with `out`, also report.md, report.json and the plots, listed under "files".
+    `out_name`: what an error calls `out` (the CLI: --out)."""
     from mixer.analysis.report import build_report, write_report
     from mixer.formats.run import load_runs
 
     if out is not None:
-        claim_folder(Path(out), "report", "out")
+        claim_folder(Path(out), "report", out_name)
     loaded = load_runs(list(runs))
     data = build_report(loaded)
     if out is not None:
-        write_report(data, loaded, Path(out))
+        data = data | {"files": [str(f) for f in write_report(data, loaded, Path(out))]}
     return data
 
 
 def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float | None = None,
         model: str | None = None, domain: str | None = None, loss: str = "sse", starts: int = 64,
-        seed: int = 0) -> dict:
+        seed: int = 0, out_name: str = "out") -> dict:
     """The overfitting scaling law and the finetuning gain fitted to runs (fit.json's
-    content); with `out`, also fit.json and fit.png."""
+    content); with `out`, also fit.json and fit.png, listed under "files"."""
     from mixer.analysis.fit import build_fit, fit_inputs
+    from mixer.errors import UsageError
     from mixer.formats.run import load_runs
 
+    if holdout is not None and not 0 < holdout <= 1:
+        raise UsageError(f"holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
     if out is not None:
-        claim_folder(Path(out), "fit", "out")
+        claim_folder(Path(out), "fit", out_name)
     inputs = fit_inputs(load_runs(list(runs)), model, domain)
     result = build_fit(inputs, holdout, loss, starts=starts, seed=seed)
-    if out is not None:
-        from mixer.analysis.plots import plot_fit
-        from mixer.formats.atomic import write_json
+    if out is None:
+        return result
+    from mixer.analysis.plots import plot_fit
+    from mixer.formats.atomic import write_json
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out) / "fit.json", result)
-        plot_fit(result, inputs["curves"], Path(out) / "fit.png")
-    return result
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out) / "fit.json", result)
+    png = plot_fit(result, inputs["curves"], Path(out) / "fit.png")
+    return result | {"files": [str(Path(out) / "fit.json"), str(png)]}

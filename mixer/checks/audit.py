@@ -66,7 +66,7 @@ How (engine)
 Held-out side: every audited n-gram is hashed (mixer.checks.ngrams) into a sorted key set
 with a filter in front, with each key's held-out document frequency, and each document's
 whole-content hash and anchor (its n-gram with the fewest held-out documents). Training
-side (mixer.checks.streams): flat token files, and mix shards stitched back into source
+side (mixer.checks.train_streams): flat token files, and mix shards stitched back into source
 streams through their provenance sidecars, so n-grams run across sample rows but never
 across an EOS; sample files without provenance keep n-grams inside rows. Streams are cut
 into units of whole documents dealt to datatrove tasks (`ScanFiles`), read in chunks of
@@ -93,7 +93,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from mixer.checks.ngrams import KeySet, NgramHasher, WindowLookup, distinct_at_least, segments
-from mixer.checks.streams import (LOC_BITS, UNKNOWN_SOURCE_BIT, Reader, Stream, TrainFile, build_streams,
+from mixer.checks.train_streams import (LOC_BITS, UNKNOWN_SOURCE_BIT, Reader, Stream, TrainFile, build_streams,
                                   longest_piece, make_units)
 from mixer.executors import Executor
 from mixer.errors import MixerError, UsageError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.checks.streams import MAX_SOURCES, Locator, Reader, Stream, TrainFile
+from mixer.checks.train_streams import MAX_SOURCES, Locator, Reader, Stream, TrainFile
 from mixer.errors import UsageError
 
 NO_LOC = np.int64(np.iinfo(np.int64).max)

@@ -96,7 +96,7 @@ def check(held, ev: dict, loc: np.ndarray, reader, streams: list, eos_id: int) -
     document, representative n-gram, its position, the group's token share). Returns per
     held-out document the best aligned share and the location of the n-gram that led to
     it, and what was checked. Documents already flagged are not checked again."""
-    from mixer.checks.streams import LOC_BITS
+    from mixer.checks.train_streams import LOC_BITS
     from mixer.ingest.split import normalize
 
     nd = len(held.ids)

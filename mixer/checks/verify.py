@@ -38,9 +38,8 @@ from mixer.checks.verify_samples import check_sample_sets
 from mixer.checks.verify_store import verify_mix_stores
 from mixer.errors import MixerError, UsageError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
-from mixer.formats.mix import load_manifest
+from mixer.formats.mix import PROV_DTYPE, load_manifest
 
-PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])  # docs/formats.md: provenance
 CHUNK_TOKENS = 1 << 20  # tokens compared per step: 2 MiB stay in cache between building and comparing
 SLICE_MIN_RUN = 64  # mean store run (tokens) above which copying runs beats a per-token index
 _TOP = ("name", "kind", "seed", "seq_len", "dtype", "tokenizer", "stores", "domain", "general", "fraction",

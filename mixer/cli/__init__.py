@@ -19,18 +19,18 @@ from mixer.errors import MixerError
 
 # name -> (module:attribute, one-line help). The help lives here so listing is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-samples": ("mixer.cli.samples:fetch_samples", "Fetch the offline sample corpora and GPT-2 tokenizer into a cache."),
-    "recipes": ("mixer.cli.samples:recipes", "List the shipped recipes (sources and stage recipes)."),
+    "fetch-samples": ("mixer.cli.fetch_samples:fetch_samples", "Fetch the offline sample corpora and GPT-2 tokenizer into a cache."),
+    "recipes": ("mixer.cli.recipes:recipes", "List the shipped recipes (sources and stage recipes)."),
     "tokenize": ("mixer.cli.tokenize:tokenize", "Tokenize a corpus into a token store with train/test (or val) splits."),
-    "plan": ("mixer.cli.build:plan", "Show what a build would produce (samples, epochs, fraction), or forecast from a fit."),
+    "plan": ("mixer.cli.plan:plan", "Show what a build would produce (samples, epochs, fraction), or forecast from a fit."),
     "build": ("mixer.cli.build:build", "Build an exact, pre-shuffled mix of token shards with a manifest."),
-    "verify": ("mixer.cli.build:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes; or check a token store."),
+    "verify": ("mixer.cli.verify:verify", "Re-derive a mix's epochs, fractions and checksums from the bytes; or check a token store."),
     "audit": ("mixer.cli.audit:audit", "Prove held-out documents do not leak into training data (n-gram overlap)."),
     "train": ("mixer.cli.train:train", "Train from mixes (LitGPT by default): pretrain, finetune (early stopping), replay."),
-    "eval": ("mixer.cli.train:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),
-    "report": ("mixer.cli.analysis:report", "Paper metrics over runs: relative gain, compute multiplier, forgetting; plots."),
-    "fit": ("mixer.cli.analysis:fit", "Fit the overfitting scaling law (and finetuning gain) to runs."),
-    "similarity": ("mixer.cli.analysis:similarity", "Jensen-Shannon divergence of n-gram distributions between two stores."),
+    "eval": ("mixer.cli.eval:eval_run", "Evaluate every checkpoint of a run: domain test/train and general val loss."),
+    "report": ("mixer.cli.report:report", "Paper metrics over runs: relative gain, compute multiplier, forgetting; plots."),
+    "fit": ("mixer.cli.fit:fit", "Fit the overfitting scaling law (and finetuning gain) to runs."),
+    "similarity": ("mixer.cli.similarity:similarity", "Jensen-Shannon divergence of n-gram distributions between two stores."),
 }
 
 

@@ -1,4 +1,4 @@
-"""`mixer plan`, `mixer build`, `mixer verify`: flag parsing and summaries only."""
+"""`mixer build`, and the mix flags and summary it shares with `mixer plan`."""
 
 from __future__ import annotations
 
@@ -112,59 +112,6 @@ def format_plan(s: dict) -> str:
 
 @click.command()
 @mix_options
-@click.option("--fit", "fit_file", type=click.Path(dir_okay=False, path_type=Path), help="fit.json from `mixer fit`: forecast per fraction.")
-@click.option("--domain-tokens", help="Forecast for a domain of this size (no stores needed with --fit).")
-@click.option("--fractions", help="Fractions to forecast, comma-separated (default: the paper's grid, 0-10%, plus the fitted ones, within the fitted range).")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the forecast plot (PNG) here.")
-@click.option("--extrapolate", is_flag=True,
-              help="With --fit: forecast beyond the measured tokens, fractions and finetuning gains (and say how far).")
-@json_option
-def plan(fit_file, domain_tokens, fractions, plot, extrapolate, as_json, **kw) -> None:
-    """Everything a build would produce, without writing anything; with --fit, a forecast."""
-    if fit_file is not None:
-        _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json, extrapolate)
-        return
-    if extrapolate:
-        raise UsageError("--extrapolate: only with --fit (a forecast)")
-    from mixer.mixing.spec import resolve
-
-    summary = resolve(spec_from_flags(kw)).summary()
-    emit(summary, as_json, format_plan)
-
-
-def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json, extrapolate: bool = False) -> None:
-    from mixer.analysis.forecast import format_forecast, forecast, plot_forecast
-    from mixer.formats.fit import load_fit
-
-    if not kw["tokens"]:
-        raise UsageError("--fit needs --tokens (the budget to forecast)")
-    # A forecast reads the fit, the budget, the domain size and the fractions; a flag that
-    # would change a build but not the forecast is refused rather than silently ignored.
-    unused = {"--epochs": kw["epochs"], "--replay": kw["replay"], "--window": kw["window"], "--general": kw["general"],
-              "--domain-subset": kw["domain_subset"], "--samples-per-shard": kw["samples_per_shard"],
-              "--name": kw["name"], "--mix": kw.get("mix_sources") or None,
-              "--seq-len": None if kw["seq_len"] == 2048 else kw["seq_len"], "--seed": kw["seed"] or None}
-    given = [k for k, v in unused.items() if v is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)}: not used by a forecast with --fit (it takes --tokens, --domain/--domain-tokens, --fraction/--fractions)")
-    if kw["fraction"] is not None:
-        if fractions:
-            raise UsageError("give --fraction or --fractions with --fit, not both")
-        fractions = str(kw["fraction"])
-    d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
-    if d_tokens is None and kw["domain"]:
-        from mixer.formats.store import open_store
-
-        d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
-    fr = [float(x) for x in fractions.split(",")] if fractions else None
-    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens, extrapolate=extrapolate)
-    if plot is not None:
-        plot_forecast(result, plot)
-    emit(result, as_json, format_forecast)
-
-
-@click.command()
-@mix_options
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Multi-stage recipe (TOML [[stage]] tables): a path, or a shipped name such as spt.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe var: --set fraction=0.05 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output dir (default ./mixes/<name>).")
@@ -211,48 +158,3 @@ def format_build(r: dict) -> str:
     return head + "\n" + format_plan({**r["manifest"], "shards": len(r["manifest"]["shards"]),
                                       "bytes": sum(s["samples"] for s in r["manifest"]["shards"]) *
                                       (r["manifest"]["seq_len"] + 1) * np.dtype(r["manifest"]["dtype"]).itemsize})
-
-
-@click.command()
-@click.argument("mix", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--quick", is_flag=True, help="Checksums, manifest fields and provenance only; samples are not compared with the stores.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Threads checking shards in parallel.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@json_option
-def verify(mix, quick, workers, quiet, as_json) -> None:
-    """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch.
-
-    MIX may also be a token store (a folder with store.json): its checksums and format."""
-    from mixer.checks.verify_store import is_store, verify_store
-
-    if is_store(mix):
-        emit(verify_store(mix), as_json, format_verify_store)
-        return
-    from mixer.checks.verify import verify as run_verify
-
-    emit(run_verify(mix, quick=quick, progress=not quiet, workers=workers), as_json, format_verify)
-
-
-def format_verify_store(r: dict) -> str:
-    splits = ", ".join(f"{name} {s['documents']:,} documents / {format_count(s['tokens'])} tokens"
-                       for name, s in r["splits"].items())
-    return (f"OK {r['store']} ({r['source']}, {r['role']}): {r['files']} files match their checksums; {splits}; "
-            f"indexes, EOS, ids and vocab checked ({r['bytes'] / 1e6:.1f} MB in {r['seconds']} s)")
-
-
-def format_verify(r: dict) -> str:
-    rows = [[s["name"], s["role"], f"{s['samples']:,}", f"{s['epochs']:.3f}",
-             ", ".join(f"{v:,}x{k}" for k, v in s["passes"].items()) or "-", s["partial_documents"]] for s in r["sources"]]
-    wd = r["max_window_deviation"]
-    lines = [
-        f"OK {r['mix']}: {r['shards']} shards, {r['samples']:,} samples, {format_count(r['tokens'])} tokens"
-        + (" (quick: checksums + provenance)" if r["quick"] else " (every sample re-read from the stores)"),
-        table(rows, ["source", "role", "samples", "epochs", "docs x full passes", "partial"]),
-        f"fraction: requested {r['fraction']['requested']}, achieved {r['fraction']['achieved']:.6g}"
-        + (f"; worst window deviation {max(wd.values()):.3f} samples (< 1 required) over W = 1..{max(int(k) for k in wd)}" if wd else ""),
-        f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']} s ({r['mb_per_s']} MB/s)",
-    ]
-    checked = r.get("stores_checked")
-    lines.append(f"stores: {', '.join(checked)} match the checksums in the manifest" if checked is not None
-                 else "stores: not checked (the mix was built before manifests recorded store checksums)")
-    return "\n".join(lines)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from mixer.errors import UsageError
 from mixer.text import table  # noqa: F401 - the commands' tables
 
 
@@ -96,3 +97,12 @@ def executor_from_flags(kw: dict):
                     ray_address=kw.pop("ray_address"), account=kw.pop("account"), qos=kw.pop("qos"),
                     gres=kw.pop("gres"), constraint=kw.pop("constraint"), sbatch_args=tuple(kw.pop("sbatch_args")),
                     wait=kw.pop("wait")).validate()
+
+
+runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+
+
+def need_runs(runs: tuple[Path, ...]) -> list[Path]:
+    if not runs:
+        raise UsageError("give one or more RUN folders (e.g. mixer report runs/*)")
+    return list(runs)

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
+from mixer.training.schedules import FINETUNE_SCHEDULES
 from mixer.units import SEED_MAX, parse_count
-from mixer.cli.common import emit, json_option, table
+from mixer.cli.common import emit, json_option
 
 _path = click.Path(path_type=Path)
 
@@ -186,7 +187,8 @@ def _finetune_command(kind: str):
                        "0.0256,0.102,0.256).")
     @click.option("--warmup", help="Warmup optimizer steps, comma-separated for a grid (default: the preset's; "
                                    "OLMo presets the paper's 50,100,200).")
-    @click.option("--schedule", type=click.Choice(["constant", "wsd"]), default="constant", show_default=True)
+    @click.option("--schedule", type=click.Choice(FINETUNE_SCHEDULES), default="constant", show_default=True,
+                  help="Rate after warmup (mixer.training.schedules.SCHEDULES).")
     @click.option("--min-lr", type=float, help="WSD: the rate decayed to (default lr/10).")
     @click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="WSD: share of steps decaying.")
     @click.option("--weight-decay", type=float, help="Default: the preset's (paper 1e-7).")
@@ -208,47 +210,24 @@ def _finetune_command(kind: str):
                 min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
                 select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None,
                 sbatch: dict | None) -> None:
-        from mixer.formats.run import read_run_meta
-        from mixer.training.registry import trainer_of
-        from mixer.training.runner import (cap_warmups, execute, finetune_axes, grid_points, is_grid, parse_grid,
-                                           parse_values, plan_finetune, run_grid, run_steps)
+        from mixer.training.runner import plan_finetune_grid
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
-        kwargs = dict(schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
-                      weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
-                      tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
-                      select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer, precision=precision,
-                      devices=devices, threads=threads, nodes=num_nodes, dry_run=dry_run or sbatch is not None)
-        pmeta = read_run_meta(parent)
-        defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
-        grid_axes = parse_grid([*grid, *grid_rest])
-        axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
-                             parse_values(warmup, int, "--warmup"), grid_axes)
-        if warmup is None and "warmup" not in grid_axes:  # the preset's warmups: capped to the run's length
-            steps = run_steps(mix, batch_size or defaults["batch"], kwargs["tokens"])
-            axes["warmup"], kwargs["warmup_capped"] = cap_warmups(axes["warmup"], steps)
-
-        def make(run_out: Path, overrides: dict):
-            return plan_finetune(kind, mix, run_out, parent, **{**kwargs, **overrides})
-
+        plans = plan_finetune_grid(
+            kind, mix, out, parent, lr=lr, lr_ratio=lr_ratio, warmup=warmup, grid=[*grid, *grid_rest],
+            schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction, weight_decay=weight_decay,
+            batch=batch_size, micro=micro_batch_size, tokens=_count(tokens, "--tokens"), patience=patience,
+            eval_every=eval_every, select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer,
+            precision=precision, devices=devices, threads=threads, nodes=num_nodes,
+            dry_run=dry_run or sbatch is not None)
         if sbatch is not None:  # the job runs the whole command, grid and all; its first point plans the machine
-            first = next(iter(grid_points(axes)))
-            plan = make(out if not is_grid(axes) else out / first[0], first[1])
-            _write_sbatch(plan, sbatch, out)
-            return
-        if not is_grid(axes):
-            plan = make(out, {k: v[0] for k, v in axes.items()})
-            if dry_run:
-                click.echo(plan.config_text(), nl=False)
-                return
-            _report(execute(plan, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
-            return
-        if dry_run:
-            for name, overrides in grid_points(axes):
-                click.echo(f"# --- {out / name}\n{make(out / name, overrides).config_text()}", nl=False)
-            return
-        _report(run_grid(kind, out, axes, make, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
+            _write_sbatch(plans.points()[0][1], sbatch, out)
+        elif dry_run:
+            for where, plan in plans.points():
+                click.echo((f"# --- {where}\n" if plans.is_grid else "") + plan.config_text(), nl=False)
+        else:
+            _report(plans.run(echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
 
     command.__doc__ = {
         "finetune": "Finetune a pretrained run on MIX at constant rates after warmup, over a grid of rates relative "
@@ -302,39 +281,3 @@ def time_lines(meta: dict) -> list[str]:
         out.append(f"throughput: {tp['tokens_per_second']:,.0f} tokens/s on {tp['devices']} x {tp['device']}"
                    + (f", {flops / 1e12:.3g} model TFLOP/s" if flops else "") + f"; {mfu}")
     return out
-
-
-@click.command("eval")
-@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--max-samples", type=int, help="Use the first N samples of each held-out set (default: all).")
-@click.option("--device", help="torch device (default: cuda if available, else cpu).")
-@json_option
-def eval_run(run: Path, max_samples: int | None, device: str | None, as_json: bool) -> None:
-    """Evaluate every checkpoint of RUN -> RUN/evals.jsonl (skips evaluated ones), on the held-out
-    sets, domain validation split and domain train sample its mixes hold."""
-    from mixer.formats.run import read_run_meta
-    from mixer.training.evaluate import eval_targets, evaluate_run
-    from mixer.training.runner import record_best
-
-    results = {}
-    targets = eval_targets(run)
-    for r in targets:
-        rows = evaluate_run(r, max_samples=max_samples, device=device)
-        results[str(r)] = [e.as_row() for e in rows]
-        if read_run_meta(r).get("evaluated") is False:  # trained with --no-eval: the winner is recorded now
-            record_best(r)
-    if targets != [Path(run)] and (Path(run) / "run.json").is_file() and read_run_meta(run).get("evaluated") is False:
-        record_best(run)  # a grid folder: its winner among the grid points
-
-    def human(data: dict) -> str:
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        out = []
-        for r, rows in data.items():
-            out.append(f"{r}/evals.jsonl")
-            out.append(table([[x["checkpoint"], x["step"], f"{x['tokens']:,}", fmt(x.get("train_loss")),
-                               fmt(x["domain_test_loss"]), fmt(x["domain_train_loss"]), fmt(x["general_val_loss"])]
-                              for x in rows],
-                             ["checkpoint", "step", "tokens", "train", "domain test", "domain train", "general val"]))
-        return "\n".join(out)
-
-    emit(results, as_json, human)

@@ -1,4 +1,6 @@
-"""The files that pass between stages, and the one place each is read and written.
+"""The files that pass between stages: the one reader of each, its format's constants
+(versions, dtypes, names) and the writers stages share (atomic files, JSON). The stages
+that make a file still assemble its content themselves (docs/architecture.md).
 
 Everything here needs numpy (and xxhash for checksums) only, so a trainer adapter or an
 outside consumer can read a store, a mix, a run or a fit without the rest of mixer.

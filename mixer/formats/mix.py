@@ -19,6 +19,10 @@ from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
 
 MIX_FORMAT = "mixer-mix/1"
+# A shard's provenance sidecar, one row per sample: the source's index in the manifest and the
+# sample's offset in that source's stream (docs/formats.md). Defined once, here, for every
+# writer and reader of the sidecar.
+PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])
 
 
 class MixFileError(MixerError):

@@ -14,9 +14,9 @@ import numpy as np
 
 from mixer.formats.atomic import atomic_open, write_json
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
+from mixer.formats.mix import PROV_DTYPE
 from mixer.mixing.spec import MixPlan
 
-PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])
 
 
 def shard_name(k: int) -> str:

@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
@@ -25,7 +26,7 @@ from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
 from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
-from mixer.training.schedules import DEFAULT_HORIZON, PAPER_LR_RATIOS, lr_at, run_lr
+from mixer.training.schedules import DEFAULT_HORIZON, FINETUNE_SCHEDULES, PAPER_LR_RATIOS, SCHEDULES, lr_at, run_lr
 from mixer.training.throughput import breakdown, throughput
 from mixer.training.trainer import HeldoutFile, Job, RunSpec, Trainer
 
@@ -314,12 +315,9 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
     if select_on == "val":
         val = selection_set(mix)
         val_files, val_sets = {val.name: HeldoutFile(val.path, len(val.samples))}, []
-    if schedule == "constant":
-        floor = lr
-    elif schedule == "wsd":
-        floor = min_lr if min_lr is not None else lr / 10
-    else:
-        raise UsageError(f"--schedule: {schedule!r} is not constant or wsd")
+    if schedule not in FINETUNE_SCHEDULES:
+        raise UsageError(f"--schedule: {schedule!r} is not one of {', '.join(FINETUNE_SCHEDULES)}")
+    floor = SCHEDULES[schedule].floor(lr, min_lr)
     spec = RunSpec(kind=kind, run_dir=run_dir, mix=mix, model=pmeta["model"], steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=floor, warmup_steps=warmup, weight_decay=wd, schedule=schedule,
                    schedule_tokens=None, decay_fraction=decay_fraction, save_interval=every, val_sets=val_sets,
@@ -334,7 +332,8 @@ def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint
             "hparams": {"lr": lr, "reference_lr": ref, "lr_ratio": lr / ref if ref else None, "warmup": warmup,
                         "batch_size": batch, "schedule": schedule, "min_lr": floor,
                         "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,
-                        **({"decay_fraction": decay_fraction} if schedule == "wsd" else {}),
+                        **{k: v for k, v in {"decay_fraction": decay_fraction}.items()
+                           if k in SCHEDULES[schedule].records},
                         **({"warmup_capped": warmup_capped} if warmup_capped else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
     return RunPlan(spec, job, meta, tr)
@@ -561,3 +560,48 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
             "best": best, "status": "done", "evaluated": all(m.get("evaluated", True) for _, m in results)}
     write_json(out / "run.json", root)
     return root
+
+
+@dataclass
+class FinetuneGrid:
+    """A finetune (one point) or a grid of them under `out`, planned but not run."""
+    kind: str
+    out: Path
+    axes: dict[str, list]
+    make: Callable[[Path, dict], RunPlan]  # (a point's folder, its overrides) -> its plan
+
+    @property
+    def is_grid(self) -> bool:
+        return is_grid(self.axes)
+
+    def points(self) -> list[tuple[Path, RunPlan]]:
+        """(folder, plan) of every point: OUT itself for a single finetune, OUT/<point> in a grid."""
+        if not self.is_grid:
+            return [(self.out, self.make(self.out, {k: v[0] for k, v in self.axes.items()}))]
+        return [(self.out / name, self.make(self.out / name, o)) for name, o in grid_points(self.axes)]
+
+    def run(self, echo: bool = False, eval_samples: int | None = None, evaluate: bool = True) -> dict:
+        """Train and evaluate every point (resuming), then the grid's run.json; run.json as written."""
+        if not self.is_grid:
+            return execute(self.points()[0][1], echo=echo, eval_samples=eval_samples, evaluate=evaluate)
+        return run_grid(self.kind, self.out, self.axes, self.make, echo=echo, eval_samples=eval_samples,
+                        evaluate=evaluate)
+
+
+def plan_finetune_grid(kind: str, mix: Path, out: Path, parent: Path, lr: str | None = None,
+                       lr_ratio: str | None = None, warmup: str | None = None, grid: list[str] | None = None,
+                       **kwargs) -> FinetuneGrid:
+    """`mixer train finetune|replay`: the grid its flags ask for (comma-separated --lr,
+    --lr-ratio, --warmup and `key=v1,v2` axes; the paper's rates and the preset's warmups by
+    default, warmups capped to the run's length unless given), each point planned by
+    plan_finetune with `kwargs`."""
+    pmeta = read_run_meta(parent)
+    defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
+    grid_axes = parse_grid(list(grid or ()))
+    axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
+                         parse_values(warmup, int, "--warmup"), grid_axes)
+    if warmup is None and "warmup" not in grid_axes:  # the preset's warmups: capped to the run's length
+        steps = run_steps(mix, kwargs.get("batch") or defaults["batch"], kwargs.get("tokens"))
+        axes["warmup"], kwargs["warmup_capped"] = cap_warmups(axes["warmup"], steps)
+    return FinetuneGrid(kind, Path(out), axes, lambda run_out, overrides: plan_finetune(
+        kind, mix, run_out, parent, **{**kwargs, **overrides}))

@@ -16,7 +16,45 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("cosine", "constant", "wsd")
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule, the one place it is defined: adding one is an entry in
+    SCHEDULES (the CLI's --schedule choices, the runner and the LitGPT launcher read it)."""
+    after_warmup: Callable[..., float]  # (step, lr, min_lr, warmup, steps, horizon, decay_fraction) -> rate
+    finetune: bool  # offered by `mixer train finetune|replay --schedule`
+    floor: Callable[[float, float | None], float] = lambda lr, min_lr: lr  # the rate it ends at, from lr, --min-lr
+    records: tuple[str, ...] = ()  # its own settings recorded in run.json's hparams
+
+
+def _cosine(step, lr, min_lr, warmup, steps, horizon, decay_fraction):
+    total = horizon or steps
+    if step >= total:
+        return min_lr
+    ratio = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def _wsd(step, lr, min_lr, warmup, steps, horizon, decay_fraction):
+    decay_start = steps - int(decay_fraction * steps)
+    if step < decay_start:
+        return lr
+    return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, steps - decay_start))
+
+
+SCHEDULES: dict[str, Schedule] = {
+    # pretraining's: a half cosine from lr to min_lr ending at `horizon` (default the run's end)
+    "cosine": Schedule(_cosine, finetune=False),
+    # the paper's finetuning: lr after warmup
+    "constant": Schedule(lambda step, lr, *rest: lr, finetune=True),
+    # warmup-stable-decay: lr, then linear to min_lr (default lr/10) over the last decay_fraction
+    "wsd": Schedule(_wsd, finetune=True, floor=lambda lr, min_lr: min_lr if min_lr is not None else lr / 10,
+                    records=("decay_fraction",)),
+}
+FINETUNE_SCHEDULES = tuple(name for name, s in SCHEDULES.items() if s.finetune)
 
 # Appendix B.1: cosine 4e-4 -> 4e-5 over 2T tokens, cut at 200B.
 PAPER_PEAK_LR, PAPER_MIN_LR = 4e-4, 4e-5
@@ -40,18 +78,7 @@ def lr_at(step: float, lr: float, min_lr: float, warmup: float, steps: float, ki
         raise ValueError(f"schedule {kind!r}: expected one of {', '.join(SCHEDULES)}")
     if step < warmup:
         return lr * step / warmup
-    if kind == "constant":
-        return lr
-    if kind == "wsd":
-        decay_start = steps - int(decay_fraction * steps)
-        if step < decay_start:
-            return lr
-        return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, steps - decay_start))
-    total = horizon or steps
-    if step >= total:
-        return min_lr
-    ratio = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+    return SCHEDULES[kind].after_warmup(step, lr, min_lr, warmup, steps, horizon, decay_fraction)
 
 
 def paper_final_lr() -> float:

@@ -14,7 +14,7 @@ from audit_synth import cli, substitute_characters
 from storeutil import Encoder, read_docs, write_flat, write_store
 
 from mixer.checks.audit import audit
-from mixer.checks.streams import TrainFile
+from mixer.checks.train_streams import TrainFile
 from mixer.formats.store import open_store
 from mixer.ingest.neardup import clusters, signatures
 from mixer.ingest.split import normalize

@@ -12,7 +12,7 @@ from audit_synth import build_mix, cli, random_docs, stream_of, write_stitched, 
 
 from mixer.executors import Executor
 from mixer.checks.audit import audit
-from mixer.checks.streams import TrainFile, build_streams
+from mixer.checks.train_streams import TrainFile, build_streams
 from mixer.formats.store import open_store
 
 SEQ = 128

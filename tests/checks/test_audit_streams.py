@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from audit_synth import random_docs, stream_of, write_stitched
 
-from mixer.checks.streams import Reader, TrainFile, build_streams, describe, make_units
+from mixer.checks.train_streams import Reader, TrainFile, build_streams, describe, make_units
 from mixer.errors import MixerError
 
 SEQ = 64

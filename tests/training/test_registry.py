@@ -277,3 +277,28 @@ def test_mixer_names_no_adapter_outside_the_registry():
             if ("trainer_adapters" in line or "mixer_litgpt" in line)
             and p.name != "registry.py"]
     assert hits == []
+
+
+def test_the_python_api_trains_finetunes_and_evaluates_as_the_cli_does(mixes, capsys, tmp_path, count):
+    """mixer.pretrain / finetune / evaluate are the commands' functions: the same run folders,
+    byte for byte, as `mixer train` and `mixer eval` (the count trainer is deterministic)."""
+    import mixer
+
+    pre = mixer.pretrain(mixes["spt"], tmp_path / "api" / "pre", model="bigram", trainer="count", checkpoints=2)
+    assert pre["status"] == "done"
+    ft = mixer.finetune(mixes["ft"], tmp_path / "api" / "ft", tmp_path / "api" / "pre", lr_ratio="0.5,1", patience=1)
+    assert ft["status"] == "done" and len(ft["hparams"]["points"]) == 2 and ft["best"]["run"]
+    assert mixer.evaluate(tmp_path / "api" / "pre") == {
+        str(tmp_path / "api" / "pre"): [e.as_row() for e in read_evals(tmp_path / "api" / "pre")]}
+
+    cli = tmp_path / "cli"
+    for argv in (["train", "pretrain", str(mixes["spt"]), "--model", "bigram", "--trainer", "count",
+                  "--checkpoints", "2", "--out", str(cli / "pre")],
+                 ["train", "finetune", str(mixes["ft"]), "--from", str(cli / "pre"), "--lr-ratio", "0.5,1",
+                  "--patience", "1", "--out", str(cli / "ft")]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+    points = sorted(p.name for p in (tmp_path / "api" / "ft").iterdir() if p.is_dir())
+    assert len(points) == 2 and points == sorted(p.name for p in (cli / "ft").iterdir() if p.is_dir())
+    for sub in ["pre", *(f"ft/{p}" for p in points)]:
+        assert (tmp_path / "api" / sub / "evals.jsonl").read_bytes() == (cli / sub / "evals.jsonl").read_bytes(), sub

@@ -84,3 +84,26 @@ def test_finetune_rate_is_a_ratio_of_the_parents_rate_at_its_checkpoint(mixes, t
                                 dry_run=True).meta["hparams"]["lr"] == pytest.approx(0.5 * 2.9988938e-3, rel=1e-7)
     with pytest.raises(UsageError, match="not both"):
         runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, lr=1e-4, lr_ratio=0.5, dry_run=True)
+
+
+def test_a_new_schedule_is_one_registry_entry(mixes, tmp_path, monkeypatch):
+    """A schedule added to SCHEDULES alone: lr_at computes it, a finetune plans and records it,
+    LitGPT's launcher receives it (launch.json) and applies it through lr_at."""
+    from test_train_cli import _fake_checkpoint
+
+    from mixer.training import schedules
+    from mixer_litgpt import launch
+
+    linear = schedules.Schedule(lambda step, lr, min_lr, warmup, steps, horizon, decay: lr + (min_lr - lr) * step / steps,
+                                finetune=True, floor=lambda lr, min_lr: lr / 100)
+    monkeypatch.setitem(schedules.SCHEDULES, "linear", linear)
+    monkeypatch.setattr(runner, "FINETUNE_SCHEDULES", (*schedules.FINETUNE_SCHEDULES, "linear"))
+    assert lr_at(50, 1.0, 0.0, 0, 100, "linear") == 0.5
+    parent = tmp_path / "parent"
+    _fake_checkpoint(runner.plan_pretrain(mixes["spt"], parent, "tiny"), parent)
+    plan = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, schedule="linear", lr=1e-3,
+                                warmup=0, dry_run=True)
+    assert plan.meta["hparams"]["schedule"] == "linear" and plan.meta["hparams"]["min_lr"] == pytest.approx(1e-5)
+    assert plan.job.hooks["schedule"]["kind"] == "linear"
+    assert launch.schedule_lr("linear", 1e-3, 25, 0, 50, 1e-5) == pytest.approx(1e-3 + (1e-5 - 1e-3) / 2)
+    assert set(schedules.FINETUNE_SCHEDULES) == {"constant", "wsd"}  # what the CLI offers without the entry

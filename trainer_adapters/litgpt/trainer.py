@@ -101,8 +101,8 @@ class LitGPT:
             hooks["strategy"] = spec.machine.strategy
         if spec.patience > 0:
             hooks["early_stopping"] = {"patience": spec.patience}
-        if spec.schedule == "wsd":
-            hooks["schedule"] = {"kind": "wsd", "decay_fraction": spec.decay_fraction}
+        if spec.schedule not in ("cosine", "constant"):  # any other schedule mixer defines: launch.py applies it
+            hooks["schedule"] = {"kind": spec.schedule, "decay_fraction": spec.decay_fraction}
         elif spec.schedule == "cosine" and spec.schedule_tokens:
             # LitGPT counts its schedule in micro-batch iterations per rank.
             iter_tokens = spec.micro_batch * mix.seq_len

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mixer.errors import MixerError
-from mixer.mixing.shards import PROV_DTYPE
+from mixer.formats.mix import PROV_DTYPE
 
 LOC_BITS = 40  # positions < 2**40 tokens per stream (1.1T); stream indices above
 MAX_SOURCES = 63  # per-key source sets are 64-bit masks; bit 63 marks training data of unknown source

@@ -1,0 +1,65 @@
+"""`mixer plan`: what a build would produce, or (--fit) a forecast from a fitted law."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixer.errors import UsageError
+from mixer.units import parse_count
+from mixer.cli.build import format_plan, mix_options, spec_from_flags
+from mixer.cli.common import emit, json_option, resolve_stores
+
+
+@click.command()
+@mix_options
+@click.option("--fit", "fit_file", type=click.Path(dir_okay=False, path_type=Path), help="fit.json from `mixer fit`: forecast per fraction.")
+@click.option("--domain-tokens", help="Forecast for a domain of this size (no stores needed with --fit).")
+@click.option("--fractions", help="Fractions to forecast, comma-separated (default: the paper's grid, 0-10%, plus the fitted ones, within the fitted range).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the forecast plot (PNG) here.")
+@click.option("--extrapolate", is_flag=True,
+              help="With --fit: forecast beyond the measured tokens, fractions and finetuning gains (and say how far).")
+@json_option
+def plan(fit_file, domain_tokens, fractions, plot, extrapolate, as_json, **kw) -> None:
+    """Everything a build would produce, without writing anything; with --fit, a forecast."""
+    if fit_file is not None:
+        _forecast(fit_file, kw, domain_tokens, fractions, plot, as_json, extrapolate)
+        return
+    if extrapolate:
+        raise UsageError("--extrapolate: only with --fit (a forecast)")
+    from mixer.mixing.spec import resolve
+
+    summary = resolve(spec_from_flags(kw)).summary()
+    emit(summary, as_json, format_plan)
+
+
+def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json, extrapolate: bool = False) -> None:
+    from mixer.analysis.forecast import format_forecast, forecast, plot_forecast
+    from mixer.formats.fit import load_fit
+
+    if not kw["tokens"]:
+        raise UsageError("--fit needs --tokens (the budget to forecast)")
+    # A forecast reads the fit, the budget, the domain size and the fractions; a flag that
+    # would change a build but not the forecast is refused rather than silently ignored.
+    unused = {"--epochs": kw["epochs"], "--replay": kw["replay"], "--window": kw["window"], "--general": kw["general"],
+              "--domain-subset": kw["domain_subset"], "--samples-per-shard": kw["samples_per_shard"],
+              "--name": kw["name"], "--mix": kw.get("mix_sources") or None,
+              "--seq-len": None if kw["seq_len"] == 2048 else kw["seq_len"], "--seed": kw["seed"] or None}
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not used by a forecast with --fit (it takes --tokens, --domain/--domain-tokens, --fraction/--fractions)")
+    if kw["fraction"] is not None:
+        if fractions:
+            raise UsageError("give --fraction or --fractions with --fit, not both")
+        fractions = str(kw["fraction"])
+    d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
+    if d_tokens is None and kw["domain"]:
+        from mixer.formats.store import open_store
+
+        d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
+    fr = [float(x) for x in fractions.split(",")] if fractions else None
+    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens, extrapolate=extrapolate)
+    if plot is not None:
+        plot_forecast(result, plot)
+    emit(result, as_json, format_forecast)
