@@ -56,3 +56,22 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MixerError(f"{path}: not UTF-8 text (byte {e.start}); not a file mixer wrote, or a damaged one") from None
     except json.JSONDecodeError as e:
         raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def read_versioned(path: str | os.PathLike, accepted: str | tuple[str, ...], noun: str, hint: str = "",
+                   error: type | None = None) -> dict:
+    """A JSON object whose "format" is one of `accepted` (the first is the current version), or
+    a one-line error (`error`, default MixerError) naming the file, what it is not and its
+    format: the check every reader of a mixer JSON file makes, in one place."""
+    from mixer.errors import MixerError
+
+    accepted = (accepted,) if isinstance(accepted, str) else tuple(accepted)
+    error = error or MixerError
+    try:
+        data = read_json(path)
+    except MixerError as e:
+        raise error(str(e)) from None
+    if not isinstance(data, dict) or data.get("format") not in accepted:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: not a {accepted[0]} {noun} (format={got!r}){hint}")
+    return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixer.formats.atomic import read_json
+from mixer.formats.atomic import read_versioned
 from mixer.errors import MixerError
 
 FIT_FORMAT = "mixer-fit/2"
@@ -17,9 +17,6 @@ def load_fit(path: str | Path) -> dict:
     f = Path(path)
     if not f.is_file():
         raise MixerError(f"{f}: no such fit file; make one with mixer fit RUN... --out DIR", exit_code=2)
-    fit = read_json(f)
-    if not isinstance(fit, dict) or fit.get("format") not in READABLE:
-        got = fit.get("format") if isinstance(fit, dict) else type(fit).__name__
-        raise MixerError(f"{f}: not a {FIT_FORMAT} file (format={got!r}); make one with mixer fit")
+    fit = read_versioned(f, READABLE, "file", "; make one with mixer fit")
     fit.setdefault("units", {}).setdefault("token_unit", 1.0)
     return fit

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import read_json
+from mixer.formats.atomic import read_versioned
 from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
 
@@ -37,13 +37,7 @@ def load_manifest(mix_dir: Path | str) -> dict:
         hint = (" (the build is unfinished: re-run the same mixer build to complete it)" if pending.exists()
                 else " (moved or deleted? run mixer build)")
         raise MixFileError(f"{path}: no manifest; not a finished mix{hint}")
-    try:
-        manifest = read_json(path)
-    except MixerError as e:
-        raise MixFileError(str(e)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MIX_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise MixFileError(f"{path}: not a {MIX_FORMAT} manifest (format={got!r})")
+    manifest = read_versioned(path, MIX_FORMAT, "manifest", error=MixFileError)
     return manifest
 
 

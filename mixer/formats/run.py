@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mixer.errors import MixerError
-from mixer.formats.atomic import read_json
+from mixer.formats.atomic import read_versioned
 from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
@@ -229,11 +229,7 @@ def read_run_meta(path: Path | str) -> dict:
         raise MixerError(f"{path}: not a run folder ({what}); pass the folder that holds {RUN_FILE}")
     if not meta_file.is_file():
         raise MixerError(f"{meta_file}: missing; {path} is not a run made by mixer train")
-    meta = read_json(meta_file)
-    if not isinstance(meta, dict):
-        raise MixerError(f"{meta_file}: expected a JSON object")
-    if meta.get("format") != RUN_FORMAT:
-        raise MixerError(f"{meta_file}: not a {RUN_FORMAT} run (format={meta.get('format')!r})")
+    meta = read_versioned(meta_file, RUN_FORMAT, "run")
     if meta.get("kind") not in KINDS:
         raise MixerError(f"{meta_file}: kind is {meta.get('kind')!r}; expected one of {', '.join(KINDS)}")
     f = meta.get("fraction")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import read_json, write_json
+from mixer.formats.atomic import read_json, read_versioned, write_json
 from mixer.errors import MixerError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 
@@ -212,10 +212,7 @@ def open_store(stores: Path | str, name: str) -> Store:
     if not meta_file.exists():
         have = ", ".join(s.name for s in list_stores(stores)) or "none"
         raise MixerError(f"{meta_file}: no token store named {name!r} in {stores} (stores there: {have})")
-    meta = read_json(meta_file)
-    if meta.get("format") != STORE_FORMAT:
-        raise MixerError(f"{meta_file}: not a {STORE_FORMAT} store (format={meta.get('format')!r})")
-    return Store(path=path, meta=meta)
+    return Store(path=path, meta=read_versioned(meta_file, STORE_FORMAT, "store"))
 
 
 def list_stores(stores: Path | str) -> list[Store]:

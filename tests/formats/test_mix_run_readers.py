@@ -137,3 +137,22 @@ def test_relocate_writes_parents_relative_to_the_run():
     out = relocate(meta, Path("/s/runs/ee/ft"))
     assert out == {"parent": "../post/lr=2", "parent_checkpoint": "../post/lr=2/out/step-1", "kind": "finetune"}
     assert relocate({"parent": None}, Path("/x")) == {"parent": None}
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"format": "other/1"}', "{}"])
+def test_every_versioned_reader_refuses_a_file_that_is_not_its_format_in_one_line(tmp_path, content):
+    """store.json, manifest.json, run.json and fit.json: a JSON value of another shape or
+    format is a MixerError naming the file, never an AttributeError."""
+    from mixer.errors import MixerError
+    from mixer.formats.fit import load_fit
+    from mixer.formats.mix import load_manifest
+    from mixer.formats.run import read_run_meta
+    from mixer.formats.store import open_store
+
+    for name, read in (("store.json", lambda d: open_store(d.parent, d.name)), ("manifest.json", load_manifest),
+                       ("run.json", read_run_meta), ("fit.json", lambda d: load_fit(d / "fit.json"))):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(content)
+        with pytest.raises(MixerError, match=rf"{folder / name}: not a mixer-\w+/\d"):
+            read(folder)
