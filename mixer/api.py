@@ -190,9 +190,9 @@ def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float
     if out is None:
         return result
     from mixer.analysis.plots import plot_fit
-    from mixer.formats.atomic import write_json
+    from mixer.formats.fit import write_fit
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(out) / "fit.json", result)
+    write_fit(out, result)
     png = plot_fit(result, inputs["curves"], Path(out) / "fit.png")
     return result | {"files": [str(Path(out) / "fit.json"), str(png)]}

@@ -29,7 +29,6 @@ skip finished ranks). What we add, and why:
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shlex

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import read_versioned
+from mixer.formats.atomic import atomic_open, read_versioned, write_json
+from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
 
@@ -27,6 +28,39 @@ PROV_DTYPE = np.dtype([("source", "<u2"), ("offset", "<u8")])
 
 class MixFileError(MixerError):
     """A mix that is missing, incomplete or not what the run expects (one line, exit 1)."""
+
+
+def write_manifest(mix_dir: Path | str, manifest: dict) -> Path:
+    """MIX/manifest.json, atomically and last (its presence marks a finished mix): the one
+    writer of what `load_manifest` reads."""
+    if manifest.get("format") != MIX_FORMAT:
+        raise ValueError(f"manifest: format {manifest.get('format')!r}: not a {MIX_FORMAT} manifest")
+    path = Path(mix_dir) / "manifest.json"
+    write_json(path, manifest)
+    return path
+
+
+def write_shard_files(out_dir: Path, name: str, samples: np.ndarray, prov: np.ndarray,
+                      source_samples: dict[str, int]) -> dict:
+    """A shard's three files: NAME.bin (the samples, row-major), NAME.prov.npy (PROV_DTYPE per
+    sample) and, last, its sidecar NAME.json (marks the shard done), each fsynced and renamed
+    into place; the sidecar as written."""
+    if prov.dtype != PROV_DTYPE or len(prov) != len(samples):
+        raise ValueError(f"{name}: provenance must be {len(samples)} rows of {PROV_DTYPE}, got {prov.shape} {prov.dtype}")
+    with atomic_open(out_dir / f"{name}.bin") as f:
+        f.write(samples.data)
+    with atomic_open(out_dir / f"{name}.prov.npy") as f:
+        np.save(f, prov, allow_pickle=False)
+    record = {
+        "file": f"{name}.bin",
+        "samples": int(len(samples)),
+        CHECKSUM: checksum_bytes(samples.data),
+        "provenance": f"{name}.prov.npy",
+        f"provenance_{CHECKSUM}": checksum_bytes((out_dir / f"{name}.prov.npy").read_bytes()),
+        "source_samples": source_samples,
+    }
+    write_json(out_dir / f"{name}.json", record)
+    return record
 
 
 def load_manifest(mix_dir: Path | str) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mixer.errors import MixerError
-from mixer.formats.atomic import read_versioned
+from mixer.formats.atomic import read_versioned, write_json
 from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
@@ -218,6 +218,16 @@ def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
         n += 1
     return n
+
+
+def write_run_meta(run_dir: Path | str, meta: dict) -> Path:
+    """RUN/run.json, atomically: the one writer of the file `read_run_meta` reads (the format
+    and kind checked on the way out too, so no stage writes a run.json mixer cannot read)."""
+    if meta.get("format") != RUN_FORMAT or meta.get("kind") not in KINDS:
+        raise ValueError(f"run.json: format {meta.get('format')!r}, kind {meta.get('kind')!r}: not a {RUN_FORMAT} run")
+    path = Path(run_dir) / RUN_FILE
+    write_json(path, meta)
+    return path
 
 
 def read_run_meta(path: Path | str) -> dict:

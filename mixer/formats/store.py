@@ -154,11 +154,21 @@ def seal(folder: Path, meta: dict) -> dict:
     return {"files": files, f"meta_{CHECKSUM}": meta_digest(meta)}
 
 
+def write_store_meta(folder: Path | str, meta: dict) -> Path:
+    """FOLDER/store.json, atomically and last (its presence means the store is complete): the
+    one writer of what `open_store` reads."""
+    if meta.get("format") != STORE_FORMAT:
+        raise ValueError(f"store.json: format {meta.get('format')!r}: not a {STORE_FORMAT} store")
+    path = Path(folder) / "store.json"
+    write_json(path, meta)
+    return path
+
+
 def seal_store(path: Path | str) -> dict:
     """Add the checksums block to an existing store.json (for stores written by hand)."""
     meta = read_json(Path(path) / "store.json")
     meta["checksums"] = seal(Path(path), meta)
-    write_json(Path(path) / "store.json", meta)
+    write_store_meta(path, meta)
     return meta
 
 

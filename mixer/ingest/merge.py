@@ -37,7 +37,6 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 from mixer import __version__
-from mixer.formats.atomic import write_json
 from mixer.errors import MixerError
 from mixer.ingest.tokenizer_step import DOC_DTYPE, part_name
 from mixer.ingest.sources import SourceSpec
@@ -49,7 +48,7 @@ from mixer.ingest.split import (
     threshold_for_tokens_streamed,
     val_mask,
 )
-from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT, seal
+from mixer.formats.store import HELDOUT_SPLIT, STORE_FORMAT, seal, write_store_meta
 from mixer.ingest.vocab import TokenizerInfo
 
 DOC_CHUNK = 1 << 16  # documents per step of every pass (~10 MB of working arrays with uuid-style ids)
@@ -455,7 +454,7 @@ def write_store(
             "mixer_version": __version__,
         }
         meta["checksums"] = seal(staging, meta)  # every file is final: build and verify check against these
-        write_json(staging / "store.json", meta)  # last: its presence means the store is complete
+        write_store_meta(staging, meta)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

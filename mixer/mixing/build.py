@@ -41,7 +41,7 @@ from mixer.errors import MixerError, UsageError
 from mixer.lifetime import pid_alive
 from mixer.units import SEED_MAX
 from mixer.formats.folders import refuse_links
-from mixer.formats.mix import MIX_FORMAT
+from mixer.formats.mix import MIX_FORMAT, write_manifest
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.formats.store import check_store_files
 from mixer.mixing.plan_cache import PLAN_FORMAT
@@ -525,5 +525,5 @@ def finalize(plan: MixPlan, out: Path, identity: dict, recheck_stores: bool, ext
             "store_checksums": identity["stores"],
             **extra,
         }
-        write_json(path, manifest)
+        write_manifest(out, manifest)
     return manifest

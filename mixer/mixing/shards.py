@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import atomic_open, write_json
+from mixer.formats.atomic import atomic_open
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
-from mixer.formats.mix import PROV_DTYPE
+from mixer.formats.mix import PROV_DTYPE, write_shard_files
 from mixer.mixing.spec import MixPlan
 
 
@@ -50,23 +50,8 @@ def write_shard(plan: MixPlan, k: int, out_dir: Path, reuse: int = 1) -> dict:
 def persist_shard(plan: MixPlan, k: int, out_dir: Path, samples: np.ndarray, prov: np.ndarray) -> dict:
     """Write shard k's files (fsynced, renamed), then its sidecar. Releases the GIL while
     writing, so a build computes shard k + 1 meanwhile (build.run_inline)."""
-    name = shard_name(k)
-    with atomic_open(out_dir / f"{name}.bin") as f:
-        f.write(samples.data)
-    with atomic_open(out_dir / f"{name}.prov.npy") as f:
-        np.save(f, prov, allow_pickle=False)
-    prov_bytes = (out_dir / f"{name}.prov.npy").read_bytes()
     counts = np.bincount(prov["source"], minlength=len(plan.sources))
-    record = {
-        "file": f"{name}.bin",
-        "samples": int(len(samples)),
-        CHECKSUM: checksum_bytes(samples.data),
-        "provenance": f"{name}.prov.npy",
-        f"provenance_{CHECKSUM}": checksum_bytes(prov_bytes),
-        "source_samples": {str(i): int(c) for i, c in enumerate(counts)},
-    }
-    write_json(out_dir / f"{name}.json", record)  # last: the sidecar marks the shard done
-    return record
+    return write_shard_files(out_dir, shard_name(k), samples, prov, {str(i): int(c) for i, c in enumerate(counts)})
 
 
 def read_sidecar(out_dir: Path, k: int) -> dict | None:

@@ -20,9 +20,8 @@ from typing import Callable
 
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
-from mixer.formats.atomic import write_json
 from mixer.formats.mix import MixFiles
-from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta
+from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta, write_run_meta
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
 from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
@@ -409,13 +408,13 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_sampl
     if meta.get("model_params") is None:
         meta["model_params"] = plan.job.model_params()
     meta["status"] = "running"
-    write_json(run_dir / "run.json", meta)
+    write_run_meta(run_dir, meta)
     started = time.time()
     try:
         plan.trainer.launch(plan.job, echo=echo)
     except MixerError:
         meta["status"] = "failed"
-        write_json(run_dir / "run.json", meta)
+        write_run_meta(run_dir, meta)
         raise
     trained = time.perf_counter()
     if evaluate:
@@ -432,7 +431,7 @@ def execute(plan: RunPlan, echo: bool = False, evaluate: bool = True, eval_sampl
                                         timing.get("flops_per_token"), timing.get("device"),
                                         int(timing.get("devices") or 1), timing.get("precision"))
     meta["status"] = "done"
-    write_json(run_dir / "run.json", meta)
+    write_run_meta(run_dir, meta)
     return meta
 
 
@@ -458,7 +457,7 @@ def record_best(run_dir: Path) -> dict:
     elif meta.get("kind") != "pretrain":
         meta["best"] = _best(read_evals(run_dir), on)
     meta["evaluated"] = True
-    write_json(run_dir / "run.json", meta)
+    write_run_meta(run_dir, meta)
     return meta
 
 
@@ -558,7 +557,7 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
             "name": out.name, "kind": kind,
             "hparams": {"grid": grid, "reference_lr": first["hparams"].get("reference_lr"), "points": points},
             "best": best, "status": "done", "evaluated": all(m.get("evaluated", True) for _, m in results)}
-    write_json(out / "run.json", root)
+    write_run_meta(out, root)
     return root
 
 

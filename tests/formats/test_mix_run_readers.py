@@ -156,3 +156,25 @@ def test_every_versioned_reader_refuses_a_file_that_is_not_its_format_in_one_lin
         (folder / name).write_text(content)
         with pytest.raises(MixerError, match=rf"{folder / name}: not a mixer-\w+/\d"):
             read(folder)
+
+
+def test_the_format_writers_refuse_content_their_readers_would_refuse(tmp_path):
+    import numpy as np
+
+    from mixer.formats.fit import write_fit
+    from mixer.formats.mix import PROV_DTYPE, write_manifest, write_shard_files
+    from mixer.formats.run import write_run_meta
+    from mixer.formats.store import write_store_meta
+
+    for write, content in ((write_run_meta, {"format": "mixer-run/1", "kind": "nope"}),
+                           (write_manifest, {"format": "mixer-mix/0"}), (write_fit, {"format": "x"}),
+                           (write_store_meta, {})):
+        with pytest.raises(ValueError, match="not a mixer-"):
+            write(tmp_path, content)
+    assert not any(tmp_path.iterdir())
+    samples = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    with pytest.raises(ValueError, match="provenance must be 3 rows"):
+        write_shard_files(tmp_path, "shard-00000", samples, np.zeros(2, PROV_DTYPE), {"0": 3})
+    record = write_shard_files(tmp_path, "shard-00000", samples, np.zeros(3, PROV_DTYPE), {"0": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.bin", "shard-00000.json", "shard-00000.prov.npy"]
+    assert json.loads((tmp_path / "shard-00000.json").read_text()) == record and record["samples"] == 3
