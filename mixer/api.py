@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mixer.executors import Executor
+from mixer.formats.run import RunKind
 from mixer.formats.folders import claim_folder, mark_folder
 
 PathLike = str | Path
@@ -122,7 +123,7 @@ def pretrain(mix: PathLike, out: PathLike, *, model: str, evaluate: bool = True,
                    eval_samples=eval_samples)
 
 
-def finetune(mix: PathLike, out: PathLike, parent: PathLike, *, kind: str = "finetune", lr: str | None = None,
+def finetune(mix: PathLike, out: PathLike, parent: PathLike, *, kind: RunKind = "finetune", lr: str | None = None,
              lr_ratio: str | None = None, warmup: str | None = None, grid: Sequence[str] = (),
              evaluate: bool = True, eval_samples: int | None = None, **settings: Any) -> dict:
     """`mixer train finetune` (kind "replay": `mixer train replay`): finetune the run `parent`

@@ -37,11 +37,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from mixer.errors import MixerError, UsageError
 
-KINDS = ("local", "slurm", "ray")
+ExecutorKind = Literal["local", "slurm", "ray"]
+KINDS: tuple[str, ...] = get_args(ExecutorKind)
 JOBS_FILE = "slurm_jobs.json"
 
 
@@ -86,7 +87,7 @@ def parse_sbatch_arg(text: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Executor:
-    kind: str = "local"
+    kind: ExecutorKind = "local"
     tasks: int = 1
     workers: int | None = None  # ranks at once; None: min(tasks, CPUs) locally, no cap on a cluster
     partition: str | None = None

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 from mixer.errors import MixerError
 from mixer.formats.atomic import read_versioned, write_json
@@ -26,9 +26,11 @@ from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
 RUN_FILE, EVALS_FILE = "run.json", "evals.jsonl"
-KINDS = ("pretrain", "finetune", "replay")
+RunKind = Literal["pretrain", "finetune", "replay"]
+KINDS: tuple[str, ...] = get_args(RunKind)
 LOSSES = ("domain_test_loss", "domain_train_loss", "general_val_loss", "domain_val_loss")
-SELECT_ON = ("val", "test")
+SelectOn = Literal["val", "test"]
+SELECT_ON: tuple[str, ...] = get_args(SelectOn)
 LOGGED = ("train_loss", "lr")  # from the trainer's log at the checkpoint, where it has them
 
 

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from mixer.errors import MixerError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 
 STORE_FORMAT = "mixer-store/1"
+Role = Literal["domain", "general"]  # a store's role in a mix
+ROLES: tuple[str, ...] = get_args(Role)
 HELDOUT_SPLIT = {"domain": "test", "general": "val"}
 
 

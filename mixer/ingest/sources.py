@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError, UsageError
+from mixer.formats.store import ROLES, Role  # noqa: F401 - Role: the type of a source's role
 from mixer.units import SEED_MAX, parse_count
 
-ROLES = ("domain", "general")
 BAD_RECORD_POLICIES = ("skip", "fail")
 DEFAULT_TEST_FRACTION = 0.01
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -44,7 +44,7 @@ class SourceSpec:
     """
 
     name: str
-    role: str
+    role: Role
     inputs: list[str]
     tokenizer: str
     text_key: str = "text"

@@ -21,7 +21,8 @@ from typing import Callable
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MixFiles
-from mixer.formats.run import RUN_FORMAT, SELECT_ON, Eval, best_eval, read_evals, read_run_meta, write_run_meta
+from mixer.formats.run import (RUN_FORMAT, SELECT_ON, Eval, RunKind, SelectOn, best_eval, read_evals, read_run_meta,
+                               write_run_meta)
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
 from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
@@ -259,12 +260,12 @@ def reference_lr(trainer: Trainer, parent: Path, pmeta: dict, ckpt: Path) -> flo
     return float(ref) if ref is not None else None
 
 
-def plan_finetune(kind: str, mix_path: Path, out: Path, parent: Path, checkpoint: str | None = None,
+def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkpoint: str | None = None,
                   lr: float | None = None, lr_ratio: float | None = None, warmup: int | None = None,
                   schedule: str = "constant",
                   min_lr: float | None = None, decay_fraction: float = 0.2, weight_decay: float | None = None,
                   batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
-                  eval_every: int | None = None, select_on: str = "val", seed: int = 0, trainer: str | None = None,
+                  eval_every: int | None = None, select_on: SelectOn = "val", seed: int = 0, trainer: str | None = None,
                   precision: str | None = None, devices: int | None = None, threads: int | None = None,
                   nodes: int | None = None, dry_run: bool = False, warmup_capped: dict | None = None) -> RunPlan:
     """A finetune (or replay) of `parent` on MIX; the trainer is the parent's. Early stopping
@@ -533,7 +534,7 @@ def grid_points(grid: dict[str, list]) -> list[tuple[str, dict]]:
             for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool = False,
+def run_grid(kind: RunKind, out: Path, grid: dict[str, list], make_plan, echo: bool = False,
              eval_samples: int | None = None, evaluate: bool = True) -> dict:
     """Every grid point as a full sub-run, then RUN/run.json: the grid that ran, each point's
     best checkpoint, and `best` naming the winner: the lowest loss on the split the runs
@@ -564,7 +565,7 @@ def run_grid(kind: str, out: Path, grid: dict[str, list], make_plan, echo: bool 
 @dataclass
 class FinetuneGrid:
     """A finetune (one point) or a grid of them under `out`, planned but not run."""
-    kind: str
+    kind: RunKind
     out: Path
     axes: dict[str, list]
     make: Callable[[Path, dict], RunPlan]  # (a point's folder, its overrides) -> its plan
@@ -587,7 +588,7 @@ class FinetuneGrid:
                         evaluate=evaluate)
 
 
-def plan_finetune_grid(kind: str, mix: Path, out: Path, parent: Path, lr: str | None = None,
+def plan_finetune_grid(kind: RunKind, mix: Path, out: Path, parent: Path, lr: str | None = None,
                        lr_ratio: str | None = None, warmup: str | None = None, grid: list[str] | None = None,
                        **kwargs) -> FinetuneGrid:
     """`mixer train finetune|replay`: the grid its flags ask for (comma-separated --lr,

@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from mixer.formats.mix import MixFiles
+from mixer.formats.run import RunKind
 
 
 @runtime_checkable
@@ -57,7 +58,7 @@ class RunSpec:
     """One training run, trainer-neutral. Steps are optimizer steps of `global_batch` samples
     of the mix in stored order, from its first sample (never reshuffled, never wrapped)."""
 
-    kind: str  # pretrain | finetune | replay
+    kind: RunKind
     run_dir: Path  # RUN: the trainer writes its files under it
     mix: MixFiles
     model: str  # the trainer's model preset (recorded in run.json)
@@ -119,7 +120,7 @@ class Trainer(Protocol):
         on several nodes takes `nodes` too (`--num-nodes`; mixer passes it only when above 1)."""
         ...
 
-    def defaults(self, model: str, kind: str) -> dict[str, Any]:
+    def defaults(self, model: str, kind: RunKind) -> dict[str, Any]:
         """The model preset's hyperparameters for `kind` (pretrain, or finetune for both
         finetune and replay): batch, micro_batch, weight_decay; for pretrain also lr, min_lr
         and warmup_fraction, for finetune warmup (finetuning rates are multiples of the
