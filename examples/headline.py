@@ -39,6 +39,7 @@ seed-0 finetunes; every reported loss is on the test split.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -285,24 +286,38 @@ def publish_results(out: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    from mixer.formats.atomic import write_json
-    from mixer.formats.run import read_run_meta, relocate
+    from mixer.formats.atomic import read_json, write_json
+    from mixer.formats.run import read_run_meta, relocate, write_run_meta
 
     for name in ("run.json", "evals.jsonl"):
         for f in (out / "runs").rglob(name):
             target = dest / "runs" / f.relative_to(out / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
-            if name == "run.json":  # parents relative to the run: the copy never points back here
-                write_json(target, relocate(read_run_meta(f.parent), f.parent.resolve()))
+            if name == "run.json":  # paths relative to the run: the copy never points back here
+                write_run_meta(target.parent, relocate(read_run_meta(f.parent), f.parent.resolve()))
             else:
                 shutil.copyfile(f, target)
     for sub in ("report", "fit", "early-exposure", *(f.name for f in out.glob("fit-*"))):
         for f in sorted((out / sub).glob("*")):
             if f.suffix in (".md", ".json", ".png"):
                 (dest / sub).mkdir(exist_ok=True)
-                shutil.copyfile(f, dest / sub / f.name)
+                if f.suffix == ".json":  # the runs a report names, as paths relative to the copy
+                    write_json(dest / sub / f.name, relative_paths(read_json(f), out.resolve(), (out / sub).resolve()))
+                else:
+                    shutil.copyfile(f, dest / sub / f.name)
     md, _ = table(dest)
     (dest / "headline.md").write_text(md + "\n")
+
+
+def relative_paths(data, root: Path, base: Path):
+    """`data` (parsed JSON) with every string naming a path under `root` made relative to `base`."""
+    if isinstance(data, dict):
+        return {k: relative_paths(v, root, base) for k, v in data.items()}
+    if isinstance(data, list):
+        return [relative_paths(v, root, base) for v in data]
+    if isinstance(data, str) and data.startswith(f"{root}{os.sep}"):
+        return os.path.relpath(data, base)
+    return data
 
 
 def _pm(x: dict | None, unit: str = "", digits: int = 3) -> str:

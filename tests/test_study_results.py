@@ -64,3 +64,22 @@ def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatc
         assert not Path(r.parent).is_absolute(), f"{r.path}/run.json: parent {r.parent} is an absolute path"
         parent = R.find_parent(r, runs)
         assert parent is not None and RESULTS in parent.path.parents, f"{r.path}: parent {r.parent} not found"
+
+
+def test_no_published_file_holds_an_absolute_path():
+    """The published runs, reports and fits name runs, mixes and recipes by paths relative to
+    themselves: nothing in them points at the machine that ran the study."""
+    import json
+
+    def strings(x):
+        if isinstance(x, dict):
+            return [s for v in x.values() for s in strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return [x] if isinstance(x, str) else []
+
+    files = sorted(RESULTS.rglob("*.json"))
+    assert len(files) > 100
+    for f in files:
+        absolute = [s for s in strings(json.loads(f.read_text())) if s.startswith("/")]
+        assert not absolute, f"{f}: {absolute[:3]}"

@@ -181,9 +181,7 @@ def find_parent(run: Run, runs: list[Run]) -> Run | None:
     """
     if not run.parent:
         return None
-    want = Path(run.parent)
-    if not want.is_absolute():
-        want = run.path / want
+    want = run_path(run.path, run.parent)
     candidates = [c for r in runs for c in _with_grid_points(r) if c is not run]
     for r in candidates:
         if r.path.resolve() == want.resolve():
@@ -204,14 +202,30 @@ def _with_grid_points(run: Run) -> list[Run]:
     return [run] + [g for s in run.subruns for g in _with_grid_points(s)]
 
 
+# The paths run.json records that code follows: relative in a published copy (relocate),
+# resolved against the run folder when read (run_path).
+RUN_PATHS = ("parent", "parent_checkpoint", "mix")
+
+
+def run_path(run_dir: Path | str, value: str | os.PathLike) -> Path:
+    """A path from run.json (`parent`, `parent_checkpoint`, `mix`): as written when absolute,
+    else relative to the run folder, as `relocate` writes them."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
 def relocate(meta: dict, run_dir: Path) -> dict:
-    """run.json with its `parent` and `parent_checkpoint` relative to `run_dir`, for a copy of
-    a whole study folder (published results): the copy then finds its parents inside itself
-    wherever it lies, and never reads the place the study ran in."""
+    """run.json with every path it records (RUN_PATHS, and a recipe stage's recipe file)
+    relative to `run_dir`, for a copy of a whole study folder (published results): the copy
+    then finds its parents inside itself wherever it lies, and never reads the place the
+    study ran in (a mix that was not copied is then simply not there)."""
     out = dict(meta)
-    for key in ("parent", "parent_checkpoint"):
+    for key in RUN_PATHS:
         if out.get(key) and Path(out[key]).is_absolute():
             out[key] = os.path.relpath(out[key], run_dir)
+    stage = out.get("stage")
+    if isinstance(stage, dict) and stage.get("recipe") and Path(stage["recipe"]).is_absolute():
+        out["stage"] = {**stage, "recipe": os.path.relpath(stage["recipe"], run_dir)}
     return out
 
 
@@ -326,7 +340,7 @@ def mix_domain_tokens(run: Run) -> int | None:
     report on runs copied without their mixes must still work.
     """
     try:
-        src = MixFiles.open(str(run.meta.get("mix") or "")).source("domain")
+        src = MixFiles.open(run_path(run.path, run.meta.get("mix") or "")).source("domain")
     except MixerError:
         return None
     return int(src["train_tokens"]) if src and src.get("train_tokens") else None

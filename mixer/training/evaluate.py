@@ -35,7 +35,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.formats.mix import MixFiles
-from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta
+from mixer.formats.run import Eval, append_eval, read_evals, read_run_meta, run_path
 from mixer.formats.sample_sets import SELECTION, TRAIN_LOSS, SampleSet, has_sample_sets, sample_set
 from mixer.training.registry import trainer_of
 
@@ -60,12 +60,12 @@ def mix_chain(run_dir: Path) -> list[MixFiles]:
         seen.add(str(run))
         meta = read_run_meta(run)
         try:
-            chain.append(MixFiles.open(meta["mix"]))
+            chain.append(MixFiles.open(run_path(run, meta["mix"])))
         except MixerError as e:
             if not chain:
                 where = run / "run.json"
                 raise MixerError(f"{e}; it is the mix of {where}: move it back to evaluate the run") from None
-        run = Path(meta["parent"]) if meta.get("parent") else None
+        run = run_path(run, meta["parent"]) if meta.get("parent") else None
     return chain
 
 
@@ -144,8 +144,7 @@ def start_checkpoint(run_dir: Path, meta: dict) -> Path | None:
     to the run when relative); None for a pretraining run or when it is gone."""
     if meta.get("kind") == "pretrain" or not meta.get("parent_checkpoint"):
         return None
-    ckpt = Path(meta["parent_checkpoint"])
-    ckpt = ckpt if ckpt.is_absolute() else Path(run_dir) / ckpt
+    ckpt = run_path(run_dir, meta["parent_checkpoint"])
     return ckpt if ckpt.is_dir() else None
 
 

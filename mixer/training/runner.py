@@ -22,7 +22,7 @@ from mixer import __version__
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MixFiles
 from mixer.formats.run import (RUN_FORMAT, SELECT_ON, Eval, RunKind, SelectOn, best_eval, read_evals, read_run_meta,
-                               write_run_meta)
+                               run_path, write_run_meta)
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
 from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
@@ -288,7 +288,7 @@ def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkp
     machine = _machine(tr, name, precision, devices, threads, nodes)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
     ckpt = _parent_checkpoint(tr, parent, checkpoint, pmeta)
-    _check_tokenizer(mix, pmeta)
+    _check_tokenizer(mix, parent, pmeta)
     batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], _ranks(machine))
     steps = _steps(mix, batch, tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
@@ -375,11 +375,11 @@ def _steps_per_epoch(mix: MixFiles, batch: int) -> int:
     return max(1, round(per_epoch / batch))
 
 
-def _check_tokenizer(mix: MixFiles, pmeta: dict) -> None:
+def _check_tokenizer(mix: MixFiles, parent: Path, pmeta: dict) -> None:
     """The finetune mix and the parent's pretraining mix share one tokenizer (the model's own
     vocabulary is the trainer's check)."""
     try:
-        parent_mix = MixFiles.open(Path(pmeta["mix"]))
+        parent_mix = MixFiles.open(run_path(parent, pmeta["mix"]))
     except MixerError:
         return  # the parent's mix is gone; the trainer's vocabulary check is all we can do
     a, b = mix.tokenizer.get("sha256"), parent_mix.tokenizer.get("sha256")

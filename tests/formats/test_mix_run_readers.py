@@ -131,12 +131,18 @@ def test_find_parent_matches_a_grid_point_of_a_moved_study_and_reads_nothing_out
 
 
 def test_relocate_writes_parents_relative_to_the_run():
-    from mixer.formats.run import relocate
+    from mixer.formats.run import relocate, run_path
 
-    meta = {"parent": "/s/runs/ee/post/lr=2", "parent_checkpoint": "/s/runs/ee/post/lr=2/out/step-1", "kind": "finetune"}
+    meta = {"parent": "/s/runs/ee/post/lr=2", "parent_checkpoint": "/s/runs/ee/post/lr=2/out/step-1", "kind": "finetune",
+            "mix": "/s/mixes/ee/ft", "stage": {"recipe": "/repo/recipes/stages/ee.toml", "name": "finetune"}}
     out = relocate(meta, Path("/s/runs/ee/ft"))
-    assert out == {"parent": "../post/lr=2", "parent_checkpoint": "../post/lr=2/out/step-1", "kind": "finetune"}
+    assert out == {"parent": "../post/lr=2", "parent_checkpoint": "../post/lr=2/out/step-1", "kind": "finetune",
+                   "mix": "../../../mixes/ee/ft", "stage": {"recipe": "../../../../repo/recipes/stages/ee.toml",
+                                                             "name": "finetune"}}
     assert relocate({"parent": None}, Path("/x")) == {"parent": None}
+    # read back against the run folder, wherever the copy lies
+    assert run_path(Path("/copy/runs/ee/ft"), out["mix"]) == Path("/copy/runs/ee/ft/../../../mixes/ee/ft")
+    assert run_path(Path("/copy/runs/ee/ft"), "/abs/mix") == Path("/abs/mix")
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"format": "other/1"}', "{}"])
