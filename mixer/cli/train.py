@@ -21,9 +21,33 @@ def _count(text: str | None, what: str) -> int | None:
     return None if text is None else parse_count(text, what)
 
 
-# Flags of --sbatch itself: left out of the command the job script runs.
-_SBATCH_FLAGS = {"--sbatch": False, "--partition": True, "--account": True, "--qos": True, "--time": True,
-                 "--sbatch-arg": True}
+_SBATCH_OPTIONS = [
+    click.option("--sbatch", is_flag=True,
+                 help="Write RUN/sbatch.sh, a Slurm job that runs this same command in an allocation of the run's "
+                      "nodes and devices, and stop: submit it with `sbatch RUN/sbatch.sh`. GPUs per node are "
+                      "those seen here; on a login node without GPUs add --sbatch-arg=--gpus-per-node=N."),
+    click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"),
+                 help="--sbatch: Slurm partition [default: $MIXER_SLURM_PARTITION, else the cluster's]."),
+    click.option("--account", default=lambda: os.environ.get("MIXER_SLURM_ACCOUNT"),
+                 help="--sbatch: Slurm account [default: $MIXER_SLURM_ACCOUNT, else yours]."),
+    click.option("--qos", default=lambda: os.environ.get("MIXER_SLURM_QOS"),
+                 help="--sbatch: Slurm quality of service [default: $MIXER_SLURM_QOS]."),
+    click.option("--time", "time_limit", default="24:00:00", show_default=True, help="--sbatch: time limit."),
+    click.option("--sbatch-arg", "sbatch_args", multiple=True,
+                 help="--sbatch: any other sbatch option (repeatable): --sbatch-arg=--exclusive."),
+]
+
+
+def _flags_of(decorators: list) -> dict[str, bool]:
+    """flag -> whether it takes a value, read from the click options themselves."""
+    def probe() -> None: ...
+    for d in decorators:
+        probe = d(probe)
+    return {name: not p.is_flag for p in probe.__click_params__ for name in p.opts}
+
+
+# --sbatch and its Slurm flags: left out of the command the job script runs.
+_SBATCH_FLAGS = _flags_of(_SBATCH_OPTIONS)
 
 
 def _job_argv(argv: list[str]) -> list[str]:
@@ -59,21 +83,7 @@ def _sbatch_options(f):
             job["time"] = time_limit
         return f(*args, sbatch=job, **kw)
 
-    for opt in reversed([
-        click.option("--sbatch", is_flag=True,
-                     help="Write RUN/sbatch.sh, a Slurm job that runs this same command in an allocation of the run's "
-                          "nodes and devices, and stop: submit it with `sbatch RUN/sbatch.sh`. GPUs per node are "
-                          "those seen here; on a login node without GPUs add --sbatch-arg=--gpus-per-node=N."),
-        click.option("--partition", default=lambda: os.environ.get("MIXER_SLURM_PARTITION"),
-                     help="--sbatch: Slurm partition [default: $MIXER_SLURM_PARTITION, else the cluster's]."),
-        click.option("--account", default=lambda: os.environ.get("MIXER_SLURM_ACCOUNT"),
-                     help="--sbatch: Slurm account [default: $MIXER_SLURM_ACCOUNT, else yours]."),
-        click.option("--qos", default=lambda: os.environ.get("MIXER_SLURM_QOS"),
-                     help="--sbatch: Slurm quality of service [default: $MIXER_SLURM_QOS]."),
-        click.option("--time", "time_limit", default="24:00:00", show_default=True, help="--sbatch: time limit."),
-        click.option("--sbatch-arg", "sbatch_args", multiple=True,
-                     help="--sbatch: any other sbatch option (repeatable): --sbatch-arg=--exclusive."),
-    ]):
+    for opt in reversed(_SBATCH_OPTIONS):
         wrapper = opt(wrapper)
     return wrapper
 
@@ -222,7 +232,7 @@ def _finetune_command(kind: str):
             precision=precision, devices=devices, threads=threads, nodes=num_nodes,
             dry_run=dry_run or sbatch is not None)
         if sbatch is not None:  # the job runs the whole command, grid and all; its first point plans the machine
-            _write_sbatch(plans.points()[0][1], sbatch, out)
+            _write_sbatch(plans.first(), sbatch, out)
         elif dry_run:
             for where, plan in plans.points():
                 click.echo((f"# --- {where}\n" if plans.is_grid else "") + plan.config_text(), nl=False)

@@ -574,16 +574,24 @@ class FinetuneGrid:
     def is_grid(self) -> bool:
         return is_grid(self.axes)
 
-    def points(self) -> list[tuple[Path, RunPlan]]:
-        """(folder, plan) of every point: OUT itself for a single finetune, OUT/<point> in a grid."""
+    def settings(self) -> list[tuple[Path, dict]]:
+        """(folder, overrides) of every point: OUT itself for a single finetune, OUT/<point> in a grid."""
         if not self.is_grid:
-            return [(self.out, self.make(self.out, {k: v[0] for k, v in self.axes.items()}))]
-        return [(self.out / name, self.make(self.out / name, o)) for name, o in grid_points(self.axes)]
+            return [(self.out, {k: v[0] for k, v in self.axes.items()})]
+        return [(self.out / name, o) for name, o in grid_points(self.axes)]
+
+    def points(self) -> list[tuple[Path, RunPlan]]:
+        """(folder, plan) of every point."""
+        return [(where, self.make(where, o)) for where, o in self.settings()]
+
+    def first(self) -> RunPlan:
+        """The first point's plan (a single finetune's only one), without planning the others."""
+        return self.make(*self.settings()[0])
 
     def run(self, echo: bool = False, eval_samples: int | None = None, evaluate: bool = True) -> dict:
         """Train and evaluate every point (resuming), then the grid's run.json; run.json as written."""
         if not self.is_grid:
-            return execute(self.points()[0][1], echo=echo, eval_samples=eval_samples, evaluate=evaluate)
+            return execute(self.first(), echo=echo, eval_samples=eval_samples, evaluate=evaluate)
         return run_grid(self.kind, self.out, self.axes, self.make, echo=echo, eval_samples=eval_samples,
                         evaluate=evaluate)
 

@@ -265,3 +265,15 @@ def test_sbatch_refuses_a_value_that_would_inject_a_command(mixes, capsys, tmp_p
                          str(tmp_path / "r"), "--sbatch", "--partition", "gpu\ntouch INJECTED")
     assert code == 2 and "control character" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_sbatch_of_a_finetune_grid_writes_one_job_for_the_whole_grid(mixes, capsys, tmp_path):
+    parent = _fake_parent(mixes, tmp_path)
+    out = tmp_path / "ft"
+    code, _, err = cli(capsys, "train", "finetune", str(mixes["ft"]), "--from", str(parent), "--out", str(out),
+                       "--lr-ratio", "0.5,1", "--sbatch", "--qos=high")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["sbatch.sh"]  # no grid point planned onto disk
+    lines = (out / "sbatch.sh").read_text().splitlines()
+    assert "#SBATCH --qos=high" in lines
+    assert lines[-1].endswith(f"train finetune {mixes['ft']} --from {parent} --out {out} --lr-ratio 0.5,1")
