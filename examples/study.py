@@ -81,8 +81,9 @@ SIZES = {
     # (proofs is its D_ft); the general data holds a 5% slice of each domain corpus's documents.
     # Finetunes stop by patience on the validation split; 32 epochs is a cap that a finetune
     # still improving reaches (the report counts them), not the rule.
-    # 128 samples per held-out set (the same for every run, before and after finetuning alike)
-    # keep the 90-minute budget with three times the runs of the first design.
+    # 128 samples per held-out set (the same for every run, before and after finetuning alike).
+    # Three times the runs of the first design: by its pilots 4-8 hours on a 2-core machine, not
+    # the first design's hour (README); --jobs N runs N chains at a time on a larger one.
     "study": Size(domains=("music", "proofs"), seeds=(0, 1, 2), fractions=(0.02, 0.05, 0.1, 0.15, 0.2), scpt=None,
                   replay=None, tokens="4194304", seq_len=128, domain_subset="20K", model="tiny", ft_epochs=32,
                   patience=2, save_interval=12, slices=(("music", 0.05), ("proofs", 0.05)), seed_trainer=True,
