@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mixer.executors import Executor
 from mixer.formats.run import RunKind
@@ -157,15 +157,25 @@ def evaluate(run: PathLike, *, max_samples: int | None = None, device: str | Non
     return results
 
 
-def report(runs: Sequence[PathLike], out: PathLike | None = None, *, out_name: str = "out") -> dict:
+def _as_written(name: str) -> str:
+    return name
+
+
+def cli_flag(name: str) -> str:
+    """How the command line spells a keyword in an error: holdout -> --holdout."""
+    return "--" + name.replace("_", "-")
+
+
+def report(runs: Sequence[PathLike], out: PathLike | None = None, *,
+           spell: Callable[[str], str] = _as_written) -> dict:
     """The papers' metrics over runs (relative gain, compute multiplier, gap closed,
     forgetting); with `out`, also report.md, report.json and the plots, listed under "files".
-    `out_name`: what an error calls `out` (the CLI: --out)."""
+    `spell`: how errors name a keyword (the CLI passes cli_flag: --out)."""
     from mixer.analysis.report import build_report, write_report
     from mixer.formats.run import load_runs
 
     if out is not None:
-        claim_folder(Path(out), "report", out_name)
+        claim_folder(Path(out), "report", spell("out"))
     loaded = load_runs(list(runs))
     data = build_report(loaded)
     if out is not None:
@@ -175,17 +185,17 @@ def report(runs: Sequence[PathLike], out: PathLike | None = None, *, out_name: s
 
 def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float | None = None,
         model: str | None = None, domain: str | None = None, loss: str = "sse", starts: int = 64,
-        seed: int = 0, out_name: str = "out") -> dict:
+        seed: int = 0, spell: Callable[[str], str] = _as_written) -> dict:
     """The overfitting scaling law and the finetuning gain fitted to runs (fit.json's
-    content); with `out`, also fit.json and fit.png, listed under "files"."""
+    content); with `out`, also fit.json and fit.png, listed under "files". `spell`: as report's."""
     from mixer.analysis.fit import build_fit, fit_inputs
     from mixer.errors import UsageError
     from mixer.formats.run import load_runs
 
     if holdout is not None and not 0 < holdout <= 1:
-        raise UsageError(f"holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
+        raise UsageError(f"{spell('holdout')} {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
     if out is not None:
-        claim_folder(Path(out), "fit", out_name)
+        claim_folder(Path(out), "fit", spell("out"))
     inputs = fit_inputs(load_runs(list(runs)), model, domain)
     result = build_fit(inputs, holdout, loss, starts=starts, seed=seed)
     if out is None:

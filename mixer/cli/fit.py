@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from mixer.errors import UsageError
 from mixer.cli.common import emit, json_option, need_runs, runs_argument
 
 
@@ -38,9 +37,7 @@ def fit(runs: tuple[Path, ...], out: Path, holdout: float | None, loss: str, sta
     from mixer import api
     from mixer.analysis.fit import format_fit
 
-    if holdout is not None and not 0 < holdout <= 1:
-        raise UsageError(f"--holdout {holdout:g}: give the fraction as a fraction in (0, 1], e.g. 0.10 for 10%")
     result = api.fit(need_runs(runs), out, holdout=holdout, model=model, domain=domain, loss=loss, starts=starts,
-                     seed=seed, out_name="--out")
+                     seed=seed, spell=api.cli_flag)
     emit(result, as_json, lambda d: f"{format_fit(d)}\n\nwrote {', '.join(d['files'])}"
                                     f"  (next: mixer plan --fit {out / 'fit.json'} --tokens ...)")

@@ -20,5 +20,5 @@ def report(runs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     from mixer import api
     from mixer.analysis.report import format_report
 
-    data = api.report(need_runs(runs), out, out_name="--out")
+    data = api.report(need_runs(runs), out, spell=api.cli_flag)
     emit(data, as_json, lambda d: format_report(d) + "\n\nwrote " + ", ".join(d["files"]))
