@@ -97,7 +97,7 @@ from mixer.checks.train_streams import (LOC_BITS, UNKNOWN_SOURCE_BIT, Reader, St
                                   longest_piece, make_units)
 from mixer.executors import Executor
 from mixer.errors import MixerError, UsageError
-from mixer.formats.atomic import atomic_open, write_json
+from mixer.formats.atomic import atomic_open, load_npy, write_json
 from mixer.formats.store import Store, check_same_tokenizer
 
 __all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "NEAR_TEXT", "MIN_QUOTE", "QUOTE_EDGE",
@@ -275,7 +275,7 @@ class Scanner:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.plan = json.loads((folder / "plan.json").read_text())
-        load = lambda name: np.load(folder / f"{name}.npy", mmap_mode="r")  # noqa: E731 - shared page cache
+        load = lambda name: load_npy(folder / f"{name}.npy", mmap_mode="r")  # noqa: E731 - shared page cache
         # plain arrays over the mapped files: memmap's per-index wrapping costs more than the lookups
         self.keys = KeySet(*(np.asarray(load(name)) for name in ("keys", "words", "directory")))
         self.a = {name: np.asarray(load(name)) for name in ("anchor_key", "anchor_doc", "anchor_off", "anchor_len",
@@ -495,7 +495,7 @@ class ScanFiles(PipelineStep):
 
 def merge(folder: Path, out: Path, tasks: int, n_docs: int) -> dict:
     """Combine the tasks' partials: OR of signatures and sources, earliest location."""
-    n_keys = len(np.load(folder / "keys.npy", mmap_mode="r"))
+    n_keys = len(load_npy(folder / "keys.npy", mmap_mode="r"))
     sig, src = np.zeros(n_keys, dtype=np.uint64), np.zeros(n_keys, dtype=np.uint64)
     loc = np.full(n_keys, NO_LOC, dtype=np.int64)
     exact = np.full(n_docs, NO_LOC, dtype=np.int64)

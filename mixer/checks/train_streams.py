@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mixer.errors import MixerError
+from mixer.formats.atomic import load_npy
 from mixer.formats.mix import PROV_DTYPE
 
 LOC_BITS = 40  # positions < 2**40 tokens per stream (1.1T); stream indices above
@@ -64,7 +65,7 @@ class TrainFile:
         """The sidecar's (source, offset) per row, checked against the file."""
         path = Path(self.prov or "")
         try:
-            prov = np.load(path, allow_pickle=False)
+            prov = load_npy(path)
         except (OSError, ValueError) as e:
             raise MixerError(f"{path}: cannot read provenance ({e})") from None
         if prov.dtype.names != PROV_DTYPE.names:
@@ -213,7 +214,7 @@ class Reader:
         seq = s.row_len - 1
         k0, k1 = start // seq, max(start // seq, (stop - 2) // seq)
         if s.source not in self.orders:
-            self.orders[s.source] = np.load(order_file(self.folder, s.source), mmap_mode="r")
+            self.orders[s.source] = load_npy(order_file(self.folder, s.source), mmap_mode="r")
         rows = np.asarray(self.orders[s.source][k0 : k1 + 1])
         if (rows < 0).any():
             raise MixerError(f"source {s.source}: stream tokens [{start}, {stop}) cross a missing sample")
@@ -260,7 +261,7 @@ class Locator:
             return f"{Path(self.files[s.file].path).name} sample {pos // s.row_len} token {pos % s.row_len}"
         seq = s.row_len - 1
         if s.source not in self.orders:
-            self.orders[s.source] = np.load(order_file(self.folder, s.source), mmap_mode="r")
+            self.orders[s.source] = load_npy(order_file(self.folder, s.source), mmap_mode="r")
         order = self.orders[s.source]
         k = min(pos // seq, len(order) - 1)
         if order[k] < 0 and k and pos % seq == 0:  # the last token of a stretch lies in the previous sample only

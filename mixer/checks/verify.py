@@ -37,6 +37,7 @@ from mixer.checks.expect import Expected, document_passes, expected_mix
 from mixer.checks.verify_samples import check_sample_sets
 from mixer.checks.verify_store import verify_mix_stores
 from mixer.errors import MixerError, UsageError
+from mixer.formats.atomic import load_npy
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.formats.mix import PROV_DTYPE, load_manifest
 
@@ -191,7 +192,7 @@ def _read_provenance(pf: Path, claimed: str) -> np.ndarray:
     if checksum_bytes(data) != claimed:
         _fail(f"{pf}: provenance checksum does not match the manifest; the file was modified or corrupted")
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return load_npy(io.BytesIO(data))
     except Exception as e:  # a damaged header: numpy raises ValueError, EOFError, SyntaxError, ...
         raise MixerError(f"{pf}: not a readable provenance file ({type(e).__name__})") from None
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -75,3 +76,19 @@ def read_versioned(path: str | os.PathLike, accepted: str | tuple[str, ...], nou
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise error(f"{path}: not a {accepted[0]} {noun} (format={got!r}){hint}")
     return data
+
+
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11 can fail when several
+# threads parse at once ("SystemError: AST constructor recursion depth mismatch",
+# python/cpython#106905). mixer's local tasks are threads (build, audit, verify workers), so
+# every .npy load goes through this lock; a mapped load holds it for the header only.
+_NPY_HEADER = threading.Lock()
+
+
+def load_npy(file: str | os.PathLike | IO[bytes], mmap_mode: str | None = None) -> Any:
+    """np.load of one .npy file (a path or a binary file object), pickles refused, safe from
+    any thread."""
+    import numpy as np
+
+    with _NPY_HEADER:
+        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import atomic_open, read_versioned, write_json
+from mixer.formats.atomic import atomic_open, load_npy, read_versioned, write_json
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
@@ -149,7 +149,7 @@ class MixFiles:
 
     def provenance(self, k: int) -> np.ndarray:
         entry = self.manifest["shards"][k]
-        return np.load(self.path / entry["provenance"], mmap_mode="r")
+        return load_npy(self.path / entry["provenance"], mmap_mode="r")
 
     @property
     def eval_sets(self) -> dict[str, dict]:

@@ -32,7 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mixer.formats.atomic import atomic_open, read_json, write_json
+from mixer.formats.atomic import atomic_open, load_npy, read_json, write_json
 from mixer.formats.checksum import checksum_bytes
 from mixer.errors import MixerError
 from mixer.lifetime import pid_alive
@@ -114,7 +114,7 @@ class StreamFiles:
         if not f.is_file():
             return None
         try:
-            a = np.load(f, mmap_mode="r")
+            a = load_npy(f, mmap_mode="r")
         except (ValueError, OSError, EOFError):
             return None
         if a.dtype != np.dtype(dtype) or a.shape != tuple(shape):

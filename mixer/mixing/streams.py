@@ -30,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from mixer.errors import MixerError
+from mixer.formats.atomic import load_npy
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import Store, lengths_u32
 from mixer.mixing import plan_cache
@@ -136,7 +137,7 @@ class SourceStream:
             # numpy's Generator.shuffle, exactly as on an in-memory array: the order of every
             # mix built before the plan went to disk is unchanged. A plain ndarray view, since
             # numpy shuffles only an exact ndarray with its fast path.
-            mapped = np.load(w.path, mmap_mode="r+")
+            mapped = load_npy(w.path, mmap_mode="r+")
             np.random.default_rng([self.seed, source_key(self.name), epoch]).shuffle(np.asarray(mapped))
             mapped.flush()
             del mapped
