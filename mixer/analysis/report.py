@@ -26,7 +26,8 @@ from mixer.analysis.metrics import (compute_multiplier, crossing, forgetting, ga
 from mixer.analysis.plots import (plot_domain_curves, plot_frontier, plot_post_ft, plot_post_ft_vs_tokens,
                                   plot_stage_frontier)
 from mixer.analysis.setups import finetune_of, setup_of
-from mixer.formats.atomic import atomic_open, write_json
+from mixer.formats.atomic import atomic_open
+from mixer.formats.report import REPORT_FORMAT, write_report_json
 from mixer.formats.run import Run, find_parent
 from mixer.text import table
 from mixer.units import format_count
@@ -309,7 +310,7 @@ def build_report(runs: list[Run]) -> dict:
             entry["relative_gain_pct"] = mean_spread(
                 [relative_gain(by_seed.get(r["seed"], base_mean), r["post_ft_loss"]) for r in g]).to_dict()
         table.append(entry)
-    return {"format": "mixer-report/1", "mixer_version": __version__, "runs": [str(r.path) for r in runs],
+    return {"format": REPORT_FORMAT, "mixer_version": __version__, "runs": [str(r.path) for r in runs],
             "table": table, "compute_multiplier": _multipliers(table, rows), "gap_closed": _gaps(table, rows),
             "finetuning": _protocols(rows + chain_protocols), "pretrain": _pretrain_summary(runs), "finetune_runs": rows,
             "early_exposure": _early_exposure_table(chains), "early_exposure_runs": chains, "notes": notes}
@@ -529,7 +530,7 @@ def write_report(report: dict, runs: list[Run], out: Path) -> list[Path]:
                          plot_stage_frontier(report, out / "frontier_ret_ft.png", "L_ft", "L_ret"),
                          plot_stage_frontier(report, out / "frontier_pre_ret.png", "L_pre", "L_ret")) if p]
     report = report | {"plots": [p.name for p in plots]}
-    write_json(out / "report.json", report)
+    write_report_json(out, report)
     md = ["# mixer report", "", f"{len(report['runs'])} runs; post-FT loss is the domain test loss of the "
           "finetuned checkpoint chosen as the finetuning lines below say; relative gain = 100 (L_NPT - L) / L_NPT; "
           "forgetting = rise of general val loss from the pretrained checkpoint to the chosen finetuned one; "

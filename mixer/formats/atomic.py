@@ -59,6 +59,17 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def write_versioned(folder: str | os.PathLike, name: str, data: dict, fmt: str) -> Path:
+    """FOLDER/NAME written atomically, refusing content whose "format" is not `fmt`: the check
+    every writer of a mixer JSON file makes on the way out, so no stage writes a file that
+    mixer's readers refuse."""
+    if data.get("format") != fmt:
+        raise ValueError(f"{name}: format {data.get('format')!r}: not a {fmt} file")
+    path = Path(folder) / name
+    write_json(path, data)
+    return path
+
+
 def read_versioned(path: str | os.PathLike, accepted: str | tuple[str, ...], noun: str, hint: str = "",
                    error: type | None = None) -> dict:
     """A JSON object whose "format" is one of `accepted` (the first is the current version), or

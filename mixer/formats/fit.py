@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixer.formats.atomic import read_versioned, write_json
+from mixer.formats.atomic import read_versioned, write_versioned
 from mixer.errors import MixerError
 
 FIT_FORMAT = "mixer-fit/2"
@@ -14,11 +14,7 @@ READABLE = (FIT_FORMAT, "mixer-fit/1")
 
 def write_fit(out: str | Path, fit: dict) -> Path:
     """OUT/fit.json, atomically: the one writer of what `load_fit` reads."""
-    if fit.get("format") != FIT_FORMAT:
-        raise ValueError(f"fit.json: format {fit.get('format')!r}: not a {FIT_FORMAT} file")
-    path = Path(out) / "fit.json"
-    write_json(path, fit)
-    return path
+    return write_versioned(out, "fit.json", fit, FIT_FORMAT)
 
 
 def load_fit(path: str | Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.formats.atomic import atomic_open, load_npy, read_versioned, write_json
+from mixer.formats.atomic import atomic_open, load_npy, read_versioned, write_json, write_versioned
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import HELDOUT_SPLIT
 from mixer.errors import MixerError
@@ -33,11 +33,7 @@ class MixFileError(MixerError):
 def write_manifest(mix_dir: Path | str, manifest: dict) -> Path:
     """MIX/manifest.json, atomically and last (its presence marks a finished mix): the one
     writer of what `load_manifest` reads."""
-    if manifest.get("format") != MIX_FORMAT:
-        raise ValueError(f"manifest: format {manifest.get('format')!r}: not a {MIX_FORMAT} manifest")
-    path = Path(mix_dir) / "manifest.json"
-    write_json(path, manifest)
-    return path
+    return write_versioned(mix_dir, "manifest.json", manifest, MIX_FORMAT)
 
 
 def write_shard_files(out_dir: Path, name: str, samples: np.ndarray, prov: np.ndarray,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Literal, get_args
 
 from mixer.errors import MixerError
-from mixer.formats.atomic import read_versioned, write_json
+from mixer.formats.atomic import read_versioned, write_versioned
 from mixer.formats.mix import MixFiles
 
 RUN_FORMAT = "mixer-run/1"
@@ -239,11 +239,9 @@ def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
 def write_run_meta(run_dir: Path | str, meta: dict) -> Path:
     """RUN/run.json, atomically: the one writer of the file `read_run_meta` reads (the format
     and kind checked on the way out too, so no stage writes a run.json mixer cannot read)."""
-    if meta.get("format") != RUN_FORMAT or meta.get("kind") not in KINDS:
-        raise ValueError(f"run.json: format {meta.get('format')!r}, kind {meta.get('kind')!r}: not a {RUN_FORMAT} run")
-    path = Path(run_dir) / RUN_FILE
-    write_json(path, meta)
-    return path
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"run.json: kind {meta.get('kind')!r}: not a {RUN_FORMAT} run (kinds: {', '.join(KINDS)})")
+    return write_versioned(run_dir, RUN_FILE, meta, RUN_FORMAT)
 
 
 def read_run_meta(path: Path | str) -> dict:

@@ -25,7 +25,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mixer.formats.atomic import read_json, read_versioned, write_json
+from mixer.formats.atomic import read_json, read_versioned, write_versioned
 from mixer.errors import MixerError
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 
@@ -160,11 +160,7 @@ def seal(folder: Path, meta: dict) -> dict:
 def write_store_meta(folder: Path | str, meta: dict) -> Path:
     """FOLDER/store.json, atomically and last (its presence means the store is complete): the
     one writer of what `open_store` reads."""
-    if meta.get("format") != STORE_FORMAT:
-        raise ValueError(f"store.json: format {meta.get('format')!r}: not a {STORE_FORMAT} store")
-    path = Path(folder) / "store.json"
-    write_json(path, meta)
-    return path
+    return write_versioned(folder, "store.json", meta, STORE_FORMAT)
 
 
 def seal_store(path: Path | str) -> dict:

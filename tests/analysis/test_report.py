@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mixer.formats.report import load_report
 from mixer.cli import main
 from mixer.analysis.forecast import forecast
 from mixer.analysis.report import build_report, describe_protocol, format_report, write_report
@@ -97,7 +98,7 @@ def test_report_writes_markdown_json_and_plots(study, tmp_path, capsys):
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
     md = (out / "report.md").read_text()
     assert "![frontier](frontier.png)" in md and "rel. gain" in md
-    assert json.loads((out / "report.json").read_text())["format"] == "mixer-report/1"
+    assert load_report(out / "report.json")["format"] == "mixer-report/1"
     code, stdout, _ = cli(["report", *map(str, sorted(study.iterdir())), "--out", str(out), "--json"], capsys)
     assert code == 0 and json.loads(stdout)["table"]
 

@@ -169,12 +169,14 @@ def test_the_format_writers_refuse_content_their_readers_would_refuse(tmp_path):
 
     from mixer.formats.fit import write_fit
     from mixer.formats.mix import PROV_DTYPE, write_manifest, write_shard_files
+    from mixer.formats.report import write_report_json
     from mixer.formats.run import write_run_meta
     from mixer.formats.store import write_store_meta
 
     for write, content in ((write_run_meta, {"format": "mixer-run/1", "kind": "nope"}),
+                           (write_run_meta, {"format": "mixer-run/0", "kind": "pretrain"}),
                            (write_manifest, {"format": "mixer-mix/0"}), (write_fit, {"format": "x"}),
-                           (write_store_meta, {})):
+                           (write_store_meta, {}), (write_report_json, {"format": "mixer-fit/2"})):
         with pytest.raises(ValueError, match="not a mixer-"):
             write(tmp_path, content)
     assert not any(tmp_path.iterdir())
