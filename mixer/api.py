@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mixer.executors import Executor
 from mixer.formats.run import RunKind
 from mixer.formats.folders import claim_folder, mark_folder
 
+if TYPE_CHECKING:  # the training modules import torch's neighbours: `import mixer` stays light
+    from mixer.training.config import FinetuneConfig, PretrainConfig
+    from mixer.training.runner import FinetuneGrid, RunPlan
+
 PathLike = str | Path
+
+
+def _as_written(name: str) -> str:
+    return name
+
+
+# Keywords whose flag is not the keyword itself with dashes.
+_FLAGS = {"domain_subset_tokens": "--domain-subset"}
+
+
+def cli_flag(name: str) -> str:
+    """How the command line spells a keyword in an error: holdout -> --holdout."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", source: str | None = None,
@@ -38,47 +55,47 @@ def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", sou
     return [tokenize_source(spec, Path(stores), run) for spec in specs]
 
 
-def _spec(stores: PathLike, fields: dict) -> Any:
-    from mixer.mixing.spec import MixSpec
+def _spec(stores: PathLike, fields: dict, spell: Callable[[str], str]) -> Any:
+    from mixer.mixing.request import spec_from_fields
 
-    mix = fields.pop("mix", None)  # {"music": 0.02, "proofs": 0.01}: the first is the domain
-    if mix:
-        (fields["domain"], fields["fraction"]), *extra = list(dict(mix).items())
-        fields["extra"] = extra
-    if isinstance(fields.get("tokens"), str):
-        from mixer.units import parse_count
-
-        fields["tokens"] = parse_count(fields["tokens"], "tokens")
-    return MixSpec(stores=str(Path(stores).resolve()), **fields)
+    spec = spec_from_fields(str(Path(stores).resolve()), fields, spell)
+    spec.validate()
+    return spec
 
 
-def plan(*, stores: PathLike = "stores", **fields: Any) -> dict:
+def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] | None = None, **fields: Any) -> dict:
     """What a build would produce (counts, epochs, fractions per source), writing nothing.
     `fields` are MixSpec's: domain, general, fraction, epochs, replay, tokens ("200B" or an
-    int), seq_len, seed, window, ...; or `mix={"music": 0.02, "proofs": 0.01}`."""
+    int), seq_len, seed, window ("0.9:1.0"), ...; or `mix={"music": 0.02, "proofs": 0.01}`.
+    `spell`: how errors name a keyword (the CLI passes cli_flag: --seq-len)."""
     from mixer.mixing.spec import resolve
 
-    return resolve(_spec(stores, fields)).summary()
+    return resolve(_spec(stores, fields, spell or _as_written)).summary()
 
 
 def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: PathLike | None = None,
           overrides: dict | None = None, shards: str | None = None, executor: Executor | None = None,
-          progress: bool = False, **fields: Any) -> dict:
-    """Write a mix (or, with `recipe`, every stage of a multi-stage recipe). Returns the
-    build status with the manifest once every shard exists."""
+          progress: bool = False, recheck_stores: bool = False, spell: Callable[[str], str] | None = None,
+          **fields: Any) -> dict:
+    """Write a mix (or, with `recipe`, every stage of a multi-stage recipe; `overrides` sets
+    its vars) into `out` (default ./mixes/<name>). Returns the build status with the manifest
+    once every shard exists. `fields`: as plan's."""
+    spell = spell or _as_written
     ex = (executor or Executor()).validate()
     if recipe is not None:
         from mixer.mixing.stages import build_recipe
         from mixer.recipe_catalog import find_recipe
 
         return build_recipe(find_recipe(recipe), Path(stores), Path(out) if out else None, overrides,
-                            executor=ex, progress=progress)
+                            executor=ex, progress=progress, recheck_stores=recheck_stores)
     from mixer.mixing.build import build as run_build
+    from mixer.mixing.request import check_name
 
-    spec = _spec(stores, fields)
-    spec.validate()
-    target = Path(out) if out else Path("mixes") / spec.default_name()
-    return run_build(spec, target, shards=shards, executor=ex, progress=progress)
+    spec = _spec(stores, fields, spell)
+    if out is None:  # ./mixes/<name>: the name must not lead out of ./mixes
+        out = Path("mixes") / check_name(spec.default_name(), spell("name") if fields.get("name")
+                                         else "mix name (from the flags)")
+    return run_build(spec, Path(out), shards=shards, executor=ex, progress=progress, recheck_stores=recheck_stores)
 
 
 def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bool = False) -> dict:
@@ -112,29 +129,60 @@ def claim_audit_work(work: Path, flag: str = "work") -> None:
     mark_folder(work, "audit work")
 
 
-def pretrain(mix: PathLike, out: PathLike, *, model: str, evaluate: bool = True, eval_samples: int | None = None,
-             **settings: Any) -> dict:
+def _config(cls: type, config: Any, settings: dict) -> Any:
+    from mixer.errors import UsageError
+    from mixer.training.config import config_from
+
+    if config is None:
+        return config_from(cls, settings)
+    if settings:
+        raise UsageError(f"give a {cls.__name__} or its settings ({', '.join(settings)}), not both")
+    return config
+
+
+def pretrain_plan(mix: PathLike, out: PathLike, config: "PretrainConfig | None" = None, *, dry_run: bool = False,
+                  **settings: Any) -> "RunPlan":
+    """The pretraining run `mixer train pretrain` would start (or resume), planned, not run:
+    `.run()` trains it, `.config_text()` is the trainer's config, `.write_sbatch()` its Slurm
+    job. `config`, or its fields as keywords (model=, tokens=, checkpoints=, seed=, trainer=,
+    devices=, ...: mixer.training.config.PretrainConfig and Machine)."""
+    from mixer.training.config import PretrainConfig
+    from mixer.training.runner import plan_pretrain
+
+    return plan_pretrain(Path(mix), Path(out), _config(PretrainConfig, config, settings), dry_run=dry_run)
+
+
+def pretrain(mix: PathLike, out: PathLike, config: "PretrainConfig | None" = None, *, evaluate: bool = True,
+             eval_samples: int | None = None, echo: bool = False, **settings: Any) -> dict:
     """`mixer train pretrain`: train a model from scratch on a mix (resuming an unfinished run
-    in `out`), evaluate every checkpoint; run.json as written. `settings`: the keywords of
-    mixer.training.runner.plan_pretrain (tokens, lr, checkpoints, seed, trainer, devices, ...)."""
-    from mixer.training.runner import execute, plan_pretrain
-
-    return execute(plan_pretrain(Path(mix), Path(out), model, **settings), evaluate=evaluate,
-                   eval_samples=eval_samples)
+    in `out`), evaluate every checkpoint; run.json as written. Settings: as pretrain_plan's."""
+    return pretrain_plan(mix, out, config, **settings).run(echo=echo, evaluate=evaluate, eval_samples=eval_samples)
 
 
-def finetune(mix: PathLike, out: PathLike, parent: PathLike, *, kind: RunKind = "finetune", lr: str | None = None,
-             lr_ratio: str | None = None, warmup: str | None = None, grid: Sequence[str] = (),
-             evaluate: bool = True, eval_samples: int | None = None, **settings: Any) -> dict:
-    """`mixer train finetune` (kind "replay": `mixer train replay`): finetune the run `parent`
-    on a mix over a grid of rates (comma-separated values as on the command line; the paper's
-    by default), early-stopped and chosen on the domain validation split; run.json as written.
-    `settings`: the keywords of mixer.training.runner.plan_finetune (tokens, patience, seed, ...)."""
+def finetune_plan(mix: PathLike, out: PathLike, parent: PathLike, config: "FinetuneConfig | None" = None, *,
+                  kind: RunKind = "finetune", lr: str | None = None, lr_ratio: str | None = None,
+                  warmup: str | None = None, grid: Sequence[str] = (), dry_run: bool = False,
+                  **settings: Any) -> "FinetuneGrid":
+    """The finetune (kind "replay": replay) of the run `parent` on a mix, over a grid of rates
+    (comma-separated values as on the command line; the paper's by default), planned, not run
+    (`.run()`, `.points()`, `.write_sbatch()`). `config`, or its fields as keywords (patience=,
+    tokens=, seed=, select_on=, schedule=, ...: mixer.training.config.FinetuneConfig)."""
+    from mixer.training.config import FinetuneConfig
     from mixer.training.runner import plan_finetune_grid
 
-    grid_plan = plan_finetune_grid(kind, Path(mix), Path(out), Path(parent), lr=lr, lr_ratio=lr_ratio, warmup=warmup,
-                                   grid=list(grid), **settings)
-    return grid_plan.run(evaluate=evaluate, eval_samples=eval_samples)
+    return plan_finetune_grid(kind, Path(mix), Path(out), Path(parent), _config(FinetuneConfig, config, settings),
+                              lr=lr, lr_ratio=lr_ratio, warmup=warmup, grid=list(grid), dry_run=dry_run)
+
+
+def finetune(mix: PathLike, out: PathLike, parent: PathLike, config: "FinetuneConfig | None" = None, *,
+             kind: RunKind = "finetune", lr: str | None = None, lr_ratio: str | None = None, warmup: str | None = None,
+             grid: Sequence[str] = (), evaluate: bool = True, eval_samples: int | None = None, echo: bool = False,
+             **settings: Any) -> dict:
+    """`mixer train finetune` (kind "replay": `mixer train replay`): every grid point trained,
+    early-stopped and chosen on the domain validation split; run.json as written."""
+    plans = finetune_plan(mix, out, parent, config, kind=kind, lr=lr, lr_ratio=lr_ratio, warmup=warmup, grid=grid,
+                          **settings)
+    return plans.run(echo=echo, evaluate=evaluate, eval_samples=eval_samples)
 
 
 def evaluate(run: PathLike, *, max_samples: int | None = None, device: str | None = None) -> dict[str, list[dict]]:
@@ -155,15 +203,6 @@ def evaluate(run: PathLike, *, max_samples: int | None = None, device: str | Non
     if targets != [run] and (run / "run.json").is_file() and read_run_meta(run).get("evaluated") is False:
         record_best(run)  # a grid folder: its winner among the grid points
     return results
-
-
-def _as_written(name: str) -> str:
-    return name
-
-
-def cli_flag(name: str) -> str:
-    """How the command line spells a keyword in an error: holdout -> --holdout."""
-    return "--" + name.replace("_", "-")
 
 
 def report(runs: Sequence[PathLike], out: PathLike | None = None, *,

@@ -8,18 +8,8 @@ import click
 import numpy as np
 
 from mixer.errors import UsageError
-from mixer.units import SEED_MAX, format_count, parse_count
+from mixer.units import SEED_MAX, format_count
 from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
-
-
-def _window(text: str | None) -> tuple[float, float]:
-    if text is None:
-        return (0.0, 1.0)
-    try:
-        a, b = text.split(":")
-        return (float(a), float(b))
-    except ValueError:
-        raise UsageError(f"--window: expected A:B such as 0.9:1.0, got {text!r}") from None
 
 
 def mix_options(f):
@@ -60,34 +50,15 @@ def _mix_pairs(items: tuple[str, ...]) -> list[tuple[str, float]]:
     return pairs
 
 
-_FLAG = {"domain_subset_tokens": "--domain-subset"}
-
-
-def _flag(field: str) -> str:
-    return _FLAG.get(field, "--" + field.replace("_", "-"))
-
-
-def spec_from_flags(kw: dict):
-    from mixer.mixing.build import check_settings
-    from mixer.mixing.spec import MixSpec
-
-    domain, fraction, extra = kw["domain"], kw["fraction"], []
+def mix_fields(kw: dict) -> dict:
+    """The mix flags as the API's keywords (MixSpec's fields; counts and the window still text)."""
+    fields = {k: kw[k] for k in ("domain", "general", "fraction", "epochs", "replay", "tokens", "seq_len", "seed",
+                                 "window", "max_epochs", "max_general_epochs", "samples_per_shard", "name")}
+    fields["domain_subset_tokens"] = kw["domain_subset"]
     pairs = _mix_pairs(kw.get("mix_sources") or ())
     if pairs:
-        if domain is not None or fraction is not None:
-            raise UsageError("--mix names the domain and its fraction: drop --domain/--fraction")
-        (domain, fraction), extra = pairs[0], pairs[1:]
-    spec = MixSpec(
-        stores=str(resolve_stores(kw["stores"]).resolve()),
-        domain=domain, general=kw["general"], fraction=fraction, epochs=kw["epochs"], extra=extra,
-        replay=kw["replay"], tokens=parse_count(kw["tokens"], "--tokens") if kw["tokens"] else None,
-        seq_len=kw["seq_len"], seed=kw["seed"], window=_window(kw["window"]), max_epochs=kw["max_epochs"],
-        max_general_epochs=kw["max_general_epochs"],
-        domain_subset_tokens=parse_count(kw["domain_subset"], "--domain-subset") if kw["domain_subset"] else None,
-        samples_per_shard=kw["samples_per_shard"], name=kw["name"],
-    )
-    check_settings(spec, _flag)
-    return spec
+        fields["mix"] = pairs  # a list: a repeated name is refused by the plan, not merged here
+    return fields
 
 
 def format_plan(s: dict) -> str:
@@ -126,23 +97,19 @@ def build(recipe, overrides, out, shards, recheck_stores, quiet, as_json, **kw) 
     if overrides and recipe is None:
         raise UsageError(f"--set {overrides[0]}: sets a var of a --recipe; without one give the flag itself "
                          "(e.g. --fraction 0.2)")
-    executor = executor_from_flags(kw)
-    if recipe is not None:
-        from mixer.mixing.stages import build_recipe, format_stages, parse_set
-        from mixer.recipe_catalog import find_recipe
+    from mixer import api
 
-        recipe = find_recipe(recipe)
-        result = build_recipe(recipe, resolve_stores(kw["stores"]), out, parse_set(overrides), executor=executor,
-                              progress=not quiet, recheck_stores=recheck_stores)
+    executor = executor_from_flags(kw)
+    stores = resolve_stores(kw["stores"])
+    if recipe is not None:
+        from mixer.mixing.stages import format_stages, parse_set
+
+        result = api.build(out, stores=stores, recipe=recipe, overrides=parse_set(overrides), executor=executor,
+                           progress=not quiet, recheck_stores=recheck_stores)
         emit(result, as_json, format_stages)
         return
-    from mixer.mixing.build import build as run_build, check_name
-
-    spec = spec_from_flags(kw)
-    spec.validate()
-    if out is None:  # ./mixes/<name>: the name must not lead out of ./mixes
-        out = Path("mixes") / check_name(spec.default_name(), "--name" if kw["name"] else "mix name (from the flags)")
-    result = run_build(spec, out, shards=shards, executor=executor, progress=not quiet, recheck_stores=recheck_stores)
+    result = api.build(out, stores=stores, shards=shards, executor=executor, progress=not quiet,
+                       recheck_stores=recheck_stores, spell=api.cli_flag, **mix_fields(kw))
     emit(result, as_json, format_build)
 
 

@@ -8,7 +8,7 @@ import click
 
 from mixer.errors import UsageError
 from mixer.units import parse_count
-from mixer.cli.build import format_plan, mix_options, spec_from_flags
+from mixer.cli.build import format_plan, mix_fields, mix_options
 from mixer.cli.common import emit, json_option, resolve_stores
 
 
@@ -28,9 +28,9 @@ def plan(fit_file, domain_tokens, fractions, plot, extrapolate, as_json, **kw) -
         return
     if extrapolate:
         raise UsageError("--extrapolate: only with --fit (a forecast)")
-    from mixer.mixing.spec import resolve
+    from mixer import api
 
-    summary = resolve(spec_from_flags(kw)).summary()
+    summary = api.plan(stores=resolve_stores(kw["stores"]), spell=api.cli_flag, **mix_fields(kw))
     emit(summary, as_json, format_plan)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
+from mixer.formats.run import SELECT_ON
 from mixer.training.schedules import FINETUNE_SCHEDULES
 from mixer.units import SEED_MAX, parse_count
 from mixer.cli.common import emit, json_option
@@ -88,16 +89,16 @@ def _sbatch_options(f):
     return wrapper
 
 
-def _write_sbatch(plan, job: dict, out: Path) -> None:
-    """OUT/sbatch.sh for `plan`'s run (for a grid, its first point plans the machine)."""
-    from mixer.cli.common import ARGV
-
-    make = getattr(plan.trainer, "sbatch_script", None)
-    if make is None:
-        raise UsageError(f"--sbatch: trainer {plan.meta.get('trainer')} cannot write a Slurm job script")
-    path = make(plan.job, _job_argv(ARGV), job, out.expanduser().resolve())
+def _wrote_sbatch(path: Path) -> None:
     click.echo(f"wrote {path}\nsubmit: sbatch {shlex.quote(str(path))}  (the job's output: "
                f"{path.parent}/slurm-<job id>.out; an unfinished run resumes when the job runs again)")
+
+
+def _machine(precision: str | None, devices: int | None, num_nodes: int | None, threads: int | None,
+             trainer: str | None):
+    from mixer.training.config import Machine
+
+    return Machine(trainer=trainer, precision=precision, devices=devices, threads=threads, nodes=num_nodes)
 
 
 def _common(f):
@@ -165,21 +166,22 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
              save_every: int | None, trainer: str, sbatch: dict | None) -> None:
     """Pretrain a model from scratch on MIX: a cosine laid out over 10x the run (the paper's
     regime: every checkpoint at ~98% of the peak rate); --anneal to decay by the last step."""
-    from mixer.training.runner import execute, plan_pretrain
+    from mixer import api
+    from mixer.cli.common import ARGV
+    from mixer.training.config import PretrainConfig
 
-    plan = plan_pretrain(mix, out, model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
-                         batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
-                         horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
-                         anneal=anneal, seed=seed, trainer=trainer,
-                         precision=precision, devices=devices, threads=threads, nodes=num_nodes,
-                         dry_run=dry_run or sbatch is not None)
+    config = PretrainConfig(model=model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
+                            batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
+                            horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
+                            anneal=anneal, seed=seed,
+                            machine=_machine(precision, devices, num_nodes, threads, trainer))
+    plan = api.pretrain_plan(mix, out, config, dry_run=dry_run or sbatch is not None)
     if sbatch is not None:
-        _write_sbatch(plan, sbatch, out)
-        return
-    if dry_run:
+        _wrote_sbatch(plan.write_sbatch(_job_argv(ARGV), sbatch))
+    elif dry_run:
         click.echo(plan.config_text(), nl=False)
-        return
-    _report(execute(plan, echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
+    else:
+        _report(plan.run(echo=verbose, eval_samples=eval_samples, evaluate=not no_eval), as_json)
 
 
 def _finetune_command(kind: str):
@@ -204,7 +206,7 @@ def _finetune_command(kind: str):
     @click.option("--weight-decay", type=float, help="Default: the preset's (paper 1e-7).")
     @click.option("--patience", type=int, default=2, show_default=True,
                   help="Stop after this many evaluations without a lower loss on the --select-on split (0: never).")
-    @click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
+    @click.option("--select-on", type=click.Choice(list(SELECT_ON)), default="val", show_default=True,
                   help="Split that early stopping and the grid's winner are chosen on; the test split is reported. "
                        "test: the paper's protocol (chosen and reported on the test split).")
     @click.option("--eval-every", type=int, help="Evaluate/save every N steps (default: once per domain epoch).")
@@ -220,19 +222,21 @@ def _finetune_command(kind: str):
                 min_lr: float | None, decay_fraction: float, weight_decay: float | None, patience: int,
                 select_on: str, eval_every: int | None, grid: tuple[str, ...], trainer: str | None,
                 sbatch: dict | None) -> None:
-        from mixer.training.runner import plan_finetune_grid
+        from mixer import api
+        from mixer.cli.common import ARGV
+        from mixer.training.config import FinetuneConfig
 
         if grid_rest and not grid:
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
-        plans = plan_finetune_grid(
-            kind, mix, out, parent, lr=lr, lr_ratio=lr_ratio, warmup=warmup, grid=[*grid, *grid_rest],
-            schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction, weight_decay=weight_decay,
-            batch=batch_size, micro=micro_batch_size, tokens=_count(tokens, "--tokens"), patience=patience,
-            eval_every=eval_every, select_on=select_on, seed=seed, checkpoint=checkpoint, trainer=trainer,
-            precision=precision, devices=devices, threads=threads, nodes=num_nodes,
-            dry_run=dry_run or sbatch is not None)
-        if sbatch is not None:  # the job runs the whole command, grid and all; its first point plans the machine
-            _write_sbatch(plans.first(), sbatch, out)
+        config = FinetuneConfig(checkpoint=checkpoint, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
+                                weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
+                                tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
+                                select_on=select_on, seed=seed,
+                                machine=_machine(precision, devices, num_nodes, threads, trainer))
+        plans = api.finetune_plan(mix, out, parent, config, kind=kind, lr=lr, lr_ratio=lr_ratio, warmup=warmup,
+                                  grid=[*grid, *grid_rest], dry_run=dry_run or sbatch is not None)
+        if sbatch is not None:
+            _wrote_sbatch(plans.write_sbatch(_job_argv(ARGV), sbatch))
         elif dry_run:
             for where, plan in plans.points():
                 click.echo((f"# --- {where}\n" if plans.is_grid else "") + plan.config_text(), nl=False)

@@ -28,7 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
@@ -39,7 +39,6 @@ from mixer.executors import Executor, check_text
 from mixer.formats.atomic import read_json, write_json
 from mixer.errors import MixerError, UsageError
 from mixer.lifetime import pid_alive
-from mixer.units import SEED_MAX
 from mixer.formats.folders import refuse_links
 from mixer.formats.mix import MIX_FORMAT, write_manifest
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
@@ -73,39 +72,6 @@ class WriteShards(PipelineStep):
             self.stat_update("shards")
             self.stat_update("samples", value=rec["samples"])
         yield from ()
-
-
-def check_name(name: str, what: str) -> str:
-    """A name that becomes a folder: one plain path component, so nothing lands outside
-    the folder it is meant for."""
-    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-            or "\0" in name or os.path.isabs(name)):
-        raise UsageError(f"{what} {name!r}: must be one plain folder name (not empty, no '/', no '..', "
-                         "no leading '.')")
-    return name
-
-
-MAX_TOKENS = 2**53  # sample counts stay exact in float64 arithmetic (fractions, windows) up to here
-
-
-def check_settings(spec: MixSpec, named: Callable[[str], str]) -> None:
-    """What MixSpec.validate leaves open, named as the user wrote it: `named(field)` gives
-    the flag (--seed) or the recipe key (recipe.toml [[stage]] pre: seed)."""
-    for key in ("seed", "subset_seed"):
-        if not 0 <= getattr(spec, key) <= SEED_MAX:
-            raise UsageError(f"{named(key)}: must be a whole number from 0 to {SEED_MAX}, got {getattr(spec, key)}")
-    if spec.samples_per_shard is not None and spec.samples_per_shard < 1:
-        raise UsageError(f"{named('samples_per_shard')}: must be at least 1, got {spec.samples_per_shard}")
-    for key in ("tokens", "domain_subset_tokens"):
-        v = getattr(spec, key)
-        if v is not None and not 1 <= v <= MAX_TOKENS:
-            raise UsageError(f"{named(key)}: must be between 1 and 2^53 (9.0e15) tokens, got {v:.4g}")
-    if spec.seq_len < 1:
-        raise UsageError(f"{named('seq_len')}: must be at least 1, got {spec.seq_len}")
-    if not spec.max_epochs > 0:
-        raise UsageError(f"{named('max_epochs')}: must be positive, got {spec.max_epochs}")
-    if spec.name is not None:
-        check_name(spec.name, named("name"))
 
 
 def parse_shards(text: str | None, n_shards: int) -> range:

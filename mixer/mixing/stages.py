@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixer.formats.atomic import read_json, write_json
-from mixer.mixing.build import build, check_name, check_settings
+from mixer.mixing.build import build
+from mixer.mixing.request import check_name, check_settings
 from mixer.errors import MixerError, UsageError
 from mixer.mixing.spec import MixSpec, domain_documents, resolve
 from mixer.units import parse_count

@@ -14,16 +14,17 @@ import inspect
 import itertools
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from mixer import __version__
 from mixer.errors import MixerError, UsageError
 from mixer.formats.mix import MixFiles
-from mixer.formats.run import (RUN_FORMAT, SELECT_ON, Eval, RunKind, SelectOn, best_eval, read_evals, read_run_meta,
+from mixer.formats.run import (RUN_FORMAT, SELECT_ON, Eval, RunKind, best_eval, read_evals, read_run_meta,
                                run_path, write_run_meta)
 from mixer.formats.sample_sets import SELECTION, SampleSet, has_sample_sets, sample_set
+from mixer.training.config import FinetuneConfig, Machine, PretrainConfig
 from mixer.training.evaluate import START, evaluate_run, start_checkpoint
 from mixer.training.registry import DEFAULT, get_trainer, name_of, trainer_of
 from mixer.training.schedules import DEFAULT_HORIZON, FINETUNE_SCHEDULES, PAPER_LR_RATIOS, SCHEDULES, lr_at, run_lr
@@ -51,6 +52,18 @@ class RunPlan:
 
     def config_text(self) -> str:
         return self.job.config_text()
+
+    def run(self, echo: bool = False, evaluate: bool = True, eval_samples: int | None = None) -> dict:
+        """Train and evaluate (execute); run.json as written."""
+        return execute(self, echo=echo, evaluate=evaluate, eval_samples=eval_samples)
+
+    def write_sbatch(self, argv: list[str], job: dict, where: Path | None = None) -> Path:
+        """WHERE/sbatch.sh (default RUN's): a Slurm job (#SBATCH settings `job`) that runs the
+        command `argv` in an allocation of this run's nodes and devices; its path."""
+        make = getattr(self.trainer, "sbatch_script", None)
+        if make is None:
+            raise UsageError(f"--sbatch: trainer {self.meta.get('trainer')} cannot write a Slurm job script")
+        return make(self.job, argv, job, where or self.run_dir)
 
 
 # -- planning ---------------------------------------------------------------------------
@@ -89,16 +102,15 @@ def cap_warmups(values: list[int], steps: int) -> tuple[list[int], dict | None]:
                               "(--warmup sets it explicitly)"}
 
 
-def _machine(tr: Trainer, name: str, precision: str | None, devices: int | None, threads: int | None,
-             nodes: int | None):
+def _machine(tr: Trainer, name: str, m: Machine):
     """The trainer's machine. Several nodes only for a trainer whose `machine` takes `nodes`."""
-    if nodes is not None and nodes < 1:
-        raise UsageError(f"--num-nodes {nodes}: must be at least 1")
-    if nodes is None or nodes == 1:
-        return tr.machine(precision, devices, threads)
+    if m.nodes is not None and m.nodes < 1:
+        raise UsageError(f"--num-nodes {m.nodes}: must be at least 1")
+    if m.nodes is None or m.nodes == 1:
+        return tr.machine(m.precision, m.devices, m.threads)
     if "nodes" not in inspect.signature(tr.machine).parameters:
-        raise UsageError(f"--num-nodes {nodes}: trainer {name} trains on one node")
-    return tr.machine(precision, devices, threads, nodes=nodes)
+        raise UsageError(f"--num-nodes {m.nodes}: trainer {name} trains on one node")
+    return tr.machine(m.precision, m.devices, m.threads, nodes=m.nodes)
 
 
 def _ranks(machine) -> int:
@@ -177,37 +189,33 @@ def _horizon_tokens(tokens: int, horizon: float | None, schedule_tokens: int | N
     return round(h * tokens)
 
 
-def plan_pretrain(mix_path: Path, out: Path, model: str, tokens: int | None = None, lr: float | None = None,
-                  min_lr: float | None = None, warmup: int | None = None, batch: int | None = None,
-                  micro: int | None = None, checkpoints: int = 10, save_every: int | None = None,
-                  horizon: float | None = None, schedule_tokens: int | None = None, anneal: bool = False,
-                  seed: int = 0, trainer: str | None = None, precision: str | None = None,
-                  devices: int | None = None, threads: int | None = None, val_samples: int = 128,
-                  nodes: int | None = None, dry_run: bool = False) -> RunPlan:
-    name = trainer or DEFAULT
+def plan_pretrain(mix_path: Path, out: Path, cfg: PretrainConfig, dry_run: bool = False) -> RunPlan:
+    """A pretraining run of `cfg.model` on MIX into OUT (an unfinished run there resumes)."""
+    model, m = cfg.model, cfg.machine
+    name = m.trainer or DEFAULT
     tr = get_trainer(name)
     p = tr.defaults(model, "pretrain")
     mix = MixFiles.open(mix_path)
-    machine = _machine(tr, name, precision, devices, threads, nodes)
-    batch, micro = _batches(batch or p["batch"], micro or p["micro_batch"], _ranks(machine))
-    steps = _steps(mix, batch, tokens)
+    machine = _machine(tr, name, m)
+    batch, micro = _batches(cfg.batch or p["batch"], cfg.micro or p["micro_batch"], _ranks(machine))
+    steps = _steps(mix, batch, cfg.tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
     if resume:
         _check_resume(run_dir, batch)
-    lr = lr if lr is not None else p["lr"]
-    min_lr = min_lr if min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
-    capped = None
+    lr = cfg.lr if cfg.lr is not None else p["lr"]
+    min_lr = cfg.min_lr if cfg.min_lr is not None else (p["min_lr"] if lr == p["lr"] else lr / 10)
+    capped, warmup = None, cfg.warmup
     if warmup is None:
         (warmup,), capped = cap_warmups([max(1, round(p["warmup_fraction"] * steps))], steps)
-    save = save_every or max(1, steps // max(1, checkpoints))
+    save = cfg.save_every or max(1, steps // max(1, cfg.checkpoints))
     run_tokens = steps * batch * mix.seq_len
-    horizon_tokens = _horizon_tokens(run_tokens, horizon, schedule_tokens, anneal)
+    horizon_tokens = _horizon_tokens(run_tokens, cfg.horizon, cfg.schedule_tokens, cfg.anneal)
     horizon_steps = horizon_tokens / (batch * mix.seq_len)
     spec = RunSpec(kind="pretrain", run_dir=run_dir, mix=mix, model=model, steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=min_lr, warmup_steps=warmup, weight_decay=p["weight_decay"],
                    schedule="cosine", schedule_tokens=horizon_tokens if horizon_tokens > run_tokens else None,
-                   decay_fraction=0.0, save_interval=save, val_sets=None, val_max_samples=val_samples, patience=0,
-                   seed=seed, machine=machine, resume=resume)
+                   decay_fraction=0.0, save_interval=save, val_sets=None, val_max_samples=cfg.val_samples,
+                   patience=0, seed=cfg.seed, machine=machine, resume=resume)
     job = tr.plan(spec)
     meta = {"format": RUN_FORMAT, "name": run_dir.name, "kind": "pretrain", "trainer": name, "model": model,
             "model_params": None, **_mix_meta(mix), "tokens": spec.tokens, "pretrain_tokens": spec.tokens,
@@ -260,19 +268,14 @@ def reference_lr(trainer: Trainer, parent: Path, pmeta: dict, ckpt: Path) -> flo
     return float(ref) if ref is not None else None
 
 
-def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkpoint: str | None = None,
-                  lr: float | None = None, lr_ratio: float | None = None, warmup: int | None = None,
-                  schedule: str = "constant",
-                  min_lr: float | None = None, decay_fraction: float = 0.2, weight_decay: float | None = None,
-                  batch: int | None = None, micro: int | None = None, tokens: int | None = None, patience: int = 2,
-                  eval_every: int | None = None, select_on: SelectOn = "val", seed: int = 0, trainer: str | None = None,
-                  precision: str | None = None, devices: int | None = None, threads: int | None = None,
-                  nodes: int | None = None, dry_run: bool = False, warmup_capped: dict | None = None) -> RunPlan:
+def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, cfg: FinetuneConfig,
+                  dry_run: bool = False, warmup_capped: dict | None = None) -> RunPlan:
     """A finetune (or replay) of `parent` on MIX; the trainer is the parent's. Early stopping
     (and, in a grid, the choice of configuration) uses the domain validation split
     (`select_on="val"`), or the test split (`"test"`, the paper's protocol). Without `warmup`,
     the middle of the preset's warmup grid, capped at WARMUP_CAP of the steps; a `warmup` is
     used as given (`warmup_capped`: the record of a cap the caller applied to its defaults)."""
+    select_on, schedule, trainer = cfg.select_on, cfg.schedule, cfg.machine.trainer
     if select_on not in SELECT_ON:
         raise UsageError(f"--select-on {select_on!r}: expected one of {', '.join(SELECT_ON)}")
     parent = parent.expanduser().resolve()
@@ -285,16 +288,17 @@ def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkp
         raise UsageError(f"--trainer {trainer}: {parent} was trained with {name}; a finetune continues with it")
     tr = trainer_of(pmeta, parent)
     mix = MixFiles.open(mix_path)
-    machine = _machine(tr, name, precision, devices, threads, nodes)
+    machine = _machine(tr, name, cfg.machine)
     f = tr.defaults(pmeta.get("model") or "", "finetune")
-    ckpt = _parent_checkpoint(tr, parent, checkpoint, pmeta)
+    ckpt = _parent_checkpoint(tr, parent, cfg.checkpoint, pmeta)
     _check_tokenizer(mix, parent, pmeta)
-    batch, micro = _batches(batch or f["batch"], micro or f["micro_batch"], _ranks(machine))
-    steps = _steps(mix, batch, tokens)
+    batch, micro = _batches(cfg.batch or f["batch"], cfg.micro or f["micro_batch"], _ranks(machine))
+    steps = _steps(mix, batch, cfg.tokens)
     run_dir, resume = _run_dir(out, dry_run, name)
     if resume:
         _check_resume(run_dir, batch)
     ref = reference_lr(tr, parent, pmeta, ckpt)
+    lr, lr_ratio, warmup = cfg.lr, cfg.lr_ratio, cfg.warmup
     if lr is not None and lr_ratio is not None:
         raise UsageError("--lr and --lr-ratio: give the rate or its ratio to the parent's, not both")
     if lr is None:
@@ -306,8 +310,8 @@ def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkp
         w = f["warmup"]
         (warmup,), warmup_capped = cap_warmups([int(w[len(w) // 2]) if isinstance(w, (list, tuple)) else int(w)],
                                                 steps)
-    wd = weight_decay if weight_decay is not None else f["weight_decay"]
-    every = eval_every or _eval_interval(mix, batch, steps)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else f["weight_decay"]
+    every = cfg.eval_every or _eval_interval(mix, batch, steps)
     domain_test = mix.eval_name("domain")
     if domain_test is None:
         raise MixerError(f"{mix.path}: no domain test set to report the finetune on")
@@ -317,11 +321,12 @@ def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkp
         val_files, val_sets = {val.name: HeldoutFile(val.path, len(val.samples))}, []
     if schedule not in FINETUNE_SCHEDULES:
         raise UsageError(f"--schedule: {schedule!r} is not one of {', '.join(FINETUNE_SCHEDULES)}")
-    floor = SCHEDULES[schedule].floor(lr, min_lr)
+    floor = SCHEDULES[schedule].floor(lr, cfg.min_lr)
     spec = RunSpec(kind=kind, run_dir=run_dir, mix=mix, model=pmeta["model"], steps=steps, global_batch=batch,
                    micro_batch=micro, lr=lr, min_lr=floor, warmup_steps=warmup, weight_decay=wd, schedule=schedule,
-                   schedule_tokens=None, decay_fraction=decay_fraction, save_interval=every, val_sets=val_sets,
-                   val_max_samples=None, patience=patience, seed=seed, machine=machine, init_from=ckpt, parent=parent,
+                   schedule_tokens=None, decay_fraction=cfg.decay_fraction, save_interval=every, val_sets=val_sets,
+                   val_max_samples=None, patience=cfg.patience, seed=cfg.seed, machine=machine, init_from=ckpt,
+                   parent=parent,
                    resume=resume, val_files=val_files)
     job = tr.plan(spec)
     parent_tokens = tr.step_of(ckpt) * tr.tokens_per_step(parent)
@@ -331,8 +336,8 @@ def plan_finetune(kind: RunKind, mix_path: Path, out: Path, parent: Path, checkp
             "parent": str(parent), "parent_checkpoint": str(ckpt), "select_on": select_on,
             "hparams": {"lr": lr, "reference_lr": ref, "lr_ratio": lr / ref if ref else None, "warmup": warmup,
                         "batch_size": batch, "schedule": schedule, "min_lr": floor,
-                        "weight_decay": wd, "patience": patience, "eval_every": every, "steps": steps,
-                        **{k: v for k, v in {"decay_fraction": decay_fraction}.items()
+                        "weight_decay": wd, "patience": cfg.patience, "eval_every": every, "steps": steps,
+                        **{k: v for k, v in {"decay_fraction": cfg.decay_fraction}.items()
                            if k in SCHEDULES[schedule].records},
                         **({"warmup_capped": warmup_capped} if warmup_capped else {})},
             "best": None, "status": "planned", "mixer_version": __version__}
@@ -588,28 +593,38 @@ class FinetuneGrid:
         """The first point's plan (a single finetune's only one), without planning the others."""
         return self.make(*self.settings()[0])
 
+    def write_sbatch(self, argv: list[str], job: dict) -> Path:
+        """OUT/sbatch.sh: one job that runs the whole command, grid and all (its first point
+        plans the machine); its path."""
+        return self.first().write_sbatch(argv, job, self.out.expanduser().resolve())
+
     def run(self, echo: bool = False, eval_samples: int | None = None, evaluate: bool = True) -> dict:
         """Train and evaluate every point (resuming), then the grid's run.json; run.json as written."""
         if not self.is_grid:
-            return execute(self.first(), echo=echo, eval_samples=eval_samples, evaluate=evaluate)
+            return self.first().run(echo=echo, eval_samples=eval_samples, evaluate=evaluate)
         return run_grid(self.kind, self.out, self.axes, self.make, echo=echo, eval_samples=eval_samples,
                         evaluate=evaluate)
 
 
-def plan_finetune_grid(kind: RunKind, mix: Path, out: Path, parent: Path, lr: str | None = None,
-                       lr_ratio: str | None = None, warmup: str | None = None, grid: list[str] | None = None,
-                       **kwargs) -> FinetuneGrid:
-    """`mixer train finetune|replay`: the grid its flags ask for (comma-separated --lr,
-    --lr-ratio, --warmup and `key=v1,v2` axes; the paper's rates and the preset's warmups by
+def plan_finetune_grid(kind: RunKind, mix: Path, out: Path, parent: Path, cfg: FinetuneConfig,
+                       lr: str | None = None, lr_ratio: str | None = None, warmup: str | None = None,
+                       grid: Sequence[str] = (), dry_run: bool = False) -> FinetuneGrid:
+    """`mixer train finetune|replay`: the grid its flags ask for (comma-separated `lr`,
+    `lr_ratio`, `warmup` and `key=v1,v2` axes; the paper's rates and the preset's warmups by
     default, warmups capped to the run's length unless given), each point planned by
-    plan_finetune with `kwargs`."""
+    plan_finetune from `cfg` with the point's values (`cfg`'s own lr, lr_ratio and warmup are
+    the grid's: leave them None)."""
+    if (cfg.lr, cfg.lr_ratio, cfg.warmup) != (None, None, None):
+        raise UsageError("a finetune grid takes its rates and warmups as lr=, lr_ratio= and warmup= (comma-separated), "
+                         "not in its FinetuneConfig")
     pmeta = read_run_meta(parent)
     defaults = trainer_of(pmeta, parent).defaults(pmeta.get("model") or "", "finetune")
-    grid_axes = parse_grid(list(grid or ()))
+    grid_axes = parse_grid(list(grid))
     axes = finetune_axes(defaults, parse_values(lr, float, "--lr"), parse_values(lr_ratio, float, "--lr-ratio"),
                          parse_values(warmup, int, "--warmup"), grid_axes)
+    capped = None
     if warmup is None and "warmup" not in grid_axes:  # the preset's warmups: capped to the run's length
-        steps = run_steps(mix, kwargs.get("batch") or defaults["batch"], kwargs.get("tokens"))
-        axes["warmup"], kwargs["warmup_capped"] = cap_warmups(axes["warmup"], steps)
+        steps = run_steps(mix, cfg.batch or defaults["batch"], cfg.tokens)
+        axes["warmup"], capped = cap_warmups(axes["warmup"], steps)
     return FinetuneGrid(kind, Path(out), axes, lambda run_out, overrides: plan_finetune(
-        kind, mix, run_out, parent, **{**kwargs, **overrides}))
+        kind, mix, run_out, parent, replace(cfg, **overrides), dry_run=dry_run, warmup_capped=capped))

@@ -22,10 +22,10 @@ import torch
 import yaml
 from mixutil import EOS, build, make_stores, markov_docs, run_cli
 
+from mixer import api
 from mixer.errors import MixerError, UsageError
 from mixer.formats.store import seal_store
 from mixer.training import registry
-from mixer.training import runner
 from mixer_litgpt import cluster, launch
 from mixer_litgpt.config import Machine
 from mixer_litgpt.presets import get_preset
@@ -86,11 +86,11 @@ def test_dry_run_on_two_cpu_ranks_and_two_nodes(mixes, capsys, tmp_path):
     cfg = yaml.safe_load(out)
     assert (cfg["devices"], cfg["num_nodes"]) == (2, 2)
     assert cfg["train"]["global_batch_size"] == GLOBAL and cfg["train"]["micro_batch_size"] == GLOBAL // 4
-    plan = runner.plan_pretrain(mixes["spt"], tmp_path / "r", "tiny", devices=2, nodes=2, dry_run=True)
+    plan = api.pretrain_plan(mixes["spt"], tmp_path / "r", model="tiny", devices=2, nodes=2, dry_run=True)
     assert plan.job.hooks["strategy"] == "ddp"  # FSDP needs GPUs
     # 10x the run's 39 steps, in micro-batch iterations per rank: 4 ranks of 4 samples make one step
     assert plan.meta["hparams"]["steps"] == 39 and plan.job.hooks["schedule"]["horizon_iters"] == 390
-    one = runner.plan_pretrain(mixes["spt"], tmp_path / "r", "tiny", dry_run=True)
+    one = api.pretrain_plan(mixes["spt"], tmp_path / "r", model="tiny", dry_run=True)
     assert "strategy" not in one.job.hooks and one.job.hooks["schedule"]["horizon_iters"] == 390
     gpus = Machine("bf16-mixed", 8, compile=True, nodes=2, cuda=True)
     assert gpus.ranks == 16 and gpus.strategy is None  # LitGPT's FSDP
@@ -184,10 +184,10 @@ def test_several_nodes_need_an_allocation_of_that_many(tmp_path, mixes, capsys, 
 
 def test_resuming_keeps_the_global_batch_on_any_device_count(mixes, capsys, tmp_path):
     run = tmp_path / "r"
-    plan = runner.plan_pretrain(mixes["spt"], run, "tiny", devices=2)
+    plan = api.pretrain_plan(mixes["spt"], run, model="tiny", devices=2)
     run.mkdir()
     (run / "run.json").write_text(json.dumps({**plan.meta, "status": "running"}))
-    again = runner.plan_pretrain(mixes["spt"], run, "tiny", devices=1)  # same batch, other devices: resumes
+    again = api.pretrain_plan(mixes["spt"], run, model="tiny", devices=1)  # same batch, other devices: resumes
     assert again.spec.resume and again.spec.micro_batch == GLOBAL
     code, _, err = run_cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(run),
                            "--batch-size", "8")
@@ -287,7 +287,7 @@ def test_ids_above_65535_reach_the_loader(big_vocab_mix):
 
 @pytest.mark.parametrize("model, padded", [("olmo-1b", LLAMA3), ("olmo-300m", LLAMA3), ("tiny", LLAMA3)])
 def test_every_preset_takes_the_mix_tokenizers_vocabulary(big_vocab_mix, tmp_path, model, padded):
-    plan = runner.plan_pretrain(big_vocab_mix, tmp_path / "r", model, dry_run=True, batch=16, micro=8)
+    plan = api.pretrain_plan(big_vocab_mix, tmp_path / "r", model=model, dry_run=True, batch=16, micro=8)
     cfg = yaml.safe_load(plan.config_text())["model_config"]
     assert (cfg["vocab_size"], cfg["padded_vocab_size"]) == (LLAMA3, padded)
     if model == "olmo-1b":  # the paper's 1B shape; its tied embedding grows by the extra rows

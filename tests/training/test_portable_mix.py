@@ -18,6 +18,8 @@ import sys
 import pytest
 from mixutil import build, make_stores, run_cli
 
+from mixer.training.config import FinetuneConfig
+
 pytestmark = pytest.mark.slow
 
 
@@ -106,7 +108,7 @@ def test_a_store_re_split_after_the_build_changes_nothing_a_run_reads_and_verify
     shutil.rmtree(stores / "music")
     docs = markov_docs(90, 3, table_seed=200)
     write_store(stores, "music", "domain", {"train": docs[:40], "val": docs[40:70], "test": docs[70:]})
-    plan = runner.plan_finetune("finetune", ft, tmp_path / "run", tmp_path / "pre", lr=0.5, dry_run=True)
+    plan = runner.plan_finetune("finetune", ft, tmp_path / "run", tmp_path / "pre", FinetuneConfig(lr=0.5), dry_run=True)
     (held,) = plan.spec.val_files.values()  # what the finetune is early-stopped and chosen on
     assert held.path == ft / "eval" / "music-val.bin" and np.asarray(held.read(plan.spec.mix)).tobytes() == val_before
     code, _, err = run_cli(capsys, "verify", str(ft), "--quiet")

@@ -302,3 +302,28 @@ def test_the_python_api_trains_finetunes_and_evaluates_as_the_cli_does(mixes, ca
     assert len(points) == 2 and points == sorted(p.name for p in (cli / "ft").iterdir() if p.is_dir())
     for sub in ["pre", *(f"ft/{p}" for p in points)]:
         assert (tmp_path / "api" / sub / "evals.jsonl").read_bytes() == (cli / sub / "evals.jsonl").read_bytes(), sub
+
+
+def test_typed_configs_plan_what_the_keywords_plan(mixes, tmp_path, count):
+    """A PretrainConfig/FinetuneConfig plans the run its flat keywords plan; a misspelt
+    setting, or a config and settings together, is a one-line error naming them."""
+    import mixer
+    from mixer.errors import UsageError
+
+    cfg = mixer.PretrainConfig(model="bigram", checkpoints=2, seed=3, machine=mixer.Machine(trainer="count"))
+    typed = mixer.pretrain_plan(mixes["spt"], tmp_path / "pre", cfg, dry_run=True)
+    flat = mixer.pretrain_plan(mixes["spt"], tmp_path / "pre", model="bigram", checkpoints=2, seed=3, trainer="count",
+                               dry_run=True)
+    assert typed.meta == flat.meta and typed.spec == flat.spec and typed.meta["hparams"]["save_interval"] > 0
+    with pytest.raises(UsageError, match="unknown setting.*checkpionts"):
+        mixer.pretrain_plan(mixes["spt"], tmp_path / "pre", model="bigram", checkpionts=2)
+    with pytest.raises(UsageError, match="not both"):
+        mixer.pretrain_plan(mixes["spt"], tmp_path / "pre", cfg, seed=1)
+
+    mixer.pretrain(mixes["spt"], tmp_path / "pre", cfg)
+    grid = mixer.finetune_plan(mixes["ft"], tmp_path / "ft", tmp_path / "pre", mixer.FinetuneConfig(patience=1),
+                               lr_ratio="0.5,1", dry_run=True)
+    assert [p.meta["hparams"]["lr_ratio"] for _, p in grid.points()] == pytest.approx([0.5, 1.0])
+    assert all(p.meta["hparams"]["patience"] == 1 for _, p in grid.points())
+    with pytest.raises(UsageError, match="lr_ratio="):
+        mixer.finetune_plan(mixes["ft"], tmp_path / "ft", tmp_path / "pre", mixer.FinetuneConfig(lr_ratio=0.5))

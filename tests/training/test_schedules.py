@@ -9,6 +9,8 @@ import json
 import pytest
 from mixutil import spt_and_ft_mixes
 
+from mixer import api
+from mixer.training.config import FinetuneConfig
 from mixer.errors import UsageError
 from mixer.training import runner
 from mixer.training.schedules import PAPER_LR_RATIOS, lr_at, paper_final_lr, run_lr
@@ -37,7 +39,7 @@ def test_schedule_shapes_by_hand():
 
 
 def test_pretraining_defaults_to_a_cosine_ten_times_the_run(mixes, tmp_path):
-    plan = runner.plan_pretrain(mixes["spt"], tmp_path / "r", "tiny", tokens=10_000, dry_run=True)
+    plan = api.pretrain_plan(mixes["spt"], tmp_path / "r", model="tiny", tokens=10_000, dry_run=True)
     h = plan.meta["hparams"]
     # 10,000 // (16 x 32) = 19 steps of 512 tokens, warmup round(0.05 x 19) = 1, horizon 190 steps
     assert (h["steps"], h["warmup"], plan.meta["tokens"]) == (19, 1, 9728)
@@ -49,7 +51,7 @@ def test_pretraining_defaults_to_a_cosine_ten_times_the_run(mixes, tmp_path):
 
 
 def test_anneal_decays_to_the_floor_by_the_last_step(mixes, tmp_path):
-    plan = runner.plan_pretrain(mixes["spt"], tmp_path / "r", "tiny", tokens=10_000, anneal=True, dry_run=True)
+    plan = api.pretrain_plan(mixes["spt"], tmp_path / "r", model="tiny", tokens=10_000, anneal=True, dry_run=True)
     h = plan.meta["hparams"]
     assert (h["schedule_tokens"], h["horizon"], h["annealed"]) == (9728, 1.0, True)
     assert h["final_lr"] == pytest.approx(3e-4) and "schedule" not in plan.job.hooks
@@ -64,26 +66,28 @@ def test_anneal_decays_to_the_floor_by_the_last_step(mixes, tmp_path):
 ])
 def test_bad_horizons_are_usage_errors(mixes, tmp_path, kw, message):
     with pytest.raises(UsageError, match=message):
-        runner.plan_pretrain(mixes["spt"], tmp_path / "r", "tiny", tokens=10_000, dry_run=True, **kw)
+        api.pretrain_plan(mixes["spt"], tmp_path / "r", model="tiny", tokens=10_000, dry_run=True, **kw)
 
 
 def test_finetune_rate_is_a_ratio_of_the_parents_rate_at_its_checkpoint(mixes, tmp_path):
     from test_train_cli import _fake_checkpoint
 
     parent = tmp_path / "parent"
-    _fake_checkpoint(runner.plan_pretrain(mixes["spt"], parent, "tiny"), parent)  # 39 steps; final at step 7
+    _fake_checkpoint(api.pretrain_plan(mixes["spt"], parent, model="tiny"), parent)  # 39 steps; final at step 7
     h = json.loads((parent / "run.json").read_text())["hparams"]
     assert (h["steps"], h["warmup"], h["horizon_steps"]) == (39, 2, 390.0)
-    plan = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, dry_run=True)
+    plan = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, FinetuneConfig(), dry_run=True)
     ft = plan.meta["hparams"]
     # the parent at step 7: 3e-4 + 2.7e-3 (1 + cos(pi * 5 / 388)) / 2 = 2.9988938e-3; x 0.10225206
     assert ft["reference_lr"] == pytest.approx(2.9988938e-3, rel=1e-7)
     assert ft["lr"] == pytest.approx(3.0664306e-4, rel=1e-7) and ft["lr_ratio"] == pytest.approx(PAPER_LR_RATIOS[1])
     assert ft["schedule"] == "constant" and ft["min_lr"] == ft["lr"]
-    assert runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, lr_ratio=0.5,
-                                dry_run=True).meta["hparams"]["lr"] == pytest.approx(0.5 * 2.9988938e-3, rel=1e-7)
+    half = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, FinetuneConfig(lr_ratio=0.5),
+                                dry_run=True)
+    assert half.meta["hparams"]["lr"] == pytest.approx(0.5 * 2.9988938e-3, rel=1e-7)
     with pytest.raises(UsageError, match="not both"):
-        runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, lr=1e-4, lr_ratio=0.5, dry_run=True)
+        runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, FinetuneConfig(lr=1e-4, lr_ratio=0.5),
+                             dry_run=True)
 
 
 def test_a_new_schedule_is_one_registry_entry(mixes, tmp_path, monkeypatch):
@@ -100,9 +104,9 @@ def test_a_new_schedule_is_one_registry_entry(mixes, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "FINETUNE_SCHEDULES", (*schedules.FINETUNE_SCHEDULES, "linear"))
     assert lr_at(50, 1.0, 0.0, 0, 100, "linear") == 0.5
     parent = tmp_path / "parent"
-    _fake_checkpoint(runner.plan_pretrain(mixes["spt"], parent, "tiny"), parent)
-    plan = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, schedule="linear", lr=1e-3,
-                                warmup=0, dry_run=True)
+    _fake_checkpoint(api.pretrain_plan(mixes["spt"], parent, model="tiny"), parent)
+    plan = runner.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent,
+                                FinetuneConfig(schedule="linear", lr=1e-3, warmup=0), dry_run=True)
     assert plan.meta["hparams"]["schedule"] == "linear" and plan.meta["hparams"]["min_lr"] == pytest.approx(1e-5)
     assert plan.job.hooks["schedule"]["kind"] == "linear"
     assert launch.schedule_lr("linear", 1e-3, 25, 0, 50, 1e-5) == pytest.approx(1e-3 + (1e-5 - 1e-3) / 2)

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from mixutil import build, make_stores, run_cli
 
+from mixer import api
+from mixer.training.config import FinetuneConfig
 from mixer.training import runner as train_mod
 from mixer_litgpt import launch
 from mixer_litgpt.logs import last_error_line
@@ -58,7 +60,8 @@ def test_the_yaml_is_what_litgpt_parses(mixes, capsys, tmp_path):
     _, out, _ = cli(capsys, "train", "pretrain", str(mixes["spt"]), "--model", "tiny", "--out", str(tmp_path / "r"),
                     "--dry-run")
     parent = _fake_parent(mixes, tmp_path)
-    ft = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, lr_ratio=0.1).config_text()
+    ft = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent,
+                                 FinetuneConfig(lr_ratio=0.1)).config_text()
     parser = ArgumentParser()
     parser.add_function_arguments(setup)
     parser.add_argument("--config", action="config")
@@ -89,7 +92,7 @@ def test_context_must_fit_the_preset(mixes, capsys, tmp_path):
 def _fake_parent(mixes, root: Path) -> Path:
     """A finished pretraining run folder with a real (untrained) LitGPT checkpoint."""
     run = root / "parent"
-    _fake_checkpoint(train_mod.plan_pretrain(mixes["spt"], run, "tiny"), run)
+    _fake_checkpoint(api.pretrain_plan(mixes["spt"], run, model="tiny"), run)
     return run
 
 
@@ -125,12 +128,12 @@ def test_finetune_plan_starts_from_the_converted_parent_and_evaluates_each_epoch
     src = MixFiles.open(mixes["ft"]).source("domain")
     per_epoch = src["epoch_start_samples"][1] - src["epoch_start_samples"][0]
     assert cfg["train"]["save_interval"] == cfg["eval"]["interval"] == max(1, round(per_epoch / 16))
-    plan = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent)
+    plan = train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent, FinetuneConfig())
     held = plan.spec.val_files["music-val"]
     assert held.path == mixes["ft"] / "eval" / "music-val.bin"
     assert cfg["eval"]["max_iters"] == -(-held.samples // 16)  # the whole split once
     test_cfg = yaml.safe_load(train_mod.plan_finetune("finetune", mixes["ft"], tmp_path / "ft", parent,
-                                                      select_on="test").config_text())
+                                                      FinetuneConfig(select_on="test")).config_text())
     assert test_cfg["data"]["init_args"]["val_sets"] == ["music-test"] and test_cfg["data"]["init_args"]["val_files"] is None
     assert plan.meta["parent_checkpoint"] == str(parent / "out" / "final")
     assert plan.meta["pretrain_tokens"] == 7 * 16 * 32
@@ -226,7 +229,7 @@ def test_eval_of_a_litgpt_run_whose_mix_moved_is_one_line_naming_the_mix(mixes, 
 
     mix = shutil.copytree(mixes["spt"], tmp_path / "mix")
     run = tmp_path / "parent"
-    plan = train_mod.plan_pretrain(mix, run, "tiny")
+    plan = api.pretrain_plan(mix, run, model="tiny")
     _fake_checkpoint(plan, run)
     (tmp_path / "mix").rename(tmp_path / "moved")
     code, _, err = cli(capsys, "eval", str(run))
@@ -254,10 +257,10 @@ def test_sbatch_writes_the_same_command_as_a_slurm_job_and_trains_nothing(mixes,
     assert sorted(p.name for p in run.iterdir()) == ["sbatch.sh"]  # nothing trained, no run.json
     # the job's own `mixer train` accepts the folder Slurm and --sbatch filled, and nothing else
     (run / "slurm-4242.out").write_text("")
-    train_mod.plan_pretrain(mixes["spt"], run, "tiny", tokens=10_000, threads=1)
+    api.pretrain_plan(mixes["spt"], run, model="tiny", tokens=10_000, threads=1)
     (run / "notes.txt").write_text("mine")
     with pytest.raises(Exception, match="exists and is not a run"):
-        train_mod.plan_pretrain(mixes["spt"], run, "tiny", tokens=10_000, threads=1)
+        api.pretrain_plan(mixes["spt"], run, model="tiny", tokens=10_000, threads=1)
 
 
 def test_sbatch_refuses_a_value_that_would_inject_a_command(mixes, capsys, tmp_path):
