@@ -16,7 +16,10 @@ from mixer.executors import Executor
 from mixer.formats.run import RunKind
 from mixer.formats.folders import claim_folder, mark_folder
 
-if TYPE_CHECKING:  # the training modules import torch's neighbours: `import mixer` stays light
+if TYPE_CHECKING:  # the stage modules import numpy, datatrove, torch's neighbours: `import mixer` stays light
+    from mixer.checks.verify import VerifyReport
+    from mixer.mixing.build import BuildStatus
+    from mixer.mixing.spec import PlanSummary
     from mixer.training.config import FinetuneConfig, PretrainConfig
     from mixer.training.runner import FinetuneGrid, RunPlan
 
@@ -28,7 +31,7 @@ def _as_written(name: str) -> str:
 
 
 # Keywords whose flag is not the keyword itself with dashes.
-_FLAGS = {"domain_subset_tokens": "--domain-subset"}
+_FLAGS = {"domain_subset_tokens": "--domain-subset", "inputs": "--input"}
 
 
 def cli_flag(name: str) -> str:
@@ -37,22 +40,58 @@ def cli_flag(name: str) -> str:
 
 
 def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", source: str | None = None,
-             force: bool = False, executor: Executor | None = None, **fields: Any) -> list[dict]:
+             overrides: dict | None = None, force: bool = False, executor: Executor | None = None,
+             tokenizer_backend: str = "auto", spell: Callable[[str], str] | None = None, **fields: Any) -> list[dict]:
     """Corpora -> token stores. Either a recipe (a path or a shipped name such as "samples";
-    `source` picks one of its sources) or one source described by `fields`
-    (`name`, `role`, `inputs`, `tokenizer`, ... as in a recipe's [[source]] table).
+    `source` picks one of its sources; `overrides` replaces settings of its sources, paths
+    absolute) or one source described by `fields` (`name`, `role`, `inputs`, `tokenizer`,
+    `test_tokens` ("5M" or an int), ... as in a recipe's [[source]] table).
+    `tokenizer_backend`: auto, hf or tiktoken (the same ids either way; checked).
     Returns each source's store.json content with a `status`."""
+    from mixer.errors import UsageError
     from mixer.ingest.sources import SourceSpec, load_sources, select_source
     from mixer.ingest.tokenize import RunOptions, tokenize_source
-    from mixer.recipe_catalog import find_recipe
+    from mixer.recipe_catalog import find_recipe, show_recipe
+    from mixer.units import parse_count
 
+    spell = spell or _as_written
     if recipe is not None:
+        overrides = _source_overrides(overrides or {}, spell)
         path = find_recipe(recipe)
-        specs = select_source(load_sources(path), source, path)
+        if "inputs" in (overrides or {}) and source is None and len(show_recipe(path)["sources"]) > 1:
+            raise UsageError(f"{spell('inputs')} with a recipe of several sources: pick the one it is for with "
+                             f"{spell('source')}")
+        specs = select_source(load_sources(path, overrides), source, path)
     else:
+        if overrides:
+            raise UsageError(f"{spell('set')} {next(iter(overrides))}: overrides a recipe's setting; without one "
+                             "give the setting itself")
+        if isinstance(fields.get("test_tokens"), str):
+            fields["test_tokens"] = parse_count(fields["test_tokens"], spell("test_tokens"))
+        for key in ("name", "role", "inputs", "tokenizer"):
+            if not fields.get(key):
+                raise UsageError(f"{spell(key)} is required (or give {spell('recipe')} FILE)")
         specs = [SourceSpec(**fields).validate()]
-    run = RunOptions(executor=executor or Executor(), force=force).validate()
+    run = RunOptions(executor=executor or Executor(), force=force, tokenizer_backend=tokenizer_backend).validate()
     return [tokenize_source(spec, Path(stores), run) for spec in specs]
+
+
+def _source_overrides(overrides: dict, spell: Callable[[str], str]) -> dict:
+    """A recipe's settings as replaced from outside it: paths absolute (from here, not from the
+    recipe's folder), the tokenizer found (a folder or a cached name becomes its file), counts
+    parsed."""
+    from mixer.ingest.vocab import find_tokenizer
+    from mixer.units import parse_count
+
+    out = dict(overrides)
+    if "inputs" in out:
+        ins = out["inputs"] if isinstance(out["inputs"], list) else [out["inputs"]]
+        out["inputs"] = [str(Path(x).expanduser().absolute()) for x in ins]
+    if "tokenizer" in out:
+        out["tokenizer"] = str(find_tokenizer(str(out["tokenizer"])))
+    if isinstance(out.get("test_tokens"), str):
+        out["test_tokens"] = parse_count(out["test_tokens"], spell("test_tokens"))
+    return out
 
 
 def _spec(stores: PathLike, fields: dict, spell: Callable[[str], str]) -> Any:
@@ -63,7 +102,7 @@ def _spec(stores: PathLike, fields: dict, spell: Callable[[str], str]) -> Any:
     return spec
 
 
-def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] | None = None, **fields: Any) -> dict:
+def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] | None = None, **fields: Any) -> "PlanSummary":
     """What a build would produce (counts, epochs, fractions per source), writing nothing.
     `fields` are MixSpec's: domain, general, fraction, epochs, replay, tokens ("200B" or an
     int), seq_len, seed, window ("0.9:1.0"), ...; or `mix={"music": 0.02, "proofs": 0.01}`.
@@ -73,10 +112,36 @@ def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] | None = No
     return resolve(_spec(stores, fields, spell or _as_written)).summary()
 
 
+def forecast(fit: PathLike, tokens: int | str, *, fractions: Sequence[float] | None = None,
+             domain_tokens: int | str | None = None, domain: str | None = None, stores: PathLike = "stores",
+             extrapolate: bool = False, plot: PathLike | None = None,
+             spell: Callable[[str], str] | None = None) -> dict:
+    """`mixer plan --fit`: the loss a fitted law (fit.json) forecasts at each fraction for a
+    budget of `tokens` and a domain of `domain_tokens` (or the train split of the store
+    `domain`); the paper's fractions by default, within the fitted range unless `extrapolate`.
+    With `plot`, also the forecast's PNG there."""
+    from mixer.analysis.forecast import forecast as run_forecast, plot_forecast
+    from mixer.formats.fit import load_fit
+    from mixer.units import parse_count
+
+    spell = spell or _as_written
+    count = lambda v, key: parse_count(v, spell(key)) if isinstance(v, str) else v  # noqa: E731
+    d_tokens = count(domain_tokens, "domain_tokens")
+    if d_tokens is None and domain:
+        from mixer.formats.store import open_store
+
+        d_tokens = open_store(Path(stores), domain).n_tokens("train")
+    result = run_forecast(load_fit(fit), count(tokens, "tokens"), list(fractions) if fractions else None, d_tokens,
+                          extrapolate=extrapolate)
+    if plot is not None:
+        plot_forecast(result, Path(plot))
+    return result
+
+
 def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: PathLike | None = None,
           overrides: dict | None = None, shards: str | None = None, executor: Executor | None = None,
           progress: bool = False, recheck_stores: bool = False, spell: Callable[[str], str] | None = None,
-          **fields: Any) -> dict:
+          **fields: Any) -> "BuildStatus | dict":
     """Write a mix (or, with `recipe`, every stage of a multi-stage recipe; `overrides` sets
     its vars) into `out` (default ./mixes/<name>). Returns the build status with the manifest
     once every shard exists. `fields`: as plan's."""
@@ -98,31 +163,61 @@ def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: P
     return run_build(spec, Path(out), shards=shards, executor=ex, progress=progress, recheck_stores=recheck_stores)
 
 
-def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bool = False) -> dict:
+def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bool = False) -> "VerifyReport | dict":
     """Re-derive a mix from its stores and compare every claim of its manifest; raises
-    MixerError on the first difference."""
+    MixerError on the first difference. A token store (a folder with store.json) instead:
+    its checksums, indexes and format (the report has "store" where a mix's has "mix")."""
+    from mixer.checks.verify_store import is_store, verify_store
+
+    if is_store(Path(mix)):
+        return verify_store(Path(mix))
     from mixer.checks.verify import verify as run_verify
 
     return run_verify(Path(mix), quick=quick, progress=progress, workers=workers)
 
 
-def audit(mix: PathLike, *, ngram: int = 13, work: PathLike | None = None, executor: Executor | None = None,
-          **options: Any) -> dict:
+def similarity(a: PathLike, b: PathLike, *, stores: PathLike = "stores", split_a: str = "train",
+               split_b: str = "train", tokens: int | str = "1.5M", seed: int = 0,
+               spell: Callable[[str], str] | None = None) -> dict:
+    """Unigram, bigram and trigram Jensen-Shannon divergence (bits) between samples of two
+    token stores, each a name in `stores` or a store folder."""
+    from mixer.checks.similarity import similarity as run_similarity
+    from mixer.formats.store import open_store
+    from mixer.units import parse_count
+
+    sa, sb = (open_store(p.parent, p.name) if (p := Path(x)).joinpath("store.json").is_file()
+              else open_store(Path(stores), str(x)) for x in (a, b))
+    n = parse_count(tokens, spell("tokens") if spell else "tokens") if isinstance(tokens, str) else tokens
+    return run_similarity(sa, sb, split_a, split_b, n, seed)
+
+
+def audit(mix: PathLike | None = None, *, heldout: Sequence[PathLike] = (), train: Sequence[PathLike] = (),
+          seq_len: int | None = None, dtype: str | None = None, ngram: int = 13, work: PathLike | None = None,
+          executor: Executor | None = None, spell: Callable[[str], str] | None = None, **options: Any) -> dict:
     """Leakage of the mix's held-out documents into its training shards (the report
     `mixer audit MIX --json` prints; `report["leaks"]` is the verdict, the exit status of
-    `mixer audit`: a domain source's flagged documents; `report["clean"]`: nothing flagged)."""
+    `mixer audit`: a domain source's flagged documents; `report["clean"]`: nothing flagged).
+    Instead of a mix: `heldout` stores and `train` files (globs; samples of `seq_len`+1
+    tokens of `dtype`, or flat token files). `options`: mixer.checks.audit.audit's
+    thresholds (near_copy, min_quote, strict, ...). Partial results go to `work` (needed by
+    an executor other than local), else a temporary folder."""
     from mixer.checks.audit import audit as run_audit
-    from mixer.checks.audit_inputs import mix_inputs
+    from mixer.checks.audit_inputs import audit_inputs
+    from mixer.errors import UsageError
 
-    stores, files, source_ids = mix_inputs(Path(mix))
+    spell = spell or _as_written
+    stores, files, source_ids, label = audit_inputs(mix, heldout, train, seq_len, dtype)
+    if executor is not None and executor.kind != "local" and work is None:
+        raise UsageError(f"{spell('executor')} {executor.kind}: needs {spell('work')} DIR on a filesystem every "
+                         "task can reach")
     if work is not None:
-        claim_audit_work(Path(work))
+        _claim_audit_work(Path(work), spell("work"))
     with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
         return run_audit(stores, files, Path(work or tmp), n=ngram, source_ids=source_ids,
-                         executor=executor, **options) | {"audited": str(mix)}
+                         executor=executor, **options) | {"audited": label}
 
 
-def claim_audit_work(work: Path, flag: str = "work") -> None:
+def _claim_audit_work(work: Path, flag: str = "work") -> None:
     """The audit's partial results go only into a folder that is new, empty or already its own."""
     claim_folder(work, "audit work", flag)
     work.mkdir(parents=True, exist_ok=True)

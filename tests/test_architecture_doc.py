@@ -37,3 +37,21 @@ def test_each_command_has_its_own_cli_module():
     for name, (target, _) in COMMANDS.items():
         module = target.split(":")[0].rsplit(".", 1)[1]
         assert module == name.replace("-", "_"), f"mixer {name} lives in mixer/cli/{module}.py"
+
+
+# What a command module may take from a stage besides the API: its output's formatter, flag
+# choices and constants, the typed configs it fills, and the parser of its --set strings.
+CLI_MAY_IMPORT = {"parse_set", "parse_overrides", "PretrainConfig", "FinetuneConfig", "Machine"}
+
+
+def test_every_command_is_flags_over_the_api():
+    import re
+
+    for name in ("tokenize", "plan", "build", "verify", "audit", "train", "eval", "report", "fit", "similarity"):
+        src = (ROOT / "mixer" / "cli" / f"{name}.py").read_text()
+        assert "from mixer import api" in src, f"mixer/cli/{name}.py does not call mixer.api"
+        for mod, names in re.findall(r"from mixer\.(?:ingest|mixing|checks|training|analysis)\.(\w+) import ([\w, ]+)",
+                                     src):
+            for n in (x.strip() for x in names.split(",")):
+                assert n.startswith("format_") or n.isupper() or n in CLI_MAY_IMPORT, \
+                    f"mixer/cli/{name}.py takes {n} from {mod}: stage work belongs behind mixer/api.py"

@@ -126,3 +126,18 @@ def _sidecar(path: str) -> str | None:
     p = Path(path)
     prov = p.with_name(p.name.removesuffix(".bin") + ".prov.npy")
     return str(prov) if prov.is_file() else None
+
+
+def audit_inputs(mix: Path | None, heldout=(), train=(), seq_len: int | None = None, dtype: str | None = None
+                 ) -> tuple[list[Store], list[TrainFile], dict[str, int], str]:
+    """(stores, training files, source ids, a label for the report) of a mix, or of stores
+    and training files given by hand; refuses a mix and files together."""
+    if mix is not None and (heldout or train):
+        raise UsageError("give either MIX or --heldout/--train, not both")
+    if mix is None:
+        if not heldout or not train:
+            raise UsageError("give MIX, or both --heldout STORE... and --train FILE...")
+        return (*file_inputs(heldout, train, seq_len, dtype), ", ".join(map(str, train)))
+    if seq_len is not None or dtype is not None:
+        raise UsageError("--seq-len/--dtype describe --train files; a mix's manifest has them")
+    return (*mix_inputs(Path(mix)), str(mix))

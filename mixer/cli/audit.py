@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import click
 
-from mixer.errors import MixerError, UsageError
+from mixer.errors import MixerError
 from mixer.units import format_count
 from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, table
 
@@ -86,43 +85,19 @@ def audit(mix, heldout, train, seq_len, dtype, ngram, near_copy, near_text, min_
     mixer audit mixes/spt-2pct
     mixer audit --heldout stores/music stores/prose --train shards/*.bin --seq-len 2048
     """
-    from mixer.checks import audit as A
+    from mixer import api
 
-    stores, files, source_ids, label = _inputs(mix, heldout, train, seq_len, dtype)
-    if kw["executor"] != "local" and work is None:
-        raise UsageError(f"--executor {kw['executor']}: needs --work DIR on a filesystem every task can reach")
-    executor = executor_from_flags(kw)
-    if work is not None:
-        from mixer.api import claim_audit_work
-
-        claim_audit_work(work, "--work")
-    pick = lambda v, default: default if v is None else v  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="mixer-audit-") as tmp:
-        rep = A.audit(stores, files, Path(work or tmp), n=ngram, near_copy=pick(near_copy, A.NEAR_COPY),
-                      near_text=pick(near_text, A.NEAR_TEXT), min_quote=pick(min_quote, A.MIN_QUOTE),
-                      quote_edge=pick(quote_edge, A.QUOTE_EDGE), strict=strict, boilerplate=not no_boilerplate,
-                      boilerplate_train_docs=pick(boilerplate_train_docs, A.BOILERPLATE_TRAIN_DOCS),
-                      boilerplate_heldout_docs=pick(boilerplate_heldout_docs, A.BOILERPLATE_HELDOUT_DOCS),
-                      source_ids=source_ids, executor=executor)
-    rep["audited"] = label
+    options = {k: v for k, v in (("near_copy", near_copy), ("near_text", near_text), ("min_quote", min_quote),
+                                 ("quote_edge", quote_edge), ("boilerplate_train_docs", boilerplate_train_docs),
+                                 ("boilerplate_heldout_docs", boilerplate_heldout_docs)) if v is not None}
+    rep = api.audit(mix, heldout=heldout, train=train, seq_len=seq_len, dtype=dtype, ngram=ngram, work=work,
+                    executor=executor_from_flags(kw), spell=api.cli_flag, strict=strict,
+                    boilerplate=not no_boilerplate, **options)
+    label = rep["audited"]
     emit(rep, as_json, format_audit)
     if rep["leaks"]:
         raise MixerError(f"{label}: {rep['leaks']} held-out document(s) found in training data "
                          "(exact, near copy or quote; see the report)")
-
-
-def _inputs(mix, heldout, train, seq_len, dtype):
-    from mixer.checks.audit_inputs import file_inputs, mix_inputs
-
-    if mix is not None and (heldout or train):
-        raise UsageError("give either MIX or --heldout/--train, not both")
-    if mix is None:
-        if not heldout or not train:
-            raise UsageError("give MIX, or both --heldout STORE... and --train FILE...")
-        return (*file_inputs(heldout, train, seq_len, dtype), ", ".join(train))
-    if seq_len is not None or dtype is not None:
-        raise UsageError("--seq-len/--dtype describe --train files; a mix's manifest has them")
-    return (*mix_inputs(mix), str(mix))
 
 
 def _pct(x: float) -> str:

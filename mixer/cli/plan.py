@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
-from mixer.units import parse_count
 from mixer.cli.build import format_plan, mix_fields, mix_options
 from mixer.cli.common import emit, json_option, resolve_stores
 
@@ -35,8 +34,8 @@ def plan(fit_file, domain_tokens, fractions, plot, extrapolate, as_json, **kw) -
 
 
 def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json, extrapolate: bool = False) -> None:
-    from mixer.analysis.forecast import format_forecast, forecast, plot_forecast
-    from mixer.formats.fit import load_fit
+    from mixer import api
+    from mixer.analysis.forecast import format_forecast
 
     if not kw["tokens"]:
         raise UsageError("--fit needs --tokens (the budget to forecast)")
@@ -53,13 +52,7 @@ def _forecast(fit_file: Path, kw: dict, domain_tokens, fractions, plot, as_json,
         if fractions:
             raise UsageError("give --fraction or --fractions with --fit, not both")
         fractions = str(kw["fraction"])
-    d_tokens = parse_count(domain_tokens, "--domain-tokens") if domain_tokens else None
-    if d_tokens is None and kw["domain"]:
-        from mixer.formats.store import open_store
-
-        d_tokens = open_store(resolve_stores(kw["stores"]), kw["domain"]).n_tokens("train")
-    fr = [float(x) for x in fractions.split(",")] if fractions else None
-    result = forecast(load_fit(fit_file), parse_count(kw["tokens"]), fr, d_tokens, extrapolate=extrapolate)
-    if plot is not None:
-        plot_forecast(result, plot)
+    result = api.forecast(fit_file, kw["tokens"], fractions=[float(x) for x in fractions.split(",")] if fractions else None,
+                          domain_tokens=domain_tokens, domain=kw["domain"], stores=resolve_stores(kw["stores"]),
+                          extrapolate=extrapolate, plot=plot, spell=api.cli_flag)
     emit(result, as_json, format_forecast)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mixer.units import SEED_MAX, format_count, parse_count
+from mixer.units import SEED_MAX, format_count
 from mixer.cli.common import emit, json_option, resolve_stores, stores_option, table
 
 
@@ -23,18 +23,16 @@ def similarity(a: str, b: str, stores: Path | None, split_a: str, split_b: str, 
                as_json: bool) -> None:
     """Unigram, bigram and trigram Jensen-Shannon divergence (bits, 2^20 hashed bins) between
     token stores A and B (names in --stores, or store folders)."""
-    from mixer.checks.similarity import similarity as run_similarity
-    from mixer.formats.store import open_store
+    from mixer import api
 
-    root = resolve_stores(stores)
-    sa, sb = (open_store(p.parent, p.name) if (p := Path(x)).joinpath("store.json").is_file() else open_store(root, x)
-              for x in (a, b))
-    result = run_similarity(sa, sb, split_a, split_b, parse_count(n_tokens, "--tokens"), seed)
+    result = api.similarity(a, b, stores=resolve_stores(stores), split_a=split_a, split_b=split_b, tokens=n_tokens,
+                            seed=seed, spell=api.cli_flag)
+    emit(result, as_json, format_similarity)
 
-    def human(r: dict) -> str:
-        rows = [[k, f"{v:.4f}"] for k, v in r["jsd_bits"].items()]
-        return (f"{sa.name}/{split_a} ({format_count(r['a']['tokens'])} tokens, {r['a']['documents']} docs) vs "
-                f"{sb.name}/{split_b} ({format_count(r['b']['tokens'])} tokens, {r['b']['documents']} docs), seed {seed}\n"
-                + table(rows, ["n-gram", "JSD (bits)"]) + "\n0 = same distribution, 1 = nothing in common")
 
-    emit(result, as_json, human)
+def format_similarity(r: dict) -> str:
+    rows = [[k, f"{v:.4f}"] for k, v in r["jsd_bits"].items()]
+    a, b = r["a"], r["b"]
+    return (f"{Path(a['store']).name}/{a['split']} ({format_count(a['tokens'])} tokens, {a['documents']} docs) vs "
+            f"{Path(b['store']).name}/{b['split']} ({format_count(b['tokens'])} tokens, {b['documents']} docs), "
+            f"seed {r['seed']}\n" + table(rows, ["n-gram", "JSD (bits)"]) + "\n0 = same distribution, 1 = nothing in common")

@@ -1,4 +1,4 @@
-"""`mixer tokenize`: flags (or a recipe) -> SourceSpec(s) -> mixer.ingest.tokenize.tokenize_source."""
+"""`mixer tokenize`: flags (or a recipe and the flags that override it) -> mixer.api.tokenize."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mixer.errors import UsageError
-from mixer.units import SEED_MAX, format_count, parse_count
+from mixer.units import SEED_MAX, format_count
 from mixer.cli.common import emit, executor_from_flags, executor_options, json_option, resolve_stores, stores_option, table
 
 # flags that describe a source; with --recipe the recipe describes it instead
@@ -61,50 +61,44 @@ def tokenize(ctx: click.Context, recipe: Path | None, name: str | None, more_inp
     mixer tokenize --source music --role domain --input 'data/music/*.jsonl.zst' --tokenizer tok.json
     mixer tokenize --recipe recipes/samples.toml [--source music]
     """
-    from mixer.ingest.sources import OVERRIDABLE, SourceSpec, load_sources, select_source
-    from mixer.ingest.tokenize import RunOptions, tokenize_source
+    from mixer import api
+    from mixer.ingest.sources import OVERRIDABLE
 
     typed = click.core.ParameterSource.COMMANDLINE
     given = [k for k in _SOURCE_FLAGS if k != "more_inputs" and ctx.get_parameter_source(k) == typed]
     given += ["more_inputs"] if more_inputs else []
+    root = resolve_stores(stores)
+    executor = executor_from_flags(source)
     if recipe is not None:
         fixed = [k for k in given if k not in OVERRIDABLE and k != "more_inputs"]
         if fixed:
             flag = "--" + fixed[0].replace("_", "-")
             allowed = ", ".join("--" + ("input" if k == "inputs" else k.replace("_", "-")) for k in OVERRIDABLE)
             raise UsageError(f"{flag}: not with --recipe (it says what the source is; override only {allowed} or --set)")
-        from mixer.recipe_catalog import find_recipe, show_recipe
-
-        recipe = find_recipe(recipe)
-        changes = _recipe_overrides(given, source, more_inputs, overrides)
-        if "inputs" in changes and name is None and len(show_recipe(recipe)["sources"]) > 1:
-            raise UsageError("--input with a recipe of several sources: pick the one it is for with --source")
-        specs = select_source(load_sources(recipe, changes), name, recipe)
+        results = api.tokenize(recipe, stores=root, source=name, overrides=_recipe_overrides(given, source, more_inputs,
+                                                                                             overrides),
+                               force=force, executor=executor, tokenizer_backend=tokenizer_backend, spell=_spell)
     else:
         if overrides:
             raise UsageError(f"--set {overrides[0]}: overrides a --recipe's setting; without one give the flag itself")
-        inputs = list(source["inputs"]) + list(more_inputs)
-        for flag, value in (("--source", name), ("--role", source["role"]), ("--input", inputs),
-                            ("--tokenizer", source["tokenizer"])):
-            if not value:
-                raise UsageError(f"{flag} is required (or give --recipe FILE)")
-        test_tokens = parse_count(source["test_tokens"], "--test-tokens") if source["test_tokens"] else None
-        specs = [SourceSpec(name=name, role=source["role"], inputs=inputs, tokenizer=str(source["tokenizer"]),
-                            text_key=source["text_key"], id_key=source["id_key"],
-                            test_fraction=source["test_fraction"], test_tokens=test_tokens, seed=source["seed"],
-                            near_duplicates=source["near_duplicates"], on_bad_record=source["on_bad_record"],
-                            eos=source["eos"], text_files=source["text_files"]).validate()]
-    run = RunOptions(executor=executor_from_flags(source), force=force, tokenizer_backend=tokenizer_backend).validate()
-    root = resolve_stores(stores)
-    results = [tokenize_source(spec, root, run) for spec in specs]
+        fields = {k: source[k] for k in ("role", "text_key", "id_key", "test_fraction", "test_tokens", "seed",
+                                         "near_duplicates", "on_bad_record", "eos", "text_files")}
+        fields["tokenizer"] = str(source["tokenizer"]) if source["tokenizer"] else None
+        results = api.tokenize(stores=root, force=force, executor=executor, tokenizer_backend=tokenizer_backend,
+                               spell=_spell, name=name, inputs=list(source["inputs"]) + list(more_inputs), **fields)
     emit({"stores": str(root), "sources": results}, as_json, _human)
 
 
+def _spell(key: str) -> str:
+    """A keyword of api.tokenize as this command's flag."""
+    from mixer.api import cli_flag
+
+    return {"name": "--source", "inputs": "--input"}.get(key, cli_flag(key))
+
+
 def _recipe_overrides(given: list[str], source: dict, more_inputs: tuple[str, ...], pairs: tuple[str, ...]) -> dict:
-    """The recipe settings the command line replaces: paths absolute (from here, not from the
-    recipe's folder), the tokenizer found (a folder or a cached name becomes its file)."""
+    """The recipe settings the command line replaces (--set pairs and the source flags given)."""
     from mixer.ingest.sources import parse_overrides
-    from mixer.ingest.vocab import find_tokenizer
 
     out = parse_overrides(pairs)
     for key in given:
@@ -114,13 +108,6 @@ def _recipe_overrides(given: list[str], source: dict, more_inputs: tuple[str, ..
         out[key] = list(value) if key == "inputs" else value
     if more_inputs:
         out["inputs"] = list(out.get("inputs", [])) + list(more_inputs)
-    if "inputs" in out:
-        ins = out["inputs"] if isinstance(out["inputs"], list) else [out["inputs"]]
-        out["inputs"] = [str(Path(x).expanduser().absolute()) for x in ins]
-    if "tokenizer" in out:
-        out["tokenizer"] = str(find_tokenizer(str(out["tokenizer"])))
-    if "test_tokens" in out and isinstance(out["test_tokens"], str):
-        out["test_tokens"] = parse_count(out["test_tokens"], "--test-tokens")
     return out
 
 

@@ -20,14 +20,10 @@ def verify(mix, quick, workers, quiet, as_json) -> None:
     """Re-derive MIX's epochs, fractions and bytes from the stores; exit 1 on any mismatch.
 
     MIX may also be a token store (a folder with store.json): its checksums and format."""
-    from mixer.checks.verify_store import is_store, verify_store
+    from mixer import api
 
-    if is_store(mix):
-        emit(verify_store(mix), as_json, format_verify_store)
-        return
-    from mixer.checks.verify import verify as run_verify
-
-    emit(run_verify(mix, quick=quick, progress=not quiet, workers=workers), as_json, format_verify)
+    result = api.verify(mix, quick=quick, progress=not quiet, workers=workers)
+    emit(result, as_json, format_verify_store if "store" in result else format_verify)
 
 
 def format_verify_store(r: dict) -> str:

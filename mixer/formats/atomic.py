@@ -59,6 +59,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MixerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def read_output(path: str | os.PathLike, accepted: str | tuple[str, ...], noun: str, command: str) -> dict:
+    """A command's JSON output (fit.json, report.json): read_versioned, and a missing file
+    named with the command that makes it (exit 2: a path the user gave is wrong)."""
+    from mixer.errors import MixerError
+
+    if not Path(path).is_file():
+        raise MixerError(f"{path}: no such {noun}; make one with {command}", exit_code=2)
+    return read_versioned(path, accepted, "file", f"; make one with {command}")
+
+
 def write_versioned(folder: str | os.PathLike, name: str, data: dict, fmt: str) -> Path:
     """FOLDER/NAME written atomically, refusing content whose "format" is not `fmt`: the check
     every writer of a mixer JSON file makes on the way out, so no stage writes a file that

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixer.errors import MixerError
-from mixer.formats.atomic import read_versioned, write_versioned
+from mixer.formats.atomic import read_output, write_versioned
 
 REPORT_FORMAT = "mixer-report/1"
 
@@ -17,7 +16,4 @@ def write_report_json(out: str | Path, report: dict) -> Path:
 
 def load_report(path: str | Path) -> dict:
     """Read report.json (written by `mixer report --out`) with one-line errors naming the file."""
-    f = Path(path)
-    if not f.is_file():
-        raise MixerError(f"{f}: no such report; make one with mixer report RUN... --out DIR", exit_code=2)
-    return read_versioned(f, (REPORT_FORMAT,), "file", "; make one with mixer report")
+    return read_output(path, REPORT_FORMAT, "report", "mixer report RUN... --out DIR")
