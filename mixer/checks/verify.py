@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import xxhash
@@ -401,6 +402,37 @@ def _check_shards(mix: Path, m: dict, exp: Expected, quick: bool, workers: int, 
                 f.cancel()  # after a fault: shards not started are not read
 
 
+class _VerifiedSourceKeys(TypedDict):
+    name: str
+    role: str
+    samples: int
+    epochs: float
+    passes: dict[str, int]  # full passes -> documents, as the manifest claims and verify recounted
+    partial_documents: int
+
+
+class VerifiedSource(_VerifiedSourceKeys, total=False):  # total=False: see mixing/build.py's BuildStatus
+    max_window_deviation: dict[str, float]  # a placed source of an N-source mix
+
+
+class VerifyReport(TypedDict):
+    """What `mixer verify MIX --json` prints and api.verify returns for a mix
+    (tests/test_result_types.py holds it to real output)."""
+    mix: str
+    ok: bool
+    quick: bool
+    shards: int
+    samples: int
+    tokens: int
+    fraction: dict  # the manifest's, every figure recounted from provenance
+    sources: list[VerifiedSource]
+    max_window_deviation: dict[str, float]  # window size W -> the largest |count - W f| seen
+    bytes: int
+    seconds: float
+    mb_per_s: float
+    stores_checked: list[str] | None  # the stores proved unchanged (None: a mix too old to record them)
+
+
 def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) -> dict:
     exp = expected_mix(m, mix)
     _check_fields(mix, m, exp)
@@ -430,7 +462,7 @@ def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) ->
             "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()}, "bytes": n_bytes}
 
 
-def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int = 1) -> dict:
+def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int = 1) -> VerifyReport:
     """Check a mix against its recipe and stores; raises MixerError naming the first difference.
 
     workers: threads checking shards at once (the stores are read by one more)."""

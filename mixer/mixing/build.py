@@ -28,7 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, TypedDict
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
@@ -346,6 +346,28 @@ class FinishMix(PipelineStep):
         yield from ()
 
 
+# Keys every status has; those of some statuses only follow (a total=False subclass: the
+# modules postpone annotations, which NotRequired cannot see through on Python 3.11).
+class _BuildStatusKeys(TypedDict):
+    status: Literal["done", "partial", "submitted"]
+    out: str
+    shards_total: int
+    shards_requested: int
+    shards_skipped: int  # already there
+    seconds: float
+
+
+class BuildStatus(_BuildStatusKeys, total=False):
+    """What `mixer build --json` prints and api.build returns (tests/test_result_types.py
+    holds it to real output)."""
+    shards_written: int  # done and partial
+    shards_missing: int
+    shards_submitted: int  # submitted to Slurm
+    job_ids: list[str]
+    logs: str
+    manifest: dict  # done: the manifest written (docs/formats.md, Mix)
+
+
 def build(
     spec: MixSpec,
     out: Path,
@@ -354,7 +376,7 @@ def build(
     progress: bool = True,
     extra: dict | None = None,
     recheck_stores: bool = False,
-) -> dict:
+) -> BuildStatus:
     """Write the requested shards; when every shard exists, write eval sets and the manifest.
 
     Raises when shards of the requested range are still missing after a local or Ray run.

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -27,6 +28,64 @@ DEFAULT_SHARD_BYTES = 1 << 27  # ~128 MiB: big enough for sequential I/O, small 
 
 
 MAX_GENERAL_EPOCHS = 4.0
+
+
+# What `mixer plan --json` prints and api.plan returns (the manifest's body): the shapes in
+# code, so a reader several layers away is type-checked (tests/test_result_types.py holds
+# them to real output, both ways).
+class FractionSummary(TypedDict):
+    requested: float | None  # the domain share asked for (1 - replay for a replay mix)
+    achieved: float  # in the window
+    window: list[float]
+    overall: float  # over the whole run
+
+
+class SourceSummary(TypedDict):
+    id: int  # in the provenance
+    name: str
+    role: str
+    store: str
+    train_tokens: int
+    train_documents: int
+    documents: str  # "all" or "subset"
+    samples: int
+    stream_tokens: int
+    epochs: float
+    documents_full_passes: dict[str, int]  # passes -> documents
+    partial_documents: int
+    epoch_start_samples: list[int]
+
+
+class PlacedSummary(TypedDict):
+    source: str
+    id: int
+    requested: float
+    achieved: float
+    window_bound: float  # every window of W samples holds W * achieved within this
+
+
+class _PlanKeys(TypedDict):
+    name: str
+    kind: str
+    seed: int
+    seq_len: int
+    dtype: str
+    tokenizer: dict
+    stores: str
+    domain: str | None
+    general: str | None
+    fraction: FractionSummary
+    samples: int
+    tokens: int
+    samples_per_shard: int
+    shards: int
+    bytes: int
+    sources: list[SourceSummary]
+    warnings: list[str]
+
+
+class PlanSummary(_PlanKeys, total=False):  # total=False: see mixing/build.py's BuildStatus
+    placed: list[PlacedSummary]  # N-source mixes only
 
 
 @dataclass
@@ -155,7 +214,7 @@ class SourcePlan:
     def epochs(self) -> float:
         return self.stream_tokens / max(1, self.stream.epoch_tokens)
 
-    def summary(self) -> dict:
+    def summary(self) -> SourceSummary:
         hist, partial = self.stream.pass_histogram(self.stream_tokens)
         return {
             "id": self.id,
@@ -205,7 +264,7 @@ class MixPlan:
         placed = [by_name.get(self.spec.domain)] + [by_name[n] for n, _ in self.spec.extra]
         return placed + [self.general]
 
-    def placed_fractions(self) -> list[dict]:
+    def placed_fractions(self) -> list[PlacedSummary]:
         """Requested and achieved share of each placed source, with its window bound."""
         width = max(1, self.counts.window_width)
         requested = [self.spec.fraction if self.spec.replay is None else 1 - self.spec.replay]
@@ -249,7 +308,7 @@ class MixPlan:
                             "epochs": epochs})
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> PlanSummary:
         c = self.counts
         return {
             "name": self.spec.default_name(),
