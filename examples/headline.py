@@ -224,13 +224,14 @@ class Headline:
         return [(lambda lam=lam, s=s: self.early_exposure_chain(lam, s)) for s in self.s.size.seeds for lam in self.d.lams]
 
     def run_law(self) -> None:
-        """The pilot of the law: both sweeps' pretraining at seed 0, nothing finetuned."""
+        """The law rows alone: the music sweep's pretraining at every seed (first seed first) and
+        the proofs sweep, then both fits; nothing finetuned. The same runs as the whole study's."""
         sz = self.s.size
-        m0 = self.mixes(sz.seeds[0], sz.fractions)
-        self.s.audit(m0["npt"])
-        self.wait(self.submit(
-            lambda: self.s.pretrain(m0["npt"], self.runs / f"s{sz.seeds[0]}" / "npt", checkpoints=CHECKPOINTS),
-            *[(lambda f=f: self.spt_pretrain(sz.seeds[0], f, m0[f"spt{f:g}"])) for f in sz.fractions],
+        m = {s: self.mixes(s, sz.fractions) for s in sz.seeds}
+        self.s.audit(m[sz.seeds[0]]["npt"])
+        self.wait(self.submit(*[c for s in sz.seeds for c in (
+            lambda s=s: self.s.pretrain(m[s]["npt"], self.runs / f"s{s}" / "npt", checkpoints=CHECKPOINTS, seed=s),
+            *[(lambda s=s, f=f: self.spt_pretrain(s, f, m[s][f"spt{f:g}"])) for f in sz.fractions])],
             *[(lambda f=f: self.law_chain(f)) for f in (0.0, *sz.fractions)]))
 
     def run_all(self) -> None:

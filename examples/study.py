@@ -9,7 +9,7 @@ Driven only by `mixer` commands, so every step is one a user can type:
 
     python examples/study.py --size demo               # ~10-15 min on 2 CPU cores
     python examples/study.py --size study              # the papers' headline results (examples/headline.py)
-    python examples/study.py --size study --parts law  # its two law sweeps alone (a pilot: pretraining + fits)
+    python examples/study.py --size study --parts law  # its two law sweeps alone (pretraining at every seed + fits)
     python examples/study.py --size demo --model olmo-300m --tokens 2B --seq-len 2048 \
         --tokenizer gpt2 --jobs 1 --train-args "--devices 1 --precision bf16-true"   # on a GPU
 
@@ -431,7 +431,7 @@ def main() -> None:
     ap.add_argument("--publish", action="store_true", help="Copy the report and plots to docs/results/<size>/.")
     ap.add_argument("--parts", default="all",
                     help="study: which parts to run, comma-separated: all (default), law (the two law sweeps, "
-                         "pretraining only, and their fits: a pilot of the law), paper2 (paper 2's sweep alone).")
+                         "pretraining only, at every seed, and their fits), paper2 (paper 2's sweep alone).")
     a = ap.parse_args()
     if a.jobs < 1:
         ap.error("--jobs must be at least 1")

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from mixer.errors import MixerError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
@@ -49,8 +51,6 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     """JSON from a file, or a one-line MixerError naming the file and where it is broken."""
-    from mixer.errors import MixerError
-
     try:
         return json.loads(Path(path).read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -62,8 +62,6 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_output(path: str | os.PathLike, accepted: str | tuple[str, ...], noun: str, command: str) -> dict:
     """A command's JSON output (fit.json, report.json): read_versioned, and a missing file
     named with the command that makes it (exit 2: a path the user gave is wrong)."""
-    from mixer.errors import MixerError
-
     if not Path(path).is_file():
         raise MixerError(f"{path}: no such {noun}; make one with {command}", exit_code=2)
     return read_versioned(path, accepted, "file", f"; make one with {command}")
@@ -85,8 +83,6 @@ def read_versioned(path: str | os.PathLike, accepted: str | tuple[str, ...], nou
     """A JSON object whose "format" is one of `accepted` (the first is the current version), or
     a one-line error (`error`, default MixerError) naming the file, what it is not and its
     format: the check every reader of a mixer JSON file makes, in one place."""
-    from mixer.errors import MixerError
-
     accepted = (accepted,) if isinstance(accepted, str) else tuple(accepted)
     error = error or MixerError
     try:
