@@ -26,8 +26,9 @@ GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
 gpu-check:
 	PYTHON="$(GPU_PY)" bash examples/gpu_check.sh $(GPU_CHECK_ARGS)
 
+# --durations: the slowest tests, so where CI's time goes is in every CI log.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 # The inner loop: no network, no model trained, no Ray cluster (`make test` is the whole suite, CI's).
 test-fast: $(STAMP)

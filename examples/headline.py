@@ -274,16 +274,18 @@ class Headline:
             ee = [r for r in (self.runs / "ee").glob("s*/*/*") if (r / "run.json").exists()]
             s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
         if publish:
-            publish_results(s.out, publish)
-            print(table(publish)[0])
+            make = table if self.wants("all") else law_table
+            publish_results(s.out, publish, make)
+            print(make(publish)[0])
 
 
 # -- publishing and the README's table ------------------------------------------------------
 
 
-def publish_results(out: Path, dest: Path) -> None:
+def publish_results(out: Path, dest: Path, make_table: Callable[[Path], tuple[str, dict]] | None = None) -> None:
     """The reports, the fit and every run's run.json and evals.jsonl (grid points included) under
-    `dest`, so every number can be recomputed without the checkpoints."""
+    `dest`, so every number can be recomputed without the checkpoints; the table (`table`, or
+    `law_table` for the law rows alone) in dest/headline.md."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -306,7 +308,7 @@ def publish_results(out: Path, dest: Path) -> None:
                     write_json(dest / sub / f.name, relative_paths(read_json(f), out.resolve(), (out / sub).resolve()))
                 else:
                     shutil.copyfile(f, dest / sub / f.name)
-    md, _ = table(dest)
+    md, _ = (make_table or table)(dest)
     (dest / "headline.md").write_text(md + "\n")
 
 
@@ -377,6 +379,15 @@ def table(results: Path) -> tuple[str, dict]:
     md = ["| result | paper | this study (measured) |", "|---|---|---|"]
     md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(md), {"report": rep, "fit": fits[0], "fits": fits, "early_exposure": ee_rep}
+
+
+def law_table(results: Path) -> tuple[str, dict]:
+    """The law rows alone (`--parts law`), recomputed from the published runs as `table` does."""
+    fits = [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
+                                                for p in sorted((results / "runs").glob("law-*"))]
+    md = ["| result | paper | this study (measured) |", "|---|---|---|"]
+    md += [f"| {a} | {b} | {c} |" for fit in fits for a, b, c in _law_rows(fit)]
+    return "\n".join(md), {"fit": fits[0], "fits": fits}
 
 
 def _multiplier_row(m: dict) -> tuple[str, str, str]:

@@ -453,11 +453,12 @@ def main() -> None:
         parts = set(a.parts.split(","))
         if not parts <= {"all", "law", "paper2"}:
             ap.error(f"--parts {a.parts}: expected all, law or paper2")
-        if a.publish and parts != {"all"}:
-            ap.error("--publish publishes the whole study: not with --parts")
+        if a.publish and parts not in ({"all"}, {"law"}):
+            ap.error("--publish publishes the whole study (docs/results/study) or its law rows (--parts law: "
+                     "docs/results/study-law)")
         h = Headline(study, a.jobs, Design(large=a.large), parts)
         h.run()
-        h.answers(ROOT / "docs" / "results" / "study" if a.publish else None)
+        h.answers(ROOT / "docs" / "results" / ("study" if parts == {"all"} else "study-law") if a.publish else None)
         print(f"study '{a.size}' done in {time.perf_counter() - study.t0:.0f} s")
         return
     chains = []

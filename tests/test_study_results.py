@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "study"
 MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
+LAW = ROOT / "docs" / "results" / "study-law"  # the revised design's law rows (--parts law)
+LAW_MARK = "<!-- law table: recomputed by tests/test_study_results.py -->"
 
 
 def _headline():
@@ -50,6 +52,23 @@ def test_readme_table_is_recomputed_from_the_published_runs():
         assert [w["kind"] for w in published["warnings"]] == [w["kind"] for w in fit["warnings"]]
 
 
+def test_readme_law_table_is_recomputed_from_the_published_law_runs():
+    """The revised design's law rows: music at 3 seeds, proofs at one, refitted from the
+    published runs by `mixer fit`'s code, as the README and headline.md show them."""
+    md, data = _headline().law_table(LAW)
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(LAW_MARK) == 2, f"README.md: the law table sits between two '{LAW_MARK}' lines"
+    assert readme.split(LAW_MARK)[1].strip() == md.strip()
+    assert (LAW / "headline.md").read_text().strip() == md.strip()
+    music = data["fits"][0]
+    assert music["domain"] == "music" and len(music["runs"]) == 18  # 6 fractions x 3 seeds
+    for fit in data["fits"]:
+        folder = "fit" if fit["domain"] == "music" else f"fit-{fit['domain']}"
+        published = json.loads((LAW / folder / "fit.json").read_text())
+        assert published["law"]["params"] == pytest.approx(fit["law"]["params"], rel=1e-6)
+        assert published["holdout"]["test"] == pytest.approx(fit["holdout"]["test"], rel=1e-6)
+
+
 def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch):
     """A fresh clone has no trace of the machine that ran the study: every finetune's parent
     is found among the published runs (or their grid points), never on disk elsewhere."""
@@ -80,6 +99,7 @@ def test_no_published_file_holds_an_absolute_path():
 
     files = sorted(RESULTS.rglob("*.json"))
     assert len(files) > 100
+    files += sorted(LAW.rglob("*.json"))
     for f in files:
         absolute = [s for s in strings(json.loads(f.read_text())) if s.startswith("/")]
         assert not absolute, f"{f}: {absolute[:3]}"
