@@ -85,7 +85,9 @@ def executor_options(f):
 
 
 def executor_from_flags(kw: dict):
-    """Pop the executor flags out of a command's keyword arguments."""
+    """Pop the executor flags out of a command's keyword arguments. Not validated here: the API
+    function validates it after its own checks (audit's --work first: a slurm audit without
+    --work is told so even where sbatch is missing)."""
     from mixer.executors import Executor
 
     from mixer.lifetime import quiet_logs, verbose_logs
@@ -96,7 +98,7 @@ def executor_from_flags(kw: dict):
                     mem_per_cpu_gb=kw.pop("mem_per_cpu"), time=kw.pop("time_limit"),
                     ray_address=kw.pop("ray_address"), account=kw.pop("account"), qos=kw.pop("qos"),
                     gres=kw.pop("gres"), constraint=kw.pop("constraint"), sbatch_args=tuple(kw.pop("sbatch_args")),
-                    wait=kw.pop("wait")).validate()
+                    wait=kw.pop("wait"))
 
 
 runs_argument = click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
