@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mixer.executors import Executor
 from mixer.formats.run import RunKind
+from mixer.errors import UsageError, as_written
 from mixer.formats.folders import claim_folder, mark_folder
+from mixer.units import parse_count, parse_optional_count
 
 if TYPE_CHECKING:  # the stage modules import numpy, datatrove, torch's neighbours: `import mixer` stays light
     from mixer.checks.verify import VerifyReport
@@ -24,10 +26,6 @@ if TYPE_CHECKING:  # the stage modules import numpy, datatrove, torch's neighbou
     from mixer.training.runner import FinetuneGrid, RunPlan
 
 PathLike = str | Path
-
-
-def _as_written(name: str) -> str:
-    return name
 
 
 # Keywords whose flag is not the keyword itself with dashes.
@@ -41,24 +39,21 @@ def cli_flag(name: str) -> str:
 
 def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", source: str | None = None,
              overrides: dict | None = None, force: bool = False, executor: Executor | None = None,
-             tokenizer_backend: str = "auto", spell: Callable[[str], str] | None = None, **fields: Any) -> list[dict]:
+             tokenizer_backend: str = "auto", spell: Callable[[str], str] = as_written, **fields: Any) -> list[dict]:
     """Corpora -> token stores. Either a recipe (a path or a shipped name such as "samples";
     `source` picks one of its sources; `overrides` replaces settings of its sources, paths
     absolute) or one source described by `fields` (`name`, `role`, `inputs`, `tokenizer`,
     `test_tokens` ("5M" or an int), ... as in a recipe's [[source]] table).
     `tokenizer_backend`: auto, hf or tiktoken (the same ids either way; checked).
     Returns each source's store.json content with a `status`."""
-    from mixer.errors import UsageError
     from mixer.ingest.sources import SourceSpec, load_sources, select_source
     from mixer.ingest.tokenize import RunOptions, tokenize_source
     from mixer.recipe_catalog import find_recipe, show_recipe
-    from mixer.units import parse_count
 
-    spell = spell or _as_written
     if recipe is not None:
         overrides = _source_overrides(overrides or {}, spell)
         path = find_recipe(recipe)
-        if "inputs" in (overrides or {}) and source is None and len(show_recipe(path)["sources"]) > 1:
+        if "inputs" in overrides and source is None and len(show_recipe(path)["sources"]) > 1:
             raise UsageError(f"{spell('inputs')} with a recipe of several sources: pick the one it is for with "
                              f"{spell('source')}")
         specs = select_source(load_sources(path, overrides), source, path)
@@ -66,8 +61,8 @@ def tokenize(recipe: PathLike | None = None, *, stores: PathLike = "stores", sou
         if overrides:
             raise UsageError(f"{spell('set')} {next(iter(overrides))}: overrides a recipe's setting; without one "
                              "give the setting itself")
-        if isinstance(fields.get("test_tokens"), str):
-            fields["test_tokens"] = parse_count(fields["test_tokens"], spell("test_tokens"))
+        if "test_tokens" in fields:
+            fields["test_tokens"] = parse_optional_count(fields["test_tokens"], spell("test_tokens"))
         for key in ("name", "role", "inputs", "tokenizer"):
             if not fields.get(key):
                 raise UsageError(f"{spell(key)} is required (or give {spell('recipe')} FILE)")
@@ -81,7 +76,6 @@ def _source_overrides(overrides: dict, spell: Callable[[str], str]) -> dict:
     recipe's folder), the tokenizer found (a folder or a cached name becomes its file), counts
     parsed."""
     from mixer.ingest.vocab import find_tokenizer
-    from mixer.units import parse_count
 
     out = dict(overrides)
     if "inputs" in out:
@@ -89,8 +83,8 @@ def _source_overrides(overrides: dict, spell: Callable[[str], str]) -> dict:
         out["inputs"] = [str(Path(x).expanduser().absolute()) for x in ins]
     if "tokenizer" in out:
         out["tokenizer"] = str(find_tokenizer(str(out["tokenizer"])))
-    if isinstance(out.get("test_tokens"), str):
-        out["test_tokens"] = parse_count(out["test_tokens"], spell("test_tokens"))
+    if "test_tokens" in out:
+        out["test_tokens"] = parse_optional_count(out["test_tokens"], spell("test_tokens"))
     return out
 
 
@@ -102,37 +96,34 @@ def _spec(stores: PathLike, fields: dict, spell: Callable[[str], str]) -> Any:
     return spec
 
 
-def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] | None = None, **fields: Any) -> "PlanSummary":
+def plan(*, stores: PathLike = "stores", spell: Callable[[str], str] = as_written, **fields: Any) -> "PlanSummary":
     """What a build would produce (counts, epochs, fractions per source), writing nothing.
     `fields` are MixSpec's: domain, general, fraction, epochs, replay, tokens ("200B" or an
     int), seq_len, seed, window ("0.9:1.0"), ...; or `mix={"music": 0.02, "proofs": 0.01}`.
     `spell`: how errors name a keyword (the CLI passes cli_flag: --seq-len)."""
     from mixer.mixing.spec import resolve
 
-    return resolve(_spec(stores, fields, spell or _as_written)).summary()
+    return resolve(_spec(stores, fields, spell)).summary()
 
 
 def forecast(fit: PathLike, tokens: int | str, *, fractions: Sequence[float] | None = None,
              domain_tokens: int | str | None = None, domain: str | None = None, stores: PathLike = "stores",
              extrapolate: bool = False, plot: PathLike | None = None,
-             spell: Callable[[str], str] | None = None) -> dict:
+             spell: Callable[[str], str] = as_written) -> dict:
     """`mixer plan --fit`: the loss a fitted law (fit.json) forecasts at each fraction for a
     budget of `tokens` and a domain of `domain_tokens` (or the train split of the store
     `domain`); the paper's fractions by default, within the fitted range unless `extrapolate`.
     With `plot`, also the forecast's PNG there."""
     from mixer.analysis.forecast import forecast as run_forecast, plot_forecast
     from mixer.formats.fit import load_fit
-    from mixer.units import parse_count
 
-    spell = spell or _as_written
-    count = lambda v, key: parse_count(v, spell(key)) if isinstance(v, str) else v  # noqa: E731
-    d_tokens = count(domain_tokens, "domain_tokens")
+    d_tokens = parse_optional_count(domain_tokens, spell("domain_tokens"))
     if d_tokens is None and domain:
         from mixer.formats.store import open_store
 
         d_tokens = open_store(Path(stores), domain).n_tokens("train")
-    result = run_forecast(load_fit(fit), count(tokens, "tokens"), list(fractions) if fractions else None, d_tokens,
-                          extrapolate=extrapolate)
+    result = run_forecast(load_fit(fit), parse_count(tokens, spell("tokens")), list(fractions) if fractions else None,
+                          d_tokens, extrapolate=extrapolate)
     if plot is not None:
         plot_forecast(result, Path(plot))
     return result
@@ -140,12 +131,11 @@ def forecast(fit: PathLike, tokens: int | str, *, fractions: Sequence[float] | N
 
 def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: PathLike | None = None,
           overrides: dict | None = None, shards: str | None = None, executor: Executor | None = None,
-          progress: bool = False, recheck_stores: bool = False, spell: Callable[[str], str] | None = None,
+          progress: bool = False, recheck_stores: bool = False, spell: Callable[[str], str] = as_written,
           **fields: Any) -> "BuildStatus | dict":
     """Write a mix (or, with `recipe`, every stage of a multi-stage recipe; `overrides` sets
     its vars) into `out` (default ./mixes/<name>). Returns the build status with the manifest
     once every shard exists. `fields`: as plan's."""
-    spell = spell or _as_written
     ex = (executor or Executor()).validate()
     if recipe is not None:
         from mixer.mixing.stages import build_recipe
@@ -178,22 +168,20 @@ def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bo
 
 def similarity(a: PathLike, b: PathLike, *, stores: PathLike = "stores", split_a: str = "train",
                split_b: str = "train", tokens: int | str = "1.5M", seed: int = 0,
-               spell: Callable[[str], str] | None = None) -> dict:
+               spell: Callable[[str], str] = as_written) -> dict:
     """Unigram, bigram and trigram Jensen-Shannon divergence (bits) between samples of two
     token stores, each a name in `stores` or a store folder."""
     from mixer.checks.similarity import similarity as run_similarity
     from mixer.formats.store import open_store
-    from mixer.units import parse_count
 
     sa, sb = (open_store(p.parent, p.name) if (p := Path(x)).joinpath("store.json").is_file()
               else open_store(Path(stores), str(x)) for x in (a, b))
-    n = parse_count(tokens, spell("tokens") if spell else "tokens") if isinstance(tokens, str) else tokens
-    return run_similarity(sa, sb, split_a, split_b, n, seed)
+    return run_similarity(sa, sb, split_a, split_b, parse_count(tokens, spell("tokens")), seed)
 
 
 def audit(mix: PathLike | None = None, *, heldout: Sequence[PathLike] = (), train: Sequence[PathLike] = (),
           seq_len: int | None = None, dtype: str | None = None, ngram: int = 13, work: PathLike | None = None,
-          executor: Executor | None = None, spell: Callable[[str], str] | None = None, **options: Any) -> dict:
+          executor: Executor | None = None, spell: Callable[[str], str] = as_written, **options: Any) -> dict:
     """Leakage of the mix's held-out documents into its training shards (the report
     `mixer audit MIX --json` prints; `report["leaks"]` is the verdict, the exit status of
     `mixer audit`: a domain source's flagged documents; `report["clean"]`: nothing flagged).
@@ -203,9 +191,7 @@ def audit(mix: PathLike | None = None, *, heldout: Sequence[PathLike] = (), trai
     an executor other than local), else a temporary folder."""
     from mixer.checks.audit import audit as run_audit
     from mixer.checks.audit_inputs import audit_inputs
-    from mixer.errors import UsageError
 
-    spell = spell or _as_written
     stores, files, source_ids, label = audit_inputs(mix, heldout, train, seq_len, dtype)
     if executor is not None and executor.kind != "local" and work is None:
         raise UsageError(f"{spell('executor')} {executor.kind}: needs {spell('work')} DIR on a filesystem every "
@@ -225,7 +211,6 @@ def _claim_audit_work(work: Path, flag: str = "work") -> None:
 
 
 def _config(cls: type, config: Any, settings: dict) -> Any:
-    from mixer.errors import UsageError
     from mixer.training.config import config_from
 
     if config is None:
@@ -301,7 +286,7 @@ def evaluate(run: PathLike, *, max_samples: int | None = None, device: str | Non
 
 
 def report(runs: Sequence[PathLike], out: PathLike | None = None, *,
-           spell: Callable[[str], str] = _as_written) -> dict:
+           spell: Callable[[str], str] = as_written) -> dict:
     """The papers' metrics over runs (relative gain, compute multiplier, gap closed,
     forgetting); with `out`, also report.md, report.json and the plots, listed under "files".
     `spell`: how errors name a keyword (the CLI passes cli_flag: --out)."""
@@ -319,11 +304,10 @@ def report(runs: Sequence[PathLike], out: PathLike | None = None, *,
 
 def fit(runs: Sequence[PathLike], out: PathLike | None = None, *, holdout: float | None = None,
         model: str | None = None, domain: str | None = None, loss: str = "sse", starts: int = 64,
-        seed: int = 0, spell: Callable[[str], str] = _as_written) -> dict:
+        seed: int = 0, spell: Callable[[str], str] = as_written) -> dict:
     """The overfitting scaling law and the finetuning gain fitted to runs (fit.json's
     content); with `out`, also fit.json and fit.png, listed under "files". `spell`: as report's."""
     from mixer.analysis.fit import build_fit, fit_inputs
-    from mixer.errors import UsageError
     from mixer.formats.run import load_runs
 
     if holdout is not None and not 0 < holdout <= 1:

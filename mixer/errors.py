@@ -1,6 +1,13 @@
-"""The one exception type the CLI turns into a one-line message and an exit code."""
+"""The one exception type the CLI turns into a one-line message and an exit code, and how
+its messages name a keyword."""
 
 from __future__ import annotations
+
+
+def as_written(name: str) -> str:
+    """How an error names a keyword by default: as the caller wrote it (the command line
+    passes its own speller, mixer.api.cli_flag: --seq-len)."""
+    return name
 
 
 class MixerError(Exception):

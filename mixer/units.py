@@ -23,6 +23,11 @@ def parse_count(text: str | int, what: str = "--tokens") -> int:
     return int(round(value))
 
 
+def parse_optional_count(text: str | int | None, what: str = "--tokens") -> int | None:
+    """parse_count, with None (a count not given) passed through."""
+    return None if text is None else parse_count(text, what)
+
+
 def format_count(n: float) -> str:
     """200_000_000_000 -> '200B' (3 significant digits)."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):

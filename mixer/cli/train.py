@@ -12,14 +12,10 @@ import click
 from mixer.errors import UsageError
 from mixer.formats.run import SELECT_ON
 from mixer.training.schedules import FINETUNE_SCHEDULES
-from mixer.units import SEED_MAX, parse_count
+from mixer.units import SEED_MAX, parse_optional_count
 from mixer.cli.common import emit, json_option
 
 _path = click.Path(path_type=Path)
-
-
-def _count(text: str | None, what: str) -> int | None:
-    return None if text is None else parse_count(text, what)
 
 
 _SBATCH_OPTIONS = [
@@ -170,10 +166,11 @@ def pretrain(mix: Path, out: Path, model: str, tokens: str | None, batch_size: i
     from mixer.cli.common import ARGV
     from mixer.training.config import PretrainConfig
 
-    config = PretrainConfig(model=model, tokens=_count(tokens, "--tokens"), lr=lr, min_lr=min_lr, warmup=warmup,
-                            batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints, save_every=save_every,
-                            horizon=horizon, schedule_tokens=_count(schedule_tokens, "--schedule-tokens"),
-                            anneal=anneal, seed=seed,
+    config = PretrainConfig(model=model, tokens=parse_optional_count(tokens, "--tokens"), lr=lr, min_lr=min_lr,
+                            warmup=warmup, batch=batch_size, micro=micro_batch_size, checkpoints=checkpoints,
+                            save_every=save_every, horizon=horizon,
+                            schedule_tokens=parse_optional_count(schedule_tokens, "--schedule-tokens"), anneal=anneal,
+                            seed=seed,
                             machine=_machine(precision, devices, num_nodes, threads, trainer))
     plan = api.pretrain_plan(mix, out, config, dry_run=dry_run or sbatch is not None)
     if sbatch is not None:
@@ -230,7 +227,7 @@ def _finetune_command(kind: str):
             raise UsageError(f"unexpected argument {grid_rest[0]!r}")
         config = FinetuneConfig(checkpoint=checkpoint, schedule=schedule, min_lr=min_lr, decay_fraction=decay_fraction,
                                 weight_decay=weight_decay, batch=batch_size, micro=micro_batch_size,
-                                tokens=_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
+                                tokens=parse_optional_count(tokens, "--tokens"), patience=patience, eval_every=eval_every,
                                 select_on=select_on, seed=seed,
                                 machine=_machine(precision, devices, num_nodes, threads, trainer))
         plans = api.finetune_plan(mix, out, parent, config, kind=kind, lr=lr, lr_ratio=lr_ratio, warmup=warmup,

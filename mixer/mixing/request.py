@@ -7,17 +7,13 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from mixer.errors import UsageError
+from mixer.errors import UsageError, as_written
 from mixer.mixing.spec import MixSpec
-from mixer.units import SEED_MAX, parse_count
+from mixer.units import SEED_MAX, parse_optional_count
 
 MAX_TOKENS = 2**53  # sample counts stay exact in float64 arithmetic (fractions, windows) up to here
 
 Named = Callable[[str], str]  # a MixSpec field -> how the user wrote it (--seed, "seed", "recipe.toml: seed")
-
-
-def as_written(field: str) -> str:
-    return field
 
 
 def check_name(name: str, what: str) -> str:
@@ -61,10 +57,6 @@ def parse_window(window: str | tuple[float, float] | None, named: Named = as_wri
         raise UsageError(f"{named('window')}: expected A:B such as 0.9:1.0, got {window!r}") from None
 
 
-def _count(value: int | str | None, what: str) -> int | None:
-    return parse_count(value, what) if isinstance(value, str) else value
-
-
 def spec_from_fields(stores: str, fields: Mapping[str, Any], named: Named = as_written) -> MixSpec:
     """A checked MixSpec from MixSpec's fields as a user gives them: `tokens` and
     `domain_subset_tokens` as counts ("200B") or ints, `window` as "A:B", and `mix` (NAME ->
@@ -80,7 +72,7 @@ def spec_from_fields(stores: str, fields: Mapping[str, Any], named: Named = as_w
         fields["extra"] = extra
     for key in ("tokens", "domain_subset_tokens"):
         if key in fields:
-            fields[key] = _count(fields[key], named(key))
+            fields[key] = parse_optional_count(fields[key], named(key))
     if "window" in fields:
         fields["window"] = parse_window(fields["window"], named)
     try:
