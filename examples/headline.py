@@ -357,8 +357,7 @@ def table(results: Path) -> tuple[str, dict]:
     paper1 = sorted(r.parent for r in runs_dir.glob("s*/*/run.json"))
     ee = sorted(r.parent for r in runs_dir.glob("ee/**/run.json") if not (r.parent.parent / "run.json").exists())
     rep = build_report(load_runs(paper1))
-    fits = [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
-                                                for p in sorted(runs_dir.glob("law-*"))]
+    fits = refit_all(results)
     ee_rep = build_report(load_runs(ee))
     tiny = [e for e in rep["table"] if e["model"] == "tiny" and e["finetune"] == "FT"]
     top = max(e["pretrain_tokens"] for e in tiny)
@@ -376,18 +375,24 @@ def table(results: Path) -> tuple[str, dict]:
         *[row for fit in fits for row in _law_rows(fit)],
         *_paper2_rows(ee_rep),
     ]
-    md = ["| result | paper | this study (measured) |", "|---|---|---|"]
-    md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(md), {"report": rep, "fit": fits[0], "fits": fits, "early_exposure": ee_rep}
+    return _markdown(rows), {"report": rep, "fit": fits[0], "fits": fits, "early_exposure": ee_rep}
 
 
 def law_table(results: Path) -> tuple[str, dict]:
     """The law rows alone (`--parts law`), recomputed from the published runs as `table` does."""
-    fits = [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
+    fits = refit_all(results)
+    return _markdown([row for fit in fits for row in _law_rows(fit)]), {"fit": fits[0], "fits": fits}
+
+
+def refit_all(results: Path) -> list[dict]:
+    """The study domain's law, then each second sweep's (runs/law-<domain>), from the published runs."""
+    return [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
                                                 for p in sorted((results / "runs").glob("law-*"))]
+
+
+def _markdown(rows: list[tuple[str, str, str]]) -> str:
     md = ["| result | paper | this study (measured) |", "|---|---|---|"]
-    md += [f"| {a} | {b} | {c} |" for fit in fits for a, b, c in _law_rows(fit)]
-    return "\n".join(md), {"fit": fits[0], "fits": fits}
+    return "\n".join(md + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 
 def _multiplier_row(m: dict) -> tuple[str, str, str]:

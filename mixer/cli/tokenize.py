@@ -93,7 +93,7 @@ def _spell(key: str) -> str:
     """A keyword of api.tokenize as this command's flag."""
     from mixer.api import cli_flag
 
-    return {"name": "--source", "inputs": "--input"}.get(key, cli_flag(key))
+    return "--source" if key == "name" else cli_flag(key)  # the source's name is --source here, not --name
 
 
 def _recipe_overrides(given: list[str], source: dict, more_inputs: tuple[str, ...], pairs: tuple[str, ...]) -> dict:
