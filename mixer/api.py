@@ -153,10 +153,11 @@ def build(out: PathLike | None = None, *, stores: PathLike = "stores", recipe: P
     return run_build(spec, Path(out), shards=shards, executor=ex, progress=progress, recheck_stores=recheck_stores)
 
 
-def verify(mix: PathLike, *, quick: bool = False, workers: int = 1, progress: bool = False) -> "VerifyReport | dict":
+def verify(mix: PathLike, *, quick: bool = False, workers: int | None = None, progress: bool = False) -> "VerifyReport | dict":
     """Re-derive a mix from its stores and compare every claim of its manifest; raises
     MixerError on the first difference. A token store (a folder with store.json) instead:
-    its checksums, indexes and format (the report has "store" where a mix's has "mix")."""
+    its checksums, indexes and format (the report has "store" where a mix's has "mix").
+    workers: shards checked at once (default: one per core, at most 8)."""
     from mixer.checks.verify_store import is_store, verify_store
 
     if is_store(Path(mix)):

@@ -24,6 +24,9 @@ What is checked, and against what:
 from __future__ import annotations
 
 import io
+import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -375,31 +378,79 @@ def _check_stage(mix: Path, m: dict, exp: Expected) -> None:
 # -- the whole mix --------------------------------------------------------------------
 
 
-def _check_shards(mix: Path, m: dict, exp: Expected, quick: bool, workers: int, bar: tqdm) -> list:
-    """Every shard, `workers` at a time.
+def cores() -> int:
+    """The cores this process may run on (a Slurm allocation or taskset, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    Threads, not processes: the bulk of the work runs in C with the GIL released (bytes.join
-    of a chunk's store runs, numpy's comparison, xxhash), and threads share the laid-out
-    streams, where a spawned process would re-derive them (~0.25 s and their memory each).
-    np.concatenate of the runs had released the GIL once per run: two threads ran slower
-    than one; bytes.join releases it once per chunk."""
-    if workers == 1:
-        out = []
-        for k in range(exp.shards):
-            out.append(_check_shard(mix, m, exp, k, quick))
-            bar.update()
-        return out
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_check_shard, mix, m, exp, k, quick) for k in range(exp.shards)]
-        try:
-            out = []
+
+def _fork_safe() -> bool:
+    """No thread runs that could hold a lock a forked worker needs. Two are known idle and
+    harmless: tqdm's monitor, started by any earlier progress bar, sleeps on its own event
+    and touches only tqdm's list of bars; fsspec's IO loop (datatrove's file system) resets
+    itself in a forked child (fsspec registers that with os.register_at_fork)."""
+    from tqdm._monitor import TMonitor
+
+    return "fork" in mp.get_all_start_methods() and all(
+        t is threading.current_thread() or isinstance(t, TMonitor) or t.name == "fsspecIO" for t in threading.enumerate())
+
+
+_INHERITED: tuple | None = None  # (mix, manifest, Expected, quick), set while a forked pool lives
+
+
+def _inherited_check(k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    return _check_shard(*_INHERITED[:3], k, _INHERITED[3])
+
+
+class _Shards:
+    """Checks every shard, `workers` at a time, in shard order.
+
+    Processes where the platform forks them (Linux): a forked worker inherits the laid-out
+    streams and the mapped stores for free, where a spawned one would re-derive them
+    (~0.25 s and their memory each). Threads did not scale: joining a chunk's store runs and
+    the per-run Python around it hold the GIL (measured: 2 threads ran no faster than 1).
+    The pool forks when it is made, before verify starts its own threads (the store hashing,
+    the progress bar), so no lock can be held at the fork; a caller that already runs
+    threads, or a platform without fork, gets threads instead: correct, only not faster."""
+
+    def __init__(self, mix: Path, m: dict, exp: Expected, quick: bool, workers: int) -> None:
+        global _INHERITED
+        self.args, self.n = (mix, m, exp, quick), exp.shards
+        self.workers = max(1, min(workers, self.n))
+        self.pool = self.threads = None
+        if self.workers > 1 and _fork_safe():
+            _INHERITED = self.args
+            # Ctrl-C reaches the whole process group: the command stops its workers, they do not print
+            self.pool = mp.get_context("fork").Pool(self.workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+        elif self.workers > 1:
+            self.threads = ThreadPoolExecutor(self.workers)
+
+    def __enter__(self) -> "_Shards":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _INHERITED
+        if self.pool is not None:
+            self.pool.terminate()  # after a fault: shards not started are not read
+            self.pool.join()
+            _INHERITED = None
+        if self.threads is not None:
+            self.threads.shutdown(cancel_futures=True)
+
+    def results(self):
+        """(source ids, stream samples, bytes) of each shard in order; raises the first fault."""
+        mix, m, exp, quick = self.args
+        if self.pool is not None:
+            try:
+                yield from self.pool.imap(_inherited_check, range(self.n))
+            except MixerError as e:
+                raise e from None  # one line, not the worker's traceback
+        elif self.threads is not None:
+            futures = [self.threads.submit(_check_shard, mix, m, exp, k, quick) for k in range(self.n)]
             for f in futures:
-                out.append(f.result())
-                bar.update()
-            return out
-        finally:
-            for f in futures:
-                f.cancel()  # after a fault: shards not started are not read
+                yield f.result()
+        else:
+            for k in range(self.n):
+                yield _check_shard(mix, m, exp, k, quick)
 
 
 class _VerifiedSourceKeys(TypedDict):
@@ -433,17 +484,42 @@ class VerifyReport(TypedDict):
     stores_checked: list[str] | None  # the stores proved unchanged (None: a mix too old to record them)
 
 
-def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) -> dict:
-    exp = expected_mix(m, mix)
-    _check_fields(mix, m, exp)
+def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) -> tuple[dict, list[str] | None]:
+    """The mix's report and the stores proved unchanged.
+
+    With one worker the stores are checked first, so a corrupted store is named, not
+    blamed on a shard; with more they are hashed beside the shards (xxhash releases the
+    GIL), and a store fault still wins over the shard fault it explains."""
+    def stores() -> list[str] | None:
+        return verify_mix_stores(mix, m, quick)
+
+    checked = stores() if workers == 1 else None
+    try:
+        exp = expected_mix(m, mix)
+        _check_fields(mix, m, exp)
+    except MixerError:
+        if workers > 1:
+            stores()
+        raise
     if not quick:
         for s in exp.sources:
             s.stream.prepare(s.samples)
-    bar = tqdm(total=exp.shards, desc=f"verify {mix.name}", unit="shard", disable=not progress)
-    try:
-        results = _check_shards(mix, m, exp, quick, workers, bar)
-    finally:
-        bar.close()
+    with _Shards(mix, m, exp, quick, workers) as shards, ThreadPoolExecutor(1) as side:
+        hashed: Future | None = side.submit(stores) if workers > 1 else None
+        bar = tqdm(total=exp.shards, desc=f"verify {mix.name}", unit="shard", disable=not progress)
+        try:
+            results = []
+            for r in shards.results():
+                results.append(r)
+                bar.update()
+        except BaseException:
+            if hashed is not None and hashed.exception() is not None:  # waits for the stores
+                raise hashed.exception() from None
+            raise
+        finally:
+            bar.close()
+        if hashed is not None:
+            checked = hashed.result()
     src_all, ks_all, sizes = zip(*results)
     n_bytes = sum(sizes)
     windows, per_source = _check_provenance(mix, exp, np.concatenate(src_all), np.concatenate(ks_all))
@@ -459,31 +535,21 @@ def _check_mix(mix: Path, m: dict, quick: bool, progress: bool, workers: int) ->
         sources.append(row)
     return {"mix": str(mix), "ok": True, "quick": quick, "shards": exp.shards, "samples": exp.samples,
             "tokens": m["tokens"], "fraction": m["fraction"], "sources": sources,
-            "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()}, "bytes": n_bytes}
+            "max_window_deviation": {str(k): round(v, 4) for k, v in windows.items()}, "bytes": n_bytes}, checked
 
 
-def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int = 1) -> VerifyReport:
+def verify(mix_dir: Path | str, quick: bool = False, progress: bool = True, workers: int | None = None) -> VerifyReport:
     """Check a mix against its recipe and stores; raises MixerError naming the first difference.
 
-    workers: threads checking shards at once (the stores are read by one more)."""
+    workers: shards checked at once (default: one per core, at most 8)."""
+    if workers is None:
+        workers = min(cores(), 8)
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers {workers}: must be at least 1")
     mix = Path(mix_dir)
     t0 = time.perf_counter()
     m = load_manifest(mix)
-    if workers == 1:
-        stores_checked = verify_mix_stores(mix, m, quick)  # first: a corrupted store is named, not blamed on a shard
-        report = _check_mix(mix, m, quick, progress, 1)
-    else:
-        with ThreadPoolExecutor(1) as side:  # xxhash releases the GIL while it reads the stores
-            stores: Future = side.submit(verify_mix_stores, mix, m, quick)
-            try:
-                report = _check_mix(mix, m, quick, progress, workers)
-            except BaseException:
-                if stores.exception() is not None:  # waits: a store fault explains any shard fault
-                    raise stores.exception() from None
-                raise
-            stores_checked = stores.result()
+    report, stores_checked = _check_mix(mix, m, quick, progress, workers)
     seconds = time.perf_counter() - t0
     return {**report, "seconds": round(seconds, 3), "mb_per_s": round(report["bytes"] / 1e6 / max(seconds, 1e-9), 1),
             "stores_checked": stores_checked}

@@ -13,7 +13,7 @@ from mixer.cli.common import emit, json_option, table
 @click.command()
 @click.argument("mix", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quick", is_flag=True, help="Checksums, manifest fields and provenance only; samples are not compared with the stores.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Threads checking shards in parallel.")
+@click.option("--workers", type=int, help="Shards checked at once, each by its own process  [default: one per core, at most 8]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def verify(mix, quick, workers, quiet, as_json) -> None:

@@ -1,6 +1,7 @@
 """Pins the invariants of docs/design.md (1-7) on synthetic stores whose tokens name their document."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -282,12 +283,40 @@ ray.shutdown()
     assert mix_bytes(tmp_path / "ray") == mix_bytes(tmp_path / "ref")
 
 
-def test_verify_with_two_workers_agrees_and_catches(built):
-    one, two = verify(built, progress=False), verify(built, progress=False, workers=2)
-    assert {k: v for k, v in one.items() if k not in ("seconds", "mb_per_s")} == {k: v for k, v in two.items() if k not in ("seconds", "mb_per_s")}
-    f = built / "shard-00003.bin"
-    data = bytearray(f.read_bytes())
-    data[7] ^= 1
-    f.write_bytes(bytes(data))
-    with pytest.raises(MixerError, match="shard-00003.bin: checksum mismatch"):
-        verify(built, progress=False, workers=2)
+@pytest.mark.parametrize("busy", [False, True], ids=["processes", "threads"])
+def test_verify_with_two_workers_agrees_and_catches(built, tmp_path, monkeypatch, busy):
+    """Two workers are two forked processes; a caller that already runs a thread gets threads
+    (a fork then could copy a held lock). Either way the report is the one-worker report and
+    a damaged shard is named."""
+    import threading
+
+    from mixer.checks import verify as verify_mod
+
+    seen = tmp_path / "pids"
+    seen.mkdir()
+    check = verify_mod._check_shard
+
+    def spy(*a):
+        (seen / str(os.getpid())).touch()
+        return check(*a)
+
+    monkeypatch.setattr(verify_mod, "_check_shard", spy)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    if busy:
+        other.start()
+    try:
+        one, two = verify(built, progress=False, workers=1), verify(built, progress=False, workers=2)
+        pids = {int(p.name) for p in seen.iterdir()}
+        assert pids == {os.getpid()} if busy else (len(pids) == 3 and os.getpid() in pids)
+        assert {k: v for k, v in one.items() if k not in ("seconds", "mb_per_s")} == \
+            {k: v for k, v in two.items() if k not in ("seconds", "mb_per_s")}
+        f = built / "shard-00003.bin"
+        data = bytearray(f.read_bytes())
+        data[7] ^= 1
+        f.write_bytes(bytes(data))
+        with pytest.raises(MixerError, match="shard-00003.bin: checksum mismatch") as e:
+            verify(built, progress=False, workers=2)
+        assert e.value.__cause__ is None  # one line, not a worker's traceback
+    finally:
+        stop.set()
