@@ -1,11 +1,12 @@
 """Benchmark: `mixer build` next to `cp && sync` of the same bytes, whole process and marginal.
 
     .venv/bin/python bench/build.py [--dir /tmp/mixer-bench-build] [--tokens 500M 1000M] [--repeat 3]
-                                    [--baseline DIR]
+                                    [--baseline DIR] [--tasks 1 2]
 
 Stores hold random tokens (a 600M-token general store of 1,500-token mean documents, a
 30M-token domain of 300-token ones, read once first so they are warm, as `cp`'s source
-is); the mix is 2% domain at seq-len 2048, one task (the laptop case), built from
+is); the mix is 2% domain at seq-len 2048, `--tasks` local tasks (each count a variant;
+default 1; local tasks are forked processes of the command), built from
 scratch into an empty folder by a fresh process. The limit is `cp SRC DST && sync DST`
 (coreutils `sync FILE` fsyncs that file: a build fsyncs its own files, not the machine's)
 of one file of the same bytes, on the same disk. Every round runs, for each size: the
@@ -87,12 +88,14 @@ def main() -> None:
     ap.add_argument("--tokens", nargs=2, default=["500M", "1000M"], help="the two mix sizes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="another checkout whose build runs beside this one")
+    ap.add_argument("--tasks", type=int, nargs="+", default=[1], help="local build tasks, each count a variant")
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
     make_stores(stores)
     root_dir = Path(__file__).resolve().parents[1]
-    checkouts = {"build": root_dir} | ({"base": a.baseline.resolve()} if a.baseline else {})
+    checkouts = {f"build --tasks {t}": (root_dir, t) for t in a.tasks} | (
+        {f"base --tasks {t}": (a.baseline.resolve(), t) for t in a.tasks} if a.baseline else {})
     sizes: dict[str, int] = {}
     times: dict[str, dict[str, list[float]]] = {name: {t: [] for t in a.tokens} for name in [*checkouts, "cp+sync"]}
     src, dst = root / "cp-src.bin", root / "cp-dst.bin"
@@ -101,12 +104,12 @@ def main() -> None:
             timed(["sh", "-c", f"cat {stores}/*/*.ds {stores}/*/*.ds.index > /dev/null"])  # warm, as cp's source
             for tokens in a.tokens:
                 out = root / f"mix-{tokens}"
-                for name, checkout in checkouts.items():
+                for name, (checkout, tasks) in checkouts.items():
                     shutil.rmtree(out, ignore_errors=True)
                     env = dict(os.environ, PYTHONPATH=str(checkout))
                     times[name][tokens].append(timed(
                         [sys.executable, "-m", "mixer", "build", "--stores", str(stores), "--domain", "domain",
-                         "--fraction", "0.02", "--tokens", tokens, "--seq-len", "2048", "--out", str(out), "--quiet"],
+                         "--fraction", "0.02", "--tokens", tokens, "--seq-len", "2048", "--out", str(out), "--quiet", "--tasks", str(tasks)],
                         env))
                 sizes[tokens] = sum(f.stat().st_size for f in out.glob("shard-*.bin"))
                 if r == 0 or src.stat().st_size != sizes[tokens]:

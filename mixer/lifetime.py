@@ -132,7 +132,8 @@ def _wrap_task_logger() -> None:
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
 
 
-def _hook_forks() -> None:
+def hook_forks() -> None:
+    """Every fork of this process from its main thread dies with it (Linux)."""
     if sys.platform.startswith("linux") and not _forker.get("hooked"):
         os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
         _forker["hooked"] = True
@@ -142,7 +143,7 @@ def install() -> None:
     """Call in the command before it starts an executor's processes (from the main
     thread: the signal follows the thread that started the fork server)."""
     quiet_task_tracebacks()
-    _hook_forks()
+    hook_forks()
     if threading.current_thread() is not threading.main_thread():
         return
     os.environ[_COMMAND_PID] = str(os.getpid())
@@ -159,7 +160,7 @@ def _in_fork_server() -> None:
         return  # imported by anything but the command's fork server: the command, a worker, a test
     _set_pdeathsig(int(command))
     quiet_task_tracebacks()
-    _hook_forks()
+    hook_forks()
     if os.environ.get(_QUIET) == "1":
         _wrap_task_logger()
 

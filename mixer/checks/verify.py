@@ -24,12 +24,10 @@ What is checked, and against what:
 from __future__ import annotations
 
 import io
-import multiprocessing as mp
-import os
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TypedDict
 
@@ -44,6 +42,7 @@ from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import load_npy
 from mixer.formats.checksum import CHECKSUM, checksum_bytes, checksum_file
 from mixer.formats.mix import PROV_DTYPE, load_manifest
+from mixer.forks import cores, fork_safe, forked_pool, inherited
 
 CHUNK_TOKENS = 1 << 20  # tokens compared per step: 2 MiB stay in cache between building and comparing
 SLICE_MIN_RUN = 64  # mean store run (tokens) above which copying runs beats a per-token index
@@ -378,27 +377,9 @@ def _check_stage(mix: Path, m: dict, exp: Expected) -> None:
 # -- the whole mix --------------------------------------------------------------------
 
 
-def cores() -> int:
-    """The cores this process may run on (a Slurm allocation or taskset, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _fork_safe() -> bool:
-    """No thread runs that could hold a lock a forked worker needs. Two are known idle and
-    harmless: tqdm's monitor, started by any earlier progress bar, sleeps on its own event
-    and touches only tqdm's list of bars; fsspec's IO loop (datatrove's file system) resets
-    itself in a forked child (fsspec registers that with os.register_at_fork)."""
-    from tqdm._monitor import TMonitor
-
-    return "fork" in mp.get_all_start_methods() and all(
-        t is threading.current_thread() or isinstance(t, TMonitor) or t.name == "fsspecIO" for t in threading.enumerate())
-
-
-_INHERITED: tuple | None = None  # (mix, manifest, Expected, quick), set while a forked pool lives
-
-
 def _inherited_check(k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    return _check_shard(*_INHERITED[:3], k, _INHERITED[3])
+    mix, m, exp, quick = inherited()
+    return _check_shard(mix, m, exp, k, quick)
 
 
 class _Shards:
@@ -413,28 +394,21 @@ class _Shards:
     threads, or a platform without fork, gets threads instead: correct, only not faster."""
 
     def __init__(self, mix: Path, m: dict, exp: Expected, quick: bool, workers: int) -> None:
-        global _INHERITED
         self.args, self.n = (mix, m, exp, quick), exp.shards
         self.workers = max(1, min(workers, self.n))
+        self.stack = ExitStack()
         self.pool = self.threads = None
-        if self.workers > 1 and _fork_safe():
-            _INHERITED = self.args
-            # Ctrl-C reaches the whole process group: the command stops its workers, they do not print
-            self.pool = mp.get_context("fork").Pool(self.workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+        if self.workers > 1 and fork_safe():
+            self.pool = self.stack.enter_context(forked_pool(self.workers, self.args))
         elif self.workers > 1:
-            self.threads = ThreadPoolExecutor(self.workers)
+            self.threads = self.stack.enter_context(ThreadPoolExecutor(self.workers))
+            self.stack.callback(self.threads.shutdown, cancel_futures=True)  # after a fault: shards not started are not read
 
     def __enter__(self) -> "_Shards":
         return self
 
     def __exit__(self, *exc) -> None:
-        global _INHERITED
-        if self.pool is not None:
-            self.pool.terminate()  # after a fault: shards not started are not read
-            self.pool.join()
-            _INHERITED = None
-        if self.threads is not None:
-            self.threads.shutdown(cancel_futures=True)
+        self.stack.close()
 
     def results(self):
         """(source ids, stream samples, bytes) of each shard in order; raises the first fault."""

@@ -85,13 +85,27 @@ def test_samples_overlap_by_one_token_and_budget_is_exact(stores, tmp_path):
     assert np.array_equal(dom[1:, 0], dom[:-1, -1])
 
 
-def test_determinism_across_tasks_workers_and_executors(stores, tmp_path):
-    build(spec(stores), tmp_path / "a", progress=False)
-    build(spec(stores), tmp_path / "b", executor=Executor(tasks=3, workers=1), progress=False)
-    build(spec(stores), tmp_path / "c", executor=Executor(tasks=2, workers=2), progress=False)
+@pytest.mark.parametrize("busy", [False, True], ids=["forked tasks", "datatrove tasks"])
+def test_determinism_across_tasks_workers_and_executors(stores, tmp_path, busy):
+    """Local tasks are forked processes of the command; a caller already running a thread
+    (a fork could copy a held lock) gets datatrove's local executor, which keeps logs."""
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    if busy:
+        other.start()
+    try:
+        build(spec(stores), tmp_path / "a", progress=False)
+        build(spec(stores), tmp_path / "b", executor=Executor(tasks=3, workers=1), progress=False)
+        build(spec(stores), tmp_path / "c", executor=Executor(tasks=2, workers=2), progress=False)
+    finally:
+        stop.set()
     a = mix_bytes(tmp_path / "a")
     assert len([k for k in a if k.endswith(".bin")]) > 3
     assert a == mix_bytes(tmp_path / "b") == mix_bytes(tmp_path / "c")
+    for mix in ("b", "c"):
+        assert bool(list((tmp_path / mix / ".build").glob("logs-local-*"))) == busy
 
 
 def test_interrupted_build_resumes_to_identical_bytes(stores, tmp_path, monkeypatch):
@@ -114,6 +128,29 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, tmp_path, monkeypa
     monkeypatch.setattr(b, "persist_shard", real)
     r = build(spec(stores), tmp_path / "mix", progress=False)
     assert r["shards_skipped"] == 2
+    assert mix_bytes(tmp_path / "mix") == mix_bytes(tmp_path / "ref")
+
+
+def test_a_failing_forked_task_stops_the_build_which_then_resumes(stores, tmp_path, monkeypatch):
+    build(spec(stores), tmp_path / "ref", progress=False)
+    import mixer.mixing.build as b
+
+    real = b.shard_samples
+
+    def fail_on_three(plan, k, reuse=1):
+        if k == 3:
+            raise MixerError("shard 3: the store changed under the build")
+        return real(plan, k, reuse)
+
+    monkeypatch.setattr(b, "shard_samples", fail_on_three)  # the forked tasks inherit it
+    with pytest.raises(MixerError, match="shard 3: the store changed") as e:
+        build(spec(stores), tmp_path / "mix", executor=Executor(tasks=2, workers=2), progress=False)
+    assert e.value.__cause__ is None  # one line, not a worker's traceback
+    assert not (tmp_path / "mix" / "manifest.json").exists()
+    assert not [p for p in (tmp_path / "mix").iterdir() if "tmp" in p.name]
+    monkeypatch.setattr(b, "shard_samples", real)
+    r = build(spec(stores), tmp_path / "mix", executor=Executor(tasks=2, workers=2), progress=False)
+    assert r["status"] == "done" and r["shards_skipped"] >= 1
     assert mix_bytes(tmp_path / "mix") == mix_bytes(tmp_path / "ref")
 
 

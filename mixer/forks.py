@@ -1,0 +1,65 @@
+"""Forked worker processes for work over large read-only state (a mix's mapped plan, the
+laid-out streams of a verify): a forked child inherits that state for free, where a
+spawned one would re-derive or re-map it, and where threads stay bound by the GIL in the
+Python around each piece of work. Used by `mixer verify` and by a local build of several
+tasks.
+
+Forking is safe only while no other thread could hold a lock the child needs, so a pool
+is made only from a process whose other threads are known to be harmless; callers fall
+back to threads (verify) or to datatrove's executor (build) otherwise, and where the
+platform cannot fork (macOS and Windows start processes by spawning them)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+_STATE: tuple = ()  # what the current pool's workers inherited (forked_pool)
+
+
+def cores() -> int:
+    """The cores this process may run on (a Slurm allocation or taskset, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fork_safe() -> bool:
+    """True where the platform forks and no thread but this one runs, beside two known idle
+    and harmless ones: tqdm's monitor (started by any earlier progress bar; it sleeps on its
+    own event and touches only tqdm's list of bars) and fsspec's IO loop (datatrove's file
+    system; fsspec resets it in a forked child through os.register_at_fork)."""
+    if "fork" not in mp.get_all_start_methods():
+        return False
+    from tqdm._monitor import TMonitor
+
+    return all(t is threading.current_thread() or isinstance(t, TMonitor) or t.name == "fsspecIO"
+               for t in threading.enumerate())
+
+
+def inherited() -> tuple:
+    """In a worker of forked_pool: the state its pool was made with."""
+    return _STATE
+
+
+@contextmanager
+def forked_pool(workers: int, state: tuple) -> Iterator[Any]:
+    """A multiprocessing pool of `workers` forked processes that see `state` through
+    inherited(). Check fork_safe() first. The workers die with the command (SIGKILL on its
+    death, mixer/lifetime.py) and ignore Ctrl-C, which reaches the whole process group:
+    the command stops them. On exit they are terminated: after a fault, work not started
+    is not done, and everything they write is renamed into place whole or not at all."""
+    global _STATE
+    from mixer.lifetime import hook_forks
+
+    hook_forks()
+    _STATE = state
+    pool = mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+        _STATE = ()
