@@ -99,6 +99,7 @@ from mixer.executors import Executor
 from mixer.errors import MixerError, UsageError
 from mixer.formats.atomic import atomic_open, load_npy, write_json
 from mixer.formats.store import Store, check_same_tokenizer
+from mixer.forks import fork_safe, forked_pool, inherited
 
 __all__ = ["TrainFile", "audit", "MIN_DISTINCT", "NEAR_COPY", "NEAR_TEXT", "MIN_QUOTE", "QUOTE_EDGE",
            "BOILERPLATE_TRAIN_DOCS", "BOILERPLATE_HELDOUT_DOCS"]
@@ -517,6 +518,16 @@ def merge(folder: Path, out: Path, tasks: int, n_docs: int) -> dict:
     return {"sig": sig, "src": src, "loc": loc, "exact": exact, "stats": stats_d}
 
 
+def _scan_task(rank: int, step: "ScanFiles", tasks: int) -> None:
+    for _ in ScanFiles(step.folder, step.out).run(None, rank, tasks):
+        pass
+
+
+def _forked_scan_task(rank: int) -> None:
+    step, tasks = inherited()
+    _scan_task(rank, step, tasks)
+
+
 def run_scan(folder: Path, executor: Executor) -> Path:
     """Run ScanFiles over the executor's tasks; returns the folder holding the partials.
     One folder per task count: datatrove's completion files are per rank."""
@@ -526,24 +537,28 @@ def run_scan(folder: Path, executor: Executor) -> Path:
         err.unlink()
     step = ScanFiles(str(folder.resolve()), str(out.resolve()))
     if executor.kind == "local":
-        # in-process, one thread per task: numpy and pread release the GIL for the work of a
-        # block, and a task loads nothing (the key set is mapped); datatrove's local workers
-        # start through a forkserver, and at 200M training tokens their start cost more than
-        # the second core saved (issue 25). A finished task's partial is kept on a rerun.
+        # In this process's own workers: forked processes where a fork is safe (mixer/forks.py;
+        # they inherit the mapped key set and start at once), else one thread per task (numpy
+        # and pread release the GIL for most of a block, but not the Python around it: 2
+        # threads were no faster than 1). datatrove's local workers start through a fork
+        # server, and at 200M training tokens their start cost more than the second core
+        # saved (issue 25). A finished task's partial is kept on a rerun.
         todo = [r for r in range(executor.tasks) if not (out / "partials" / f"{r:05d}.npz").exists()]
-
-        def one(rank: int) -> None:
-            for _ in ScanFiles(step.folder, step.out).run(None, rank, executor.tasks):
-                pass
-
-        if len(todo) == 1 or executor.local_workers == 1:
+        workers = min(executor.local_workers, len(todo))
+        if workers <= 1:
             for r in todo:
-                one(r)
+                _scan_task(r, step, executor.tasks)
+        elif fork_safe():
+            with forked_pool(workers, (step, executor.tasks)) as pool:
+                try:
+                    pool.map(_forked_scan_task, todo, chunksize=1)
+                except MixerError as e:
+                    raise e from None  # one line, not the worker's traceback
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=min(executor.local_workers, len(todo))) as pool:
-                list(pool.map(one, todo))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(_scan_task, todo, [step] * len(todo), [executor.tasks] * len(todo)))
     else:
         # the report needs every task's partial: on Slurm, wait for the jobs
         executor.run([step], out / "logs", "mixer-audit", jobs_file=folder / "slurm_jobs.json", wait=True)

@@ -4,6 +4,7 @@ signatures, per-document token coverage, runs of consecutive n-gram positions.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mixer.checks.evidence import _cover, _runs, train_docs
 
@@ -20,6 +21,18 @@ def test_train_docs_counts_exactly_up_to_one_and_closely_beyond():
     mid = (truth >= 5) & (truth <= 60)
     assert np.median(np.abs(est[mid] - truth[mid]) / truth[mid]) < 0.15
     assert train_docs(np.array([2**64 - 1], dtype=np.uint64))[0] == 266
+
+
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.3, 0.95])
+@pytest.mark.parametrize("width", [1, 4, 13])
+def test_coverage_equals_brute_force_at_every_density(density, width):
+    rng = np.random.default_rng(int(density * 100) + width)
+    size = 1_000
+    pos = np.flatnonzero(rng.random(size) < density)  # sorted, up to the last token: windows past the end are cut
+    brute = np.zeros(size, dtype=bool)
+    for p in pos:
+        brute[p : p + width] = True
+    assert np.array_equal(_cover(pos, width, size), brute)
 
 
 def test_coverage_and_runs_equal_brute_force():

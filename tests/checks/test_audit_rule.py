@@ -148,7 +148,18 @@ def test_a_clean_mix_passes_and_the_report_is_the_same_for_any_task_count(capsys
     assert reps[0]["sources"] == reps[1]["sources"] and reps[0]["flagged"] == 1
     stretches = sum(b - a for s in build_streams(files, None) for a, b in s.stretches)
     assert reps[0]["training"]["tokens"] == reps[1]["training"]["tokens"] == stretches  # every token once
-    # local tasks are threads; a rerun keeps the finished tasks' partials and redoes the rest
+    # local tasks are forked processes; a caller already running a thread gets threads, same report
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        threaded = audit(stores, files, tmp_path / "w3t", executor=Executor(tasks=3), source_ids={"gen": 0, "dom": 1})
+    finally:
+        stop.set()
+    assert threaded["sources"] == reps[1]["sources"]
+    # a rerun keeps the finished tasks' partials and redoes the rest
     (partials,) = list((tmp_path / "w3").glob("*/tasks-00003/partials"))
     kept, lost = sorted(partials.glob("*.npz"))[:2], sorted(partials.glob("*.npz"))[2]
     stamps = [p.stat().st_mtime_ns for p in kept]
