@@ -51,6 +51,16 @@ from mixer.formats.store import open_store  # noqa: E402
 from mixer.units import format_count, parse_count  # noqa: E402
 
 CORPORA = ["music", "pydocs", "perldocs", "proofs", "chem"]
+
+
+def warm() -> None:
+    """bench/warm.py's memory warm-up (loaded by path: this script keeps bench/ off sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("warm", Path(__file__).resolve().parent / "warm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.warm()
 SEQ_LEN = 2048
 
 
@@ -146,6 +156,8 @@ def throughput(args: argparse.Namespace, tmp: Path) -> list[dict]:
                 env = dict(os.environ)
                 if code:  # the baseline's mixer package, this script's data and measurement
                     env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+                if not args.no_warm:
+                    warm()
                 p = subprocess.run([sys.executable, __file__, "--one", str(tmp), str(tasks), args.layout],
                                    capture_output=True, text=True, env=env)
                 if p.returncode:
@@ -210,6 +222,7 @@ def main() -> None:
                     help="Shards with provenance sidecars (stitched streams) or without (n-grams inside rows).")
     ap.add_argument("--keep", type=Path, help="Write the data here and keep it (a rerun with the same folder reuses it).")
     ap.add_argument("--skip-fp", action="store_true", help="Throughput and memory only.")
+    ap.add_argument("--no-warm", action="store_true", help="No memory warm-up before each timed audit (bench/warm.py).")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
     cache = default_cache()

@@ -37,6 +37,9 @@ import numpy as np
 
 from mixer.formats.store import seal_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from warm import warm  # noqa: E402  (bench/warm.py)
+
 
 def make_store(root: Path, name: str, role: str, tokens: int, mean_doc: int, seed: int) -> None:
     d = root / name
@@ -66,8 +69,13 @@ def make_store(root: Path, name: str, role: str, tokens: int, mean_doc: int, see
     seal_store(d)  # checksums, as mixer tokenize writes them (build refuses a store without)
 
 
+WARM = True  # --no-warm: measure this VM's lazily backed memory as it is (bench/warm.py)
+
+
 def timed(cmd: list[str], env: dict | None = None) -> float:
-    """Wall seconds of one child process (an error stops the bench)."""
+    """Wall seconds of one child process (an error stops the bench), after a memory warm-up."""
+    if WARM:
+        warm()
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
@@ -89,7 +97,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="another checkout whose build runs beside this one")
     ap.add_argument("--tasks", type=int, nargs="+", default=[1], help="local build tasks, each count a variant")
+    ap.add_argument("--no-warm", action="store_true", help="no memory warm-up before each timed command (bench/warm.py)")
     a = ap.parse_args()
+    global WARM
+    WARM = not a.no_warm
     root = Path(a.dir)
     stores = root / "stores"
     make_stores(stores)

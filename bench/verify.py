@@ -21,10 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build import make_stores  # noqa: E402  (bench/build.py: the same stores)
+from warm import warm  # noqa: E402  (bench/warm.py)
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
+def run(cmd: list[str], warmup: bool = False) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + sys) of one child process."""
+    if warmup:
+        warm()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/mixer-bench-build")
     ap.add_argument("--tokens", default="500M")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-warm", action="store_true", help="no memory warm-up before each timed command (bench/warm.py)")
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
@@ -57,7 +61,7 @@ def main() -> None:
     print(f"{size / 1e6:,.0f} MB of shards ({a.tokens} tokens); best of {a.repeat} warm runs")
     read = None
     for label, cmd in rows:
-        wall, cpu = min(run(cmd) for _ in range(a.repeat))
+        wall, cpu = min(run(cmd, not a.no_warm) for _ in range(a.repeat))
         read = read or wall
         print(f"{label:<22} {wall:6.2f} s wall = {size / 1e6 / wall:6,.0f} MB/s ({read / wall:.2f}x of cat), "
               f"CPU {cpu:5.2f} s = {size / 1e6 / cpu:6,.0f} MB/s per CPU second")

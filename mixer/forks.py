@@ -15,8 +15,12 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
+
+from mixer.errors import MixerError
 
 _STATE: tuple = ()  # what the current pool's workers inherited (forked_pool)
 
@@ -26,16 +30,29 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+_POOL_PREFIXES: set[str] = {"fsspecIO"}  # threads that hold no lock a worker needs (pool_threads)
+
+
+def pool_threads(prefix: str) -> str:
+    """Register the name prefix of one of mixer's own thread pools and return it. Its threads
+    run only inside a mixer call and wait on their own queue between calls, so a fork from
+    the thread that makes the next call finds them idle: the worker inherits no lock it
+    would take (it never uses their pool: a forked process starts its own)."""
+    _POOL_PREFIXES.add(prefix)
+    return prefix
+
+
 def fork_safe() -> bool:
-    """True where the platform forks and no thread but this one runs, beside two known idle
-    and harmless ones: tqdm's monitor (started by any earlier progress bar; it sleeps on its
-    own event and touches only tqdm's list of bars) and fsspec's IO loop (datatrove's file
-    system; fsspec resets it in a forked child through os.register_at_fork)."""
+    """True where the platform forks and no thread but this one runs, beside known harmless
+    ones: mixer's own pools (pool_threads), tqdm's monitor (started by any earlier progress
+    bar; it sleeps on its own event and touches only tqdm's list of bars) and fsspec's IO
+    loop (datatrove's file system; fsspec resets it in a forked child through
+    os.register_at_fork). Any other thread, a caller's own, rules a fork out."""
     if "fork" not in mp.get_all_start_methods():
         return False
     from tqdm._monitor import TMonitor
 
-    return all(t is threading.current_thread() or isinstance(t, TMonitor) or t.name == "fsspecIO"
+    return all(t is threading.current_thread() or isinstance(t, TMonitor) or t.name.startswith(tuple(_POOL_PREFIXES))
                for t in threading.enumerate())
 
 
@@ -45,21 +62,26 @@ def inherited() -> tuple:
 
 
 @contextmanager
-def forked_pool(workers: int, state: tuple) -> Iterator[Any]:
-    """A multiprocessing pool of `workers` forked processes that see `state` through
-    inherited(). Check fork_safe() first. The workers die with the command (SIGKILL on its
-    death, mixer/lifetime.py) and ignore Ctrl-C, which reaches the whole process group:
-    the command stops them. On exit they are terminated: after a fault, work not started
-    is not done, and everything they write is renamed into place whole or not at all."""
+def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
+    """An executor of `workers` forked processes that see `state` through inherited().
+    Check fork_safe() first: the processes fork at the first submit, before the executor
+    starts its own threads. The workers die with the command (SIGKILL on its death,
+    mixer/lifetime.py) and ignore Ctrl-C, which reaches the whole process group: the
+    command stops them. A worker that dies (killed, out of memory) fails the work with a
+    one-line error instead of leaving it waiting (multiprocessing.Pool would). On exit, work
+    not started is cancelled; what the workers write is renamed into place whole or not at all."""
     global _STATE
     from mixer.lifetime import hook_forks
 
     hook_forks()
     _STATE = state
-    pool = mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         yield pool
+    except BrokenProcessPool:
+        raise MixerError("a worker process died (killed, or out of memory?); re-run the same command to "
+                         "resume") from None
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
         _STATE = ()

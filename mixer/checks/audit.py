@@ -551,7 +551,7 @@ def run_scan(folder: Path, executor: Executor) -> Path:
         elif fork_safe():
             with forked_pool(workers, (step, executor.tasks)) as pool:
                 try:
-                    pool.map(_forked_scan_task, todo, chunksize=1)
+                    list(pool.map(_forked_scan_task, todo))
                 except MixerError as e:
                     raise e from None  # one line, not the worker's traceback
         else:

@@ -415,7 +415,7 @@ class _Shards:
         mix, m, exp, quick = self.args
         if self.pool is not None:
             try:
-                yield from self.pool.imap(_inherited_check, range(self.n))
+                yield from self.pool.map(_inherited_check, range(self.n))
             except MixerError as e:
                 raise e from None  # one line, not the worker's traceback
         elif self.threads is not None:

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from mixer.errors import UsageError
+from mixer.forks import pool_threads
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -431,5 +432,5 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiktoken")
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=pool_threads("tiktoken"))
         return pool

@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator, Literal, TypedDict
 
@@ -293,11 +293,12 @@ def run_inline(plan: MixPlan, out: Path, todo: list[int], progress: bool, done: 
     A forked task (run_forked) passes `done`, called after each shard is written, and
     `stop`, asked before each shard is started."""
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
+        pending, buffers = None, [None, None]  # shard i fills the array of shard i - 2, written by then
         for i, k in enumerate(tqdm(todo, desc=f"build {out.name}", unit="shard", disable=not progress)):
             if stop and stop():
                 break
-            samples, prov = shard_samples(plan, k, reuse=len(todo) - i)
+            samples, prov = shard_samples(plan, k, reuse=len(todo) - i, buffer=buffers[i % 2])
+            buffers[i % 2] = samples
             if pending is not None:
                 pending.result()
                 done and done()
@@ -332,17 +333,20 @@ def run_forked(plan: MixPlan, out: Path, todo: list[int], tasks: int, workers: i
     written, failed = ctx.Value("q", 0), ctx.Value("b", 0)
     with forked_pool(min(workers, tasks), (plan, out, todo, tasks, written, failed)) as pool, \
             tqdm(total=len(todo), desc=f"build {out.name}", unit="shard", disable=not progress) as bar:
-        result = pool.map_async(_forked_task, range(tasks), chunksize=1)
-        while not result.ready():
-            result.wait(0.2)
+        futures = [pool.submit(_forked_task, r) for r in range(tasks)]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             bar.update(written.value - bar.n)
-        try:
-            result.get()
-        except MixerError as e:
-            raise e from None  # one line, not the worker's traceback
-        finally:
-            pool.close()
-            pool.join()
+            if any(f.exception() for f in futures if f.done()):
+                break
+        failed.value = 1  # a failure stops the other tasks after their current shard
+        wait(pending)
+        for f in futures:
+            try:
+                f.result()
+            except MixerError as e:
+                raise e from None  # one line, not the worker's traceback
         bar.update(written.value - bar.n)
 
 

@@ -23,12 +23,18 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def shard_samples(plan: MixPlan, k: int, reuse: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def shard_samples(plan: MixPlan, k: int, reuse: int = 1, buffer: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and provenance of shard k. `reuse`: the shards this process has left to
-    compute, this one included (how far gather may read ahead of a cold store)."""
+    compute, this one included (how far gather may read ahead of a cold store). `buffer`:
+    an earlier shard's token array, no longer needed, to fill again (every row is written):
+    fresh pages for every shard cost more system time than writing the shard's file."""
     start, stop = plan.shard_range(k)
     level, index = plan.layout.positions(start, stop)
-    out = np.empty((stop - start, plan.spec.seq_len + 1), dtype=plan.dtype)
+    shape = (stop - start, plan.spec.seq_len + 1)
+    if buffer is not None and buffer.dtype == plan.dtype and buffer.size >= shape[0] * shape[1]:
+        out = buffer.reshape(-1)[: shape[0] * shape[1]].reshape(shape)
+    else:
+        out = np.empty(shape, dtype=plan.dtype)
     prov = np.empty(stop - start, dtype=PROV_DTYPE)
     for lvl, src in enumerate(plan.level_sources()):
         mask = level == lvl

@@ -33,6 +33,7 @@ from mixer.errors import MixerError
 from mixer.formats.atomic import load_npy
 from mixer.formats.checksum import CHECKSUM, checksum_bytes
 from mixer.formats.store import Store, lengths_u32
+from mixer.forks import pool_threads
 from mixer.mixing import plan_cache
 from mixer.mixing.feistel import permute
 from mixer.mixing.plan_cache import PLAN_FORMAT, PlanDir, StreamFiles, read_chunk
@@ -293,7 +294,7 @@ class SourceStream:
     def _pool(self) -> ThreadPoolExecutor:
         """The reading threads, started once per process (a forked child starts its own)."""
         if getattr(self, "_pool_pid", None) != os.getpid():
-            self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix=f"read-{self.name}")
+            self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix=pool_threads(f"mixer-read-{self.name}"))
             self._pool_pid = os.getpid()
             weakref.finalize(self, self._reader.shutdown, wait=False)
         return self._reader

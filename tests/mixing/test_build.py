@@ -137,10 +137,10 @@ def test_a_failing_forked_task_stops_the_build_which_then_resumes(stores, tmp_pa
 
     real = b.shard_samples
 
-    def fail_on_three(plan, k, reuse=1):
+    def fail_on_three(plan, k, **kw):
         if k == 3:
             raise MixerError("shard 3: the store changed under the build")
-        return real(plan, k, reuse)
+        return real(plan, k, **kw)
 
     monkeypatch.setattr(b, "shard_samples", fail_on_three)  # the forked tasks inherit it
     with pytest.raises(MixerError, match="shard 3: the store changed") as e:

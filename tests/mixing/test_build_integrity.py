@@ -336,23 +336,39 @@ def test_stage_names_cannot_leave_the_recipe_folder(stores, tmp_path, name):
 
 # ---- 9. a killed multi-task build finishes on the next run -------------------------------
 
-KILL_WHEN_RANK_1_STARTS = """
-import os, signal
+KILL_WHEN_RANK_1_STARTS = {
+    # local tasks are forked processes of the command: rank 1's task kills the command as kill -9 would
+    "forked": """
+import os, signal, time
 import mixer.mixing.build as b
+real = b._forked_task
+def task(rank):
+    if rank == 1:  # rank 0 finished its shards
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)  # the task dies with the command (mixer/lifetime.py), not of its own accord
+    return real(rank)
+b._forked_task = task
+""",
+    # a command already running a thread gets datatrove's local executor (a fork could copy a held lock)
+    "datatrove": """
+import os, signal, threading
+import mixer.mixing.build as b
+threading.Thread(target=threading.Event().wait, daemon=True).start()
 real = b.WriteShards.run
 def run(self, data=None, rank=0, world_size=1):
     if rank == 1:  # rank 0 finished (its completion file is written): die as kill -9 would
         os.kill(os.getpid(), signal.SIGKILL)
     yield from real(self, data, rank, world_size)
 b.WriteShards.run = run
-"""
+"""}
 
 
 @pytest.mark.parametrize("rerun_tasks", [3, 2])
-def test_killed_multi_task_build_finishes_byte_identical(stores, tmp_path, rerun_tasks):
+@pytest.mark.parametrize("tasks", ["forked", "datatrove"])
+def test_killed_multi_task_build_finishes_byte_identical(stores, tmp_path, rerun_tasks, tasks):
     build(spec(stores), tmp_path / "ref", progress=False)
     mix = tmp_path / "mix"
-    p = child(tmp_path, KILL_WHEN_RANK_1_STARTS, *flags(stores, "--out", mix, "--tasks", "3", "--workers", "1"),
+    p = child(tmp_path, KILL_WHEN_RANK_1_STARTS[tasks], *flags(stores, "--out", mix, "--tasks", "3", "--workers", "1"),
               wait=False)
     done = finish(p)
     assert done.returncode == -signal.SIGKILL, done.stderr
@@ -370,6 +386,28 @@ def test_killed_multi_task_build_finishes_byte_identical(stores, tmp_path, rerun
     summary = json.loads(r.stdout)
     assert summary["status"] == "done"
     assert summary["shards_written"] == 10 - done_before and summary["shards_skipped"] == done_before
+    assert mix_bytes(mix) == mix_bytes(tmp_path / "ref")
+
+
+def test_a_build_task_that_dies_fails_the_build_in_one_line_and_a_rerun_finishes(stores, tmp_path):
+    """A forked task killed on its own (the OOM killer) fails the command, not hangs it."""
+    build(spec(stores), tmp_path / "ref", progress=False)
+    mix = tmp_path / "mix"
+    patch = """
+import os, signal
+import mixer.mixing.build as b
+real = b._forked_task
+def task(rank):
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(rank)
+b._forked_task = task
+"""
+    p = child(tmp_path, patch, *flags(stores, "--out", mix, "--tasks", "3", "--workers", "2"))
+    one_line_error(p, 1, "a worker process died", "re-run the same command to resume")
+    assert not (mix / "manifest.json").exists()
+    r = cli(*flags(stores, "--out", mix, "--tasks", "3", "--json"))
+    assert r.returncode == 0, r.stderr
     assert mix_bytes(mix) == mix_bytes(tmp_path / "ref")
 
 
@@ -439,17 +477,22 @@ s.persist_shard = full
 """
 
 
-@pytest.mark.parametrize("tasks", ["1", "2"])
+@pytest.mark.parametrize("tasks", ["1", "2", "2 datatrove"])
 def test_disk_full_is_one_line_naming_the_file(stores, tmp_path, tasks):
-    """tasks 2: the shard is written inside a datatrove task, which logs the exception with
-    loguru before re-raising it: that traceback goes to the task log, not the console."""
+    """2: the shards are written by forked tasks of the command. 2 datatrove (a command
+    already running a thread): inside datatrove tasks, which log the exception with loguru
+    before re-raising it: that traceback goes to the task log, not the console."""
     mix = tmp_path / "mix"
-    p = child(tmp_path, NO_SPACE_IN_SHARDS, *flags(stores, "--out", mix, "--tasks", tasks, "--workers", "1"))
+    patch = NO_SPACE_IN_SHARDS + ("import threading\nthreading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+                                  if "datatrove" in tasks else "")
+    p = child(tmp_path, patch, *flags(stores, "--out", mix, "--tasks", tasks.split()[0], "--workers", "1"))
     line = one_line_error(p, 1)
     assert line == f"mixer: error: {mix}/shard-00000.bin: no space left on the device"
-    if tasks == "2":
-        logs = "".join(f.read_text() for f in mix.glob(".build/logs-*/logs/task_*.log"))
+    logs = "".join(f.read_text() for f in mix.glob(".build/logs-*/logs/task_*.log"))
+    if "datatrove" in tasks:
         assert "Traceback" in logs and "No space left on device" in logs
+    else:
+        assert not logs
 
 
 def test_file_size_limit_is_named(stores, tmp_path):

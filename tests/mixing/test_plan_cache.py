@@ -365,6 +365,7 @@ def test_a_build_tells_each_shard_how_many_the_task_has_left(stores, tmp_path, m
 
     calls = []
     samples = build_module.shard_samples
-    monkeypatch.setattr(build_module, "shard_samples", lambda plan, k, reuse=1: calls.append((k, reuse)) or samples(plan, k, reuse))
+    monkeypatch.setattr(build_module, "shard_samples",
+                        lambda plan, k, reuse=1, **kw: calls.append((k, reuse)) or samples(plan, k, reuse, **kw))
     build(spec(stores, samples_per_shard=100), tmp_path / "mix", shards="1:6", progress=False)
     assert calls == [(1, 5), (2, 4), (3, 3), (4, 2), (5, 1)]
