@@ -77,7 +77,7 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
     if WARM:
         warm()
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")  # not a checkout: PYTHONPATH decides
     if p.returncode:
         sys.exit(p.stderr[-2000:])
     return time.perf_counter() - t

@@ -1,6 +1,6 @@
 """Benchmark: full `mixer verify` next to a sequential read of the same shards, warm stores.
 
-    .venv/bin/python bench/verify.py [--dir /tmp/mixer-bench-build] [--tokens 500M] [--repeat 5]
+    .venv/bin/python bench/verify.py [--dir /tmp/mixer-bench-build] [--tokens 500M] [--repeat 5] [--baseline DIR]
 
 The set-up of bench/build.py (same stores and mix, built if absent): a 600M-token general
 store of 1,500-token documents, a 30M-token domain, a 2% mix at seq-len 2048. Each
@@ -13,6 +13,7 @@ processes do not inflate.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -24,13 +25,13 @@ from build import make_stores  # noqa: E402  (bench/build.py: the same stores)
 from warm import warm  # noqa: E402  (bench/warm.py)
 
 
-def run(cmd: list[str], warmup: bool = False) -> tuple[float, float]:
+def run(cmd: list[str], warmup: bool = False, env: dict | None = None) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + sys) of one child process."""
     if warmup:
         warm()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")  # not a checkout: PYTHONPATH decides
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--tokens", default="500M")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-warm", action="store_true", help="no memory warm-up before each timed command (bench/warm.py)")
+    ap.add_argument("--baseline", type=Path, help="another checkout whose verify runs beside this one (PYTHONPATH=DIR)")
     a = ap.parse_args()
     root = Path(a.dir)
     stores = root / "stores"
@@ -56,12 +58,16 @@ def main() -> None:
     size = sum(f.stat().st_size for f in out.glob("shard-*.bin"))
     run(["sh", "-c", f"cat {stores}/*/* {out}/shard-* > /dev/null"])  # warm: stores and shards in page cache
     rows = [("sequential read (cat)", ["sh", "-c", f"cat {out}/shard-*.bin > /dev/null"])]
-    rows += [(f"verify --workers {w}", [*mixer, "verify", str(out), "--quiet", "--workers", str(w)]) for w in (1, 2)]
-    rows += [("verify --quick", [*mixer, "verify", str(out), "--quiet", "--quick"])]
+    codes = [("", None)] + ([("base ", dict(os.environ, PYTHONPATH=str(a.baseline.resolve())))] if a.baseline else [])
+    rows = [(label, cmd, None) for label, cmd in rows]
+    for name, env in codes:
+        rows += [(f"{name}verify --workers {w}", [*mixer, "verify", str(out), "--quiet", "--workers", str(w)], env)
+                 for w in (1, 2)]
+        rows += [(f"{name}verify --quick", [*mixer, "verify", str(out), "--quiet", "--quick"], env)]
     print(f"{size / 1e6:,.0f} MB of shards ({a.tokens} tokens); best of {a.repeat} warm runs")
     read = None
-    for label, cmd in rows:
-        wall, cpu = min(run(cmd, not a.no_warm) for _ in range(a.repeat))
+    for label, cmd, env in rows:
+        wall, cpu = min(run(cmd, not a.no_warm, env) for _ in range(a.repeat))
         read = read or wall
         print(f"{label:<22} {wall:6.2f} s wall = {size / 1e6 / wall:6,.0f} MB/s ({read / wall:.2f}x of cat), "
               f"CPU {cpu:5.2f} s = {size / 1e6 / cpu:6,.0f} MB/s per CPU second")

@@ -274,33 +274,43 @@ class Headline:
             ee = [r for r in (self.runs / "ee").glob("s*/*/*") if (r / "run.json").exists()]
             s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
         if publish:
-            make = table if self.wants("all") else law_table
-            publish_results(s.out, publish, make)
-            print(make(publish)[0])
+            (part,) = self.parts
+            publish_results(s.out, publish, TABLES[part], part)
+            print(TABLES[part](publish)[0])
 
 
 # -- publishing and the README's table ------------------------------------------------------
 
 
-def publish_results(out: Path, dest: Path, make_table: Callable[[Path], tuple[str, dict]] | None = None) -> None:
+PUBLISHED = {  # per --parts: the run folders (under runs/) and the outputs a publication holds
+    "all": (("*",), ("report", "fit", "early-exposure", "fit-*")),
+    "law": (("s*", "law-*"), ("fit", "fit-*")),
+    "paper2": (("ee",), ("early-exposure",)),
+}
+
+
+def publish_results(out: Path, dest: Path, make_table: Callable[[Path], tuple[str, dict]] | None = None,
+                    part: str = "all") -> None:
     """The reports, the fit and every run's run.json and evals.jsonl (grid points included) under
     `dest`, so every number can be recomputed without the checkpoints; the table (`table`, or
-    `law_table` for the law rows alone) in dest/headline.md."""
+    `law_table` / `paper2_table` for one part) in dest/headline.md. A part publishes its own
+    runs and outputs only, whatever else the output folder holds."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     from mixer.formats.atomic import read_json, write_json
     from mixer.formats.run import read_run_meta, relocate, write_run_meta
 
+    run_dirs, outputs = PUBLISHED[part]
     for name in ("run.json", "evals.jsonl"):
-        for f in (out / "runs").rglob(name):
+        for f in (f for d in run_dirs for top in sorted((out / "runs").glob(d)) for f in sorted(top.rglob(name))):
             target = dest / "runs" / f.relative_to(out / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
             if name == "run.json":  # paths relative to the run: the copy never points back here
                 write_run_meta(target.parent, relocate(read_run_meta(f.parent), f.parent.resolve()))
             else:
                 shutil.copyfile(f, target)
-    for sub in ("report", "fit", "early-exposure", *(f.name for f in out.glob("fit-*"))):
+    for sub in sorted({d.name for pattern in outputs for d in out.glob(pattern) if d.is_dir()}):
         for f in sorted((out / sub).glob("*")):
             if f.suffix in (".md", ".json", ".png"):
                 (dest / sub).mkdir(exist_ok=True)
@@ -384,6 +394,20 @@ def law_table(results: Path) -> tuple[str, dict]:
     return _markdown([row for fit in fits for row in _law_rows(fit)]), {"fit": fits[0], "fits": fits}
 
 
+def paper2_table(results: Path) -> tuple[str, dict]:
+    """Paper 2's rows alone (`--parts paper2`), recomputed from the published runs as `table` does."""
+    from mixer.analysis.report import build_report
+    from mixer.formats.run import load_runs
+
+    ee = sorted(r.parent for r in (results / "runs").glob("ee/**/run.json") if not (r.parent.parent / "run.json").exists())
+    ee_rep = build_report(load_runs(ee))
+    return _markdown(_paper2_rows(ee_rep)), {"early_exposure": ee_rep}
+
+
+TABLES = {"all": table, "law": law_table, "paper2": paper2_table}  # what --publish writes, per --parts
+RESULTS = {"all": "study", "law": "study-law", "paper2": "study-paper2"}  # where, under docs/results/
+
+
 def refit_all(results: Path) -> list[dict]:
     """The study domain's law, then each second sweep's (runs/law-<domain>), from the published runs."""
     return [refit(results, Design().domain)] + [refit(results, p.name[len("law-"):])
@@ -433,12 +457,31 @@ def _paper2_rows(ee_rep: dict) -> list[tuple[str, str, str]]:
          "neither extreme (0 < lambda < 1)",
          f"lambda {best_ret['lam']:g} (" + ", ".join(f"{e['lam']:g}: {_pm(e['L_ret'], '', 4)}" for e in lam_rows)
          + ")"),
+        _ranking_row(ee_rep, best_ret, lam_rows),
         ("paper 2: lambdas on the (L_ft, L_ret) / (L_pre, L_ret) Pareto fronts", "intermediate lambdas",
          f"{_front(lam_rows, 'L_ft')} / {_front(lam_rows, 'L_pre')}"),
         ("paper 2: L_ret and L_pre over the lambdas (a uniform guess over 1,024 tokens: 6.93)", "models that do not "
          "collapse", f"L_ret {rng('L_ret')}, L_pre {rng('L_pre')}"),
         ("paper 2: grid winners at an edge of their grid", "none", "; ".join(edges) or "-"),
     ]
+
+
+def _ranking_row(ee_rep: dict, best: dict, lam_rows: list[dict]) -> tuple[str, str, str]:
+    """The lowest-L_ret lambda against the next lowest, seed by seed (each seed is a full
+    reseed of the three-stage chain, so the pairs share nothing else)."""
+    from statistics import mean, stdev
+
+    others = sorted((e for e in lam_rows if e["lam"] != best["lam"]), key=lambda e: e["L_ret"]["mean"])
+    if not others:
+        return ("paper 2: the lowest-L_ret lambda against the next, seed by seed", "-", "-")
+    nxt = others[0]
+    by = {(c["lam"], c["seed"]): c["L_ret"] for c in ee_rep["early_exposure_runs"] if c["L_ret"] is not None}
+    diffs = [by[(nxt["lam"], s)] - by[(best["lam"], s)] for s in sorted({s for _, s in by})
+             if (best["lam"], s) in by and (nxt["lam"], s) in by]
+    spread = f" ± {stdev(diffs):.2g}" if len(diffs) > 1 else ""
+    return ("paper 2: the lowest-L_ret lambda against the next, seed by seed", "-",
+            f"lambda {best['lam']:g} below {nxt['lam']:g} by {mean(diffs):.3f}{spread} nats; lower at "
+            f"{sum(d > 0 for d in diffs)} of {len(diffs)} seed(s)" if diffs else "-")
 
 
 def _law_rows(fit: dict) -> list[tuple[str, str, str]]:

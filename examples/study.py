@@ -448,17 +448,17 @@ def main() -> None:
           f"{size.tokens} tokens per pretraining run, model {size.model}; log: {study.log}", flush=True)
     study.data()
     if a.size == "study":
-        from headline import Design, Headline  # examples/headline.py, beside this script
+        from headline import RESULTS, Design, Headline  # examples/headline.py, beside this script
 
         parts = set(a.parts.split(","))
         if not parts <= {"all", "law", "paper2"}:
             ap.error(f"--parts {a.parts}: expected all, law or paper2")
-        if a.publish and parts not in ({"all"}, {"law"}):
-            ap.error("--publish publishes the whole study (docs/results/study) or its law rows (--parts law: "
-                     "docs/results/study-law)")
+        if a.publish and len(parts) != 1:
+            ap.error("--publish publishes the whole study (docs/results/study) or one part (--parts law: "
+                     "docs/results/study-law; --parts paper2: docs/results/study-paper2)")
         h = Headline(study, a.jobs, Design(large=a.large), parts)
         h.run()
-        h.answers(ROOT / "docs" / "results" / ("study" if parts == {"all"} else "study-law") if a.publish else None)
+        h.answers(ROOT / "docs" / "results" / RESULTS[next(iter(parts))] if a.publish else None)
         print(f"study '{a.size}' done in {time.perf_counter() - study.t0:.0f} s")
         return
     chains = []

@@ -18,6 +18,8 @@ RESULTS = ROOT / "docs" / "results" / "study"
 MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
 LAW = ROOT / "docs" / "results" / "study-law"  # the revised design's law rows (--parts law)
 LAW_MARK = "<!-- law table: recomputed by tests/test_study_results.py -->"
+PAPER2 = ROOT / "docs" / "results" / "study-paper2"  # the revised design's paper 2 (--parts paper2)
+PAPER2_MARK = "<!-- paper 2 table: recomputed by tests/test_study_results.py -->"
 
 
 def _headline():
@@ -69,12 +71,27 @@ def test_readme_law_table_is_recomputed_from_the_published_law_runs():
         assert published["holdout"]["test"] == pytest.approx(fit["holdout"]["test"], rel=1e-6)
 
 
-def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch):
+def test_readme_paper2_table_is_recomputed_from_the_published_paper2_runs():
+    """The revised design's paper 2: five lambdas at 3 full reseeds each, every three-stage
+    chain's losses from the published runs by `mixer report`'s code."""
+    md, data = _headline().paper2_table(PAPER2)
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(PAPER2_MARK) == 2, f"README.md: the paper 2 table sits between two '{PAPER2_MARK}' lines"
+    assert readme.split(PAPER2_MARK)[1].strip() == md.strip()
+    assert (PAPER2 / "headline.md").read_text().strip() == md.strip()
+    rows = data["early_exposure"]["early_exposure"]
+    assert sorted(e["lam"] for e in rows) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(e["seeds"] == [0, 1, 2] for e in rows)
+    assert not data["early_exposure"]["table"]  # a paper-2 report shows no paper-1 rows
+
+
+@pytest.mark.parametrize("results", [RESULTS, PAPER2], ids=["first design", "paper 2"])
+def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch, results):
     """A fresh clone has no trace of the machine that ran the study: every finetune's parent
     is found among the published runs (or their grid points), never on disk elsewhere."""
     from mixer.formats import run as R
 
-    runs = [R.load_run(p.parent) for p in sorted(RESULTS.glob("runs/**/run.json"))
+    runs = [R.load_run(p.parent) for p in sorted(results.glob("runs/**/run.json"))
             if not (p.parent.parent / "run.json").exists()]  # grid points load with their run
     monkeypatch.setattr(R, "load_run", lambda p: pytest.fail(f"{p}: read outside the published runs"))
     with_parent = [r for r in runs for r in R._with_grid_points(r) if r.parent]
@@ -82,7 +99,7 @@ def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatc
     for r in with_parent:
         assert not Path(r.parent).is_absolute(), f"{r.path}/run.json: parent {r.parent} is an absolute path"
         parent = R.find_parent(r, runs)
-        assert parent is not None and RESULTS in parent.path.parents, f"{r.path}: parent {r.parent} not found"
+        assert parent is not None and results in parent.path.parents, f"{r.path}: parent {r.parent} not found"
 
 
 def test_no_published_file_holds_an_absolute_path():
@@ -99,7 +116,7 @@ def test_no_published_file_holds_an_absolute_path():
 
     files = sorted(RESULTS.rglob("*.json"))
     assert len(files) > 100
-    files += sorted(LAW.rglob("*.json"))
+    files += sorted(LAW.rglob("*.json")) + sorted(PAPER2.rglob("*.json"))
     for f in files:
         absolute = [s for s in strings(json.loads(f.read_text())) if s.startswith("/")]
         assert not absolute, f"{f}: {absolute[:3]}"
