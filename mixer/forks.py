@@ -79,9 +79,17 @@ def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
                                initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         yield pool
-    except BrokenProcessPool:
-        raise MixerError("a worker process died (killed, or out of memory?); re-run the same command to "
-                         "resume") from None
+    except BaseException as e:
+        # Ctrl-C, or a fault the caller did not wait out: stop the workers now rather than
+        # after their share (a build task's share is many shards). What they leave is at
+        # most a temporary file, which the next run removes.
+        # _processes: the executor has no public way to stop work already running (3.9-3.13 keep it)
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        if isinstance(e, BrokenProcessPool):
+            raise MixerError("a worker process died (killed, or out of memory?); re-run the same command to "
+                             "resume") from None
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _STATE = ()

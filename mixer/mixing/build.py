@@ -337,17 +337,19 @@ def run_forked(plan: MixPlan, out: Path, todo: list[int], tasks: int, workers: i
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            bar.update(written.value - bar.n)
+            if written.value > bar.n:
+                bar.update(written.value - bar.n)
             if any(f.exception() for f in futures if f.done()):
                 break
-        failed.value = 1  # a failure stops the other tasks after their current shard
+        failed.value = 1  # a failed task stops the others after their current shard
         wait(pending)
         for f in futures:
             try:
                 f.result()
             except MixerError as e:
                 raise e from None  # one line, not the worker's traceback
-        bar.update(written.value - bar.n)
+        if written.value > bar.n:
+            bar.update(written.value - bar.n)
 
 
 def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:

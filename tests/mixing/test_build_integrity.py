@@ -411,6 +411,43 @@ b._forked_task = task
     assert mix_bytes(mix) == mix_bytes(tmp_path / "ref")
 
 
+SLOW_SHARDS = """
+import time
+import mixer.mixing.build as b
+real = b.shard_samples
+def slow(plan, k, **kw):
+    time.sleep(1.0)  # a task's share (5 shards) takes 5 s
+    return real(plan, k, **kw)
+b.shard_samples = slow
+"""
+
+
+def test_ctrl_c_stops_forked_build_tasks_at_once_and_a_rerun_finishes(stores, tmp_path):
+    """Ctrl-C reaches the process group; the command stops its forked tasks now, not after
+    their share of shards, leaves nothing running and nothing half-written in sight."""
+    build(spec(stores), tmp_path / "ref", progress=False)
+    mix = tmp_path / "mix"
+    p = child(tmp_path, SLOW_SHARDS, *flags(stores, "--out", mix, "--tasks", "2", "--workers", "2"), wait=False,
+              start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not list(mix.glob("shard-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    t = time.monotonic()
+    done = finish(p)
+    assert time.monotonic() - t < 3, "the tasks ran on after Ctrl-C"
+    assert done.returncode == 130, done.stderr
+    time.sleep(0.5)
+    assert not processes_running(str(p.script))
+    written = len(list(mix.glob("shard-*.json")))
+    assert 0 < written < 10 and not (mix / "manifest.json").exists()
+    r = cli(*flags(stores, "--out", mix, "--tasks", "2", "--json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["shards_skipped"] == written
+    assert mix_bytes(mix) == mix_bytes(tmp_path / "ref")
+    assert not [f for f in mix.rglob(".*.tmp-*")]
+
+
 def test_a_build_that_leaves_requested_shards_missing_fails(stores, tmp_path, monkeypatch):
     import mixer.mixing.build as b
 
