@@ -64,8 +64,8 @@ def inherited() -> tuple:
 @contextmanager
 def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
     """An executor of `workers` forked processes that see `state` through inherited().
-    Check fork_safe() first: the processes fork at the first submit, before the executor
-    starts its own threads. The workers die with the command (SIGKILL on its death,
+    Check fork_safe() first: the processes fork here, before the executor (or the caller)
+    starts threads of its own. The workers die with the command (SIGKILL on its death,
     mixer/lifetime.py) and ignore Ctrl-C, which reaches the whole process group: the
     command stops them. A worker that dies (killed, out of memory) fails the work with a
     one-line error instead of leaving it waiting (multiprocessing.Pool would). On exit, work
@@ -78,6 +78,9 @@ def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
     pool = ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=signal.signal,
                                initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
+        # The executor forks every worker at its first submit: make that now, while fork_safe
+        # holds, not when the caller submits its work after starting threads of its own.
+        pool.submit(int).result()
         yield pool
     except BaseException as e:
         # Ctrl-C, or a fault the caller did not wait out: stop the workers now rather than

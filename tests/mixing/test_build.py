@@ -338,6 +338,11 @@ def test_verify_with_two_workers_agrees_and_catches(built, tmp_path, monkeypatch
         return check(*a)
 
     monkeypatch.setattr(verify_mod, "_check_shard", spy)
+    from mixer import forks
+
+    at_fork = []  # whether a fork was safe when it happened (not after verify started its threads)
+    recording = [True]
+    os.register_at_fork(before=lambda: recording[0] and at_fork.append(forks.fork_safe()))
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     if busy:
@@ -346,6 +351,7 @@ def test_verify_with_two_workers_agrees_and_catches(built, tmp_path, monkeypatch
         one, two = verify(built, progress=False, workers=1), verify(built, progress=False, workers=2)
         pids = {int(p.name) for p in seen.iterdir()}
         assert pids == {os.getpid()} if busy else (len(pids) == 3 and os.getpid() in pids)
+        assert at_fork == ([] if busy else [True, True])
         assert {k: v for k, v in one.items() if k not in ("seconds", "mb_per_s")} == \
             {k: v for k, v in two.items() if k not in ("seconds", "mb_per_s")}
         f = built / "shard-00003.bin"
@@ -357,3 +363,4 @@ def test_verify_with_two_workers_agrees_and_catches(built, tmp_path, monkeypatch
         assert e.value.__cause__ is None  # one line, not a worker's traceback
     finally:
         stop.set()
+        recording[0] = False
