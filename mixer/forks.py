@@ -67,9 +67,11 @@ def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
     Check fork_safe() first: the processes fork here, before the executor (or the caller)
     starts threads of its own. The workers die with the command (SIGKILL on its death,
     mixer/lifetime.py) and ignore Ctrl-C, which reaches the whole process group: the
-    command stops them. A worker that dies (killed, out of memory) fails the work with a
-    one-line error instead of leaving it waiting (multiprocessing.Pool would). On exit, work
-    not started is cancelled; what the workers write is renamed into place whole or not at all."""
+    command stops them. A worker's MixerError reaches the caller as its one line, without the
+    worker's traceback attached; a worker that dies (killed, out of memory) fails the work
+    with a one-line error instead of leaving it waiting (multiprocessing.Pool would). On
+    exit, work not started is cancelled; what the workers write is renamed into place whole
+    or not at all."""
     global _STATE
     from mixer.lifetime import hook_forks
 
@@ -92,6 +94,8 @@ def forked_pool(workers: int, state: tuple) -> Iterator[ProcessPoolExecutor]:
         if isinstance(e, BrokenProcessPool):
             raise MixerError("a worker process died (killed, or out of memory?); re-run the same command to "
                              "resume") from None
+        if isinstance(e, MixerError):
+            raise e from None  # the executor chains the worker's traceback as the cause
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -550,10 +550,7 @@ def run_scan(folder: Path, executor: Executor) -> Path:
                 _scan_task(r, step, executor.tasks)
         elif fork_safe():
             with forked_pool(workers, (step, executor.tasks)) as pool:
-                try:
-                    list(pool.map(_forked_scan_task, todo))
-                except MixerError as e:
-                    raise e from None  # one line, not the worker's traceback
+                list(pool.map(_forked_scan_task, todo))
         else:
             from concurrent.futures import ThreadPoolExecutor
 

@@ -407,17 +407,14 @@ class _Shards:
     def __enter__(self) -> "_Shards":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stack.close()
+    def __exit__(self, *exc) -> bool:
+        return self.stack.__exit__(*exc)  # the pool sees the fault (close() would tell it all went well)
 
     def results(self):
         """(source ids, stream samples, bytes) of each shard in order; raises the first fault."""
         mix, m, exp, quick = self.args
         if self.pool is not None:
-            try:
-                yield from self.pool.map(_inherited_check, range(self.n))
-            except MixerError as e:
-                raise e from None  # one line, not the worker's traceback
+            yield from self.pool.map(_inherited_check, range(self.n))
         elif self.threads is not None:
             futures = [self.threads.submit(_check_shard, mix, m, exp, k, quick) for k in range(self.n)]
             for f in futures:
