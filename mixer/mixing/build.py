@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator, Literal, TypedDict
 
@@ -335,21 +335,12 @@ def run_forked(plan: MixPlan, out: Path, todo: list[int], tasks: int, workers: i
             tqdm(total=len(todo), desc=f"build {out.name}", unit="shard", disable=not progress) as bar:
         futures = [pool.submit(_forked_task, r) for r in range(tasks)]
         pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+        while pending:  # a failed task has set `failed`: the others stop after their current shard
+            _, pending = wait(pending, timeout=0.2)
             if written.value > bar.n:
                 bar.update(written.value - bar.n)
-            if any(f.exception() for f in futures if f.done()):
-                break
-        failed.value = 1  # a failed task stops the others after their current shard
-        wait(pending)
         for f in futures:
-            try:
-                f.result()
-            except MixerError as e:
-                raise e from None  # one line, not the worker's traceback
-        if written.value > bar.n:
-            bar.update(written.value - bar.n)
+            f.result()  # the first failed task's error, in rank order
 
 
 def logs_dir(out: Path, executor: str, tasks: int, todo: list[int]) -> Path:
