@@ -27,7 +27,8 @@ def shard_samples(plan: MixPlan, k: int, reuse: int = 1, buffer: np.ndarray | No
     """Tokens and provenance of shard k. `reuse`: the shards this process has left to
     compute, this one included (how far gather may read ahead of a cold store). `buffer`:
     an earlier shard's token array, no longer needed, to fill again (every row is written):
-    fresh pages for every shard cost more system time than writing the shard's file."""
+    zeroing fresh pages for each shard was 3% of a build's CPU under perf, and far more on
+    a virtual machine that backs memory lazily (docs/benchmarks.md)."""
     start, stop = plan.shard_range(k)
     level, index = plan.layout.positions(start, stop)
     shape = (stop - start, plan.spec.seq_len + 1)
