@@ -51,6 +51,7 @@ from mixer.formats.store import open_store  # noqa: E402
 from mixer.units import format_count, parse_count  # noqa: E402
 
 CORPORA = ["music", "pydocs", "perldocs", "proofs", "chem"]
+SEQ_LEN = 2048
 
 
 def warm() -> None:
@@ -61,7 +62,6 @@ def warm() -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.warm()
-SEQ_LEN = 2048
 
 
 def peak_mb() -> tuple[float, float]:

@@ -275,8 +275,7 @@ class Headline:
             s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
         if publish:
             (part,) = self.parts
-            publish_results(s.out, publish, TABLES[part], part)
-            print(TABLES[part](publish)[0])
+            print(publish_results(s.out, publish, part))
 
 
 # -- publishing and the README's table ------------------------------------------------------
@@ -289,12 +288,11 @@ PUBLISHED = {  # per --parts: the run folders (under runs/) and the outputs a pu
 }
 
 
-def publish_results(out: Path, dest: Path, make_table: Callable[[Path], tuple[str, dict]] | None = None,
-                    part: str = "all") -> None:
+def publish_results(out: Path, dest: Path, part: str = "all") -> str:
     """The reports, the fit and every run's run.json and evals.jsonl (grid points included) under
-    `dest`, so every number can be recomputed without the checkpoints; the table (`table`, or
-    `law_table` / `paper2_table` for one part) in dest/headline.md. A part publishes its own
-    runs and outputs only, whatever else the output folder holds."""
+    `dest`, so every number can be recomputed without the checkpoints; the part's table
+    (TABLES: `table`, `law_table` or `paper2_table`) in dest/headline.md, and returned. A part
+    publishes its own runs and outputs only, whatever else the output folder holds."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -318,8 +316,9 @@ def publish_results(out: Path, dest: Path, make_table: Callable[[Path], tuple[st
                     write_json(dest / sub / f.name, relative_paths(read_json(f), out.resolve(), (out / sub).resolve()))
                 else:
                     shutil.copyfile(f, dest / sub / f.name)
-    md, _ = (make_table or table)(dest)
+    md, _ = TABLES[part](dest)
     (dest / "headline.md").write_text(md + "\n")
+    return md
 
 
 def relative_paths(data, root: Path, base: Path):
@@ -365,10 +364,9 @@ def table(results: Path) -> tuple[str, dict]:
 
     runs_dir = results / "runs"
     paper1 = sorted(r.parent for r in runs_dir.glob("s*/*/run.json"))
-    ee = sorted(r.parent for r in runs_dir.glob("ee/**/run.json") if not (r.parent.parent / "run.json").exists())
     rep = build_report(load_runs(paper1))
     fits = refit_all(results)
-    ee_rep = build_report(load_runs(ee))
+    ee_rep = _paper2_report(results)
     tiny = [e for e in rep["table"] if e["model"] == "tiny" and e["finetune"] == "FT"]
     top = max(e["pretrain_tokens"] for e in tiny)
     final = [e for e in tiny if e["pretrain_tokens"] == top and e["setup"] != "NPT"]
@@ -396,12 +394,17 @@ def law_table(results: Path) -> tuple[str, dict]:
 
 def paper2_table(results: Path) -> tuple[str, dict]:
     """Paper 2's rows alone (`--parts paper2`), recomputed from the published runs as `table` does."""
+    ee_rep = _paper2_report(results)
+    return _markdown(_paper2_rows(ee_rep)), {"early_exposure": ee_rep}
+
+
+def _paper2_report(results: Path) -> dict:
+    """`mixer report` over paper 2's published chains (grid points load with their run)."""
     from mixer.analysis.report import build_report
     from mixer.formats.run import load_runs
 
-    ee = sorted(r.parent for r in (results / "runs").glob("ee/**/run.json") if not (r.parent.parent / "run.json").exists())
-    ee_rep = build_report(load_runs(ee))
-    return _markdown(_paper2_rows(ee_rep)), {"early_exposure": ee_rep}
+    return build_report(load_runs(sorted(r.parent for r in (results / "runs").glob("ee/**/run.json")
+                                         if not (r.parent.parent / "run.json").exists())))
 
 
 TABLES = {"all": table, "law": law_table, "paper2": paper2_table}  # what --publish writes, per --parts

@@ -30,12 +30,19 @@ def _headline():
     return mod
 
 
-def test_readme_table_is_recomputed_from_the_published_runs():
-    md, data = _headline().table(RESULTS)
+def _shown_as_published(make_table, results: Path, mark: str, what: str) -> dict:
+    """The table `make_table` recomputes from `results` is the README's between the two `mark`
+    lines and the published headline.md; returns the data behind it."""
+    md, data = make_table(results)
     readme = (ROOT / "README.md").read_text()
-    assert readme.count(MARK) == 2, f"README.md: the study table sits between two '{MARK}' lines"
-    assert readme.split(MARK)[1].strip() == md.strip()
-    assert (RESULTS / "headline.md").read_text().strip() == md.strip()
+    assert readme.count(mark) == 2, f"README.md: the {what} table sits between two '{mark}' lines"
+    assert readme.split(mark)[1].strip() == md.strip()
+    assert (results / "headline.md").read_text().strip() == md.strip()
+    return data
+
+
+def test_readme_table_is_recomputed_from_the_published_runs():
+    data = _shown_as_published(_headline().table, RESULTS, MARK, "study")
     # The runs behind it are all there: 3 seeds of NPT and of the best SPT fraction, the larger
     # model, and paper 2's five lambdas.
     rows = data["report"]["table"]
@@ -57,11 +64,7 @@ def test_readme_table_is_recomputed_from_the_published_runs():
 def test_readme_law_table_is_recomputed_from_the_published_law_runs():
     """The revised design's law rows: music at 3 seeds, proofs at one, refitted from the
     published runs by `mixer fit`'s code, as the README and headline.md show them."""
-    md, data = _headline().law_table(LAW)
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count(LAW_MARK) == 2, f"README.md: the law table sits between two '{LAW_MARK}' lines"
-    assert readme.split(LAW_MARK)[1].strip() == md.strip()
-    assert (LAW / "headline.md").read_text().strip() == md.strip()
+    data = _shown_as_published(_headline().law_table, LAW, LAW_MARK, "law")
     music = data["fits"][0]
     assert music["domain"] == "music" and len(music["runs"]) == 18  # 6 fractions x 3 seeds
     for fit in data["fits"]:
@@ -74,11 +77,7 @@ def test_readme_law_table_is_recomputed_from_the_published_law_runs():
 def test_readme_paper2_table_is_recomputed_from_the_published_paper2_runs():
     """The revised design's paper 2: five lambdas at 3 full reseeds each, every three-stage
     chain's losses from the published runs by `mixer report`'s code."""
-    md, data = _headline().paper2_table(PAPER2)
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count(PAPER2_MARK) == 2, f"README.md: the paper 2 table sits between two '{PAPER2_MARK}' lines"
-    assert readme.split(PAPER2_MARK)[1].strip() == md.strip()
-    assert (PAPER2 / "headline.md").read_text().strip() == md.strip()
+    data = _shown_as_published(_headline().paper2_table, PAPER2, PAPER2_MARK, "paper 2")
     rows = data["early_exposure"]["early_exposure"]
     assert sorted(e["lam"] for e in rows) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all(e["seeds"] == [0, 1, 2] for e in rows)
