@@ -97,7 +97,12 @@ def training_shards(folder: Path, docs: list[tuple[str, np.ndarray]], tokens: in
     rng = np.random.default_rng(0)
     flat = np.concatenate([np.append(t, EOS_ID) for _, t in docs])
     freq = np.bincount(flat, minlength=EOS_ID + 1).astype(np.float64)
-    stream = rng.choice(EOS_ID + 1, size=tokens + 1, p=freq / freq.sum()).astype("<u2")
+    # In chunks: one call draws a float64 and an int64 per token (32 GB at 2B tokens). choice
+    # with p draws its uniforms in sequence, so the chunks give the tokens one call would.
+    stream = np.empty(tokens + 1, dtype="<u2")
+    for a in range(0, len(stream), 1 << 27):
+        part = stream[a : a + (1 << 27)]
+        part[:] = rng.choice(EOS_ID + 1, size=len(part), p=freq / freq.sum())
     at = np.sort(rng.choice(len(stream) - 10_000, len(stream) // 100 // 725, replace=False))
     for a in at:  # ~1% of the tokens: whole held-out documents, verbatim, after an EOS
         t = docs[int(rng.integers(0, len(docs)))][1][:5000]

@@ -452,8 +452,14 @@ def _paper2_rows(ee_rep: dict) -> list[tuple[str, str, str]]:
     if not lam_rows:
         return []
     best_ret = min(lam_rows, key=lambda e: e["L_ret"]["mean"])
-    edges = [f"{p['stage']}: {p['at_lowest_rate']} of {p['runs']} at the lowest rate, {p['at_highest_rate']} at the "
-             f"highest" for p in ee_rep.get("finetuning") or [] if p.get("stage") != "finetuning"]
+    # Per stage, summed over its grids (a stage's grids differ by warmup steps, which follow the data)
+    per_stage: dict[str, list[int]] = {}
+    for p in ee_rep.get("finetuning") or []:
+        if p.get("stage") != "finetuning":
+            n = per_stage.setdefault(p["stage"], [0, 0, 0])
+            n[0], n[1], n[2] = n[0] + p["runs"], n[1] + p["at_lowest_rate"], n[2] + p["at_highest_rate"]
+    edges = [f"{stage}: {low} of {runs} at the lowest rate, {high} at the highest"
+             for stage, (runs, low, high) in per_stage.items()]
     rng = lambda k: (f"{min(e[k]['mean'] for e in lam_rows):.2f}-{max(e[k]['mean'] for e in lam_rows):.2f}")  # noqa: E731
     return [
         ("paper 2: lambda with the lowest L_ret (retention after FT on D_ft), every lambda with its seed spread",
