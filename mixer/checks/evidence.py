@@ -95,6 +95,25 @@ def _cover(starts: np.ndarray, width: int, size: int) -> np.ndarray:
     return out[:size].view(bool)
 
 
+def set_bits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index, bit) of every set bit of the uint64s `x`, lowest bits first. One pass per bit
+    of the element with the most, over the elements that still have one: a signature holds
+    a few bits, and 64 passes over all of them (one per bit) cost 0.5 s at 5M matches."""
+    idx = np.flatnonzero(x)
+    v = x[idx]
+    out_i, out_b = [], []
+    while len(v):
+        low = v & (~v + np.uint64(1))  # the lowest set bit
+        out_i.append(idx)
+        out_b.append(np.frexp(low.astype(np.float64))[1].astype(np.int64) - 1)  # exact: powers of two
+        v ^= low
+        keep = np.flatnonzero(v)
+        idx, v = idx[keep], v[keep]
+    if not out_i:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(out_i), np.concatenate(out_b)
+
+
 def _runs(pos: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Maximal runs of consecutive positions (same document): (first index, last index)."""
     if not len(pos):
@@ -131,10 +150,8 @@ def evidence(held, m: dict, n: int, rule: Rule, own_bits: np.ndarray) -> dict:
     candidates = {"doc": np.zeros(0, dtype=np.int64), "key": np.zeros(0, dtype=np.int64),
                   "pos": np.zeros(0, dtype=np.int64), "share": np.zeros(0)}
     if len(ri):
-        rs = sig[~boiler]
-        parts = [(ri[(rs >> np.uint64(b)) & np.uint64(1) == 1], b) for b in range(64)]
-        rr = np.concatenate([q for q, _ in parts])
-        g = np.concatenate([np.full(len(q), b, dtype=np.int64) for q, b in parts])
+        which, g = set_bits(sig[~boiler])
+        rr = ri[which]
         d, p = held.doc[rr], held.pos[rr]
         o = np.lexsort((p, g, d))
         d, p, g, rr = d[o], p[o], g[o], rr[o]

@@ -1,12 +1,13 @@
 """The audit's evidence arithmetic against brute force: training-document counts from
-signatures, per-document token coverage, runs of consecutive n-gram positions."""
+signatures, the buckets each signature holds, per-document token coverage, runs of
+consecutive n-gram positions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mixer.checks.evidence import _cover, _runs, train_docs
+from mixer.checks.evidence import _cover, _runs, set_bits, train_docs
 
 
 def test_train_docs_counts_exactly_up_to_one_and_closely_beyond():
@@ -21,6 +22,20 @@ def test_train_docs_counts_exactly_up_to_one_and_closely_beyond():
     mid = (truth >= 5) & (truth <= 60)
     assert np.median(np.abs(est[mid] - truth[mid]) / truth[mid]) < 0.15
     assert train_docs(np.array([2**64 - 1], dtype=np.uint64))[0] == 266
+
+
+def test_set_bits_lists_every_bit_of_every_signature():
+    rng = np.random.default_rng(2)
+    sig = np.zeros(300, dtype=np.uint64)
+    for i, t in enumerate(rng.integers(0, 8, len(sig))):  # 0-7 bits each, and the extremes
+        for b in rng.choice(64, t, replace=False):
+            sig[i] |= np.uint64(1) << np.uint64(b)
+    sig[:3] = [2**63, 2**64 - 1, 1]
+    which, bit = set_bits(sig)
+    got = sorted(zip(which.tolist(), bit.tolist()))
+    want = sorted((i, b) for i, x in enumerate(sig.tolist()) for b in range(64) if x >> b & 1)
+    assert got == want
+    assert [len(a) for a in set_bits(np.zeros(5, dtype=np.uint64))] == [0, 0]
 
 
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.3, 0.95])
