@@ -51,7 +51,6 @@ from mixer.formats.run import load_run
 CHECKPOINTS = 12  # evenly spaced, every one evaluated: the law's curves (its known-answer tests use 12)
 NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT: the multiplier's references (1/2: gap closed)
 SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the best SPT fraction: where SPT crosses NPT's references
-PARTS = ("all", "law", "paper2")
 
 
 @dataclass(frozen=True)
@@ -161,15 +160,17 @@ class Headline:
     def spt_chain(self, seed: int, f: float, mix: Path, ft: Path, shares: tuple[float, ...]) -> None:
         self.ft_runs(self.spt_pretrain(seed, f, mix), shares, ft, seed)
 
-    def large_chain(self, mix: Path, ft: Path) -> None:
+    def large_chain(self, mix: Path, ft: Path, npt: Path) -> None:
         """The larger model's NPT over the first half of the run, on the same cosine (the same
-        horizon in tokens), so it is compared with the tiny model's checkpoint at half the run."""
-        sz = self.s.size
+        horizon in tokens), to exactly the tokens of the tiny NPT run's checkpoint nearest half
+        its run (`npt`; 12 checkpoints put none at the half), so the report compares the two
+        finetuned at one budget."""
         from mixer.units import parse_count
 
-        total = parse_count(sz.tokens)
-        pre = self.s.pretrain(mix, self.runs / "s0" / f"{self.d.large}-npt", "--tokens", str(total // 2),
-                              "--schedule-tokens", str(10 * total), model=self.d.large, checkpoints=4)
+        half = next(e.tokens for e in load_run(npt).evals if e.checkpoint == self.checkpoint_at(npt, 0.5))
+        pre = self.s.pretrain(mix, self.runs / "s0" / f"{self.d.large}-npt", "--tokens", str(half),
+                              "--schedule-tokens", str(10 * parse_count(self.s.size.tokens)), model=self.d.large,
+                              checkpoints=4)
         self.s.finetune(ft, pre, self.runs / "s0" / f"{self.d.large}-npt-ft-final")
 
     def early_exposure_chain(self, lam: float, seed: int) -> None:
@@ -245,13 +246,13 @@ class Headline:
             *[(lambda f=f: self.spt_chain(seeds[0], f, m[seeds[0]][f"spt{f:g}"], m[seeds[0]]["ft"], (1.0,)))
               for f in sz.fractions])
         self.submit(*[(lambda s=s: self.npt_chain(s, m[s]["npt"], m[s]["ft"], pilot=False)) for s in seeds[1:]],
-                    lambda: self.large_chain(m[seeds[0]]["npt"], m[seeds[0]]["ft"]),
                     *self.paper2_chains(),
                     *[(lambda f=f: self.law_chain(f)) for f in (0.0, *sz.fractions)])
         self.wait(first)
         best = self.best_fractions(sz.fractions)[0]
         extra = tuple(x for x in SPT_AT if x != 1.0)
-        later = [lambda: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{best:g}", extra, m[seeds[0]]["ft"], seeds[0])]
+        later = [lambda: self.ft_runs(self.runs / f"s{seeds[0]}" / f"spt{best:g}", extra, m[seeds[0]]["ft"], seeds[0]),
+                 lambda: self.large_chain(m[seeds[0]]["npt"], m[seeds[0]]["ft"], self.runs / f"s{seeds[0]}" / "npt")]
         for s in seeds[1:]:
             later += [lambda s=s, f=f: self.spt_chain(s, f, m[s][f"spt{f:g}"], m[s]["ft"],
                                                       SPT_AT if f == best else (1.0,)) for f in sz.fractions]
@@ -274,41 +275,34 @@ class Headline:
             ee = [r for r in (self.runs / "ee").glob("s*/*/*") if (r / "run.json").exists()]
             s.run("report", *map(str, sorted(ee)), "--out", str(s.out / "early-exposure"), show=True)
         if publish:
-            (part,) = self.parts
-            print(publish_results(s.out, publish, part))
+            print(publish_results(s.out, publish))
 
 
 # -- publishing and the README's table ------------------------------------------------------
 
 
-PUBLISHED = {  # per --parts: the run folders (under runs/) and the outputs a publication holds
-    "all": (("*",), ("report", "fit", "early-exposure", "fit-*")),
-    "law": (("s*", "law-*"), ("fit", "fit-*")),
-    "paper2": (("ee",), ("early-exposure",)),
-}
+OUTPUTS = ("report", "fit", "early-exposure", "fit-*")  # beside runs/, what a publication holds
 
 
-def publish_results(out: Path, dest: Path, part: str = "all") -> str:
-    """The reports, the fit and every run's run.json and evals.jsonl (grid points included) under
-    `dest`, so every number can be recomputed without the checkpoints; the part's table
-    (TABLES: `table`, `law_table` or `paper2_table`) in dest/headline.md, and returned. A part
-    publishes its own runs and outputs only, whatever else the output folder holds."""
+def publish_results(out: Path, dest: Path) -> str:
+    """The reports, the fits and every run's run.json and evals.jsonl (grid points included)
+    under `dest`, so every number can be recomputed without the checkpoints; the README's
+    table (`table`) in dest/headline.md, and returned."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     from mixer.formats.atomic import read_json, write_json
     from mixer.formats.run import read_run_meta, relocate, write_run_meta
 
-    run_dirs, outputs = PUBLISHED[part]
     for name in ("run.json", "evals.jsonl"):
-        for f in (f for d in run_dirs for top in sorted((out / "runs").glob(d)) for f in sorted(top.rglob(name))):
+        for f in sorted((out / "runs").rglob(name)):
             target = dest / "runs" / f.relative_to(out / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
             if name == "run.json":  # paths relative to the run: the copy never points back here
                 write_run_meta(target.parent, relocate(read_run_meta(f.parent), f.parent.resolve()))
             else:
                 shutil.copyfile(f, target)
-    for sub in sorted({d.name for pattern in outputs for d in out.glob(pattern) if d.is_dir()}):
+    for sub in sorted({d.name for pattern in OUTPUTS for d in out.glob(pattern) if d.is_dir()}):
         for f in sorted((out / sub).glob("*")):
             if f.suffix in (".md", ".json", ".png"):
                 (dest / sub).mkdir(exist_ok=True)
@@ -316,7 +310,7 @@ def publish_results(out: Path, dest: Path, part: str = "all") -> str:
                     write_json(dest / sub / f.name, relative_paths(read_json(f), out.resolve(), (out / sub).resolve()))
                 else:
                     shutil.copyfile(f, dest / sub / f.name)
-    md, _ = TABLES[part](dest)
+    md, _ = table(dest)
     (dest / "headline.md").write_text(md + "\n")
     return md
 
@@ -380,22 +374,36 @@ def table(results: Path) -> tuple[str, dict]:
         *[_multiplier_row(m) for m in mult],
         *[(f"gap closed, tiny {g['setup']} vs {g['large']} NPT at {format_count(g['pretrain_tokens'])} tokens",
            "81% (music, 1B SPT vs 3B NPT)", f"{_pm(g['over_seeds'], '%')}") for g in gaps],
+        *_by_fraction_rows([e for e in tiny if e["pretrain_tokens"] == top]),
         *[row for fit in fits for row in _law_rows(fit)],
         *_paper2_rows(ee_rep),
     ]
     return _markdown(rows), {"report": rep, "fit": fits[0], "fits": fits, "early_exposure": ee_rep}
 
 
-def law_table(results: Path) -> tuple[str, dict]:
-    """The law rows alone (`--parts law`), recomputed from the published runs as `table` does."""
-    fits = refit_all(results)
-    return _markdown([row for fit in fits for row in _law_rows(fit)]), {"fit": fits[0], "fits": fits}
+def _by_fraction_rows(final: list[dict]) -> list[tuple[str, str, str]]:
+    """The gain and the forgetting of every setup at the full budget, NPT first, then by
+    fraction. Forgetting also at one learning rate for all (the middle rate every setup
+    has): the grid winners differ in rate, and forgetting grows with it."""
+    def fraction(e: dict) -> float:
+        return 0.0 if e["setup"] == "NPT" else float(e["setup"].split()[1].rstrip("%"))
 
-
-def paper2_table(results: Path) -> tuple[str, dict]:
-    """Paper 2's rows alone (`--parts paper2`), recomputed from the published runs as `table` does."""
-    ee_rep = _paper2_report(results)
-    return _markdown(_paper2_rows(ee_rep)), {"early_exposure": ee_rep}
+    final = sorted(final, key=fraction)
+    spt = [e for e in final if e["setup"] != "NPT"]
+    if not spt:
+        return []
+    rows = [("relative gain after FT at every SPT fraction (full budget)", "SPT better than NPT (> 0)",
+             ", ".join(f"{e['setup'][4:]}: {_pm(e['relative_gain_pct'], '%')}" for e in spt))]
+    shared = sorted(set.intersection(*(set(e.get("forgetting_by_ratio") or {}) for e in final)), key=float)
+    matched = ""
+    if shared:
+        k = shared[len(shared) // 2]
+        matched = f"; all at lr_ratio {k}: " + ", ".join(
+            f"{e['setup'].replace('SPT ', '')}: {_pm(e['forgetting_by_ratio'][k])}" for e in final)
+    rows.append(("forgetting: rise of the general validation loss during FT (nats), chosen finetunes",
+                 "SPT forgets less than NPT", ", ".join(f"{e['setup'].replace('SPT ', '')}: {_pm(e['forgetting'])}"
+                                                         for e in final) + matched))
+    return rows
 
 
 def _paper2_report(results: Path) -> dict:
@@ -405,10 +413,6 @@ def _paper2_report(results: Path) -> dict:
 
     return build_report(load_runs(sorted(r.parent for r in (results / "runs").glob("ee/**/run.json")
                                          if not (r.parent.parent / "run.json").exists())))
-
-
-TABLES = {"all": table, "law": law_table, "paper2": paper2_table}  # what --publish writes, per --parts
-RESULTS = {"all": "study", "law": "study-law", "paper2": "study-paper2"}  # where, under docs/results/
 
 
 def refit_all(results: Path) -> list[dict]:
@@ -442,6 +446,8 @@ def _multiplier_row(m: dict) -> tuple[str, str, str]:
                      f"{sat['spread']:.2g}): this counts how soon SPT reaches NPT's plateau")
         if ref.get("spt_at_cap"):
             text += "; the crossing rests on SPT finetunes still improving at their cap (it may lie earlier)"
+        if ref.get("npt_at_cap"):
+            text += "; NPT's reference finetune was still improving at its cap (its loss is an upper bound)"
         parts.append(f"vs NPT at {format_count(ref['npt_tokens'])}: {text}")
     return (f"compute multiplier, {m['setup']} ({m['spt_points']} checkpoints finetuned)", "1.75x (music)",
             "; ".join(parts))

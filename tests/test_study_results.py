@@ -16,10 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "study"
 MARK = "<!-- study table: recomputed by tests/test_study_results.py -->"
-LAW = ROOT / "docs" / "results" / "study-law"  # the revised design's law rows (--parts law)
-LAW_MARK = "<!-- law table: recomputed by tests/test_study_results.py -->"
-PAPER2 = ROOT / "docs" / "results" / "study-paper2"  # the revised design's paper 2 (--parts paper2)
-PAPER2_MARK = "<!-- paper 2 table: recomputed by tests/test_study_results.py -->"
 
 
 def _headline():
@@ -30,26 +26,27 @@ def _headline():
     return mod
 
 
-def _shown_as_published(make_table, results: Path, mark: str, what: str) -> dict:
-    """The table `make_table` recomputes from `results` is the README's between the two `mark`
-    lines and the published headline.md; returns the data behind it."""
-    md, data = make_table(results)
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count(mark) == 2, f"README.md: the {what} table sits between two '{mark}' lines"
-    assert readme.split(mark)[1].strip() == md.strip()
-    assert (results / "headline.md").read_text().strip() == md.strip()
-    return data
-
-
 def test_readme_table_is_recomputed_from_the_published_runs():
-    data = _shown_as_published(_headline().table, RESULTS, MARK, "study")
-    # The runs behind it are all there: 3 seeds of NPT and of the best SPT fraction, the larger
-    # model, and paper 2's five lambdas.
+    md, data = _headline().table(RESULTS)
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(MARK) == 2, f"README.md: the results table sits between two '{MARK}' lines"
+    assert readme.split(MARK)[1].strip() == md.strip()
+    assert (RESULTS / "headline.md").read_text().strip() == md.strip()
+    # The runs behind it are all there: every fraction at 3 full reseeds (NPT and SPT, each
+    # finetuned), the larger model, the second law sweep and paper 2's five lambdas at 3 seeds.
     rows = data["report"]["table"]
-    assert max(len(e["seeds"]) for e in rows if e["setup"] == "NPT") >= 3
-    assert max(len(e["seeds"]) for e in rows if e["setup"] != "NPT") >= 3
+    fractions = {e["setup"] for e in rows if e["model"] == "tiny"}
+    assert fractions == {"NPT", "SPT 2%", "SPT 5%", "SPT 10%", "SPT 15%", "SPT 20%"}
+    assert all(len(e["seeds"]) == 3 for e in rows if e["model"] == "tiny" and e["finetune"] == "FT"
+               and e["pretrain_tokens"] == max(x["pretrain_tokens"] for x in rows if x["setup"] == e["setup"]))
     assert {e["model"] for e in rows} >= {"tiny", "small"}
-    assert sorted(e["lam"] for e in data["early_exposure"]["early_exposure"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    music, proofs = data["fits"]
+    assert music["domain"] == "music" and len(music["runs"]) == 18  # 6 fractions x 3 seeds
+    assert proofs["domain"] == "proofs" and len(proofs["runs"]) == 6
+    ee = data["early_exposure"]
+    assert sorted(e["lam"] for e in ee["early_exposure"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(e["seeds"] == [0, 1, 2] for e in ee["early_exposure"])
+    assert not ee["table"]  # paper 2's report shows no paper-1 rows
     assert data["fit"]["law"] is not None and data["fit"]["holdout"]["points"] > 0
     # the published fits are what `mixer fit` gives on the published runs today
     for fit in data["fits"]:
@@ -61,36 +58,12 @@ def test_readme_table_is_recomputed_from_the_published_runs():
         assert [w["kind"] for w in published["warnings"]] == [w["kind"] for w in fit["warnings"]]
 
 
-def test_readme_law_table_is_recomputed_from_the_published_law_runs():
-    """The revised design's law rows: music at 3 seeds, proofs at one, refitted from the
-    published runs by `mixer fit`'s code, as the README and headline.md show them."""
-    data = _shown_as_published(_headline().law_table, LAW, LAW_MARK, "law")
-    music = data["fits"][0]
-    assert music["domain"] == "music" and len(music["runs"]) == 18  # 6 fractions x 3 seeds
-    for fit in data["fits"]:
-        folder = "fit" if fit["domain"] == "music" else f"fit-{fit['domain']}"
-        published = json.loads((LAW / folder / "fit.json").read_text())
-        assert published["law"]["params"] == pytest.approx(fit["law"]["params"], rel=1e-6)
-        assert published["holdout"]["test"] == pytest.approx(fit["holdout"]["test"], rel=1e-6)
-
-
-def test_readme_paper2_table_is_recomputed_from_the_published_paper2_runs():
-    """The revised design's paper 2: five lambdas at 3 full reseeds each, every three-stage
-    chain's losses from the published runs by `mixer report`'s code."""
-    data = _shown_as_published(_headline().paper2_table, PAPER2, PAPER2_MARK, "paper 2")
-    rows = data["early_exposure"]["early_exposure"]
-    assert sorted(e["lam"] for e in rows) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert all(e["seeds"] == [0, 1, 2] for e in rows)
-    assert not data["early_exposure"]["table"]  # a paper-2 report shows no paper-1 rows
-
-
-@pytest.mark.parametrize("results", [RESULTS, PAPER2], ids=["first design", "paper 2"])
-def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch, results):
+def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatch):
     """A fresh clone has no trace of the machine that ran the study: every finetune's parent
     is found among the published runs (or their grid points), never on disk elsewhere."""
     from mixer.formats import run as R
 
-    runs = [R.load_run(p.parent) for p in sorted(results.glob("runs/**/run.json"))
+    runs = [R.load_run(p.parent) for p in sorted(RESULTS.glob("runs/**/run.json"))
             if not (p.parent.parent / "run.json").exists()]  # grid points load with their run
     monkeypatch.setattr(R, "load_run", lambda p: pytest.fail(f"{p}: read outside the published runs"))
     with_parent = [r for r in runs for r in R._with_grid_points(r) if r.parent]
@@ -98,7 +71,7 @@ def test_published_runs_find_every_parent_inside_the_published_folder(monkeypatc
     for r in with_parent:
         assert not Path(r.parent).is_absolute(), f"{r.path}/run.json: parent {r.parent} is an absolute path"
         parent = R.find_parent(r, runs)
-        assert parent is not None and results in parent.path.parents, f"{r.path}: parent {r.parent} not found"
+        assert parent is not None and RESULTS in parent.path.parents, f"{r.path}: parent {r.parent} not found"
 
 
 def test_no_published_file_holds_an_absolute_path():
@@ -115,7 +88,6 @@ def test_no_published_file_holds_an_absolute_path():
 
     files = sorted(RESULTS.rglob("*.json"))
     assert len(files) > 100
-    files += sorted(LAW.rglob("*.json")) + sorted(PAPER2.rglob("*.json"))
     for f in files:
         absolute = [s for s in strings(json.loads(f.read_text())) if s.startswith("/")]
         assert not absolute, f"{f}: {absolute[:3]}"
