@@ -412,7 +412,10 @@ b._forked_task = task
 
 
 SLOW_SHARDS = """
-import time
+import signal, time
+# Ctrl-C as in a terminal: a shell without job control starts a background job (CI run with
+# `&`) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import mixer.mixing.build as b
 real = b.shard_samples
 def slow(plan, k, **kw):
