@@ -99,10 +99,10 @@ def training_shards(folder: Path, docs: list[tuple[str, np.ndarray]], tokens: in
     freq = np.bincount(flat, minlength=EOS_ID + 1).astype(np.float64)
     # In chunks: one call draws a float64 and an int64 per token (32 GB at 2B tokens). choice
     # with p draws its uniforms in sequence, so the chunks give the tokens one call would.
-    stream = np.empty(tokens + 1, dtype="<u2")
+    stream, p = np.empty(tokens + 1, dtype="<u2"), freq / freq.sum()
     for a in range(0, len(stream), 1 << 27):
         part = stream[a : a + (1 << 27)]
-        part[:] = rng.choice(EOS_ID + 1, size=len(part), p=freq / freq.sum())
+        part[:] = rng.choice(EOS_ID + 1, size=len(part), p=p)
     at = np.sort(rng.choice(len(stream) - 10_000, len(stream) // 100 // 725, replace=False))
     for a in at:  # ~1% of the tokens: whole held-out documents, verbatim, after an EOS
         t = docs[int(rng.integers(0, len(docs)))][1][:5000]

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter, defaultdict
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,17 +92,17 @@ class Headline:
 
     # -- building blocks ------------------------------------------------------------------
 
-    def checkpoint_at(self, run: Path, share: float) -> str:
-        """The run's checkpoint nearest to `share` of its tokens (read from its evaluations)."""
+    @staticmethod
+    def eval_at(run: Path, share: float):
+        """The evaluation of the run's checkpoint nearest to `share` of its tokens."""
         evals = load_run(run).evals
         top = max(e.tokens for e in evals)
-        best = min(evals, key=lambda e: (abs(e.tokens - share * top), e.checkpoint != "final"))
-        return best.checkpoint
+        return min(evals, key=lambda e: (abs(e.tokens - share * top), e.checkpoint != "final"))
 
     def ft_runs(self, pre: Path, shares: tuple[float, ...], ft_mix: Path, seed: int) -> list[Path]:
         out = []
         for share in shares:
-            ckpt = self.checkpoint_at(pre, share)
+            ckpt = self.eval_at(pre, share).checkpoint
             out.append(self.s.finetune(ft_mix, pre, pre.parent / f"{pre.name}-ft-{ckpt}", "finetune",
                                        "--checkpoint", ckpt, seed=seed))
         return out
@@ -167,7 +168,7 @@ class Headline:
         finetuned at one budget."""
         from mixer.units import parse_count
 
-        half = next(e.tokens for e in load_run(npt).evals if e.checkpoint == self.checkpoint_at(npt, 0.5))
+        half = self.eval_at(npt, 0.5).tokens
         pre = self.s.pretrain(mix, self.runs / "s0" / f"{self.d.large}-npt", "--tokens", str(half),
                               "--schedule-tokens", str(10 * parse_count(self.s.size.tokens)), model=self.d.large,
                               checkpoints=4)
@@ -363,7 +364,8 @@ def table(results: Path) -> tuple[str, dict]:
     ee_rep = _paper2_report(results)
     tiny = [e for e in rep["table"] if e["model"] == "tiny" and e["finetune"] == "FT"]
     top = max(e["pretrain_tokens"] for e in tiny)
-    final = [e for e in tiny if e["pretrain_tokens"] == top and e["setup"] != "NPT"]
+    at_top = [e for e in tiny if e["pretrain_tokens"] == top]
+    final = [e for e in at_top if e["setup"] != "NPT"]
     best = max(final, key=lambda e: (e["relative_gain_pct"]["n"], e["relative_gain_pct"]["mean"]))
     mult = sorted((m for m in rep["compute_multiplier"] if m["model"] == "tiny" and m["finetune"] == "FT"
                    and m["spt_points"] > 1), key=lambda m: -len(m["per_seed"]))
@@ -374,7 +376,7 @@ def table(results: Path) -> tuple[str, dict]:
         *[_multiplier_row(m) for m in mult],
         *[(f"gap closed, tiny {g['setup']} vs {g['large']} NPT at {format_count(g['pretrain_tokens'])} tokens",
            "81% (music, 1B SPT vs 3B NPT)", f"{_pm(g['over_seeds'], '%')}") for g in gaps],
-        *_by_fraction_rows([e for e in tiny if e["pretrain_tokens"] == top]),
+        *_by_fraction_rows(at_top),
         *[row for fit in fits for row in _law_rows(fit)],
         *_paper2_rows(ee_rep),
     ]
@@ -385,10 +387,7 @@ def _by_fraction_rows(final: list[dict]) -> list[tuple[str, str, str]]:
     """The gain and the forgetting of every setup at the full budget, NPT first, then by
     fraction. Forgetting also at one learning rate for all (the middle rate every setup
     has): the grid winners differ in rate, and forgetting grows with it."""
-    def fraction(e: dict) -> float:
-        return 0.0 if e["setup"] == "NPT" else float(e["setup"].split()[1].rstrip("%"))
-
-    final = sorted(final, key=fraction)
+    final = sorted(final, key=lambda e: e["fraction"])
     spt = [e for e in final if e["setup"] != "NPT"]
     if not spt:
         return []
@@ -459,13 +458,12 @@ def _paper2_rows(ee_rep: dict) -> list[tuple[str, str, str]]:
         return []
     best_ret = min(lam_rows, key=lambda e: e["L_ret"]["mean"])
     # Per stage, summed over its grids (a stage's grids differ by warmup steps, which follow the data)
-    per_stage: dict[str, list[int]] = {}
+    per_stage: dict[str, Counter] = defaultdict(Counter)
     for p in ee_rep.get("finetuning") or []:
         if p.get("stage") != "finetuning":
-            n = per_stage.setdefault(p["stage"], [0, 0, 0])
-            n[0], n[1], n[2] = n[0] + p["runs"], n[1] + p["at_lowest_rate"], n[2] + p["at_highest_rate"]
-    edges = [f"{stage}: {low} of {runs} at the lowest rate, {high} at the highest"
-             for stage, (runs, low, high) in per_stage.items()]
+            per_stage[p["stage"]].update({k: p[k] for k in ("runs", "at_lowest_rate", "at_highest_rate")})
+    edges = [f"{stage}: {n['at_lowest_rate']} of {n['runs']} at the lowest rate, {n['at_highest_rate']} at the highest"
+             for stage, n in per_stage.items()]
     rng = lambda k: (f"{min(e[k]['mean'] for e in lam_rows):.2f}-{max(e[k]['mean'] for e in lam_rows):.2f}")  # noqa: E731
     return [
         ("paper 2: lambda with the lowest L_ret (retention after FT on D_ft), every lambda with its seed spread",
