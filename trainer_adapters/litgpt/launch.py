@@ -409,18 +409,24 @@ def main(argv: list[str]) -> int:
     if _rank() == 0:
         with open(run_dir / TIMING, "a") as f:
             f.write(json.dumps(clock.summary()) + "\n")
-    _leave_process_group()
-    return 0
+    return _leave(0)
 
 
-def _leave_process_group() -> None:
-    """Tear down the ranks' process group before the interpreter does: left to exit, gloo's
-    threads sometimes abort a finished CPU run ("terminate called without an active
-    exception", exit 134, seen once in CI after the last checkpoint was written)."""
+def _leave(code: int) -> int:
+    """Leave a run of several ranks without the interpreter's teardown. Every rank waits for
+    the others at a barrier (nothing is in flight after it; each rank's files are closed or
+    flushed), then exits at once. Left to the interpreter, the destructors of gloo's and the
+    store's C++ threads sometimes abort a finished CPU run ("terminate called without an
+    active exception", exit 134): seen in CI after the last checkpoint was written, once with
+    the process group left to exit and once after destroying it explicitly."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return code
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
