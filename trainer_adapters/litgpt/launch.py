@@ -409,10 +409,11 @@ def main(argv: list[str]) -> int:
     if _rank() == 0:
         with open(run_dir / TIMING, "a") as f:
             f.write(json.dumps(clock.summary()) + "\n")
-    return _leave(0)
+    _leave()
+    return 0
 
 
-def _leave(code: int) -> int:
+def _leave() -> None:
     """Leave a run of several ranks without the interpreter's teardown. Every rank waits for
     the others at a barrier (nothing is in flight after it; each rank's files are closed or
     flushed), then exits at once. Left to the interpreter, the destructors of gloo's and the
@@ -421,12 +422,11 @@ def _leave(code: int) -> int:
     the process group left to exit and once after destroying it explicitly."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return code
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
