@@ -52,6 +52,7 @@ from mixer.formats.run import load_run
 CHECKPOINTS = 12  # evenly spaced, every one evaluated: the law's curves (its known-answer tests use 12)
 NPT_AT = (1 / 8, 1 / 2, 1.0)  # shares of the run finetuned for NPT: the multiplier's references (1/2: gap closed)
 SPT_AT = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # for the best SPT fraction: where SPT crosses NPT's references
+PARTS = ("all", "law", "paper2")  # what `--parts` may run (Headline.wants)
 
 
 @dataclass(frozen=True)

@@ -448,10 +448,10 @@ def main() -> None:
           f"{size.tokens} tokens per pretraining run, model {size.model}; log: {study.log}", flush=True)
     study.data()
     if a.size == "study":
-        from headline import Design, Headline  # examples/headline.py, beside this script
+        from headline import PARTS, Design, Headline  # examples/headline.py, beside this script
 
         parts = set(a.parts.split(","))
-        if not parts <= {"all", "law", "paper2"}:  # examples/headline.py's parts
+        if not parts <= set(PARTS):
             ap.error(f"--parts {a.parts}: expected all, law or paper2")
         if a.publish and parts != {"all"}:
             ap.error("--publish publishes the whole study (docs/results/study): leave out --parts")
